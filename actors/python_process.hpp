@@ -1,0 +1,144 @@
+// pyvisor::python_process: one Python worker OS process, its pipes, and the
+// thread that does all of its I/O. No CAF in here: the worker actor owns one
+// of these and receives its events through the callbacks.
+//
+// Guarantees:
+// - The protocol runs on dedicated pipes (the child's fds 3 and 4); the
+//   child's stdout and stderr are read line by line and logged through
+//   spdlog, tagged with the worker and pid, so user prints never touch the
+//   protocol. Its stdin is /dev/null.
+// - No blocking call ever runs on the caller's thread except start(), which
+//   waits for exec to succeed or fail (about a millisecond). send() only
+//   queues; the I/O thread writes with non-blocking fds, so a stopped
+//   (SIGSTOP) child can never stall a CAF scheduler thread.
+// - The child cannot outlive its host: it is forked from the I/O thread with
+//   PR_SET_PDEATHSIG = SIGKILL. Linux sends that signal when the *thread* that
+//   forked exits, not the process, which is why the fork happens on the I/O
+//   thread: that thread lives exactly until the child has been reaped. A host
+//   that dies between fork and prctl is caught by re-checking getppid().
+// - Exit is observed through a pidfd, so a grandchild that inherited the reply
+//   pipe cannot hide the child's death; every child is reaped with waitpid by
+//   the I/O thread, and on_exit fires exactly once, after the last on_frame.
+// - SIGPIPE is ignored process-wide (once, on first start): a write to a dead
+//   child's pipe must yield EPIPE, not kill the host. SIGCHLD must not be set
+//   to SIG_IGN by the host application, or children could not be reaped.
+//
+// Ownership: callbacks run on the I/O thread and must not block; they are
+// dropped (and so release whatever they captured) by close(), which also
+// kills the child if still running and joins the thread. The destructor calls
+// close().
+
+#pragma once
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <future>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "messages/wire_codec.hpp"
+
+namespace pyvisor {
+
+/// How a child process ended.
+struct exit_status {
+  /// Exit code when the process exited by itself, else -1.
+  int code = -1;
+  /// Terminating signal, else 0.
+  int signal = 0;
+
+  /// "exit code 3" or "killed by signal 9 (SIGKILL)".
+  std::string describe() const;
+};
+
+struct process_options {
+  /// The interpreter to execute (a path, or a name looked up in PATH).
+  std::string python = "/usr/bin/python3";
+  /// Arguments after the interpreter.
+  std::vector<std::string> args;
+  /// Extra environment entries ("NAME=value"), added to the host's.
+  std::vector<std::string> env;
+  /// Tag for log lines, e.g. "worker 3".
+  std::string tag = "worker";
+  /// Largest frame body accepted from the child.
+  size_t max_frame_size = wire::default_max_frame_size;
+};
+
+struct process_callbacks {
+  std::function<void(wire::frame&&)> on_frame;
+  /// The child broke the protocol; no further frames are delivered.
+  std::function<void(std::string)> on_protocol_error;
+  std::function<void(exit_status)> on_exit;
+};
+
+class python_process {
+public:
+  /// Starts the child. On failure (no such interpreter, fork failed) returns
+  /// nullptr and sets `error`.
+  static std::shared_ptr<python_process> start(process_options opts, process_callbacks cbs,
+                                               std::string& error);
+
+  ~python_process();
+
+  python_process(const python_process&) = delete;
+  python_process& operator=(const python_process&) = delete;
+
+  pid_t pid() const noexcept {
+    return pid_;
+  }
+
+  /// Queues bytes for the child's request pipe. Never blocks.
+  void send(std::vector<char> bytes);
+
+  /// Asks the child to stop: closes its request pipe once queued bytes are
+  /// written (EOF makes the worker exit after answering what it read), sends
+  /// SIGTERM after `grace`, SIGKILL after another `grace`.
+  void stop(std::chrono::milliseconds grace);
+
+  /// Sends `sig` to the child unless it has already been reaped (so a
+  /// recycled pid can never be hit).
+  void signal(int sig);
+
+  /// Kills the child if still running, joins the I/O thread and drops the
+  /// callbacks. Idempotent; must not be called from a callback.
+  void close();
+
+  /// The last lines the child wrote to stderr (for start-up diagnostics).
+  std::string stderr_tail() const;
+
+private:
+  python_process(process_options opts, process_callbacks cbs);
+
+  void run(std::promise<std::string>* started);
+  std::string spawn();
+  void wake();
+
+  process_options opts_;
+  process_callbacks cbs_;
+  std::thread thread_;
+  pid_t pid_ = -1;
+  int pidfd_ = -1;
+  int req_w_ = -1;
+  int rep_r_ = -1;
+  int out_r_ = -1;
+  int err_r_ = -1;
+  int wake_fd_ = -1;
+
+  mutable std::mutex mtx_;
+  std::deque<std::vector<char>> outbox_;
+  bool reaped_ = false;
+  bool stop_requested_ = false;
+  std::chrono::milliseconds stop_grace_{0};
+  bool closing_ = false;
+  std::deque<std::string> stderr_tail_;
+};
+
+} // namespace pyvisor

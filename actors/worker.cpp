@@ -1,0 +1,340 @@
+#include "actors/worker.hpp"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <unordered_map>
+
+#include <spdlog/spdlog.h>
+
+#include "caf/actor_cast.hpp"
+#include "caf/allowed_unsafe_message_type.hpp"
+#include "caf/actor_system.hpp"
+#include "caf/event_based_actor.hpp"
+#include "caf/stateful_actor.hpp"
+#include "caf/typed_event_based_actor.hpp"
+
+#include "actors/python_process.hpp"
+
+
+namespace pyvisor {
+
+namespace {
+
+using frame_atom = caf::atom_constant<caf::atom("pv_frame")>;
+using exited_atom = caf::atom_constant<caf::atom("pv_exited")>;
+using broken_atom = caf::atom_constant<caf::atom("pv_broken")>;
+using req_timeout_atom = caf::atom_constant<caf::atom("pv_reqtmo")>;
+using start_timeout_atom = caf::atom_constant<caf::atom("pv_starttm")>;
+
+// Frames cross from the I/O thread to the actor behind a shared pointer: the
+// actor moves the result bytes out instead of copying them, and the type
+// needs no serialization because it never leaves the process.
+using frame_ptr = std::shared_ptr<wire::frame>;
+
+} // namespace
+} // namespace pyvisor
+
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(pyvisor::frame_ptr)
+
+namespace pyvisor {
+namespace {
+
+// The actor's full interface: the public contract plus what its own I/O
+// thread and timers send it.
+using worker_impl = worker_actor::extend<
+  caf::reacts_to<frame_atom, frame_ptr>, caf::reacts_to<exited_atom, int, int>,
+  caf::reacts_to<broken_atom, std::string>, caf::reacts_to<req_timeout_atom, uint64_t>,
+  caf::reacts_to<start_timeout_atom>>;
+
+struct pending_request {
+  caf::typed_response_promise<payload> promise;
+  std::string command;
+  /// Sent by the actor itself (drop session); nobody waits for it.
+  bool internal = false;
+};
+
+struct worker_state {
+  worker_config cfg;
+  std::shared_ptr<python_process> proc;
+  worker_status status;
+  std::unordered_map<uint64_t, pending_request> in_flight;
+  std::vector<caf::typed_response_promise<worker_status>> ready_waiters;
+  uint64_t next_id = 1;
+  std::chrono::steady_clock::time_point spawned_at;
+  caf::error stop_reason;
+
+  static inline const char* name = "pyvisor.worker";
+};
+
+using self_ptr = worker_impl::stateful_pointer<worker_state>;
+
+std::string tag_of(const worker_state& st) {
+  return "worker " + std::to_string(st.cfg.id) + " (pid " + std::to_string(st.status.pid) + ")";
+}
+
+worker_status snapshot(const worker_state& st) {
+  auto result = st.status;
+  result.in_flight = 0;
+  for (auto& kv : st.in_flight)
+    if (!kv.second.internal)
+      ++result.in_flight;
+  return result;
+}
+
+// Fails everything outstanding and terminates. `for_requests` goes to the
+// in-flight requests, `reason` becomes the exit reason.
+void terminate(self_ptr self, const caf::error& for_requests, caf::error reason) {
+  auto& st = self->state;
+  for (auto& kv : st.in_flight)
+    if (!kv.second.internal)
+      kv.second.promise.deliver(for_requests);
+  st.in_flight.clear();
+  for (auto& rp : st.ready_waiters)
+    rp.deliver(reason ? reason : for_requests);
+  st.ready_waiters.clear();
+  if (st.proc)
+    st.proc->signal(SIGKILL);
+  self->quit(std::move(reason));
+}
+
+std::string describe_startup_exit(const worker_state& st, const exit_status& es) {
+  // The worker exits with 3 when the interpreter lacks msgpack (see
+  // python/pyvisor/worker.py); say so plainly, naming interpreter and fix.
+  if (es.code == 3)
+    return "interpreter '" + st.cfg.python
+           + "' has no msgpack module: install python3-msgpack (apt-get install "
+             "python3-msgpack) and use /usr/bin/python3, or set pool.python to an "
+             "interpreter with msgpack";
+  auto msg = "exited during start-up: " + es.describe();
+  auto tail = st.proc ? st.proc->stderr_tail() : std::string{};
+  if (!tail.empty())
+    msg += "; stderr:\n" + tail;
+  return msg;
+}
+
+void on_frame(self_ptr self, wire::frame& f) {
+  auto& st = self->state;
+  if (f.type == wire::frame_type::hello) {
+    if (st.status.phase != worker_phase::starting) {
+      terminate(self, make_error(error_code::protocol_error, tag_of(st) + ": second hello frame"),
+                make_error(error_code::protocol_error, "second hello frame"));
+      return;
+    }
+    if (!f.ok) {
+      auto msg = tag_of(st) + " failed to start: " + f.error.message;
+      spdlog::error("{}\n{}", msg, f.error.traceback);
+      auto err = make_error(error_code::python_error, msg, f.error.type, f.error.traceback);
+      terminate(self, err, err);
+      return;
+    }
+    st.status.phase = worker_phase::ready;
+    st.status.python = f.python;
+    st.status.commands = f.commands;
+    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                std::chrono::steady_clock::now() - st.spawned_at)
+                .count();
+    spdlog::info("{} ready in {} ms (Python {}, {} commands)", tag_of(st), ms, f.python,
+                 f.commands.size());
+    for (auto& rp : st.ready_waiters)
+      rp.deliver(snapshot(st));
+    st.ready_waiters.clear();
+    return;
+  }
+  auto i = st.in_flight.find(f.id);
+  if (i == st.in_flight.end()) {
+    auto msg = tag_of(st) + " replied to unknown request id " + std::to_string(f.id);
+    spdlog::error("{}: protocol error, stopping it", msg);
+    auto err = make_error(error_code::protocol_error, msg);
+    terminate(self, err, err);
+    return;
+  }
+  auto req = std::move(i->second);
+  st.in_flight.erase(i);
+  ++st.status.served;
+  if (req.internal)
+    return;
+  if (f.ok) {
+    req.promise.deliver(payload{std::move(f.result)});
+    return;
+  }
+  auto code = error_code::python_error;
+  if (!f.error.code.empty() && !from_string(f.error.code, code))
+    code = error_code::python_error;
+  auto msg = f.error.type.empty() || code != error_code::python_error
+               ? f.error.message
+               : f.error.type + ": " + f.error.message;
+  req.promise.deliver(make_error(code, std::move(msg), f.error.type, f.error.traceback));
+}
+
+worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
+  auto& st = self->state;
+  st.cfg = std::move(cfg);
+  st.status.id = st.cfg.id;
+  st.spawned_at = std::chrono::steady_clock::now();
+  // Start the process.
+  process_options opts;
+  opts.python = st.cfg.python;
+  opts.args = {"-m", "pyvisor.worker", "--in-fd", "3", "--out-fd", "4"};
+  for (const auto& m : st.cfg.modules) {
+    opts.args.emplace_back("--module");
+    opts.args.push_back(m);
+  }
+  std::string pythonpath;
+  for (const auto& p : st.cfg.python_path)
+    pythonpath += p + ":";
+  pythonpath += default_python_dir();
+  if (auto existing = getenv("PYTHONPATH"); existing && *existing)
+    pythonpath += std::string{":"} + existing;
+  opts.env = {"PYTHONPATH=" + pythonpath, "PYTHONUNBUFFERED=1"};
+  opts.tag = "worker " + std::to_string(st.cfg.id);
+  opts.max_frame_size = st.cfg.max_frame_size;
+  // The callbacks hold a weak handle: a worker that nobody references any
+  // more is destroyed, and its process with it.
+  auto weak = self->address();
+  auto send_to_self = [weak](auto&&... xs) {
+    if (auto hdl = caf::actor_cast<caf::actor>(weak))
+      caf::anon_send(hdl, std::forward<decltype(xs)>(xs)...);
+  };
+  process_callbacks cbs;
+  cbs.on_frame = [send_to_self](wire::frame&& f) {
+    send_to_self(frame_atom::value, std::make_shared<wire::frame>(std::move(f)));
+  };
+  cbs.on_protocol_error = [send_to_self](std::string reason) {
+    send_to_self(broken_atom::value, std::move(reason));
+  };
+  cbs.on_exit = [send_to_self](exit_status es) {
+    send_to_self(exited_atom::value, es.code, es.signal);
+  };
+  std::string error;
+  st.proc = python_process::start(std::move(opts), std::move(cbs), error);
+  if (!st.proc) {
+    spdlog::error("worker {}: {}", st.cfg.id, error);
+    auto err = make_error(error_code::worker_crashed, error);
+    self->quit(err);
+    return worker_impl::behavior_type::make_empty_behavior();
+  }
+  st.status.pid = st.proc->pid();
+  self->attach_functor([proc = st.proc] { proc->close(); });
+  self->delayed_send(self, st.cfg.startup_timeout, start_timeout_atom::value);
+  self->set_exit_handler([self](caf::exit_msg& msg) {
+    auto& st = self->state;
+    if (st.status.phase == worker_phase::stopping)
+      return;
+    st.status.phase = worker_phase::stopping;
+    st.stop_reason = std::move(msg.reason);
+    spdlog::info("{} stopping", tag_of(st));
+    st.proc->stop(std::chrono::duration_cast<std::chrono::milliseconds>(st.cfg.stop_grace));
+  });
+  return {
+    [self](execute& req) -> caf::result<payload> {
+      auto& st = self->state;
+      if (st.status.phase == worker_phase::stopping)
+        return make_error(error_code::shutting_down, tag_of(st) + " is stopping");
+      if (!wire::is_single_msgpack_value(req.args.bytes.data(), req.args.bytes.size()))
+        return make_error(error_code::bad_request, "args are not exactly one msgpack value");
+      auto id = st.next_id++;
+      std::vector<char> frame;
+      frame.reserve(req.args.bytes.size() + req.command.size() + req.session.size() + 48);
+      wire::append_request(frame, id, req.command, req.args.bytes, req.session);
+      if (frame.size() - 4 > st.cfg.max_frame_size)
+        return make_error(error_code::bad_request,
+                          "request of " + std::to_string(frame.size()) + " bytes exceeds the "
+                            + std::to_string(st.cfg.max_frame_size) + "-byte frame limit");
+      st.proc->send(std::move(frame));
+      auto rp = self->make_response_promise<payload>();
+      auto timeout = req.timeout.count() > 0 ? req.timeout : st.cfg.request_timeout;
+      self->delayed_send(self, timeout, req_timeout_atom::value, id);
+      st.in_flight.emplace(id, pending_request{rp, std::move(req.command), false});
+      return rp;
+    },
+    [self](ready_atom) -> caf::result<worker_status> {
+      auto& st = self->state;
+      if (st.status.phase == worker_phase::ready)
+        return snapshot(st);
+      auto rp = self->make_response_promise<worker_status>();
+      st.ready_waiters.push_back(rp);
+      return rp;
+    },
+    [self](status_atom) -> worker_status { return snapshot(self->state); },
+    [self](drop_session_atom, std::string& session) {
+      auto& st = self->state;
+      if (st.status.phase == worker_phase::stopping || session.empty())
+        return;
+      auto id = st.next_id++;
+      std::vector<char> frame;
+      wire::append_request(frame, id, "session.drop", payload{}.bytes, session);
+      st.proc->send(std::move(frame));
+      st.in_flight.emplace(id, pending_request{{}, "session.drop", true});
+    },
+    [self](frame_atom, frame_ptr& f) { on_frame(self, *f); },
+    [self](broken_atom, std::string& reason) {
+      auto& st = self->state;
+      auto msg = tag_of(st) + " broke the protocol: " + reason;
+      spdlog::error("{}; stopping it", msg);
+      auto err = make_error(error_code::protocol_error, msg);
+      terminate(self, err, err);
+    },
+    [self](exited_atom, int code, int sig) {
+      auto& st = self->state;
+      exit_status es{code, sig};
+      if (st.status.phase == worker_phase::stopping) {
+        spdlog::info("{} stopped: {}", tag_of(st), es.describe());
+        terminate(self,
+                  make_error(error_code::shutting_down, tag_of(st) + " stopped: " + es.describe()),
+                  std::move(st.stop_reason));
+        return;
+      }
+      auto msg = tag_of(st) + " "
+                 + (st.status.phase == worker_phase::starting ? describe_startup_exit(st, es)
+                                                              : "exited: " + es.describe());
+      spdlog::error("{}", msg);
+      auto err = make_error(error_code::worker_crashed, msg);
+      terminate(self, err, err);
+    },
+    [self](req_timeout_atom, uint64_t id) {
+      auto& st = self->state;
+      auto i = st.in_flight.find(id);
+      if (i == st.in_flight.end())
+        return;
+      auto msg = tag_of(st) + ": request " + std::to_string(id) + " ('" + i->second.command
+                 + "') timed out; recycling the worker";
+      spdlog::warn("{}", msg);
+      if (!i->second.internal)
+        i->second.promise.deliver(make_error(error_code::timeout, msg));
+      st.in_flight.erase(i);
+      terminate(self,
+                make_error(error_code::worker_crashed,
+                           tag_of(st) + " recycled after another request timed out"),
+                make_error(error_code::timeout, msg));
+    },
+    [self](start_timeout_atom) {
+      auto& st = self->state;
+      if (st.status.phase != worker_phase::starting)
+        return;
+      auto msg = tag_of(st) + " did not announce itself within the start-up timeout";
+      spdlog::error("{}", msg);
+      auto err = make_error(error_code::timeout, msg);
+      terminate(self, err, err);
+    },
+  };
+}
+
+} // namespace
+
+std::string default_python_dir() {
+  if (auto env = getenv("PYVISOR_PYTHON_DIR"); env && *env)
+    return env;
+  // Prefer the source tree while developing; fall back to the installed copy.
+  std::string build_dir = PYVISOR_PYTHON_DIR_BUILD;
+  if (access((build_dir + "/pyvisor/worker.py").c_str(), R_OK) == 0)
+    return build_dir;
+  return PYVISOR_PYTHON_DIR_INSTALL;
+}
+
+worker_actor spawn_python_worker(caf::actor_system& sys, worker_config cfg) {
+  return sys.spawn(worker_fun, std::move(cfg));
+}
+
+} // namespace pyvisor

@@ -1,0 +1,26 @@
+// The atoms of pyvisor's typed interfaces (CAF 0.17: at most 10 characters).
+//
+// Names are prefixed where CAF 0.17 already defines an atom of the same C++
+// name (get_atom, ok_atom, ...): a same-named atom with different text would
+// be ambiguous under `using namespace caf`.
+
+#pragma once
+
+#include "caf/atom.hpp"
+
+namespace pyvisor {
+
+/// Asks for a snapshot of an actor's state (worker_status, pool_stats).
+using status_atom = caf::atom_constant<caf::atom("pv_status")>;
+/// Tells a worker to drop one session's state.
+using drop_session_atom = caf::atom_constant<caf::atom("pv_drop")>;
+/// A worker announces that its process said hello (to its ready listener).
+using ready_atom = caf::atom_constant<caf::atom("pv_ready")>;
+/// Ends a session explicitly.
+using end_session_atom = caf::atom_constant<caf::atom("pv_endsess")>;
+/// Timer: periodic cleanup of expired sessions.
+using cleanup_atom = caf::atom_constant<caf::atom("pv_cleanup")>;
+/// Changes a runtime setting (e.g. the session timeout) while running.
+using configure_atom = caf::atom_constant<caf::atom("pv_config")>;
+
+} // namespace pyvisor

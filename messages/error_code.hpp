@@ -1,0 +1,91 @@
+// pyvisor::error_code: the one error vocabulary of the whole runtime.
+//
+// Every failure a caller can see is a caf::error whose category is the atom
+// "pyvisor" and whose code is one of these values; the same names are the
+// `code` strings on every wire (MessagePack-RPC responses, Python replies).
+// The error's context message always starts with a human-readable string; a
+// Python error adds the exception type and the traceback (see error_info).
+//
+// Register the category with an actor_system_config through
+// pyvisor::add_message_types (messages/registry.hpp) so that
+// actor_system::render prints these errors readably; pyvisor::to_string does
+// the same without a system.
+
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "caf/atom.hpp"
+#include "caf/error.hpp"
+
+namespace pyvisor {
+
+enum class error_code : uint8_t {
+  /// Not an error; never used in a caf::error (CAF reserves code 0).
+  none = 0,
+  /// The request itself is malformed: bad arguments, oversized, no session.
+  bad_request,
+  /// The worker has no handler registered under the requested name.
+  unknown_command,
+  /// The Python handler raised; the context carries type and traceback.
+  python_error,
+  /// The worker process died (or was recycled) while the request was in flight.
+  worker_crashed,
+  /// The request did not complete before its deadline.
+  timeout,
+  /// The named session was idle longer than the session timeout.
+  session_expired,
+  /// The worker that held the session's state died; the state is gone.
+  session_lost,
+  /// The pool's wait queue is full; retry later.
+  overloaded,
+  /// The runtime is stopping and accepts no new work.
+  shutting_down,
+  /// A peer broke the wire protocol (bad frame, oversized frame, unknown id).
+  protocol_error,
+};
+
+/// The category atom under which pyvisor errors travel in caf::error.
+constexpr caf::atom_value error_category = caf::atom("pyvisor");
+
+/// Returns the wire name of `x`, e.g. "python_error".
+std::string_view name_of(error_code x) noexcept;
+
+/// Parses a wire name; returns false for unknown names.
+bool from_string(std::string_view name, error_code& x) noexcept;
+
+std::string to_string(error_code x);
+
+/// Makes a pyvisor error without further context (enables `caf::error e = error_code::timeout`).
+caf::error make_error(error_code x);
+
+/// Makes a pyvisor error with a human-readable message.
+caf::error make_error(error_code x, std::string message);
+
+/// Makes a python_error (or another code a Python worker reported) with the
+/// exception type and traceback as context.
+caf::error make_error(error_code x, std::string message, std::string python_type,
+                      std::string traceback);
+
+/// The parts of a pyvisor error, for callers that render or forward it.
+struct error_info {
+  error_code code = error_code::none;
+  std::string message;
+  std::string python_type;
+  std::string traceback;
+};
+
+/// Decomposes `err`. A non-pyvisor error (e.g. a CAF system error) maps to
+/// the closest pyvisor code with the CAF rendering as message; an empty error
+/// yields code none.
+error_info info_of(const caf::error& err);
+
+/// Shorthand for info_of(err).code.
+error_code code_of(const caf::error& err);
+
+/// Renders any caf::error readably, e.g. "python_error: ZeroDivisionError: division by zero".
+std::string to_string_readable(const caf::error& err);
+
+} // namespace pyvisor

@@ -1,0 +1,96 @@
+// The request and status records that travel between pyvisor's actors.
+//
+// `execute` is what a caller sends to a worker (or, later, to the pool): a
+// command name, msgpack-encoded arguments that are never re-encoded on their
+// way to Python, and the optional session and deadline. The reply is a
+// `payload` holding the command's msgpack-encoded result, or a caf::error
+// with a pyvisor::error_code.
+
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "caf/meta/type_name.hpp"
+#include "caf/timespan.hpp"
+
+#include "messages/payload.hpp"
+
+namespace pyvisor {
+
+/// Runs `command` with `args` in a Python worker.
+struct execute {
+  /// Name under which the Python handler was registered.
+  std::string command;
+  /// Arguments: exactly one msgpack value (nil by default).
+  payload args;
+  /// Session id; empty means stateless.
+  std::string session;
+  /// Deadline for this request; zero means the receiver's default.
+  caf::timespan timeout{0};
+  /// Whether running the command twice is harmless (allows retries).
+  bool idempotent = false;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, execute& x) {
+  return f(caf::meta::type_name("pyvisor::execute"), x.command, x.args, x.session,
+           x.timeout, x.idempotent);
+}
+
+/// Convenience: builds an execute request from any msgpack-adaptable value.
+template <class T>
+execute make_execute(std::string command, const T& args);
+
+/// Convenience: as above, for session `session`.
+template <class T>
+execute make_execute(std::string command, const T& args, std::string session) {
+  execute result;
+  result.command = std::move(command);
+  result.args = pack(args);
+  result.session = std::move(session);
+  return result;
+}
+
+template <class T>
+execute make_execute(std::string command, const T& args) {
+  return make_execute(std::move(command), args, std::string{});
+}
+
+/// Convenience: an execute request without arguments (args = nil).
+inline execute make_execute(std::string command) {
+  execute result;
+  result.command = std::move(command);
+  return result;
+}
+
+/// The life-cycle phase of a worker.
+enum class worker_phase : uint8_t { starting, ready, stopping };
+
+std::string to_string(worker_phase x);
+
+/// A snapshot of one worker.
+struct worker_status {
+  /// Id assigned by whoever spawned it (pool slot).
+  uint32_t id = 0;
+  /// OS pid of the Python process (0 for in-process backends).
+  int64_t pid = 0;
+  worker_phase phase = worker_phase::starting;
+  /// Requests sent and not yet answered.
+  uint32_t in_flight = 0;
+  /// Requests answered (successfully or with a Python error).
+  uint64_t served = 0;
+  /// Python version as announced in the hello frame.
+  std::string python;
+  /// Commands the worker announced.
+  std::vector<std::string> commands;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, worker_status& x) {
+  return f(caf::meta::type_name("pyvisor::worker_status"), x.id, x.pid, x.phase,
+           x.in_flight, x.served, x.python, x.commands);
+}
+
+} // namespace pyvisor

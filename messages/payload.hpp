@@ -1,0 +1,86 @@
+// pyvisor::payload: a msgpack-encoded value travelling through the actors.
+//
+// Callers pack any msgpack-c-adaptable value (structs with MSGPACK_DEFINE_MAP,
+// maps, vectors, strings, msgpack::type::raw_ref / std::vector<char> as binary)
+// with pyvisor::pack and unpack a reply into their own type with
+// pyvisor::unpack. Between those two points the bytes are opaque: actors move
+// them, the worker splices them into the wire frame as they are, and the reply
+// bytes are cut out of Python's frame without being decoded and re-encoded.
+//
+// A default-constructed payload holds msgpack nil (one byte, 0xc0), so a
+// payload is always a valid msgpack value.
+
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include <msgpack.hpp>
+
+#include "caf/error.hpp"
+#include "caf/expected.hpp"
+#include "caf/meta/type_name.hpp"
+
+#include "messages/error_code.hpp"
+
+namespace pyvisor {
+
+struct payload {
+  std::vector<char> bytes{'\xc0'};
+
+  payload() = default;
+  explicit payload(std::vector<char> raw) : bytes(std::move(raw)) {}
+
+  /// True when the payload is msgpack nil.
+  bool is_nil() const noexcept {
+    return bytes.size() == 1 && bytes[0] == '\xc0';
+  }
+};
+
+inline bool operator==(const payload& x, const payload& y) {
+  return x.bytes == y.bytes;
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, payload& x) {
+  return f(caf::meta::type_name("pyvisor::payload"), x.bytes);
+}
+
+namespace detail {
+
+/// msgpack-c writes into anything with write(const char*, size_t).
+struct vector_writer {
+  std::vector<char>& out;
+  void write(const char* data, size_t size) {
+    out.insert(out.end(), data, data + size);
+  }
+};
+
+} // namespace detail
+
+/// Packs `x` into a payload.
+template <class T>
+payload pack(const T& x) {
+  payload result{std::vector<char>{}};
+  detail::vector_writer w{result.bytes};
+  msgpack::pack(w, x);
+  return result;
+}
+
+/// Unpacks `x` into a `T`; a payload that is not valid msgpack or does not
+/// convert to `T` yields bad_request with msgpack-c's reason.
+template <class T>
+caf::expected<T> unpack(const payload& x) {
+  try {
+    auto handle = msgpack::unpack(x.bytes.data(), x.bytes.size());
+    return handle.get().as<T>();
+  } catch (const std::exception& e) {
+    return make_error(error_code::bad_request,
+                      std::string{"cannot unpack payload: "} + e.what());
+  }
+}
+
+/// Validates that `x` holds exactly one well-formed msgpack value.
+bool is_valid_msgpack(const payload& x) noexcept;
+
+} // namespace pyvisor

@@ -1,0 +1,246 @@
+#include "messages/wire_codec.hpp"
+
+#include <msgpack.hpp>
+
+#include "messages/payload.hpp"
+
+namespace pyvisor::wire {
+
+namespace {
+
+using packer = msgpack::packer<pyvisor::detail::vector_writer>;
+
+// Reserves the 4-byte length prefix and returns its position.
+size_t begin_frame(std::vector<char>& out) {
+  auto pos = out.size();
+  out.resize(pos + 4);
+  return pos;
+}
+
+void end_frame(std::vector<char>& out, size_t pos) {
+  auto len = out.size() - pos - 4;
+  out[pos] = static_cast<char>((len >> 24) & 0xff);
+  out[pos + 1] = static_cast<char>((len >> 16) & 0xff);
+  out[pos + 2] = static_cast<char>((len >> 8) & 0xff);
+  out[pos + 3] = static_cast<char>(len & 0xff);
+}
+
+void pack_str(packer& pk, std::string_view s) {
+  pk.pack_str(static_cast<uint32_t>(s.size()));
+  pk.pack_str_body(s.data(), static_cast<uint32_t>(s.size()));
+}
+
+// Element counts can never exceed the number of bytes in the frame, so this
+// bound keeps a forged header from making msgpack-c allocate gigabytes.
+msgpack::unpack_limit limit_for(size_t size) {
+  auto n = size > 0xffffffffu ? 0xffffffffu : static_cast<std::size_t>(size);
+  return msgpack::unpack_limit(n, n, n, n, n, 512);
+}
+
+// Referencing strings and binaries instead of copying them is safe here: the
+// objects never outlive the frame bytes they point into.
+bool reference_all(msgpack::type::object_type, std::size_t, void*) {
+  return true;
+}
+
+msgpack::object_handle unpack_one(const char* data, size_t size, size_t& off) {
+  return msgpack::unpack(data, size, off, reference_all, nullptr, limit_for(size));
+}
+
+std::string as_string(const msgpack::object& o) {
+  if (o.type == msgpack::type::NIL)
+    return {};
+  if (o.type != msgpack::type::STR)
+    throw msgpack::type_error{};
+  return std::string{o.via.str.ptr, o.via.str.size};
+}
+
+void read_error(const msgpack::object& o, remote_error& err) {
+  if (o.type != msgpack::type::MAP)
+    throw std::runtime_error("field 'error' is not a map");
+  for (const auto& kv : o.via.map) {
+    auto key = as_string(kv.key);
+    if (key == "code")
+      err.code = as_string(kv.val);
+    else if (key == "type")
+      err.type = as_string(kv.val);
+    else if (key == "message")
+      err.message = as_string(kv.val);
+    else if (key == "traceback")
+      err.traceback = as_string(kv.val);
+  }
+}
+
+} // namespace
+
+void append_request(std::vector<char>& out, uint64_t id, std::string_view cmd,
+                    const std::vector<char>& args, std::string_view session) {
+  auto pos = begin_frame(out);
+  pyvisor::detail::vector_writer w{out};
+  packer pk{w};
+  pk.pack_map(4);
+  pack_str(pk, "id");
+  pk.pack_uint64(id);
+  pack_str(pk, "cmd");
+  pack_str(pk, cmd);
+  pack_str(pk, "args");
+  if (args.empty())
+    pk.pack_nil();
+  else
+    out.insert(out.end(), args.begin(), args.end());
+  pack_str(pk, "session");
+  if (session.empty())
+    pk.pack_nil();
+  else
+    pack_str(pk, session);
+  end_frame(out, pos);
+}
+
+void append_reply(std::vector<char>& out, uint64_t id, const std::vector<char>& result) {
+  auto pos = begin_frame(out);
+  pyvisor::detail::vector_writer w{out};
+  packer pk{w};
+  pk.pack_map(3);
+  pack_str(pk, "id");
+  pk.pack_uint64(id);
+  pack_str(pk, "ok");
+  pk.pack_true();
+  pack_str(pk, "result");
+  out.insert(out.end(), result.begin(), result.end());
+  end_frame(out, pos);
+}
+
+void append_error_reply(std::vector<char>& out, uint64_t id, const remote_error& err) {
+  auto pos = begin_frame(out);
+  pyvisor::detail::vector_writer w{out};
+  packer pk{w};
+  pk.pack_map(3);
+  pack_str(pk, "id");
+  pk.pack_uint64(id);
+  pack_str(pk, "ok");
+  pk.pack_false();
+  pack_str(pk, "error");
+  pk.pack_map(4);
+  pack_str(pk, "code");
+  pack_str(pk, err.code);
+  pack_str(pk, "type");
+  pack_str(pk, err.type);
+  pack_str(pk, "message");
+  pack_str(pk, err.message);
+  pack_str(pk, "traceback");
+  pack_str(pk, err.traceback);
+  end_frame(out, pos);
+}
+
+void append_hello(std::vector<char>& out, int64_t pid, std::string_view python,
+                  const std::vector<std::string>& commands) {
+  auto pos = begin_frame(out);
+  pyvisor::detail::vector_writer w{out};
+  packer pk{w};
+  pk.pack_map(4);
+  pack_str(pk, "hello");
+  pk.pack_true();
+  pack_str(pk, "pid");
+  pk.pack_int64(pid);
+  pack_str(pk, "python");
+  pack_str(pk, python);
+  pack_str(pk, "commands");
+  pk.pack_array(static_cast<uint32_t>(commands.size()));
+  for (const auto& c : commands)
+    pack_str(pk, c);
+  end_frame(out, pos);
+}
+
+std::string decode(const char* data, size_t size, frame& out) {
+  if (size == 0)
+    return "empty frame";
+  auto b = static_cast<unsigned char>(data[0]);
+  size_t entries = 0;
+  size_t off = 0;
+  // The top-level map header is read by hand so that each value's byte range
+  // is known: that is what lets `result` pass through without re-encoding.
+  if ((b & 0xf0) == 0x80) {
+    entries = b & 0x0f;
+    off = 1;
+  } else if (b == 0xde && size >= 3) {
+    auto u = reinterpret_cast<const unsigned char*>(data);
+    entries = (size_t{u[1]} << 8) | u[2];
+    off = 3;
+  } else if (b == 0xdf && size >= 5) {
+    auto u = reinterpret_cast<const unsigned char*>(data);
+    entries = (size_t{u[1]} << 24) | (size_t{u[2]} << 16) | (size_t{u[3]} << 8) | u[4];
+    off = 5;
+  } else {
+    return "frame is not a msgpack map";
+  }
+  bool have_id = false;
+  bool have_ok = false;
+  try {
+    for (size_t i = 0; i < entries; ++i) {
+      auto key_handle = unpack_one(data, size, off);
+      auto key = as_string(key_handle.get());
+      auto value_begin = off;
+      auto value_handle = unpack_one(data, size, off);
+      const auto& value = value_handle.get();
+      if (key == "id") {
+        out.id = value.as<uint64_t>();
+        have_id = true;
+      } else if (key == "ok") {
+        out.ok = value.as<bool>();
+        have_ok = true;
+      } else if (key == "result") {
+        out.result.assign(data + value_begin, data + off);
+      } else if (key == "error") {
+        read_error(value, out.error);
+      } else if (key == "hello") {
+        out.type = frame_type::hello;
+        out.ok = value.as<bool>();
+        have_ok = true;
+      } else if (key == "pid") {
+        out.pid = value.as<int64_t>();
+      } else if (key == "python") {
+        out.python = as_string(value);
+      } else if (key == "commands") {
+        out.commands = value.as<std::vector<std::string>>();
+      }
+      // Unknown keys are ignored so that the protocol can grow.
+    }
+  } catch (const msgpack::insufficient_bytes&) {
+    return "truncated msgpack in frame";
+  } catch (const std::bad_alloc&) {
+    return "frame declares more elements than it can hold";
+  } catch (const std::exception& e) {
+    return std::string{"invalid frame: "} + e.what();
+  }
+  if (off != size)
+    return "trailing bytes after the frame's map";
+  if (!have_ok)
+    return "frame has no 'ok' or 'hello' field";
+  if (out.type == frame_type::reply) {
+    if (!have_id)
+      return "reply frame has no 'id'";
+    if (out.ok && out.result.empty())
+      out.result.push_back('\xc0');
+  }
+  return {};
+}
+
+bool is_single_msgpack_value(const char* data, size_t size) noexcept {
+  try {
+    size_t off = 0;
+    unpack_one(data, size, off);
+    return off == size;
+  } catch (...) {
+    return false;
+  }
+}
+
+} // namespace pyvisor
+
+namespace pyvisor {
+
+bool is_valid_msgpack(const payload& x) noexcept {
+  return wire::is_single_msgpack_value(x.bytes.data(), x.bytes.size());
+}
+
+} // namespace pyvisor

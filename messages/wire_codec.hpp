@@ -1,0 +1,138 @@
+// pyvisor::wire: the frame codec of the pipe protocol between a worker actor
+// and its Python process (specified in docs/protocol.md).
+//
+// A frame is a 4-byte big-endian length followed by that many bytes holding
+// one msgpack map. This header knows nothing of actors: it encodes request
+// frames (splicing the caller's already-packed argument bytes in unchanged),
+// decodes reply and hello frames (cutting the raw bytes of `result` out of the
+// frame instead of re-encoding them), and splits a byte stream into frames.
+//
+// Guarantees: decoding never throws, never reads past the given bytes and
+// never allocates more than a small multiple of the frame's size (element
+// counts are bounded by the frame length); every failure is reported as a
+// reason string, which callers turn into error_code::protocol_error.
+
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace pyvisor::wire {
+
+/// Default bound of one frame's body (64 MiB).
+constexpr size_t default_max_frame_size = size_t{64} << 20;
+
+/// An error as a Python worker reports it.
+struct remote_error {
+  /// One of the runtime's error code names, or empty (means python_error).
+  std::string code;
+  std::string type;
+  std::string message;
+  std::string traceback;
+};
+
+enum class frame_type { reply, hello };
+
+/// A decoded frame from Python: a reply to a request or the hello frame.
+struct frame {
+  frame_type type = frame_type::reply;
+  /// Reply: the request id. Hello: 0.
+  uint64_t id = 0;
+  /// Reply: whether the command succeeded. Hello: whether start-up succeeded.
+  bool ok = false;
+  /// Reply with ok: the raw msgpack bytes of `result`.
+  std::vector<char> result;
+  /// Reply without ok, or a failed hello.
+  remote_error error;
+  /// Hello only.
+  int64_t pid = 0;
+  std::string python;
+  std::vector<std::string> commands;
+};
+
+/// Appends a complete request frame (length prefix included) to `out`.
+/// `args` must hold exactly one msgpack value; it is copied verbatim.
+void append_request(std::vector<char>& out, uint64_t id, std::string_view cmd,
+                    const std::vector<char>& args, std::string_view session);
+
+/// Appends a reply frame; used by tests and by workers written in C++.
+void append_reply(std::vector<char>& out, uint64_t id, const std::vector<char>& result);
+
+/// Appends an error reply frame; used by tests and by workers written in C++.
+void append_error_reply(std::vector<char>& out, uint64_t id, const remote_error& err);
+
+/// Appends a successful hello frame; used by tests.
+void append_hello(std::vector<char>& out, int64_t pid, std::string_view python,
+                  const std::vector<std::string>& commands);
+
+/// Decodes one frame body (without its length prefix) into `out`.
+/// Returns an empty string on success, otherwise the reason it is invalid.
+std::string decode(const char* data, size_t size, frame& out);
+
+/// Returns whether `data` holds exactly one well-formed msgpack value.
+bool is_single_msgpack_value(const char* data, size_t size) noexcept;
+
+/// Splits a byte stream into frames and decodes them. Once a frame is
+/// oversized or invalid, the reader is broken: the stream cannot be
+/// resynchronised, so it rejects all further input.
+class frame_reader {
+public:
+  explicit frame_reader(size_t max_frame_size = default_max_frame_size)
+    : max_frame_size_(max_frame_size) {
+    // nop
+  }
+
+  /// Consumes `size` bytes, calling `on_frame(frame&&)` for each complete
+  /// frame. Returns false once the stream is broken (see error()).
+  template <class OnFrame>
+  bool feed(const char* data, size_t size, OnFrame&& on_frame) {
+    if (!error_.empty())
+      return false;
+    buf_.insert(buf_.end(), data, data + size);
+    size_t pos = 0;
+    while (buf_.size() - pos >= 4) {
+      auto len = read_length(buf_.data() + pos);
+      if (len > max_frame_size_) {
+        error_ = "frame of " + std::to_string(len) + " bytes exceeds the limit of "
+                 + std::to_string(max_frame_size_) + " bytes";
+        return false;
+      }
+      if (buf_.size() - pos - 4 < len)
+        break;
+      frame f;
+      auto reason = decode(buf_.data() + pos + 4, len, f);
+      if (!reason.empty()) {
+        error_ = std::move(reason);
+        return false;
+      }
+      pos += 4 + len;
+      on_frame(std::move(f));
+    }
+    buf_.erase(buf_.begin(), buf_.begin() + static_cast<std::ptrdiff_t>(pos));
+    return true;
+  }
+
+  /// Bytes received but not yet forming a complete frame.
+  size_t buffered() const noexcept {
+    return buf_.size();
+  }
+
+  const std::string& error() const noexcept {
+    return error_;
+  }
+
+private:
+  static size_t read_length(const char* p) noexcept {
+    auto b = reinterpret_cast<const unsigned char*>(p);
+    return (size_t{b[0]} << 24) | (size_t{b[1]} << 16) | (size_t{b[2]} << 8) | size_t{b[3]};
+  }
+
+  size_t max_frame_size_;
+  std::vector<char> buf_;
+  std::string error_;
+};
+
+} // namespace pyvisor::wire

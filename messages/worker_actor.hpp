@@ -1,0 +1,30 @@
+// worker_actor: the typed interface of one Python worker.
+//
+// Every backend (a real Python process, the in-process mock) implements it,
+// so pools, tests and users' own actors depend only on this contract:
+// - execute -> payload or caf::error (pyvisor::error_code); several requests
+//   may be in flight; each is answered exactly once, directly to its sender.
+// - ready_atom -> worker_status, answered once the worker is ready (or with
+//   its start-up error).
+// - status_atom -> worker_status, at once.
+// - drop_session_atom, id: forget that session's state (no reply).
+// A worker terminates when its process dies, breaks the protocol or a request
+// times out; its exit reason is a pyvisor error a supervisor can read.
+
+#pragma once
+
+#include "caf/replies_to.hpp"
+#include "caf/typed_actor.hpp"
+
+#include "messages/atoms.hpp"
+#include "messages/execute.hpp"
+
+namespace pyvisor {
+
+using worker_actor = caf::typed_actor<
+  caf::replies_to<execute>::with<payload>,
+  caf::replies_to<ready_atom>::with<worker_status>,
+  caf::replies_to<status_atom>::with<worker_status>,
+  caf::reacts_to<drop_session_atom, std::string>>;
+
+} // namespace pyvisor

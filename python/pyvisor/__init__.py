@@ -1,0 +1,71 @@
+"""pyvisor: Python commands served to C++ by a supervised pool of workers.
+
+Register a command with the decorator and name your module in the node's
+configuration (``pool.modules``)::
+
+    import pyvisor
+
+    @pyvisor.command("add")
+    def add(args, ctx):
+        return args["a"] + args["b"]
+
+``args`` is the decoded msgpack value the caller sent. ``ctx.session`` is a
+dict holding the calling session's state inside this worker process (``None``
+for a stateless call); the runtime routes every call of one session to the
+same worker. Raise :class:`BadRequest` for invalid arguments; any other
+exception is reported to the caller as ``python_error`` with its traceback.
+"""
+
+__all__ = ["command", "commands", "Context", "Error", "BadRequest"]
+
+_registry = {}
+
+
+class Error(Exception):
+    """An error reported to the caller with a specific pyvisor error code."""
+
+    code = "python_error"
+
+
+class BadRequest(Error):
+    """The caller sent arguments the command cannot use."""
+
+    code = "bad_request"
+
+
+def command(name):
+    """Registers ``fn(args, ctx)`` as the handler of command ``name``."""
+    if not isinstance(name, str) or not name:
+        raise ValueError("pyvisor.command needs a non-empty name")
+
+    def decorate(fn):
+        previous = _registry.get(name)
+        if previous is not None and previous is not fn:
+            raise ValueError(
+                "command %r is already registered by %s.%s"
+                % (name, previous.__module__, previous.__qualname__)
+            )
+        _registry[name] = fn
+        return fn
+
+    return decorate
+
+
+def commands():
+    """Returns the names of all registered commands, sorted."""
+    return sorted(_registry)
+
+
+def lookup(name):
+    return _registry.get(name)
+
+
+class Context:
+    """What a handler knows about the call besides its arguments."""
+
+    __slots__ = ("session_id", "session", "worker")
+
+    def __init__(self, session_id, session, worker):
+        self.session_id = session_id
+        self.session = session
+        self.worker = worker

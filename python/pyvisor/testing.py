@@ -1,0 +1,43 @@
+"""Commands that misbehave on purpose, for pyvisor's own tests and chaos runs.
+
+Not loaded by default: name ``pyvisor.testing`` in ``pool.modules`` to get them.
+"""
+
+import os
+import time
+
+from pyvisor import BadRequest, command
+
+
+@command("sleep")
+def sleep(args, ctx):
+    if not isinstance(args, dict) or not isinstance(args.get("ms"), (int, float)):
+        raise BadRequest("expected {ms: number}")
+    time.sleep(args["ms"] / 1000.0)
+    return args["ms"]
+
+
+@command("crash")
+def crash(args, ctx):
+    code = args.get("code", 1) if isinstance(args, dict) else 1
+    os._exit(int(code))
+
+
+@command("hang")
+def hang(args, ctx):
+    while True:
+        time.sleep(3600)
+
+
+@command("garbage")
+def garbage(args, ctx):
+    # A length prefix followed by bytes no msgpack decoder accepts (0xc1 is
+    # reserved and never valid).
+    ctx.worker.write_raw(b"\x00\x00\x00\x04\xc1\xc1\xc1\xc1")
+    return None
+
+
+@command("raise")
+def raise_(args, ctx):
+    message = args.get("message", "raised on request") if isinstance(args, dict) else str(args)
+    raise ValueError(message)

@@ -1,0 +1,154 @@
+"""The pyvisor worker loop: serves requests from a pyvisor node over pipes.
+
+Started by the node as ``python3 -m pyvisor.worker --in-fd 3 --out-fd 4
+[--module NAME ...]``; the protocol is specified in docs/protocol.md. The
+protocol runs on its own file descriptors, so ``print()`` and logging in user
+code go to stdout/stderr, which the node logs, tagged with this worker.
+
+Exit codes: 0 after EOF on the request pipe; 3 when msgpack is missing;
+4 when a user module fails to import (reported in the hello frame first);
+5 when the node sent a frame this worker cannot decode.
+"""
+
+import os
+import sys
+
+EXIT_NO_MSGPACK = 3
+EXIT_IMPORT_FAILED = 4
+EXIT_PROTOCOL = 5
+
+try:
+    import msgpack
+except ImportError:
+    sys.stderr.write(
+        "pyvisor: the interpreter %s has no 'msgpack' module; install it "
+        "(on Debian: apt-get install python3-msgpack, then use /usr/bin/python3) "
+        "or set pool.python to an interpreter that has it\n" % sys.executable
+    )
+    sys.stderr.flush()
+    os._exit(EXIT_NO_MSGPACK)
+
+import argparse
+import importlib
+import struct
+import traceback
+
+import pyvisor
+import pyvisor.builtins  # noqa: F401  (registers the built-in commands)
+
+_HEADER = struct.Struct(">I")
+
+
+def _error_map(exc, code=None):
+    return {
+        "code": code or getattr(exc, "code", None) or "python_error",
+        "type": type(exc).__name__,
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+    }
+
+
+class Worker:
+    """One worker process: the session table and the two protocol pipes."""
+
+    def __init__(self, in_fd, out_fd):
+        self.inp = os.fdopen(in_fd, "rb", buffering=1 << 16)
+        self.out_fd = out_fd
+        self.sessions = {}
+        self.served = 0
+        self._packer = msgpack.Packer(use_bin_type=True)
+
+    def write_raw(self, data):
+        view = memoryview(data)
+        while view:
+            n = os.write(self.out_fd, view)
+            view = view[n:]
+
+    def send(self, obj):
+        body = self._packer.pack(obj)
+        self.write_raw(_HEADER.pack(len(body)) + body)
+
+    def read_frame(self):
+        header = self.inp.read(4)
+        if len(header) < 4:
+            return None
+        (size,) = _HEADER.unpack(header)
+        body = self.inp.read(size)
+        if len(body) < size:
+            return None
+        return msgpack.unpackb(body, raw=False, strict_map_key=False)
+
+    def handle(self, req):
+        rid = req.get("id")
+        name = req.get("cmd")
+        session_id = req.get("session")
+        fn = pyvisor.lookup(name)
+        if fn is None:
+            return {
+                "id": rid,
+                "ok": False,
+                "error": {
+                    "code": "unknown_command",
+                    "type": "UnknownCommand",
+                    "message": "no command %r in this worker (known: %s)"
+                    % (name, ", ".join(pyvisor.commands())),
+                    "traceback": "",
+                },
+            }
+        session = None
+        if session_id is not None:
+            session = self.sessions.get(session_id)
+            if session is None:
+                session = self.sessions[session_id] = {}
+        try:
+            result = fn(req.get("args"), pyvisor.Context(session_id, session, self))
+        except Exception as exc:  # the caller gets it; the worker keeps serving
+            return {"id": rid, "ok": False, "error": _error_map(exc)}
+        finally:
+            self.served += 1
+        return {"id": rid, "ok": True, "result": result}
+
+    def serve(self):
+        while True:
+            try:
+                req = self.read_frame()
+            except Exception as exc:
+                sys.stderr.write("pyvisor: undecodable request frame: %s\n" % exc)
+                return EXIT_PROTOCOL
+            if req is None:
+                return 0
+            reply = self.handle(req)
+            try:
+                self.send(reply)
+            except (TypeError, ValueError, OverflowError) as exc:
+                # The result could not be packed: report that instead.
+                self.send({"id": reply["id"], "ok": False, "error": _error_map(exc)})
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="pyvisor.worker")
+    parser.add_argument("--in-fd", type=int, default=3)
+    parser.add_argument("--out-fd", type=int, default=4)
+    parser.add_argument("--module", action="append", default=[])
+    opts = parser.parse_args(argv)
+    worker = Worker(opts.in_fd, opts.out_fd)
+    for name in opts.module:
+        try:
+            importlib.import_module(name)
+        except BaseException as exc:
+            err = _error_map(exc)
+            err["message"] = "importing user module %r failed: %s: %s" % (
+                name, type(exc).__name__, exc)
+            worker.send({"hello": False, "pid": os.getpid(), "error": err})
+            return EXIT_IMPORT_FAILED
+    worker.send({
+        "hello": True,
+        "pid": os.getpid(),
+        "python": sys.version.split()[0],
+        "commands": pyvisor.commands(),
+    })
+    return worker.serve()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+// Shared set-up of integration tests that run real Python workers.
+//
+// The fixture owns an actor system with a real scheduler and every worker a
+// test spawns through it; its destructor kills them (also when an assertion
+// failed), so no Python process outlives a test.
+#pragma once
+
+#include <signal.h>
+#include <sys/types.h>
+
+#include <chrono>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "support/catch_caf.hpp"
+
+#include "caf/actor_system.hpp"
+#include "caf/actor_system_config.hpp"
+#include "caf/scoped_actor.hpp"
+#include "caf/send.hpp"
+
+#include "actors/worker.hpp"
+#include "messages/registry.hpp"
+
+namespace pyvisor::test {
+
+/// True while `pid` names a process that is not a zombie.
+inline bool process_alive(pid_t pid) {
+  std::ifstream in{"/proc/" + std::to_string(pid) + "/stat"};
+  std::string line;
+  if (!std::getline(in, line))
+    return false;
+  auto close = line.rfind(')');
+  if (close == std::string::npos || close + 2 >= line.size())
+    return false;
+  auto state = line[close + 2];
+  return state != 'Z' && state != 'X';
+}
+
+/// Polls until `pid` is gone or `limit` passed; returns whether it is gone.
+inline bool wait_gone(pid_t pid, std::chrono::milliseconds limit = std::chrono::seconds(5)) {
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  while (process_alive(pid)) {
+    if (std::chrono::steady_clock::now() > deadline)
+      return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return true;
+}
+
+struct system_config : caf::actor_system_config {
+  system_config() {
+    pyvisor::add_message_types(*this);
+    set("scheduler.max-threads", 2);
+    set("logger.verbosity", caf::atom("quiet"));
+  }
+};
+
+struct python_fixture {
+  system_config cfg;
+  caf::actor_system sys{cfg};
+  caf::scoped_actor self{sys};
+  std::vector<worker_actor> spawned;
+
+  /// A worker configuration with the test modules loaded.
+  static worker_config test_worker_config(uint32_t id = 1) {
+    worker_config wc;
+    wc.id = id;
+    wc.python_path = {PYVISOR_TEST_PYTHON_DIR};
+    wc.modules = {"pyvisor.testing", "sample_commands"};
+    wc.startup_timeout = std::chrono::seconds(10);
+    return wc;
+  }
+
+  worker_actor spawn(worker_config wc) {
+    auto w = spawn_python_worker(sys, std::move(wc));
+    spawned.push_back(w);
+    return w;
+  }
+
+  /// Spawns a worker and waits until it is ready.
+  std::pair<worker_actor, worker_status> spawn_ready(worker_config wc = test_worker_config()) {
+    auto w = spawn(std::move(wc));
+    auto st = ready(w);
+    REQUIRE(st);
+    return {w, *st};
+  }
+
+  caf::expected<worker_status> ready(const worker_actor& w) {
+    caf::expected<worker_status> result{caf::error{}};
+    self->request(w, std::chrono::seconds(20), ready_atom::value)
+      .receive([&](worker_status& st) { result = std::move(st); },
+               [&](caf::error& err) { result = std::move(err); });
+    return result;
+  }
+
+  caf::expected<payload> call(const worker_actor& w, execute req,
+                              std::chrono::seconds limit = std::chrono::seconds(20)) {
+    caf::expected<payload> result{caf::error{}};
+    self->request(w, limit, std::move(req))
+      .receive([&](payload& p) { result = std::move(p); },
+               [&](caf::error& err) { result = std::move(err); });
+    return result;
+  }
+
+  /// Waits for the worker to terminate and returns its exit reason.
+  caf::error exit_reason_of(const worker_actor& w) {
+    caf::error reason;
+    self->monitor(w);
+    self->receive([&](caf::down_msg& dm) { reason = dm.reason; },
+                  caf::after(std::chrono::seconds(20)) >> [&] { FAIL("worker did not exit"); });
+    return reason;
+  }
+
+  ~python_fixture() {
+    for (auto& w : spawned)
+      caf::anon_send_exit(w, caf::exit_reason::kill);
+    spawned.clear();
+  }
+};
+
+} // namespace pyvisor::test

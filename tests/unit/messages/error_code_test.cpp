@@ -1,0 +1,56 @@
+// Unit tests of the error vocabulary and its CAF category registration.
+#include "support/catch_caf.hpp"
+
+#include "caf/actor_system.hpp"
+#include "caf/actor_system_config.hpp"
+#include "caf/sec.hpp"
+
+#include "messages/registry.hpp"
+
+using namespace pyvisor;
+
+TEST_CASE("every error code has a wire name that parses back", "[unit][errors]") {
+  const std::vector<std::string> names{
+    "bad_request",  "unknown_command", "python_error", "worker_crashed", "timeout",
+    "session_expired", "session_lost", "overloaded",   "shutting_down",  "protocol_error"};
+  for (size_t i = 0; i < names.size(); ++i) {
+    auto code = static_cast<error_code>(i + 1);
+    CHECK(to_string(code) == names[i]);
+    error_code parsed = error_code::none;
+    CHECK(from_string(names[i], parsed));
+    CHECK(parsed == code);
+  }
+  error_code x = error_code::none;
+  CHECK_FALSE(from_string("no_such_code", x));
+}
+
+TEST_CASE("pyvisor errors carry message, Python type and traceback", "[unit][errors]") {
+  auto err = make_error(error_code::python_error, "division by zero", "ZeroDivisionError",
+                        "Traceback (most recent call last): ...");
+  CHECK(err == error_code::python_error);
+  CHECK(err != error_code::timeout);
+  auto info = info_of(err);
+  CHECK(info.code == error_code::python_error);
+  CHECK(info.message == "division by zero");
+  CHECK(info.python_type == "ZeroDivisionError");
+  CHECK(info.traceback == "Traceback (most recent call last): ...");
+  CHECK(to_string_readable(err) == "python_error: ZeroDivisionError: division by zero");
+  caf::error plain = error_code::overloaded;
+  CHECK(code_of(plain) == error_code::overloaded);
+  CHECK(to_string_readable(plain) == "overloaded");
+  CHECK(code_of(caf::error{}) == error_code::none);
+}
+
+TEST_CASE("CAF's own request errors map onto the runtime's codes", "[unit][errors]") {
+  CHECK(code_of(caf::make_error(caf::sec::request_timeout)) == error_code::timeout);
+  CHECK(code_of(caf::make_error(caf::sec::request_receiver_down)) == error_code::worker_crashed);
+}
+
+TEST_CASE("the registered category renders pyvisor errors readably", "[unit][errors]") {
+  caf::actor_system_config cfg;
+  add_message_types(cfg);
+  cfg.set("scheduler.max-threads", 1);
+  caf::actor_system sys{cfg};
+  auto rendered = sys.render(make_error(error_code::timeout, "request 3 timed out"));
+  CHECK(rendered == "pyvisor.timeout: request 3 timed out");
+}
