@@ -19,6 +19,7 @@
 #include "caf/io/middleman.hpp"
 
 #include "actors/worker.hpp"
+#include "messages/log.hpp"
 #include "messages/registry.hpp"
 
 namespace {
@@ -57,8 +58,8 @@ int wait_for_signal() {
 }
 
 void caf_main(caf::actor_system& sys, const node_config& cfg) {
-  spdlog::set_level(spdlog::level::from_str(cfg.log_level));
-  spdlog::info("pyvisor-node (demo): starting {} workers with {}", cfg.pool_size, cfg.python);
+  pyvisor::log().set_level(spdlog::level::from_str(cfg.log_level));
+  pyvisor::log().info("pyvisor-node (demo): starting {} workers with {}", cfg.pool_size, cfg.python);
   auto t0 = std::chrono::steady_clock::now();
   std::vector<pyvisor::worker_actor> workers;
   for (size_t i = 0; i < cfg.pool_size; ++i) {
@@ -78,31 +79,31 @@ void caf_main(caf::actor_system& sys, const node_config& cfg) {
       .receive([&](const pyvisor::worker_status&) {},
                [&](const caf::error& err) {
                  all_ok = false;
-                 spdlog::error("worker failed to start: {}", sys.render(err));
+                 pyvisor::log().error("worker failed to start: {}", sys.render(err));
                });
   }
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
               std::chrono::steady_clock::now() - t0)
               .count();
   if (all_ok)
-    spdlog::info("all {} workers ready in {} ms", workers.size(), ms);
+    pyvisor::log().info("all {} workers ready in {} ms", workers.size(), ms);
   for (auto& w : workers) {
     self->request(w, caf::infinite, pyvisor::make_execute("ping"))
       .receive(
         [&](const pyvisor::payload& reply) {
           auto pong = pyvisor::unpack<std::string>(reply);
-          spdlog::info("ping -> {}", pong ? *pong : "?");
+          pyvisor::log().info("ping -> {}", pong ? *pong : "?");
         },
-        [&](const caf::error& err) { spdlog::error("ping failed: {}", sys.render(err)); });
+        [&](const caf::error& err) { pyvisor::log().error("ping failed: {}", sys.render(err)); });
   }
-  spdlog::info("pyvisor-node (demo) running; stop with Ctrl-C or SIGTERM");
+  pyvisor::log().info("pyvisor-node (demo) running; stop with Ctrl-C or SIGTERM");
   auto sig = wait_for_signal();
-  spdlog::info("received signal {}, stopping workers", sig);
+  pyvisor::log().info("received signal {}, stopping workers", sig);
   for (auto& w : workers)
     self->send_exit(w, caf::exit_reason::user_shutdown);
   for (auto& w : workers)
     self->wait_for(w);
-  spdlog::info("stopped");
+  pyvisor::log().info("stopped");
 }
 
 } // namespace

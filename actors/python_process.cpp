@@ -13,7 +13,9 @@
 #include <cstring>
 #include <future>
 
-#include <spdlog/spdlog.h>
+#include <spdlog/logger.h>
+
+#include "messages/log.hpp"
 
 extern char** environ;
 
@@ -235,10 +237,10 @@ void python_process::run(std::promise<std::string>* started) {
   clock::time_point kill_at = clock::time_point::max();
   bool term_sent = false;
   auto log_out = [this](const std::string& line) {
-    spdlog::info("[{} pid {}] stdout: {}", opts_.tag, pid_, line);
+    log().info("[{} pid {}] stdout: {}", opts_.tag, pid_, line);
   };
   auto log_err = [this](const std::string& line) {
-    spdlog::warn("[{} pid {}] stderr: {}", opts_.tag, pid_, line);
+    log().warn("[{} pid {}] stderr: {}", opts_.tag, pid_, line);
     std::lock_guard<std::mutex> guard{mtx_};
     stderr_tail_.push_back(line);
     if (stderr_tail_.size() > stderr_tail_lines)

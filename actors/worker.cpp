@@ -6,7 +6,9 @@
 #include <cstdlib>
 #include <unordered_map>
 
-#include <spdlog/spdlog.h>
+#include <spdlog/logger.h>
+
+#include "messages/log.hpp"
 
 #include "caf/actor_cast.hpp"
 #include "caf/allowed_unsafe_message_type.hpp"
@@ -124,7 +126,7 @@ void on_frame(self_ptr self, wire::frame& f) {
     }
     if (!f.ok) {
       auto msg = tag_of(st) + " failed to start: " + f.error.message;
-      spdlog::error("{}\n{}", msg, f.error.traceback);
+      log().error("{}\n{}", msg, f.error.traceback);
       auto err = make_error(error_code::python_error, msg, f.error.type, f.error.traceback);
       terminate(self, err, err);
       return;
@@ -135,7 +137,7 @@ void on_frame(self_ptr self, wire::frame& f) {
     auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                 std::chrono::steady_clock::now() - st.spawned_at)
                 .count();
-    spdlog::info("{} ready in {} ms (Python {}, {} commands)", tag_of(st), ms, f.python,
+    log().info("{} ready in {} ms (Python {}, {} commands)", tag_of(st), ms, f.python,
                  f.commands.size());
     for (auto& rp : st.ready_waiters)
       rp.deliver(snapshot(st));
@@ -145,7 +147,7 @@ void on_frame(self_ptr self, wire::frame& f) {
   auto i = st.in_flight.find(f.id);
   if (i == st.in_flight.end()) {
     auto msg = tag_of(st) + " replied to unknown request id " + std::to_string(f.id);
-    spdlog::error("{}: protocol error, stopping it", msg);
+    log().error("{}: protocol error, stopping it", msg);
     auto err = make_error(error_code::protocol_error, msg);
     terminate(self, err, err);
     return;
@@ -210,7 +212,7 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
   std::string error;
   st.proc = python_process::start(std::move(opts), std::move(cbs), error);
   if (!st.proc) {
-    spdlog::error("worker {}: {}", st.cfg.id, error);
+    log().error("worker {}: {}", st.cfg.id, error);
     auto err = make_error(error_code::worker_crashed, error);
     self->quit(err);
     return worker_impl::behavior_type::make_empty_behavior();
@@ -224,7 +226,7 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
       return;
     st.status.phase = worker_phase::stopping;
     st.stop_reason = std::move(msg.reason);
-    spdlog::info("{} stopping", tag_of(st));
+    log().info("{} stopping", tag_of(st));
     st.proc->stop(std::chrono::duration_cast<std::chrono::milliseconds>(st.cfg.stop_grace));
   });
   return {
@@ -272,7 +274,7 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
     [self](broken_atom, std::string& reason) {
       auto& st = self->state;
       auto msg = tag_of(st) + " broke the protocol: " + reason;
-      spdlog::error("{}; stopping it", msg);
+      log().error("{}; stopping it", msg);
       auto err = make_error(error_code::protocol_error, msg);
       terminate(self, err, err);
     },
@@ -280,7 +282,7 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
       auto& st = self->state;
       exit_status es{code, sig};
       if (st.status.phase == worker_phase::stopping) {
-        spdlog::info("{} stopped: {}", tag_of(st), es.describe());
+        log().info("{} stopped: {}", tag_of(st), es.describe());
         terminate(self,
                   make_error(error_code::shutting_down, tag_of(st) + " stopped: " + es.describe()),
                   std::move(st.stop_reason));
@@ -289,7 +291,7 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
       auto msg = tag_of(st) + " "
                  + (st.status.phase == worker_phase::starting ? describe_startup_exit(st, es)
                                                               : "exited: " + es.describe());
-      spdlog::error("{}", msg);
+      log().error("{}", msg);
       auto err = make_error(error_code::worker_crashed, msg);
       terminate(self, err, err);
     },
@@ -300,7 +302,7 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
         return;
       auto msg = tag_of(st) + ": request " + std::to_string(id) + " ('" + i->second.command
                  + "') timed out; recycling the worker";
-      spdlog::warn("{}", msg);
+      log().warn("{}", msg);
       if (!i->second.internal)
         i->second.promise.deliver(make_error(error_code::timeout, msg));
       st.in_flight.erase(i);
@@ -314,7 +316,7 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
       if (st.status.phase != worker_phase::starting)
         return;
       auto msg = tag_of(st) + " did not announce itself within the start-up timeout";
-      spdlog::error("{}", msg);
+      log().error("{}", msg);
       auto err = make_error(error_code::timeout, msg);
       terminate(self, err, err);
     },
