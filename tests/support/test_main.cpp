@@ -1,4 +1,16 @@
-// The Catch2 main of all pyvisor test executables, plus printing of caf::error
-// in assertion messages.
-#define CATCH_CONFIG_MAIN
+// The Catch2 main of all pyvisor test executables. pyvisor's log level in
+// tests comes from $PYVISOR_TEST_LOG (default: warn) to keep output readable.
+#define CATCH_CONFIG_RUNNER
 #include <catch2/catch.hpp>
+
+#include <cstdlib>
+
+#include <spdlog/logger.h>
+
+#include "messages/log.hpp"
+
+int main(int argc, char* argv[]) {
+  auto level = std::getenv("PYVISOR_TEST_LOG");
+  pyvisor::log().set_level(spdlog::level::from_str(level ? level : "warn"));
+  return Catch::Session().run(argc, argv);
+}

@@ -1,0 +1,78 @@
+// A fixture running an actor system on CAF's deterministic test coordinator:
+// nothing runs until the test calls run(), and time only moves through
+// advance_time(), so tests of timers and back-off never sleep.
+#pragma once
+
+#include "support/catch_caf.hpp"
+
+#include "caf/actor_system.hpp"
+#include "caf/actor_system_config.hpp"
+#include "caf/scheduler/test_coordinator.hpp"
+#include "caf/scoped_actor.hpp"
+
+#include "messages/registry.hpp"
+#include "supervision/supervisor.hpp"
+
+namespace pyvisor::test {
+
+struct test_coordinator_config : caf::actor_system_config {
+  test_coordinator_config() {
+    set("scheduler.policy", caf::atom("testing"));
+    set("logger.verbosity", caf::atom("quiet"));
+    pyvisor::add_message_types(*this);
+    pyvisor::add_supervisor_types(*this);
+  }
+};
+
+struct test_coordinator_fixture {
+  test_coordinator_config cfg;
+  caf::actor_system sys{cfg};
+  caf::scheduler::test_coordinator& sched{
+    dynamic_cast<caf::scheduler::test_coordinator&>(sys.scheduler())};
+  caf::scoped_actor self{sys};
+
+  /// Runs until no actor has anything left to do (timers do not fire).
+  void run() {
+    sched.run();
+  }
+
+  /// Moves the clock forward, fires due timers and runs what they trigger.
+  void advance(caf::timespan d) {
+    sched.advance_time(d);
+    sched.run();
+  }
+
+  /// Sends `xs...` to `dst`, runs everything and returns the reply as `T`.
+  template <class T, class Handle, class... Ts>
+  T ask(const Handle& dst, Ts&&... xs) {
+    self->send(dst, std::forward<Ts>(xs)...);
+    run();
+    T result{};
+    bool got = false;
+    self->receive([&](T& x) {
+      result = std::move(x);
+      got = true;
+    },
+                  [&](caf::error& err) { FAIL("request failed: " << sys.render(err)); },
+                  caf::after(std::chrono::seconds(0)) >> [&] { FAIL("no reply"); });
+    REQUIRE(got);
+    return result;
+  }
+
+  /// Monitors `hdl` so that next_down() sees its exit.
+  template <class Handle>
+  void watch(const Handle& hdl) {
+    self->monitor(hdl);
+  }
+
+  /// The exit reason of the next watched actor that terminated, or nothing
+  /// if none did.
+  caf::optional<caf::error> next_down() {
+    caf::optional<caf::error> result;
+    self->receive([&](caf::down_msg& dm) { result = dm.reason; },
+                  caf::after(std::chrono::seconds(0)) >> [] {});
+    return result;
+  }
+};
+
+} // namespace pyvisor::test
