@@ -18,6 +18,7 @@
 #include "caf/typed_event_based_actor.hpp"
 
 #include "actors/python_process.hpp"
+#include "actors/request_ledger.hpp"
 
 
 namespace pyvisor {
@@ -50,20 +51,12 @@ using worker_impl = worker_actor::extend<
   caf::reacts_to<broken_atom, std::string>, caf::reacts_to<req_timeout_atom, uint64_t>,
   caf::reacts_to<start_timeout_atom>>;
 
-struct pending_request {
-  caf::typed_response_promise<payload> promise;
-  std::string command;
-  /// Sent by the actor itself (drop session); nobody waits for it.
-  bool internal = false;
-};
-
 struct worker_state {
   worker_config cfg;
   std::shared_ptr<python_process> proc;
   worker_status status;
-  std::unordered_map<uint64_t, pending_request> in_flight;
+  std::unique_ptr<request_ledger> ledger;
   std::vector<caf::typed_response_promise<worker_status>> ready_waiters;
-  uint64_t next_id = 1;
   std::chrono::steady_clock::time_point spawned_at;
   caf::error stop_reason;
 
@@ -78,10 +71,8 @@ std::string tag_of(const worker_state& st) {
 
 worker_status snapshot(const worker_state& st) {
   auto result = st.status;
-  result.in_flight = 0;
-  for (auto& kv : st.in_flight)
-    if (!kv.second.internal)
-      ++result.in_flight;
+  result.in_flight = st.ledger->in_flight();
+  result.served = st.ledger->served();
   return result;
 }
 
@@ -89,10 +80,7 @@ worker_status snapshot(const worker_state& st) {
 // in-flight requests, `reason` becomes the exit reason.
 void terminate(self_ptr self, const caf::error& for_requests, caf::error reason) {
   auto& st = self->state;
-  for (auto& kv : st.in_flight)
-    if (!kv.second.internal)
-      kv.second.promise.deliver(for_requests);
-  st.in_flight.clear();
+  st.ledger->fail_all(for_requests);
   for (auto& rp : st.ready_waiters)
     rp.deliver(reason ? reason : for_requests);
   st.ready_waiters.clear();
@@ -144,35 +132,30 @@ void on_frame(self_ptr self, wire::frame& f) {
     st.ready_waiters.clear();
     return;
   }
-  auto i = st.in_flight.find(f.id);
-  if (i == st.in_flight.end()) {
+  caf::expected<payload> result{payload{}};
+  if (f.ok) {
+    result = payload{std::move(f.result)};
+  } else {
+    auto code = error_code::python_error;
+    if (!f.error.code.empty() && !from_string(f.error.code, code))
+      code = error_code::python_error;
+    auto msg = f.error.type.empty() || code != error_code::python_error
+                 ? f.error.message
+                 : f.error.type + ": " + f.error.message;
+    result = make_error(code, std::move(msg), f.error.type, f.error.traceback);
+  }
+  if (!st.ledger->complete(f.id, std::move(result))) {
     auto msg = tag_of(st) + " replied to unknown request id " + std::to_string(f.id);
     log().error("{}: protocol error, stopping it", msg);
     auto err = make_error(error_code::protocol_error, msg);
     terminate(self, err, err);
-    return;
   }
-  auto req = std::move(i->second);
-  st.in_flight.erase(i);
-  ++st.status.served;
-  if (req.internal)
-    return;
-  if (f.ok) {
-    req.promise.deliver(payload{std::move(f.result)});
-    return;
-  }
-  auto code = error_code::python_error;
-  if (!f.error.code.empty() && !from_string(f.error.code, code))
-    code = error_code::python_error;
-  auto msg = f.error.type.empty() || code != error_code::python_error
-               ? f.error.message
-               : f.error.type + ": " + f.error.message;
-  req.promise.deliver(make_error(code, std::move(msg), f.error.type, f.error.traceback));
 }
 
 worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
   auto& st = self->state;
   st.cfg = std::move(cfg);
+  st.ledger = std::make_unique<request_ledger>(self, st.cfg.listener);
   st.status.id = st.cfg.id;
   st.spawned_at = std::chrono::steady_clock::now();
   // Start the process.
@@ -236,7 +219,7 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
         return make_error(error_code::shutting_down, tag_of(st) + " is stopping");
       if (!wire::is_single_msgpack_value(req.args.bytes.data(), req.args.bytes.size()))
         return make_error(error_code::bad_request, "args are not exactly one msgpack value");
-      auto id = st.next_id++;
+      auto id = st.ledger->next_id();
       std::vector<char> frame;
       frame.reserve(req.args.bytes.size() + req.command.size() + req.session.size() + 48);
       wire::append_request(frame, id, req.command, req.args.bytes, req.session);
@@ -248,7 +231,7 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
       auto rp = self->make_response_promise<payload>();
       auto timeout = req.timeout.count() > 0 ? req.timeout : st.cfg.request_timeout;
       self->delayed_send(self, timeout, req_timeout_atom::value, id);
-      st.in_flight.emplace(id, pending_request{rp, std::move(req.command), false});
+      st.ledger->add(id, req, rp);
       return rp;
     },
     [self](ready_atom) -> caf::result<worker_status> {
@@ -264,11 +247,10 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
       auto& st = self->state;
       if (st.status.phase == worker_phase::stopping || session.empty())
         return;
-      auto id = st.next_id++;
+      auto id = st.ledger->add_internal("session.drop");
       std::vector<char> frame;
       wire::append_request(frame, id, "session.drop", payload{}.bytes, session);
       st.proc->send(std::move(frame));
-      st.in_flight.emplace(id, pending_request{{}, "session.drop", true});
     },
     [self](frame_atom, frame_ptr& f) { on_frame(self, *f); },
     [self](broken_atom, std::string& reason) {
@@ -297,15 +279,13 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
     },
     [self](req_timeout_atom, uint64_t id) {
       auto& st = self->state;
-      auto i = st.in_flight.find(id);
-      if (i == st.in_flight.end())
+      auto e = st.ledger->find(id);
+      if (e == nullptr)
         return;
-      auto msg = tag_of(st) + ": request " + std::to_string(id) + " ('" + i->second.command
+      auto msg = tag_of(st) + ": request " + std::to_string(id) + " ('" + e->request.command
                  + "') timed out; recycling the worker";
       log().warn("{}", msg);
-      if (!i->second.internal)
-        i->second.promise.deliver(make_error(error_code::timeout, msg));
-      st.in_flight.erase(i);
+      st.ledger->complete(id, make_error(error_code::timeout, msg));
       terminate(self,
                 make_error(error_code::worker_crashed,
                            tag_of(st) + " recycled after another request timed out"),

@@ -50,6 +50,9 @@ struct worker_config {
   /// Grace between EOF, SIGTERM and SIGKILL when stopping.
   caf::timespan stop_grace = std::chrono::seconds(2);
   size_t max_frame_size = wire::default_max_frame_size;
+  /// Optional: told of every completed request and handed idempotent
+  /// requests for a retry when the worker dies (the pool sets itself).
+  worker_listener_actor listener;
 };
 
 /// Directory holding the `pyvisor` Python package: $PYVISOR_PYTHON_DIR if

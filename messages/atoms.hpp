@@ -23,4 +23,14 @@ using cleanup_atom = caf::atom_constant<caf::atom("pv_cleanup")>;
 /// Changes a runtime setting (e.g. the session timeout) while running.
 using configure_atom = caf::atom_constant<caf::atom("pv_config")>;
 
+/// A worker tells its listener (the pool) that a request completed.
+using done_atom = caf::atom_constant<caf::atom("pv_done")>;
+/// A dying worker hands an idempotent request back to its listener.
+using retry_atom = caf::atom_constant<caf::atom("pv_retry")>;
+/// Asks the session-affinity actor which worker serves a session.
+using route_atom = caf::atom_constant<caf::atom("pv_route")>;
+/// Tells the session-affinity actor that a worker came up / went down.
+using worker_up_atom = caf::atom_constant<caf::atom("pv_wup")>;
+using worker_down_atom = caf::atom_constant<caf::atom("pv_wdown")>;
+
 } // namespace pyvisor

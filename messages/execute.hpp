@@ -31,12 +31,14 @@ struct execute {
   caf::timespan timeout{0};
   /// Whether running the command twice is harmless (allows retries).
   bool idempotent = false;
+  /// Set by the runtime: how often this request was already retried.
+  uint32_t attempts = 0;
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, execute& x) {
   return f(caf::meta::type_name("pyvisor::execute"), x.command, x.args, x.session,
-           x.timeout, x.idempotent);
+           x.timeout, x.idempotent, x.attempts);
 }
 
 /// Convenience: builds an execute request from any msgpack-adaptable value.

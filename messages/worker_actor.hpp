@@ -21,6 +21,17 @@
 
 namespace pyvisor {
 
+/// What a worker reports to whoever dispatches to it (the pool), so that the
+/// dispatcher need not sit on the reply path:
+/// - (done_atom, worker actor id, code, service_ns) after each request is answered;
+///   code is an error_code as uint8_t (CAF would turn the enum into a caf::error),
+///   code is error_code::none for success.
+/// - (retry_atom, execute) delegated, with the original requester, for each
+///   idempotent request in flight when the worker dies.
+using worker_listener_actor = caf::typed_actor<
+  caf::reacts_to<done_atom, uint64_t, uint8_t, int64_t>,
+  caf::replies_to<retry_atom, execute>::with<payload>>;
+
 using worker_actor = caf::typed_actor<
   caf::replies_to<execute>::with<payload>,
   caf::replies_to<ready_atom>::with<worker_status>,

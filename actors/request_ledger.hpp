@@ -1,0 +1,150 @@
+// pyvisor::request_ledger: the in-flight bookkeeping shared by every worker
+// backend (the Python worker and the in-process mock), so that both keep the
+// same promises to callers and to the pool.
+//
+// Guarantees: every request added is answered exactly once: by complete(),
+// by fail() or, when the worker dies, by fail_all(), which hands idempotent
+// requests back to the listener (the pool) for a retry on another worker
+// (delegation keeps the original requester, so the reply still goes straight
+// to it) and fails the rest. Each answer is reported to the listener as
+// (done_atom, worker id, code, service time) so the pool can count load and
+// outcomes without sitting on the reply path.
+
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <unordered_map>
+
+#include "caf/local_actor.hpp"
+#include "caf/send.hpp"
+#include "caf/typed_response_promise.hpp"
+
+#include "messages/worker_actor.hpp"
+
+namespace pyvisor {
+
+class request_ledger {
+public:
+  struct entry {
+    caf::typed_response_promise<payload> promise;
+    /// For idempotent requests the whole request (to retry it); otherwise
+    /// only its command name (for messages).
+    execute request;
+    /// Sent by the worker itself (e.g. drop session); nobody waits for it.
+    bool internal = false;
+    caf::actor_clock::time_point started;
+  };
+
+  request_ledger(caf::local_actor* self, worker_listener_actor listener)
+    : self_(self), listener_(std::move(listener)) {
+    // nop
+  }
+
+  /// Returns a fresh request id (for the wire frame, before add()).
+  uint64_t next_id() noexcept {
+    return next_id_++;
+  }
+
+  /// Records request `id`; moves the args in only when a retry may need them.
+  void add(uint64_t id, execute& req, caf::typed_response_promise<payload> promise) {
+    entry e;
+    e.promise = std::move(promise);
+    e.request.command = req.command;
+    e.request.idempotent = req.idempotent;
+    if (req.idempotent && listener_) {
+      e.request = std::move(req);
+    }
+    e.started = self_->clock().now();
+    entries_.emplace(id, std::move(e));
+    ++external_;
+  }
+
+  uint64_t add_internal(std::string command) {
+    auto id = next_id_++;
+    entry e;
+    e.request.command = std::move(command);
+    e.internal = true;
+    e.started = self_->clock().now();
+    entries_.emplace(id, std::move(e));
+    return id;
+  }
+
+  entry* find(uint64_t id) {
+    auto i = entries_.find(id);
+    return i == entries_.end() ? nullptr : &i->second;
+  }
+
+  /// Answers request `id` with `result`; returns false for unknown ids.
+  bool complete(uint64_t id, caf::expected<payload> result) {
+    auto i = entries_.find(id);
+    if (i == entries_.end())
+      return false;
+    auto e = std::move(i->second);
+    entries_.erase(i);
+    if (e.internal)
+      return true;
+    --external_;
+    ++served_;
+    auto code = result ? error_code::none : code_of(result.error());
+    if (result)
+      e.promise.deliver(std::move(*result));
+    else
+      e.promise.deliver(result.error());
+    report(e, code);
+    return true;
+  }
+
+  /// The worker is going away: idempotent requests go back to the listener
+  /// for a retry elsewhere, all others fail with `err`.
+  void fail_all(const caf::error& err) {
+    for (auto& kv : entries_) {
+      auto& e = kv.second;
+      if (e.internal)
+        continue;
+      if (e.request.idempotent && listener_) {
+        // Not reported as done: the pool counts it as a retry instead.
+        e.promise.delegate(listener_, retry_atom::value, std::move(e.request));
+        continue;
+      }
+      e.promise.deliver(err);
+      report(e, code_of(err));
+    }
+    entries_.clear();
+    external_ = 0;
+  }
+
+  /// Requests awaited by callers (internal ones excluded).
+  uint32_t in_flight() const noexcept {
+    return external_;
+  }
+
+  uint64_t served() const noexcept {
+    return served_;
+  }
+
+  const worker_listener_actor& listener() const noexcept {
+    return listener_;
+  }
+
+private:
+  void report(const entry& e, error_code code) {
+    if (!listener_)
+      return;
+    auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(self_->clock().now() - e.started)
+                .count();
+    caf::anon_send(listener_, done_atom::value, static_cast<uint64_t>(self_->id()),
+                   static_cast<uint8_t>(code),
+                   static_cast<int64_t>(ns));
+  }
+
+  caf::local_actor* self_;
+  worker_listener_actor listener_;
+  std::unordered_map<uint64_t, entry> entries_;
+  uint64_t next_id_ = 1;
+  uint32_t external_ = 0;
+  uint64_t served_ = 0;
+};
+
+} // namespace pyvisor
