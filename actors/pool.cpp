@@ -1,0 +1,691 @@
+#include "actors/pool.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <memory>
+#include <unordered_map>
+
+#include "caf/actor_system.hpp"
+#include "caf/actor_system_config.hpp"
+#include "caf/event_based_actor.hpp"
+#include "caf/exit_reason.hpp"
+#include "caf/send.hpp"
+#include "caf/stateful_actor.hpp"
+#include "caf/typed_event_based_actor.hpp"
+
+#include "messages/log.hpp"
+#include "messages/registry.hpp"
+
+namespace pyvisor {
+
+void add_pool_types(caf::actor_system_config& cfg) {
+  add_message_types(cfg);
+  add_supervisor_types(cfg);
+  cfg.add_message_type<worker_stats>("pyvisor::worker_stats");
+  cfg.add_message_type<std::vector<worker_stats>>("std::vector<pyvisor::worker_stats>");
+  cfg.add_message_type<pool_stats>("pyvisor::pool_stats");
+  cfg.add_message_type<affinity_stats>("pyvisor::affinity_stats");
+  cfg.add_message_type<pool_actor>("pyvisor::pool_actor");
+  cfg.add_message_type<session_affinity_actor>("pyvisor::session_affinity_actor");
+  cfg.add_message_type<supervisor_actor>("pyvisor::supervisor_actor");
+}
+
+namespace {
+
+using deadline_atom = caf::atom_constant<caf::atom("pl_deadl")>;
+using age_tick_atom = caf::atom_constant<caf::atom("pl_agetick")>;
+
+using pool_impl = pool_actor::extend_with<worker_listener_actor>::extend<
+  caf::reacts_to<child_up_atom, std::string, caf::actor>,
+  caf::reacts_to<child_down_atom, std::string, caf::error>,
+  caf::reacts_to<deadline_atom, int64_t>, caf::reacts_to<age_tick_atom>>;
+
+enum class slot_state { down, starting, ready, draining };
+
+const char* to_cstr(slot_state x) {
+  switch (x) {
+    case slot_state::starting:
+      return "starting";
+    case slot_state::ready:
+      return "ready";
+    case slot_state::draining:
+      return "draining";
+    default:
+      return "down";
+  }
+}
+
+struct slot_rec {
+  worker_actor handle;
+  caf::actor_id actor = 0;
+  slot_state state = slot_state::down;
+  uint32_t in_flight = 0;
+  /// Requests dispatched to the current incarnation.
+  uint64_t dispatched = 0;
+  uint64_t served = 0;
+  uint64_t restarts = 0;
+  int64_t pid = 0;
+  int64_t started_at_ms = 0;
+  caf::actor_clock::time_point started;
+  /// Bumped whenever the slot gets a new worker; a session routed to an
+  /// older incarnation has lost its state.
+  uint32_t incarnation = 0;
+  bool recycling = false;
+};
+
+/// A request waiting for a worker (or for its session's route).
+struct queued {
+  execute req;
+  caf::typed_response_promise<payload> rp;
+  caf::actor_clock::time_point deadline;
+  caf::actor_addr requester;
+  uint32_t slot = no_slot;
+  uint32_t incarnation = 0;
+  bool routed = false;
+};
+
+using queued_ptr = std::shared_ptr<queued>;
+
+struct pool_state {
+  pool_config cfg;
+  supervisor_actor sup;
+  session_affinity_actor affinity;
+  std::vector<slot_rec> slots;
+  /// Ordered by arrival; retries get keys before everything else.
+  std::map<int64_t, queued_ptr> queue;
+  int64_t next_back = 1;
+  int64_t next_front = 0;
+  std::unordered_map<caf::actor_addr, size_t> requesters;
+  std::vector<caf::typed_response_promise<pool_stats>> ready_waiters;
+  std::map<std::string, uint64_t> replies;
+  uint64_t retries = 0;
+  uint64_t restarts = 0;
+  uint64_t recycled = 0;
+  std::vector<int64_t> latencies;
+  size_t latency_pos = 0;
+  size_t rr = 0;
+  bool stopping = false;
+  caf::error stop_reason;
+  /// The last worker failure, with its Python traceback if any.
+  std::string last_failure;
+
+  static inline const char* name = "pyvisor.pool";
+};
+
+using self_ptr = pool_impl::stateful_pointer<pool_state>;
+
+constexpr size_t latency_window = 4096;
+
+void count_reply(self_ptr self, error_code code) {
+  ++self->state.replies[code == error_code::none ? std::string{"ok"} : to_string(code)];
+}
+
+void fail(self_ptr self, queued& q, caf::error err) {
+  count_reply(self, code_of(err));
+  q.rp.deliver(std::move(err));
+}
+
+// -- requester bookkeeping -------------------------------------------------------
+
+void track(self_ptr self, queued& q) {
+  auto src = static_cast<caf::response_promise&>(q.rp).source();
+  if (!src)
+    return;
+  q.requester = caf::actor_cast<caf::actor_addr>(src);
+  auto& n = self->state.requesters[q.requester];
+  if (n++ == 0)
+    self->monitor(q.requester);
+}
+
+void untrack(self_ptr self, const queued& q) {
+  if (!q.requester)
+    return;
+  auto& rs = self->state.requesters;
+  auto i = rs.find(q.requester);
+  if (i == rs.end())
+    return;
+  if (--i->second == 0) {
+    self->demonitor(q.requester);
+    rs.erase(i);
+  }
+}
+
+// -- worker selection ---------------------------------------------------------------
+
+bool accepts(const pool_state& st, const slot_rec& s) {
+  return s.state == slot_state::ready && s.in_flight < st.cfg.max_in_flight;
+}
+
+/// The least-loaded ready worker with room, or no_slot. Ties rotate.
+uint32_t pick_worker(self_ptr self) {
+  auto& st = self->state;
+  auto n = st.slots.size();
+  uint32_t best = no_slot;
+  for (size_t k = 0; k < n; ++k) {
+    auto i = (st.rr + k) % n;
+    auto& s = st.slots[i];
+    if (!accepts(st, s))
+      continue;
+    if (best == no_slot || s.in_flight < st.slots[best].in_flight)
+      best = static_cast<uint32_t>(i);
+  }
+  if (best != no_slot)
+    st.rr = (best + 1) % n;
+  return best;
+}
+
+/// Whether some worker could take a request now.
+bool has_room(const pool_state& st) {
+  return std::any_of(st.slots.begin(), st.slots.end(),
+                     [&st](const slot_rec& s) { return accepts(st, s); });
+}
+
+// -- dispatch -----------------------------------------------------------------------
+
+void recycle_now(self_ptr self, uint32_t slot);
+
+void dispatch(self_ptr self, queued& q, uint32_t slot) {
+  auto& st = self->state;
+  auto& s = st.slots[slot];
+  auto remaining = q.deadline - self->clock().now();
+  if (remaining <= caf::timespan{0}) {
+    fail(self, q, make_error(error_code::timeout, "request deadline passed before dispatch"));
+    return;
+  }
+  q.req.timeout = std::chrono::duration_cast<caf::timespan>(remaining);
+  ++s.in_flight;
+  ++s.dispatched;
+  q.rp.delegate(s.handle, std::move(q.req));
+}
+
+void route(self_ptr self, queued_ptr q);
+
+void enqueue(self_ptr self, queued_ptr q, bool front) {
+  auto& st = self->state;
+  auto key = front ? st.next_front-- : st.next_back++;
+  track(self, *q);
+  auto remaining = q->deadline - self->clock().now();
+  self->delayed_send(self, std::max(remaining, caf::actor_clock::duration_type{0}),
+                     deadline_atom::value, key);
+  st.queue.emplace(key, std::move(q));
+}
+
+queued_ptr take(self_ptr self, std::map<int64_t, queued_ptr>::iterator i) {
+  auto q = std::move(i->second);
+  self->state.queue.erase(i);
+  untrack(self, *q);
+  return q;
+}
+
+void try_dispatch(self_ptr self) {
+  auto& st = self->state;
+  for (auto i = st.queue.begin(); i != st.queue.end();) {
+    auto& q = *i->second;
+    if (!q.req.session.empty() && !q.routed) {
+      // Route only when a worker could take a new session right away;
+      // otherwise routing would answer "no candidate" again and again.
+      if (!has_room(st)) {
+        ++i;
+        continue;
+      }
+      route(self, take(self, i++));
+      continue;
+    }
+    uint32_t target = no_slot;
+    if (q.routed) {
+      auto& s = st.slots[q.slot];
+      if (s.incarnation != q.incarnation) {
+        fail(self, q,
+             make_error(error_code::session_lost,
+                        "session '" + q.req.session + "' was lost: its worker was replaced"));
+        take(self, i++);
+        continue;
+      }
+      // A draining worker still serves the sessions it holds.
+      bool owner_has_room = (s.state == slot_state::ready || s.state == slot_state::draining)
+                            && s.in_flight < st.cfg.max_in_flight;
+      if (owner_has_room)
+        target = q.slot;
+      else if (st.cfg.mode == affinity_mode::hint && s.state == slot_state::ready)
+        target = pick_worker(self);
+    } else {
+      target = pick_worker(self);
+    }
+    if (target == no_slot) {
+      ++i;
+      continue;
+    }
+    auto item = take(self, i++);
+    dispatch(self, *item, target);
+  }
+}
+
+/// Accepts a new (or retried) request.
+void admit(self_ptr self, queued_ptr q, bool is_retry) {
+  auto& st = self->state;
+  if (!is_retry && st.queue.size() >= st.cfg.queue_size) {
+    fail(self, *q,
+         make_error(error_code::overloaded, "the pool's queue is full ("
+                                              + std::to_string(st.cfg.queue_size)
+                                              + " requests waiting); retry later"));
+    return;
+  }
+  if (!q->req.session.empty()) {
+    if (is_retry || st.queue.empty()) {
+      route(self, std::move(q));
+    } else {
+      // Behind earlier requests, which may be of the same session.
+      enqueue(self, std::move(q), false);
+      try_dispatch(self);
+    }
+    return;
+  }
+  // Fast path: nothing waits, a worker has room.
+  if (st.queue.empty()) {
+    auto target = pick_worker(self);
+    if (target != no_slot) {
+      dispatch(self, *q, target);
+      return;
+    }
+  }
+  enqueue(self, std::move(q), is_retry);
+  try_dispatch(self);
+}
+
+void route(self_ptr self, queued_ptr q) {
+  auto& st = self->state;
+  auto candidate = pick_worker(self);
+  // Routing is a round trip to the affinity actor; the candidate is only
+  // used if the session is new.
+  self->request(st.affinity, caf::infinite, route_atom::value, q->req.session, candidate)
+    .then(
+      [self, q](uint32_t slot) mutable {
+        auto& st = self->state;
+        if (st.stopping) {
+          fail(self, *q, make_error(error_code::shutting_down, "the pool is stopping"));
+          return;
+        }
+        if (slot != no_slot) {
+          q->slot = slot;
+          q->incarnation = st.slots[slot].incarnation;
+          q->routed = true;
+        }
+        // Back in line at the front: it was admitted before later arrivals.
+        enqueue(self, std::move(q), true);
+        try_dispatch(self);
+      },
+      [self, q](caf::error& err) { fail(self, *q, std::move(err)); });
+}
+
+// -- life cycle of workers ----------------------------------------------------
+
+uint32_t slot_of(const std::string& id) {
+  return static_cast<uint32_t>(std::stoul(id) - 1);
+}
+
+void deliver_ready_if_all(self_ptr self);
+
+pool_stats make_stats(self_ptr self) {
+  auto& st = self->state;
+  pool_stats result;
+  for (size_t i = 0; i < st.slots.size(); ++i) {
+    auto& s = st.slots[i];
+    result.workers.push_back(worker_stats{static_cast<uint32_t>(i + 1), s.pid, to_cstr(s.state),
+                                          s.in_flight, s.served, s.restarts, s.started_at_ms});
+  }
+  result.queue = st.queue.size();
+  result.replies = st.replies;
+  result.retries = st.retries;
+  result.restarts = st.restarts;
+  result.recycled = st.recycled;
+  auto lat = st.latencies;
+  if (!lat.empty()) {
+    std::sort(lat.begin(), lat.end());
+    auto pct = [&](double p) {
+      auto idx = static_cast<size_t>(p * static_cast<double>(lat.size() - 1));
+      return static_cast<double>(lat[idx]) / 1000.0;
+    };
+    result.p50_us = pct(0.50);
+    result.p90_us = pct(0.90);
+    result.p99_us = pct(0.99);
+  }
+  return result;
+}
+
+void deliver_ready_if_all(self_ptr self) {
+  auto& st = self->state;
+  if (st.ready_waiters.empty())
+    return;
+  for (auto& s : st.slots)
+    if (s.state != slot_state::ready)
+      return;
+  auto stats = make_stats(self);
+  for (auto& rp : st.ready_waiters)
+    rp.deliver(stats);
+  st.ready_waiters.clear();
+}
+
+void recycle_now(self_ptr self, uint32_t slot) {
+  auto& st = self->state;
+  auto& s = st.slots[slot];
+  if (s.recycling)
+    return;
+  s.recycling = true;
+  ++st.recycled;
+  log().info("pool: recycling worker {} (pid {}) after {} requests", slot + 1, s.pid,
+             s.dispatched);
+  self->request(st.sup, caf::infinite, terminate_child_atom::value, std::to_string(slot + 1))
+    .then([](bool) {}, [slot](caf::error& err) {
+      log().warn("pool: could not recycle worker {}: {}", slot + 1, to_string_readable(err));
+    });
+}
+
+void maybe_recycle(self_ptr self, uint32_t slot) {
+  auto& st = self->state;
+  auto& s = st.slots[slot];
+  if (s.state == slot_state::ready) {
+    bool too_many = st.cfg.max_requests > 0 && s.dispatched >= st.cfg.max_requests;
+    bool too_old = st.cfg.max_age.count() > 0
+                   && self->clock().now() - s.started >= st.cfg.max_age;
+    if (too_many || too_old)
+      s.state = slot_state::draining;
+  }
+  if (s.state == slot_state::draining && s.in_flight == 0)
+    recycle_now(self, slot);
+}
+
+void fail_all_queued(self_ptr self, const caf::error& err) {
+  auto& st = self->state;
+  while (!st.queue.empty()) {
+    auto q = take(self, st.queue.begin());
+    fail(self, *q, err);
+  }
+}
+
+void on_supervisor_down(self_ptr self, const caf::error& reason) {
+  auto& st = self->state;
+  if (st.stopping) {
+    log().info("pool: all workers stopped");
+    if (st.affinity)
+      self->send_exit(st.affinity, caf::exit_reason::user_shutdown);
+    self->quit(st.stop_reason);
+    return;
+  }
+  auto msg = "the pool failed: its workers kept dying ("
+             + (reason ? self->system().render(reason) : std::string{"normal"}) + ")";
+  log().error("{}; last failure: {}", msg, st.last_failure);
+  auto err = make_error(error_code::worker_crashed, msg + "; last failure: " + st.last_failure);
+  st.stopping = true;
+  fail_all_queued(self, err);
+  for (auto& rp : st.ready_waiters)
+    rp.deliver(err);
+  st.ready_waiters.clear();
+  if (st.affinity)
+    self->send_exit(st.affinity, caf::exit_reason::user_shutdown);
+  self->quit(reason ? reason : err);
+}
+
+pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg) {
+  auto& st = self->state;
+  st.cfg = std::move(cfg);
+  st.slots.resize(st.cfg.size);
+  st.latencies.reserve(latency_window);
+  st.affinity = spawn_session_affinity(self->system(), st.cfg.session);
+  // The worker template: every child is one backend worker reporting here.
+  child_spec worker_spec;
+  worker_spec.id = "worker";
+  worker_spec.restart = restart_type::permanent;
+  worker_spec.shutdown = shutdown_spec::after(st.cfg.shutdown_timeout);
+  auto listener = caf::actor_cast<worker_listener_actor>(self);
+  auto incarnations = std::make_shared<uint64_t>(0);
+  worker_spec.start = [cfg = st.cfg, listener, incarnations](caf::actor_system& sys,
+                                                              const std::string& id) {
+    auto slot_id = static_cast<uint32_t>(std::stoul(id));
+    if (cfg.backend == backend_kind::mock) {
+      auto mc = cfg.mock;
+      mc.id = slot_id;
+      mc.seed = cfg.mock.seed * 1000003 + (*incarnations)++;
+      mc.listener = listener;
+      return caf::actor_cast<caf::actor>(spawn_mock_worker(sys, mc));
+    }
+    auto wc = cfg.worker;
+    wc.id = slot_id;
+    wc.listener = listener;
+    return caf::actor_cast<caf::actor>(spawn_python_worker(sys, wc));
+  };
+  supervisor_flags flags;
+  flags.strategy = supervision_strategy::simple_one_for_one;
+  flags.max_restarts = st.cfg.max_restarts;
+  flags.period = st.cfg.restart_period;
+  flags.backoff = st.cfg.backoff;
+  flags.name = "pool supervisor";
+  flags.observer = caf::actor_cast<caf::actor>(self);
+  st.sup = spawn_supervisor(self->system(), flags, {worker_spec});
+  self->monitor(st.sup);
+  // All workers start at once; their Python start-ups overlap.
+  for (size_t i = 0; i < st.slots.size(); ++i) {
+    st.slots[i].state = slot_state::starting;
+    self->request(st.sup, caf::infinite, start_child_atom::value, std::to_string(i + 1))
+      .then([](caf::actor&) {}, [i](caf::error& err) {
+        log().error("pool: cannot start worker {}: {}", i + 1, to_string_readable(err));
+      });
+  }
+  if (st.cfg.max_age.count() > 0)
+    self->delayed_send(self, st.cfg.max_age / 4, age_tick_atom::value);
+  self->set_down_handler([self](caf::down_msg& dm) {
+    auto& st = self->state;
+    if (dm.source == st.sup.address()) {
+      on_supervisor_down(self, dm.reason);
+      return;
+    }
+    // A requester went away: its queued requests give up their places.
+    st.requesters.erase(dm.source);
+    for (auto i = st.queue.begin(); i != st.queue.end();) {
+      if (i->second->requester == dm.source)
+        i = st.queue.erase(i);
+      else
+        ++i;
+    }
+  });
+  self->set_exit_handler([self](caf::exit_msg& msg) {
+    auto& st = self->state;
+    if (st.stopping)
+      return;
+    log().info("pool: stopping ({})", msg.reason ? self->system().render(msg.reason) : "normal");
+    st.stopping = true;
+    st.stop_reason = msg.reason;
+    fail_all_queued(self, make_error(error_code::shutting_down, "the pool is stopping"));
+    for (auto& rp : st.ready_waiters)
+      rp.deliver(make_error(error_code::shutting_down, "the pool is stopping"));
+    st.ready_waiters.clear();
+    self->send_exit(st.sup, caf::exit_reason::user_shutdown);
+  });
+  return {
+    [self](execute& req) -> caf::result<payload> {
+      auto& st = self->state;
+      auto rp = self->make_response_promise<payload>();
+      auto q = std::make_shared<queued>();
+      q->rp = rp;
+      if (st.stopping) {
+        fail(self, *q, make_error(error_code::shutting_down, "the pool is stopping"));
+        return rp;
+      }
+      auto timeout = req.timeout.count() > 0 ? req.timeout : st.cfg.request_timeout;
+      q->deadline = self->clock().now() + timeout;
+      q->req = std::move(req);
+      admit(self, std::move(q), false);
+      return rp;
+    },
+    [self](retry_atom, execute& req) -> caf::result<payload> {
+      auto& st = self->state;
+      auto rp = self->make_response_promise<payload>();
+      auto q = std::make_shared<queued>();
+      q->rp = rp;
+      ++req.attempts;
+      ++st.retries;
+      if (st.stopping) {
+        fail(self, *q, make_error(error_code::shutting_down, "the pool is stopping"));
+        return rp;
+      }
+      if (req.attempts >= st.cfg.max_attempts) {
+        fail(self, *q,
+             make_error(error_code::worker_crashed,
+                        "workers died during all " + std::to_string(req.attempts)
+                          + " attempts of this idempotent request"));
+        return rp;
+      }
+      auto timeout = req.timeout.count() > 0 ? req.timeout : st.cfg.request_timeout;
+      q->deadline = self->clock().now() + timeout;
+      q->req = std::move(req);
+      admit(self, std::move(q), true);
+      return rp;
+    },
+    [self](done_atom, uint64_t worker, uint8_t code, int64_t ns) {
+      auto& st = self->state;
+      count_reply(self, static_cast<error_code>(code));
+      if (st.latencies.size() < latency_window)
+        st.latencies.push_back(ns);
+      else
+        st.latencies[st.latency_pos++ % latency_window] = ns;
+      for (uint32_t i = 0; i < st.slots.size(); ++i) {
+        auto& s = st.slots[i];
+        if (s.actor != worker)
+          continue;
+        if (s.in_flight > 0)
+          --s.in_flight;
+        ++s.served;
+        maybe_recycle(self, i);
+        break;
+      }
+      try_dispatch(self);
+    },
+    [self](ready_atom) -> caf::result<pool_stats> {
+      auto rp = self->make_response_promise<pool_stats>();
+      self->state.ready_waiters.push_back(rp);
+      deliver_ready_if_all(self);
+      return rp;
+    },
+    [self](status_atom) -> caf::result<pool_stats> {
+      auto rp = self->make_response_promise<pool_stats>();
+      auto stats = make_stats(self);
+      self->request(self->state.affinity, caf::infinite, status_atom::value)
+        .then(
+          [rp, stats](affinity_stats& as) mutable {
+            stats.sessions = as.sessions;
+            rp.deliver(std::move(stats));
+          },
+          [rp, stats](caf::error&) mutable { rp.deliver(std::move(stats)); });
+      return rp;
+    },
+    [self](end_session_atom, std::string& id) {
+      return self->delegate(self->state.affinity, end_session_atom::value, std::move(id));
+    },
+    [self](configure_atom, caf::timespan timeout) {
+      return self->delegate(self->state.affinity, configure_atom::value, timeout);
+    },
+    [self](child_up_atom, std::string& id, caf::actor& hdl) {
+      auto& st = self->state;
+      auto slot = slot_of(id);
+      if (slot >= st.slots.size())
+        return;
+      auto& s = st.slots[slot];
+      s.handle = caf::actor_cast<worker_actor>(hdl);
+      s.actor = hdl.id();
+      s.state = slot_state::starting;
+      s.in_flight = 0;
+      s.dispatched = 0;
+      s.pid = 0;
+      s.recycling = false;
+      ++s.incarnation;
+      s.started = self->clock().now();
+      s.started_at_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                          std::chrono::system_clock::now().time_since_epoch())
+                          .count();
+      auto actor = s.actor;
+      self->request(s.handle, caf::infinite, ready_atom::value)
+        .then(
+          [self, slot, actor](worker_status& ws) {
+            auto& st = self->state;
+            auto& s = st.slots[slot];
+            if (s.actor != actor || s.state != slot_state::starting)
+              return;
+            s.state = slot_state::ready;
+            s.pid = ws.pid;
+            self->send(st.affinity, worker_up_atom::value, slot, s.handle);
+            deliver_ready_if_all(self);
+            try_dispatch(self);
+          },
+          [](caf::error&) {
+            // The worker failed to start; its exit reaches us as child_down.
+          });
+    },
+    [self](child_down_atom, std::string& id, caf::error& reason) {
+      auto& st = self->state;
+      auto slot = slot_of(id);
+      if (slot >= st.slots.size())
+        return;
+      auto& s = st.slots[slot];
+      bool recycling = s.recycling;
+      s.state = slot_state::down;
+      s.handle = nullptr;
+      s.actor = 0;
+      s.in_flight = 0;
+      s.pid = 0;
+      ++s.incarnation;
+      self->send(st.affinity, worker_down_atom::value, slot);
+      auto info = info_of(reason);
+      if (reason && !recycling && !st.stopping) {
+        st.last_failure = "worker " + id + ": " + self->system().render(reason);
+        if (!info.traceback.empty())
+          st.last_failure += "\n" + info.traceback;
+      }
+      // Requests routed to this worker's sessions cannot be served any more.
+      for (auto i = st.queue.begin(); i != st.queue.end();) {
+        auto& q = *i->second;
+        if (q.routed && q.slot == slot) {
+          fail(self, q,
+               make_error(error_code::session_lost,
+                          "session '" + q.req.session + "' was lost: worker " + id + " died"));
+          take(self, i++);
+        } else {
+          ++i;
+        }
+      }
+      if (st.stopping)
+        return;
+      if (recycling) {
+        self->request(st.sup, caf::infinite, start_child_atom::value, id)
+          .then([](caf::actor&) {}, [id](caf::error& err) {
+            log().error("pool: cannot restart recycled worker {}: {}", id,
+                        to_string_readable(err));
+          });
+      } else {
+        ++s.restarts;
+        ++st.restarts;
+      }
+    },
+    [self](deadline_atom, int64_t key) {
+      auto& st = self->state;
+      auto i = st.queue.find(key);
+      if (i == st.queue.end())
+        return;
+      auto q = take(self, i);
+      fail(self, *q, make_error(error_code::timeout, "request waited in the queue past its deadline"));
+    },
+    [self](age_tick_atom) {
+      auto& st = self->state;
+      for (uint32_t i = 0; i < st.slots.size(); ++i)
+        maybe_recycle(self, i);
+      if (!st.stopping)
+        self->delayed_send(self, st.cfg.max_age / 4, age_tick_atom::value);
+    },
+  };
+}
+
+} // namespace
+
+pool_actor spawn_pool(caf::actor_system& sys, pool_config cfg) {
+  return sys.spawn(pool_fun, std::move(cfg));
+}
+
+} // namespace pyvisor

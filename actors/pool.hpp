@@ -1,0 +1,144 @@
+// The worker pool: what users talk to.
+//
+// A pool owns a simple_one_for_one supervisor (supervision/) whose children
+// are workers of one backend (real Python processes or the in-process mock)
+// and a session-affinity actor. Requests flow: caller -> pool -> (affinity,
+// for session requests) -> worker, and the worker answers the caller
+// directly: the pool delegates each request and learns of its completion
+// from the worker's done report, so it never sits on the reply path.
+//
+// Guarantees:
+// - Workers start concurrently; ready_atom is answered once all said hello.
+// - Dispatch goes to the least-loaded ready worker, at most max_in_flight
+//   requests per worker; beyond that requests wait in a bounded queue. A full
+//   queue fails a request at once with `overloaded`; a request still queued
+//   at its deadline fails with `timeout`; a requester that terminated loses
+//   its queued requests (they no longer hold places).
+// - A worker's death fails its in-flight requests with `worker_crashed`,
+//   except idempotent ones, which are retried on another worker, at most
+//   max_attempts times: at-least-once for idempotent requests, at-most-once
+//   for all others.
+// - Sessions: the first request naming a session binds it to a worker; later
+//   ones go to that worker (mode strict: they wait for it; mode hint: they
+//   may run elsewhere when the owner is busy, without the owner's state).
+//   Expiry, session_expired and session_lost: see session_affinity.hpp.
+// - Recycling after max_requests requests or max_age: the worker gets no new
+//   requests, finishes what it has, and is replaced; no request fails (its
+//   sessions are lost, as with any replacement).
+// - If the supervisor gives up (restart intensity exhausted, e.g. a user
+//   module that does not import), every waiting request fails, the cause is
+//   logged once with the Python traceback, and the pool quits with the
+//   supervisor's reason. An exit message stops the pool gracefully.
+
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "caf/fwd.hpp"
+#include "caf/meta/type_name.hpp"
+#include "caf/replies_to.hpp"
+#include "caf/timespan.hpp"
+#include "caf/typed_actor.hpp"
+
+#include "actors/mock_worker.hpp"
+#include "actors/session_affinity.hpp"
+#include "actors/worker.hpp"
+#include "messages/worker_actor.hpp"
+#include "supervision/supervisor.hpp"
+
+namespace pyvisor {
+
+enum class backend_kind : uint8_t { python, mock };
+
+enum class affinity_mode : uint8_t { strict, hint };
+
+struct pool_config {
+  /// Number of workers.
+  size_t size = 2;
+  backend_kind backend = backend_kind::python;
+  /// Template of each Python worker (id and listener are set by the pool).
+  worker_config worker;
+  /// Template of each mock worker (id, seed and listener set by the pool).
+  mock_config mock;
+  /// Requests in flight per worker.
+  uint32_t max_in_flight = 4;
+  /// Requests waiting for a worker; more fail with `overloaded`.
+  size_t queue_size = 1024;
+  /// Deadline of a request that names none (queueing plus execution).
+  caf::timespan request_timeout = std::chrono::seconds(30);
+  /// Attempts of an idempotent request whose worker died (first one included).
+  uint32_t max_attempts = 3;
+  /// Recycle a worker after this many requests (0: never).
+  uint64_t max_requests = 0;
+  /// Recycle a worker after this long (0: never).
+  caf::timespan max_age{0};
+  session_settings session;
+  affinity_mode mode = affinity_mode::strict;
+  /// Restart intensity of the worker supervisor.
+  size_t max_restarts = 10;
+  caf::timespan restart_period = std::chrono::seconds(10);
+  backoff_policy backoff;
+  /// Time a worker gets to stop before it is killed.
+  caf::timespan shutdown_timeout = std::chrono::seconds(5);
+};
+
+/// One worker in pool_stats.
+struct worker_stats {
+  uint32_t id = 0;
+  int64_t pid = 0;
+  /// "starting", "ready", "draining" or "down".
+  std::string state;
+  uint32_t in_flight = 0;
+  uint64_t served = 0;
+  uint64_t restarts = 0;
+  /// Unix time in milliseconds at which this incarnation started.
+  int64_t started_at = 0;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, worker_stats& x) {
+  return f(caf::meta::type_name("pyvisor::worker_stats"), x.id, x.pid, x.state, x.in_flight,
+           x.served, x.restarts, x.started_at);
+}
+
+struct pool_stats {
+  std::vector<worker_stats> workers;
+  uint64_t queue = 0;
+  uint64_t sessions = 0;
+  /// Replies by outcome: "ok" and each error code name.
+  std::map<std::string, uint64_t> replies;
+  uint64_t retries = 0;
+  uint64_t restarts = 0;
+  uint64_t recycled = 0;
+  /// Worker service time percentiles over recent requests, microseconds.
+  double p50_us = 0;
+  double p90_us = 0;
+  double p99_us = 0;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, pool_stats& x) {
+  return f(caf::meta::type_name("pyvisor::pool_stats"), x.workers, x.queue, x.sessions, x.replies,
+           x.retries, x.restarts, x.recycled, x.p50_us, x.p90_us, x.p99_us);
+}
+
+using pool_actor = caf::typed_actor<
+  caf::replies_to<execute>::with<payload>,
+  /// Answered once every worker is ready (or with the failure).
+  caf::replies_to<ready_atom>::with<pool_stats>,
+  caf::replies_to<status_atom>::with<pool_stats>,
+  caf::replies_to<end_session_atom, std::string>::with<bool>,
+  /// Sets the session idle timeout at run time; replies with the previous one.
+  caf::replies_to<configure_atom, caf::timespan>::with<caf::timespan>>;
+
+pool_actor spawn_pool(caf::actor_system& sys, pool_config cfg);
+
+/// Registers the pool's and its parts' message types (includes
+/// add_message_types and add_supervisor_types).
+void add_pool_types(caf::actor_system_config& cfg);
+
+} // namespace pyvisor
