@@ -48,11 +48,12 @@ worker_status snapshot(const mock_state& st) {
 
 void die(self_ptr self, const caf::error& for_requests, caf::error reason) {
   auto& st = self->state;
-  st.ledger->fail_all(for_requests);
+  if (st.ledger->retiring())
+    return;
   for (auto& rp : st.ready_waiters)
     rp.deliver(reason);
   st.ready_waiters.clear();
-  self->quit(std::move(reason));
+  st.ledger->retire(self, for_requests, std::move(reason));
 }
 
 caf::error bad_request(std::string msg) {
@@ -198,6 +199,11 @@ mock_impl::behavior_type mock_fun(self_ptr self, mock_config cfg) {
   return {
     [self](execute& req) -> caf::result<payload> {
       auto& st = self->state;
+      if (st.ledger->retiring()) {
+        auto rp = self->make_response_promise<payload>();
+        st.ledger->refuse(req, rp);
+        return rp;
+      }
       if (st.status.phase == worker_phase::stopping)
         return make_error(error_code::shutting_down, "mock worker is stopping");
       if (!is_valid_msgpack(req.args))

@@ -462,6 +462,12 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg) {
   flags.observer = caf::actor_cast<caf::actor>(self);
   st.sup = spawn_supervisor(self->system(), flags, {worker_spec});
   self->monitor(st.sup);
+  // However the pool ends (even killed, which skips the exit handler), its
+  // supervisor, and so every worker, and the affinity actor end with it.
+  self->attach_functor([sup = st.sup, aff = st.affinity](const caf::error&) {
+    caf::anon_send_exit(sup, caf::exit_reason::kill);
+    caf::anon_send_exit(aff, caf::exit_reason::kill);
+  });
   // All workers start at once; their Python start-ups overlap.
   for (size_t i = 0; i < st.slots.size(); ++i) {
     st.slots[i].state = slot_state::starting;
@@ -558,6 +564,16 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg) {
         break;
       }
       try_dispatch(self);
+    },
+    [self](dying_atom, uint64_t worker) {
+      // Learned before the supervisor's report: stop dispatching there now.
+      auto& st = self->state;
+      for (auto& s : st.slots)
+        if (s.actor == worker) {
+          s.state = slot_state::down;
+          s.in_flight = 0;
+        }
+      return true;
     },
     [self](ready_atom) -> caf::result<pool_stats> {
       auto rp = self->make_response_promise<pool_stats>();

@@ -115,6 +115,44 @@ public:
     external_ = 0;
   }
 
+  /// Ends the worker instead of a plain quit: answers everything in flight
+  /// (idempotent requests go back to the listener), tells the listener that
+  /// this worker is gone and quits with `reason` once it has acknowledged
+  /// (or after a few seconds without answer). Meanwhile refuse() answers
+  /// requests the listener dispatched before it learned of the death.
+  template <class Self>
+  void retire(Self* self, const caf::error& for_requests, caf::error reason) {
+    if (retiring_)
+      return;
+    retiring_ = true;
+    retire_error_ = for_requests;
+    if (!listener_) {
+      fail_all(for_requests);
+      self->quit(std::move(reason));
+      return;
+    }
+    // The notice goes out before the retries, so the listener stops
+    // dispatching here before it re-dispatches them.
+    self->request(listener_, std::chrono::seconds(5), dying_atom::value,
+                  static_cast<uint64_t>(self->id()))
+      .then([self, reason](bool) { self->quit(reason); },
+            [self, reason](caf::error&) { self->quit(reason); });
+    fail_all(for_requests);
+  }
+
+  bool retiring() const noexcept {
+    return retiring_;
+  }
+
+  /// Answers a request that reached a retiring worker.
+  void refuse(execute& req, caf::typed_response_promise<payload> promise) {
+    if (req.idempotent && listener_) {
+      promise.delegate(listener_, retry_atom::value, std::move(req));
+      return;
+    }
+    promise.deliver(retire_error_);
+  }
+
   /// Requests awaited by callers (internal ones excluded).
   uint32_t in_flight() const noexcept {
     return external_;
@@ -145,6 +183,8 @@ private:
   uint64_t next_id_ = 1;
   uint32_t external_ = 0;
   uint64_t served_ = 0;
+  bool retiring_ = false;
+  caf::error retire_error_;
 };
 
 } // namespace pyvisor

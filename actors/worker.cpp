@@ -80,13 +80,14 @@ worker_status snapshot(const worker_state& st) {
 // in-flight requests, `reason` becomes the exit reason.
 void terminate(self_ptr self, const caf::error& for_requests, caf::error reason) {
   auto& st = self->state;
-  st.ledger->fail_all(for_requests);
+  if (st.ledger->retiring())
+    return;
   for (auto& rp : st.ready_waiters)
     rp.deliver(reason ? reason : for_requests);
   st.ready_waiters.clear();
   if (st.proc)
     st.proc->signal(SIGKILL);
-  self->quit(std::move(reason));
+  st.ledger->retire(self, for_requests, std::move(reason));
 }
 
 std::string describe_startup_exit(const worker_state& st, const exit_status& es) {
@@ -215,6 +216,11 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
   return {
     [self](execute& req) -> caf::result<payload> {
       auto& st = self->state;
+      if (st.ledger->retiring()) {
+        auto rp = self->make_response_promise<payload>();
+        st.ledger->refuse(req, rp);
+        return rp;
+      }
       if (st.status.phase == worker_phase::stopping)
         return make_error(error_code::shutting_down, tag_of(st) + " is stopping");
       if (!wire::is_single_msgpack_value(req.args.bytes.data(), req.args.bytes.size()))
