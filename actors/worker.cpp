@@ -115,7 +115,9 @@ void on_frame(self_ptr self, wire::frame& f) {
     }
     if (!f.ok) {
       auto msg = tag_of(st) + " failed to start: " + f.error.message;
-      log().error("{}\n{}", msg, f.error.traceback);
+      // One line here; whoever gives up on the worker (the pool) reports the
+      // traceback once instead of once per restart.
+      log().info("{}", msg);
       auto err = make_error(error_code::python_error, msg, f.error.type, f.error.traceback);
       terminate(self, err, err);
       return;

@@ -8,8 +8,12 @@
 #include <signal.h>
 #include <sys/types.h>
 
+#include <unistd.h>
+
 #include <chrono>
+#include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -48,6 +52,36 @@ inline bool wait_gone(pid_t pid, std::chrono::milliseconds limit = std::chrono::
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   return true;
+}
+
+/// Pids of this process's children whose command line contains `needle`
+/// (zombies excluded).
+inline std::vector<pid_t> children_matching(const std::string& needle) {
+  std::vector<pid_t> result;
+  auto self = getpid();
+  for (const auto& entry : std::filesystem::directory_iterator{"/proc"}) {
+    auto name = entry.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos)
+      continue;
+    std::ifstream stat{entry.path() / "stat"};
+    std::string line;
+    if (!std::getline(stat, line))
+      continue;
+    auto close = line.rfind(')');
+    if (close == std::string::npos)
+      continue;
+    std::istringstream rest{line.substr(close + 2)};
+    char state = 0;
+    pid_t ppid = 0;
+    rest >> state >> ppid;
+    if (ppid != self || state == 'Z')
+      continue;
+    std::ifstream cmd{entry.path() / "cmdline"};
+    std::string cmdline{std::istreambuf_iterator<char>{cmd}, std::istreambuf_iterator<char>{}};
+    if (cmdline.find(needle) != std::string::npos)
+      result.push_back(static_cast<pid_t>(std::stol(name)));
+  }
+  return result;
 }
 
 struct system_config : caf::actor_system_config {
