@@ -1,51 +1,39 @@
-// pyvisor-node: the node binary.
+// pyvisor-node: a supervised Python worker pool served over MessagePack-RPC.
 //
-// For now (issue 2) this is the minimal demo the README announces: it reads
-// the configuration, starts `pool.size` Python workers concurrently, waits
-// until each has said hello, pings each, logs the result, and then keeps the
-// workers until SIGINT or SIGTERM, when it stops them and exits 0.
+// Start-up: read the configuration (configs/node.ini by default), start the
+// pool, wait until every worker said hello, then listen on rpc.host:rpc.port
+// and, if publish.port is set, publish the pool to CAF applications. Once
+// listening it prints one line to stdout, "pyvisor-node listening on
+// HOST:PORT", so that scripts (and tests using rpc.port=0) can find it.
+//
+// SIGTERM / SIGINT: stop accepting connections and new requests, let the
+// requests in flight finish (up to node.shutdown-timeout), stop the workers
+// (each is asked first and killed after pool.shutdown-timeout), exit 0.
+// A SIGKILLed node leaves no Python process behind: workers carry a
+// parent-death signal (see actors/python_process.hpp).
 
 #include <signal.h>
 
 #include <chrono>
 #include <iostream>
 
+#include <spdlog/sinks/basic_file_sink.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include "caf/actor_system.hpp"
-#include "caf/actor_system_config.hpp"
-#include "caf/exec_main.hpp"
-#include "caf/scoped_actor.hpp"
+#include "caf/exit_reason.hpp"
 #include "caf/io/middleman.hpp"
+#include "caf/scoped_actor.hpp"
 
-#include "actors/worker.hpp"
+#include "actors/gateway.hpp"
+#include "actors/node_config.hpp"
+#include "actors/pool.hpp"
 #include "messages/log.hpp"
-#include "messages/registry.hpp"
 
 namespace {
 
-struct node_config : caf::actor_system_config {
-  size_t pool_size = 2;
-  std::string python = "/usr/bin/python3";
-  std::vector<std::string> modules;
-  std::vector<std::string> python_path;
-  caf::timespan startup_timeout = std::chrono::seconds(10);
-  caf::timespan request_timeout = std::chrono::seconds(30);
-  std::string log_level = "info";
-
-  node_config() {
-    pyvisor::add_message_types(*this);
-    opt_group{custom_options_, "pool"}
-      .add(pool_size, "size", "number of Python workers")
-      .add(python, "python", "Python interpreter (needs the msgpack module)")
-      .add(modules, "modules", "user modules every worker imports")
-      .add(python_path, "python-path", "extra import paths for the workers")
-      .add(startup_timeout, "startup-timeout", "time a worker may take to say hello")
-      .add(request_timeout, "request-timeout", "default deadline of a request");
-    opt_group{custom_options_, "log"}.add(log_level, "level",
-                                          "trace, debug, info, warn, error or off");
-  }
-};
+using namespace pyvisor;
 
 int wait_for_signal() {
   sigset_t set;
@@ -57,64 +45,116 @@ int wait_for_signal() {
   return sig;
 }
 
-void caf_main(caf::actor_system& sys, const node_config& cfg) {
-  pyvisor::log().set_level(spdlog::level::from_str(cfg.log_level));
-  pyvisor::log().info("pyvisor-node (demo): starting {} workers with {}", cfg.pool_size, cfg.python);
-  auto t0 = std::chrono::steady_clock::now();
-  std::vector<pyvisor::worker_actor> workers;
-  for (size_t i = 0; i < cfg.pool_size; ++i) {
-    pyvisor::worker_config wc;
-    wc.id = static_cast<uint32_t>(i + 1);
-    wc.python = cfg.python;
-    wc.modules = cfg.modules;
-    wc.python_path = cfg.python_path;
-    wc.startup_timeout = cfg.startup_timeout;
-    wc.request_timeout = cfg.request_timeout;
-    workers.push_back(pyvisor::spawn_python_worker(sys, wc));
-  }
+// Registers the "pyvisor" logger with the configured destination and level
+// before any component asks for it.
+void setup_logging(const node_config& cfg) {
+  std::shared_ptr<spdlog::logger> logger;
+  if (cfg.log_file.empty())
+    logger = spdlog::stderr_color_mt("pyvisor");
+  else
+    logger = spdlog::basic_logger_mt("pyvisor", cfg.log_file);
+  logger->set_level(spdlog::level::from_str(cfg.log_level));
+  logger->flush_on(spdlog::level::info);
+}
+
+bool stop_within(caf::scoped_actor& self, const caf::actor& who, caf::exit_reason reason,
+                 caf::timespan limit) {
+  bool stopped = false;
+  self->monitor(who);
+  self->send_exit(who, reason);
+  self->receive([&](caf::down_msg&) { stopped = true; }, caf::after(limit) >> [] {});
+  return stopped;
+}
+
+int run(caf::actor_system& sys, const node_config& cfg) {
   caf::scoped_actor self{sys};
-  bool all_ok = true;
-  for (auto& w : workers) {
-    self->request(w, caf::infinite, pyvisor::ready_atom::value)
-      .receive([&](const pyvisor::worker_status&) {},
-               [&](const caf::error& err) {
-                 all_ok = false;
-                 pyvisor::log().error("worker failed to start: {}", sys.render(err));
-               });
+  log().info("pyvisor-node starting: config {}, {} {} workers ({})",
+             cfg.config_file_used.empty() ? "built-in defaults" : cfg.config_file_used,
+             cfg.pool_size, cfg.pool_backend, cfg.pool_python);
+  auto t0 = std::chrono::steady_clock::now();
+  auto pool = spawn_pool(sys, cfg.make_pool_config());
+  auto pool_actor_handle = caf::actor_cast<caf::actor>(pool);
+  bool ready = false;
+  self->request(pool, cfg.pool_startup_timeout * 3 + std::chrono::seconds(5), ready_atom::value)
+    .receive(
+      [&](pool_stats& st) {
+        ready = true;
+        auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                    std::chrono::steady_clock::now() - t0)
+                    .count();
+        std::string pids;
+        for (auto& w : st.workers)
+          pids += (pids.empty() ? "" : ", ") + std::to_string(w.pid);
+        log().info("pool ready: {} workers in {} ms (pids {})", st.workers.size(), ms, pids);
+      },
+      [&](caf::error& err) { log().error("the pool failed to start: {}", sys.render(err)); });
+  if (!ready) {
+    stop_within(self, pool_actor_handle, caf::exit_reason::user_shutdown, cfg.node_shutdown_timeout);
+    return 1;
   }
-  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-              std::chrono::steady_clock::now() - t0)
-              .count();
-  if (all_ok)
-    pyvisor::log().info("all {} workers ready in {} ms", workers.size(), ms);
-  for (auto& w : workers) {
-    self->request(w, caf::infinite, pyvisor::make_execute("ping"))
-      .receive(
-        [&](const pyvisor::payload& reply) {
-          auto pong = pyvisor::unpack<std::string>(reply);
-          pyvisor::log().info("ping -> {}", pong ? *pong : "?");
-        },
-        [&](const caf::error& err) { pyvisor::log().error("ping failed: {}", sys.render(err)); });
+  auto gw = spawn_gateway(sys, pool, cfg.make_gateway_config());
+  if (!gw) {
+    log().error("cannot listen on {}:{} (rpc.host, rpc.port): {}", cfg.rpc_host, cfg.rpc_port,
+                sys.render(gw.error()));
+    stop_within(self, pool_actor_handle, caf::exit_reason::user_shutdown, cfg.node_shutdown_timeout);
+    return 1;
   }
-  pyvisor::log().info("pyvisor-node (demo) running; stop with Ctrl-C or SIGTERM");
+  auto [gateway, port] = *gw;
+  log().info("listening for MessagePack-RPC on {}:{}", cfg.rpc_host, port);
+  if (cfg.publish_port != 0) {
+    auto published = sys.middleman().publish(pool, cfg.publish_port, cfg.publish_host.c_str(), true);
+    if (!published) {
+      log().error("cannot publish the pool on {}:{} (publish.host, publish.port): {}",
+                  cfg.publish_host, cfg.publish_port, sys.render(published.error()));
+      stop_within(self, gateway, caf::exit_reason::kill, std::chrono::seconds(1));
+      stop_within(self, pool_actor_handle, caf::exit_reason::user_shutdown,
+                  cfg.node_shutdown_timeout);
+      return 1;
+    }
+    log().info("pool published for CAF applications on {}:{}", cfg.publish_host, *published);
+  }
+  std::cout << "pyvisor-node listening on " << cfg.rpc_host << ":" << port << std::endl;
   auto sig = wait_for_signal();
-  pyvisor::log().info("received signal {}, stopping workers", sig);
-  for (auto& w : workers)
-    self->send_exit(w, caf::exit_reason::user_shutdown);
-  for (auto& w : workers)
-    self->wait_for(w);
-  pyvisor::log().info("stopped");
+  log().info("received {}, shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+  // 1. No new connections or requests; in-flight ones finish.
+  bool drained = false;
+  self->request(gateway, cfg.node_shutdown_timeout, drain_atom::value)
+    .receive([&](bool) { drained = true; },
+             [&](caf::error&) {
+               log().warn("requests still in flight after node.shutdown-timeout; stopping anyway");
+             });
+  if (drained)
+    log().info("all in-flight requests completed");
+  // 2. Workers: asked to stop, killed after pool.shutdown-timeout.
+  if (!stop_within(self, pool_actor_handle, caf::exit_reason::user_shutdown,
+                   cfg.pool_shutdown_timeout * 2 + std::chrono::seconds(1)))
+    log().warn("the pool did not stop in time");
+  // 3. Connections.
+  stop_within(self, gateway, caf::exit_reason::kill, std::chrono::seconds(2));
+  log().info("pyvisor-node stopped");
+  return 0;
 }
 
 } // namespace
 
 int main(int argc, char** argv) {
-  // Block the stop signals before CAF starts its threads so that only
-  // sigwait in caf_main sees them.
+  // Only the main thread's sigwait sees the stop signals: block them before
+  // CAF starts its threads (children get an empty mask again).
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
-  return caf::exec_main<caf::io::middleman>(caf_main, argc, argv);
+  pyvisor::node_config cfg;
+  auto problem = cfg.read(argc, argv);
+  if (cfg.cli_helptext_printed)
+    return 0;
+  if (!problem.empty()) {
+    std::cerr << "pyvisor-node: " << problem << std::endl;
+    return 1;
+  }
+  setup_logging(cfg);
+  cfg.load<caf::io::middleman>();
+  caf::actor_system sys{cfg};
+  return run(sys, cfg);
 }

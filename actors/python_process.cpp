@@ -165,8 +165,11 @@ std::string python_process::spawn() {
     sigemptyset(&all);
     sigprocmask(SIG_SETMASK, &all, nullptr);
     ::signal(SIGPIPE, SIG_DFL);
-    // Ctrl-C in a terminal reaches the whole process group; the node decides
-    // when its workers stop, so they ignore SIGINT (kept across exec).
+    // Signals meant for the node's process group (Ctrl-C in a terminal, a
+    // supervisor signalling the group) must not reach the workers: the node
+    // decides when they stop. Own process group, and SIGINT ignored (kept
+    // across exec) for good measure.
+    setpgid(0, 0);
     ::signal(SIGINT, SIG_IGN);
     // Move the fds above the targets first: a pipe end may already sit at 3
     // or 4, and dup2 onto itself would keep O_CLOEXEC.

@@ -2,6 +2,7 @@
 
 #include <msgpack.hpp>
 
+#include "messages/msgpack_cursor.hpp"
 #include "messages/payload.hpp"
 
 namespace pyvisor::wire {
@@ -28,23 +29,6 @@ void end_frame(std::vector<char>& out, size_t pos) {
 void pack_str(packer& pk, std::string_view s) {
   pk.pack_str(static_cast<uint32_t>(s.size()));
   pk.pack_str_body(s.data(), static_cast<uint32_t>(s.size()));
-}
-
-// Element counts can never exceed the number of bytes in the frame, so this
-// bound keeps a forged header from making msgpack-c allocate gigabytes.
-msgpack::unpack_limit limit_for(size_t size) {
-  auto n = size > 0xffffffffu ? 0xffffffffu : static_cast<std::size_t>(size);
-  return msgpack::unpack_limit(n, n, n, n, n, 512);
-}
-
-// Referencing strings and binaries instead of copying them is safe here: the
-// objects never outlive the frame bytes they point into.
-bool reference_all(msgpack::type::object_type, std::size_t, void*) {
-  return true;
-}
-
-msgpack::object_handle unpack_one(const char* data, size_t size, size_t& off) {
-  return msgpack::unpack(data, size, off, reference_all, nullptr, limit_for(size));
 }
 
 std::string as_string(const msgpack::object& o) {
@@ -154,33 +138,18 @@ void append_hello(std::vector<char>& out, int64_t pid, std::string_view python,
 std::string decode(const char* data, size_t size, frame& out) {
   if (size == 0)
     return "empty frame";
-  auto b = static_cast<unsigned char>(data[0]);
-  size_t entries = 0;
-  size_t off = 0;
-  // The top-level map header is read by hand so that each value's byte range
-  // is known: that is what lets `result` pass through without re-encoding.
-  if ((b & 0xf0) == 0x80) {
-    entries = b & 0x0f;
-    off = 1;
-  } else if (b == 0xde && size >= 3) {
-    auto u = reinterpret_cast<const unsigned char*>(data);
-    entries = (size_t{u[1]} << 8) | u[2];
-    off = 3;
-  } else if (b == 0xdf && size >= 5) {
-    auto u = reinterpret_cast<const unsigned char*>(data);
-    entries = (size_t{u[1]} << 24) | (size_t{u[2]} << 16) | (size_t{u[3]} << 8) | u[4];
-    off = 5;
-  } else {
-    return "frame is not a msgpack map";
-  }
   bool have_id = false;
   bool have_ok = false;
+  msgpack_cursor cur{data, size};
   try {
+    size_t entries = 0;
+    if (!cur.map_header(entries))
+      return "frame is not a msgpack map";
     for (size_t i = 0; i < entries; ++i) {
-      auto key_handle = unpack_one(data, size, off);
+      auto key_handle = cur.next();
       auto key = as_string(key_handle.get());
-      auto value_begin = off;
-      auto value_handle = unpack_one(data, size, off);
+      auto value_begin = cur.offset();
+      auto value_handle = cur.next();
       const auto& value = value_handle.get();
       if (key == "id") {
         out.id = value.as<uint64_t>();
@@ -189,7 +158,8 @@ std::string decode(const char* data, size_t size, frame& out) {
         out.ok = value.as<bool>();
         have_ok = true;
       } else if (key == "result") {
-        out.result.assign(data + value_begin, data + off);
+        // Cut out as raw bytes: the result is never re-encoded.
+        out.result.assign(data + value_begin, data + cur.offset());
       } else if (key == "error") {
         read_error(value, out.error);
       } else if (key == "hello") {
@@ -212,7 +182,7 @@ std::string decode(const char* data, size_t size, frame& out) {
   } catch (const std::exception& e) {
     return std::string{"invalid frame: "} + e.what();
   }
-  if (off != size)
+  if (cur.offset() != size)
     return "trailing bytes after the frame's map";
   if (!have_ok)
     return "frame has no 'ok' or 'hello' field";
@@ -227,9 +197,9 @@ std::string decode(const char* data, size_t size, frame& out) {
 
 bool is_single_msgpack_value(const char* data, size_t size) noexcept {
   try {
-    size_t off = 0;
-    unpack_one(data, size, off);
-    return off == size;
+    msgpack_cursor cur{data, size};
+    cur.next();
+    return cur.offset() == size;
   } catch (...) {
     return false;
   }

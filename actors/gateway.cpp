@@ -1,0 +1,451 @@
+#include "actors/gateway.hpp"
+
+#include <memory>
+
+#include "caf/actor_system.hpp"
+#include "caf/io/broker.hpp"
+#include "caf/io/middleman.hpp"
+#include "caf/scoped_actor.hpp"
+
+#include "messages/log.hpp"
+#include "messages/msgpack_cursor.hpp"
+#include "messages/payload.hpp"
+
+namespace pyvisor {
+
+namespace {
+
+using port_atom = caf::atom_constant<caf::atom("gw_port")>;
+
+using packer = msgpack::packer<detail::vector_writer>;
+
+void pack_str(packer& pk, std::string_view s) {
+  pk.pack_str(static_cast<uint32_t>(s.size()));
+  pk.pack_str_body(s.data(), static_cast<uint32_t>(s.size()));
+}
+
+struct rpc_error {
+  std::string code;
+  std::string message;
+  std::string type;
+  std::string details;
+};
+
+rpc_error to_rpc_error(const caf::error& err) {
+  auto info = info_of(err);
+  return {to_string(info.code), info.message, info.python_type, info.traceback};
+}
+
+// -- one connection -------------------------------------------------------------
+
+struct connection_state {
+  pool_actor pool;
+  gateway_config cfg;
+  caf::io::connection_handle hdl;
+  std::vector<char> buf;
+  size_t in_flight = 0;
+  bool draining = false;
+  std::vector<caf::response_promise> drain_waiters;
+};
+
+using conn_ptr = std::shared_ptr<connection_state>;
+
+void write_response(caf::io::broker* self, connection_state& st, uint32_t msgid,
+                    const rpc_error* err, const std::vector<char>* result) {
+  auto& out = self->wr_buf(st.hdl);
+  detail::vector_writer w{out};
+  packer pk{w};
+  pk.pack_array(4);
+  pk.pack_uint8(1);
+  pk.pack_uint32(msgid);
+  if (err != nullptr) {
+    size_t n = 2 + (err->type.empty() ? 0 : 1) + (err->details.empty() ? 0 : 1);
+    pk.pack_map(static_cast<uint32_t>(n));
+    pack_str(pk, "code");
+    pack_str(pk, err->code);
+    pack_str(pk, "message");
+    pack_str(pk, err->message);
+    if (!err->type.empty()) {
+      pack_str(pk, "type");
+      pack_str(pk, err->type);
+    }
+    if (!err->details.empty()) {
+      pack_str(pk, "details");
+      pack_str(pk, err->details);
+    }
+    pk.pack_nil();
+  } else {
+    pk.pack_nil();
+    // The result's bytes as the worker produced them.
+    out.insert(out.end(), result->begin(), result->end());
+  }
+  self->flush(st.hdl);
+}
+
+void respond_error(caf::io::broker* self, connection_state& st, uint32_t msgid, rpc_error err) {
+  write_response(self, st, msgid, &err, nullptr);
+}
+
+void respond(caf::io::broker* self, connection_state& st, uint32_t msgid,
+             const std::vector<char>& result) {
+  write_response(self, st, msgid, nullptr, &result);
+}
+
+void finished_one(conn_ptr st) {
+  if (--st->in_flight == 0 && st->draining) {
+    for (auto& rp : st->drain_waiters)
+      rp.deliver(true);
+    st->drain_waiters.clear();
+  }
+}
+
+std::vector<char> pack_stats(const pool_stats& s) {
+  std::vector<char> out;
+  detail::vector_writer w{out};
+  packer pk{w};
+  pk.pack_map(8);
+  pack_str(pk, "workers");
+  pk.pack_array(static_cast<uint32_t>(s.workers.size()));
+  for (auto& ws : s.workers) {
+    pk.pack_map(7);
+    pack_str(pk, "id");
+    pk.pack(ws.id);
+    pack_str(pk, "pid");
+    pk.pack(ws.pid);
+    pack_str(pk, "state");
+    pack_str(pk, ws.state);
+    pack_str(pk, "in_flight");
+    pk.pack(ws.in_flight);
+    pack_str(pk, "served");
+    pk.pack(ws.served);
+    pack_str(pk, "restarts");
+    pk.pack(ws.restarts);
+    pack_str(pk, "started_at");
+    pk.pack(ws.started_at);
+  }
+  pack_str(pk, "sessions");
+  pk.pack(s.sessions);
+  pack_str(pk, "queue");
+  pk.pack(s.queue);
+  pack_str(pk, "replies");
+  pk.pack(s.replies);
+  pack_str(pk, "restarts");
+  pk.pack(s.restarts);
+  pack_str(pk, "retries");
+  pk.pack(s.retries);
+  pack_str(pk, "recycled");
+  pk.pack(s.recycled);
+  pack_str(pk, "latency_us");
+  pk.pack_map(3);
+  pack_str(pk, "p50");
+  pk.pack(s.p50_us);
+  pack_str(pk, "p90");
+  pk.pack(s.p90_us);
+  pack_str(pk, "p99");
+  pk.pack(s.p99_us);
+  return out;
+}
+
+// Reads the options map of execute into `req`; returns an error text.
+std::string read_options(const msgpack::object& o, execute& req) {
+  if (o.type == msgpack::type::NIL)
+    return {};
+  if (o.type != msgpack::type::MAP)
+    return "options must be a map";
+  for (const auto& kv : o.via.map) {
+    if (kv.key.type != msgpack::type::STR)
+      return "option names must be strings";
+    auto key = kv.key.as<std::string>();
+    const auto& v = kv.val;
+    if (key == "session") {
+      if (v.type == msgpack::type::NIL)
+        continue;
+      if (v.type != msgpack::type::STR)
+        return "option 'session' must be a string";
+      req.session = v.as<std::string>();
+    } else if (key == "timeout_ms") {
+      if (v.type != msgpack::type::POSITIVE_INTEGER || v.via.u64 == 0)
+        return "option 'timeout_ms' must be a positive integer";
+      req.timeout = std::chrono::milliseconds(v.via.u64);
+    } else if (key == "idempotent") {
+      if (v.type != msgpack::type::BOOLEAN)
+        return "option 'idempotent' must be a boolean";
+      req.idempotent = v.via.boolean;
+    } else {
+      return "unknown option '" + key + "' (known: session, timeout_ms, idempotent)";
+    }
+  }
+  return {};
+}
+
+/// Handles one complete message [0, end) of the buffer. Returns false when
+/// the connection must be closed (no msgid to answer to).
+bool handle_message(caf::io::broker* self, conn_ptr st, const char* data, size_t size) {
+  msgpack_cursor cur{data, size};
+  size_t n = 0;
+  if (!cur.array_header(n) || n < 3)
+    return false;
+  auto type_h = cur.next();
+  auto& type = type_h.get();
+  if (type.type != msgpack::type::POSITIVE_INTEGER)
+    return false;
+  bool notification = type.via.u64 == 2;
+  uint32_t msgid = 0;
+  if (!notification) {
+    auto id_h = cur.next();
+    if (id_h.get().type != msgpack::type::POSITIVE_INTEGER || id_h.get().via.u64 > 0xffffffffu)
+      return false;
+    msgid = static_cast<uint32_t>(id_h.get().via.u64);
+    if (type.via.u64 != 0 || n != 4) {
+      respond_error(self, *st, msgid,
+                    {"bad_request", "expected a request [0, msgid, method, params]", "", ""});
+      return true;
+    }
+  } else if (n != 3) {
+    return true; // a malformed notification has no one to answer
+  }
+  auto bad = [&](std::string msg) {
+    if (!notification)
+      respond_error(self, *st, msgid, {"bad_request", std::move(msg), "", ""});
+    return true;
+  };
+  auto method_h = cur.next();
+  if (method_h.get().type != msgpack::type::STR)
+    return bad("the method must be a string");
+  auto method = method_h.get().as<std::string>();
+  size_t nparams = 0;
+  if (!cur.array_header(nparams))
+    return bad("params must be an array");
+  if (st->draining) {
+    if (!notification)
+      respond_error(self, *st, msgid, {"shutting_down", "the node is shutting down", "", ""});
+    return true;
+  }
+  if (method == "ping") {
+    if (!notification)
+      respond(self, *st, msgid, pack(std::string{"pong"}).bytes);
+    return true;
+  }
+  if (method == "execute") {
+    if (nparams != 2 && nparams != 3)
+      return bad("execute takes [command, args] or [command, args, options]");
+    auto cmd_h = cur.next();
+    if (cmd_h.get().type != msgpack::type::STR)
+      return bad("the command must be a string");
+    execute req;
+    req.command = cmd_h.get().as<std::string>();
+    auto range = cur.skip();
+    req.args = payload{std::vector<char>(data + range.first, data + range.second)};
+    if (nparams == 3) {
+      auto opts_h = cur.next();
+      auto err = read_options(opts_h.get(), req);
+      if (!err.empty())
+        return bad(err);
+    }
+    ++st->in_flight;
+    self->request(st->pool, caf::infinite, std::move(req))
+      .then(
+        [self, st, msgid, notification](payload& result) {
+          if (!notification)
+            respond(self, *st, msgid, result.bytes);
+          finished_one(st);
+        },
+        [self, st, msgid, notification](caf::error& err) {
+          if (!notification)
+            respond_error(self, *st, msgid, to_rpc_error(err));
+          finished_one(st);
+        });
+    return true;
+  }
+  if (method == "session.end") {
+    if (nparams != 1)
+      return bad("session.end takes [session_id]");
+    auto id_h = cur.next();
+    if (id_h.get().type != msgpack::type::STR)
+      return bad("the session id must be a string");
+    ++st->in_flight;
+    self->request(st->pool, caf::infinite, end_session_atom::value, id_h.get().as<std::string>())
+      .then(
+        [self, st, msgid, notification](bool) {
+          if (!notification)
+            respond(self, *st, msgid, pack(true).bytes);
+          finished_one(st);
+        },
+        [self, st, msgid, notification](caf::error& err) {
+          if (!notification)
+            respond_error(self, *st, msgid, to_rpc_error(err));
+          finished_one(st);
+        });
+    return true;
+  }
+  if (method == "stats") {
+    ++st->in_flight;
+    self->request(st->pool, caf::infinite, status_atom::value)
+      .then(
+        [self, st, msgid, notification](pool_stats& s) {
+          if (!notification)
+            respond(self, *st, msgid, pack_stats(s));
+          finished_one(st);
+        },
+        [self, st, msgid, notification](caf::error& err) {
+          if (!notification)
+            respond_error(self, *st, msgid, to_rpc_error(err));
+          finished_one(st);
+        });
+    return true;
+  }
+  if (!notification)
+    respond_error(self, *st, msgid,
+                  {"unknown_method",
+                   "no method '" + method + "' (known: ping, execute, session.end, stats)", "",
+                   ""});
+  return true;
+}
+
+caf::behavior connection(caf::io::broker* self, caf::io::connection_handle hdl, pool_actor pool,
+                         gateway_config cfg) {
+  auto st = std::make_shared<connection_state>();
+  st->pool = std::move(pool);
+  st->cfg = std::move(cfg);
+  st->hdl = hdl;
+  self->configure_read(hdl, caf::io::receive_policy::at_most(65536));
+  auto close = [self, st](const std::string& why) {
+    log().warn("rpc: closing a connection: {}", why);
+    self->close(st->hdl);
+    self->quit();
+  };
+  return {
+    [self, st, close](const caf::io::new_data_msg& msg) {
+      st->buf.insert(st->buf.end(), msg.buf.begin(), msg.buf.end());
+      size_t pos = 0;
+      while (pos < st->buf.size()) {
+        // Find the end of one complete msgpack value.
+        size_t end = 0;
+        try {
+          msgpack_cursor probe{st->buf.data() + pos, st->buf.size() - pos};
+          probe.next();
+          end = probe.offset();
+        } catch (const msgpack::insufficient_bytes&) {
+          break;
+        } catch (const std::exception& e) {
+          close(std::string{"input is not msgpack: "} + e.what());
+          return;
+        }
+        if (end > st->cfg.max_message_size) {
+          close("message of " + std::to_string(end) + " bytes exceeds rpc.max-message-size");
+          return;
+        }
+        bool keep = false;
+        try {
+          keep = handle_message(self, st, st->buf.data() + pos, end);
+        } catch (const std::exception& e) {
+          keep = false;
+        }
+        if (!keep) {
+          close("malformed message without a readable msgid");
+          return;
+        }
+        pos += end;
+      }
+      st->buf.erase(st->buf.begin(), st->buf.begin() + static_cast<std::ptrdiff_t>(pos));
+      if (st->buf.size() > st->cfg.max_message_size)
+        close("incomplete message exceeds rpc.max-message-size");
+    },
+    [self](const caf::io::connection_closed_msg&) { self->quit(); },
+    [self, st](drain_atom) {
+      // Answered now or by finished_one once the last request completes.
+      auto rp = self->make_response_promise();
+      st->draining = true;
+      if (st->in_flight == 0)
+        rp.deliver(true);
+      else
+        st->drain_waiters.push_back(rp);
+    },
+  };
+}
+
+// -- the acceptor ---------------------------------------------------------------
+
+struct acceptor_state {
+  std::vector<caf::actor> connections;
+  caf::io::accept_handle doorman;
+  uint16_t port = 0;
+  caf::error bind_error;
+  bool draining = false;
+};
+
+caf::behavior acceptor(caf::io::broker* self, pool_actor pool, gateway_config cfg) {
+  auto st = std::make_shared<acceptor_state>();
+  auto res = self->add_tcp_doorman(cfg.port, cfg.host.c_str(), true);
+  if (!res) {
+    st->bind_error = res.error();
+  } else {
+    st->doorman = res->first;
+    st->port = res->second;
+  }
+  // However the acceptor ends, its connections end with it.
+  self->attach_functor([st](const caf::error&) {
+    for (auto& c : st->connections)
+      caf::anon_send_exit(c, caf::exit_reason::kill);
+  });
+  self->set_down_handler([st](caf::down_msg& dm) {
+    auto& cs = st->connections;
+    cs.erase(std::remove_if(cs.begin(), cs.end(),
+                            [&](const caf::actor& a) { return a.address() == dm.source; }),
+             cs.end());
+  });
+  return {
+    [self, st, pool, cfg](const caf::io::new_connection_msg& msg) {
+      if (st->draining) {
+        self->close(msg.handle);
+        return;
+      }
+      auto c = self->fork(connection, msg.handle, pool, cfg);
+      self->monitor(c);
+      st->connections.push_back(c);
+    },
+    [st](port_atom) -> caf::result<uint16_t> {
+      if (st->bind_error)
+        return st->bind_error;
+      return st->port;
+    },
+    [self, st](drain_atom) {
+      auto rp = self->make_response_promise();
+      st->draining = true;
+      self->close(st->doorman);
+      if (st->connections.empty()) {
+        rp.deliver(true);
+        return;
+      }
+      auto pending = std::make_shared<size_t>(st->connections.size());
+      for (auto& c : st->connections)
+        self->request(c, caf::infinite, drain_atom::value)
+          .then([rp, pending](bool) mutable {
+            if (--*pending == 0)
+              rp.deliver(true);
+          },
+                [rp, pending](caf::error&) mutable {
+                  if (--*pending == 0)
+                    rp.deliver(true);
+                });
+    },
+  };
+}
+
+} // namespace
+
+caf::expected<std::pair<caf::actor, uint16_t>> spawn_gateway(caf::actor_system& sys,
+                                                            pool_actor pool,
+                                                            gateway_config cfg) {
+  auto gw = sys.middleman().spawn_broker(acceptor, std::move(pool), cfg);
+  caf::scoped_actor self{sys};
+  caf::expected<std::pair<caf::actor, uint16_t>> result{caf::error{}};
+  self->request(gw, std::chrono::seconds(10), port_atom::value)
+    .receive([&](uint16_t port) { result = std::make_pair(gw, port); },
+             [&](caf::error& err) { result = std::move(err); });
+  if (!result)
+    caf::anon_send_exit(gw, caf::exit_reason::kill);
+  return result;
+}
+
+} // namespace pyvisor

@@ -1,0 +1,53 @@
+// The network gateway: MessagePack-RPC over TCP in front of a pool.
+//
+// One CAF broker accepts connections; each connection gets its own broker,
+// so a slow or stalled client never blocks another. Requests
+// ([0, msgid, method, params]) are dispatched as they arrive and answered as
+// they complete ([1, msgid, error, result]), in any order; notifications
+// ([2, method, params]) run without a response. Methods:
+//   ping                        -> "pong"
+//   execute [cmd, args(, opts)] -> the command's result; opts: session (str),
+//                                  timeout_ms (int), idempotent (bool)
+//   session.end [id]            -> true
+//   stats                       -> map (workers, sessions, queue, replies, ...)
+// Errors are maps {code, message} plus `details` (a Python traceback) and
+// `type` where useful; code is a runtime error code, or unknown_method /
+// bad_request for RPC misuse. Input that is not msgpack closes the
+// connection; a well-formed message that is not a valid request gets a
+// bad_request response when its msgid can be read, otherwise the connection
+// is closed. A message larger than max_message_size closes the connection.
+// Command arguments are cut out of the RPC message as raw bytes and results
+// are spliced into the response: neither is decoded and re-encoded here.
+
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <utility>
+
+#include "caf/actor.hpp"
+#include "caf/expected.hpp"
+#include "caf/fwd.hpp"
+
+#include "actors/pool.hpp"
+
+namespace pyvisor {
+
+struct gateway_config {
+  std::string host = "127.0.0.1";
+  /// 0 lets the OS pick a free port (see the returned port).
+  uint16_t port = 7400;
+  size_t max_message_size = size_t{64} << 20;
+};
+
+/// Asks the gateway to stop accepting, refuse new requests with
+/// shutting_down, and answer (true) once no request is in flight.
+using drain_atom = caf::atom_constant<caf::atom("gw_drain")>;
+
+/// Starts the gateway; returns the acceptor actor and the bound port, or the
+/// reason binding failed.
+caf::expected<std::pair<caf::actor, uint16_t>> spawn_gateway(caf::actor_system& sys,
+                                                            pool_actor pool,
+                                                            gateway_config cfg);
+
+} // namespace pyvisor
