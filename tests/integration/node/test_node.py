@@ -1,0 +1,379 @@
+"""Integration tests of pyvisor-node as a separate process, over TCP.
+
+The client here is a few lines of socket + msgpack written for these tests;
+it shares no code with the node. Every node is started on a free loopback
+port (rpc.port=0, read back from its stdout) and is killed in tearDown, even
+when a test fails; every worker pid the node reported is checked to be gone.
+
+Run: PYVISOR_NODE=build/pyvisor-node python3 -m unittest -v tests/integration/node/test_node.py
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+import msgpack
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
+NODE = os.environ.get("PYVISOR_NODE", os.path.join(ROOT, "build", "pyvisor-node"))
+TEST_PY = os.path.join(ROOT, "tests", "python")
+
+
+def alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def wait_gone(pids, limit=5.0):
+    deadline = time.time() + limit
+    while time.time() < deadline:
+        if not any(alive(p) for p in pids):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+class Rpc:
+    """A minimal MessagePack-RPC client."""
+
+    def __init__(self, port, timeout=30.0):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+        self.next_id = 0
+        self.done = {}
+
+    def send(self, method, params):
+        self.next_id += 1
+        self.sock.sendall(msgpack.packb([0, self.next_id, method, params], use_bin_type=True))
+        return self.next_id
+
+    def read_one(self):
+        """Next response in arrival order: (msgid, error, result)."""
+        while True:
+            for msg in self.unpacker:
+                return msg[1], msg[2], msg[3]
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError("closed")
+            self.unpacker.feed(data)
+
+    def wait(self, msgid):
+        while msgid not in self.done:
+            i, e, r = self.read_one()
+            self.done[i] = (e, r)
+        return self.done.pop(msgid)
+
+    def call(self, method, *params):
+        return self.wait(self.send(method, list(params)))
+
+    def close(self):
+        self.sock.close()
+
+
+class Node:
+    """A pyvisor-node process with a temporary configuration."""
+
+    def __init__(self, extra_ini="", args=()):
+        self.dir = tempfile.TemporaryDirectory()
+        ini = os.path.join(self.dir.name, "node.ini")
+        with open(ini, "w") as f:
+            f.write(
+                '[pool]\nsize=2\nmodules=["pyvisor.testing", "sample_commands"]\n'
+                'python-path=["%s"]\nshutdown-timeout=2s\n'
+                '[rpc]\nport=0\n[log]\nlevel="warn"\n' % TEST_PY
+            )
+            f.write(extra_ini)
+        self.log = open(os.path.join(self.dir.name, "node.log"), "w+")
+        self.proc = subprocess.Popen(
+            [NODE, "--config-file=" + ini] + list(args),
+            stdout=subprocess.PIPE, stderr=self.log, text=True,
+        )
+        line = self.proc.stdout.readline()
+        if "listening on" not in line:
+            self.stop(signal.SIGKILL)
+            raise RuntimeError("node did not start: %r\n%s" % (line, self.read_log()))
+        self.port = int(line.strip().rsplit(":", 1)[1])
+        self.worker_pids = []
+
+    def read_log(self):
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def pids(self):
+        rpc = Rpc(self.port)
+        try:
+            err, stats = rpc.call("stats")
+            return [w["pid"] for w in stats["workers"] if w["pid"]]
+        finally:
+            rpc.close()
+
+    def stop(self, sig=signal.SIGTERM, timeout=20):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def close(self):
+        self.stop(signal.SIGKILL)
+        self.proc.stdout.close()
+        self.log.close()
+        self.dir.cleanup()
+
+
+class NodeTest(unittest.TestCase):
+    extra_ini = '[session]\ntimeout=400ms\ncleanup-interval=50ms\nremember=5s\n'
+
+    def setUp(self):
+        self.node = Node(self.extra_ini)
+        self.pids = self.node.pids()
+        self.rpc = Rpc(self.node.port)
+
+    def tearDown(self):
+        self.rpc.close()
+        self.node.close()
+        self.assertTrue(wait_gone(self.pids), "a Python worker outlived its node")
+
+    def assertCode(self, err, code):
+        self.assertIsNotNone(err, "expected an error %s" % code)
+        self.assertEqual(err["code"], code, err)
+
+
+class MethodsTest(NodeTest):
+    def test_ping(self):
+        self.assertEqual(self.rpc.call("ping"), (None, "pong"))
+
+    def test_execute_echoes_values(self):
+        value = {"n": None, "t": True, "f": False, "neg": -(2**40), "big": 2**64 - 1,
+                 "x": 1.5, "s": "gr\u00fc\u00df \U0001f40d", "b": b"\x00\xff", "l": [1, [2, {}]]}
+        self.assertEqual(self.rpc.call("execute", "echo", value), (None, value))
+
+    def test_execute_with_session_and_end(self):
+        opts = {"session": "s1"}
+        self.assertEqual(self.rpc.call("execute", "session.put", {"key": "k", "value": 7}, opts)[0], None)
+        self.assertEqual(self.rpc.call("execute", "session.get", {"key": "k"}, opts), (None, 7))
+        self.assertEqual(self.rpc.call("execute", "session.get", {"key": "k"}, {"session": "s2"}), (None, None))
+        self.assertEqual(self.rpc.call("session.end", "s1"), (None, True))
+        self.assertEqual(self.rpc.call("execute", "session.get", {"key": "k"}, opts), (None, None))
+
+    def test_stats(self):
+        self.rpc.call("execute", "ping", None)
+        err, stats = self.rpc.call("stats")
+        self.assertIsNone(err)
+        for key in ("workers", "sessions", "queue", "replies", "restarts"):
+            self.assertIn(key, stats)
+        self.assertEqual(len(stats["workers"]), 2)
+        for w in stats["workers"]:
+            for key in ("id", "pid", "state", "served", "restarts"):
+                self.assertIn(key, w)
+            self.assertEqual(w["state"], "ready")
+        self.assertGreaterEqual(stats["replies"].get("ok", 0), 1)
+
+    def test_notification_runs_without_response(self):
+        self.rpc.sock.sendall(msgpack.packb([2, "execute", ["ping", None]]))
+        self.assertEqual(self.rpc.call("ping"), (None, "pong"))
+
+
+class ErrorsTest(NodeTest):
+    def test_unknown_method(self):
+        err, _ = self.rpc.call("no.such.method")
+        self.assertCode(err, "unknown_method")
+
+    def test_bad_request(self):
+        self.assertCode(self.rpc.call("execute", 42, None)[0], "bad_request")
+        self.assertCode(self.rpc.call("execute", "echo", 1, {"nonsense": 1})[0], "bad_request")
+        self.assertCode(self.rpc.call("execute", "echo")[0], "bad_request")
+        # Not a request array at all, but the msgid is readable.
+        self.rpc.sock.sendall(msgpack.packb([7, 99, "ping", []]))
+        msgid, err, _ = self.rpc.read_one()
+        self.assertEqual(msgid, 99)
+        self.assertCode(err, "bad_request")
+
+    def test_unknown_command(self):
+        self.assertCode(self.rpc.call("execute", "nope", None)[0], "unknown_command")
+
+    def test_python_error_carries_traceback(self):
+        err, _ = self.rpc.call("execute", "divide", {"a": 1, "b": 0})
+        self.assertCode(err, "python_error")
+        self.assertEqual(err["type"], "ZeroDivisionError")
+        self.assertIn("sample_commands.py", err["details"])
+
+    def test_timeout(self):
+        err, _ = self.rpc.call("execute", "sleep", {"ms": 2000}, {"timeout_ms": 200})
+        self.assertCode(err, "timeout")
+        self.assertEqual(self.rpc.call("execute", "ping", None), (None, "pong"))
+
+    def test_worker_crashed(self):
+        err, _ = self.rpc.call("execute", "crash", {"code": 3})
+        self.assertCode(err, "worker_crashed")
+        self.assertEqual(self.rpc.call("execute", "ping", None), (None, "pong"))
+
+    def test_protocol_error(self):
+        err, _ = self.rpc.call("execute", "garbage", None)
+        self.assertCode(err, "protocol_error")
+        self.assertEqual(self.rpc.call("execute", "ping", None), (None, "pong"))
+
+    def test_session_lost_and_expired(self):
+        self.rpc.call("execute", "session.put", {"key": "k", "value": 1}, {"session": "doomed"})
+        err, _ = self.rpc.call("execute", "crash", None, {"session": "doomed"})
+        self.assertCode(err, "worker_crashed")
+        self.assertCode(self.rpc.call("execute", "ping", None, {"session": "doomed"})[0], "session_lost")
+        self.rpc.call("execute", "ping", None, {"session": "idle"})
+        time.sleep(0.6)
+        self.assertCode(self.rpc.call("execute", "ping", None, {"session": "idle"})[0], "session_expired")
+
+
+class OverloadTest(NodeTest):
+    extra_ini = '[pool]\nqueue-size=2\nmax-in-flight=1\n'
+
+    def test_overloaded_and_keeps_serving(self):
+        ids = [self.rpc.send("execute", ["sleep", {"ms": 300}]) for _ in range(8)]
+        errors = [self.rpc.wait(i)[0] for i in ids]
+        codes = [e["code"] for e in errors if e]
+        self.assertIn("overloaded", codes)
+        self.assertEqual(set(codes), {"overloaded"})
+        self.assertEqual(self.rpc.call("execute", "ping", None), (None, "pong"))
+
+
+class ConnectionsTest(NodeTest):
+    def test_pipelined_requests_complete_out_of_order(self):
+        slow = self.rpc.send("execute", ["sleep", {"ms": 400}])
+        fast = self.rpc.send("execute", ["echo", "quick"])
+        first = self.rpc.read_one()
+        self.assertEqual(first[0], fast)
+        self.assertEqual(first[2], "quick")
+        second = self.rpc.read_one()
+        self.assertEqual(second[0], slow)
+
+    def test_fifty_concurrent_connections(self):
+        failures = []
+
+        def client(n):
+            try:
+                rpc = Rpc(self.node.port)
+                for i in range(10):
+                    err, res = rpc.call("execute", "echo", [n, i], {"idempotent": True})
+                    if err or res != [n, i]:
+                        failures.append((n, i, err, res))
+                rpc.close()
+            except Exception as e:  # pragma: no cover - reported below
+                failures.append((n, repr(e)))
+
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(50)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        self.assertEqual(failures, [])
+
+    def test_garbage_closes_only_that_connection(self):
+        bad = socket.create_connection(("127.0.0.1", self.node.port), timeout=10)
+        bad.sendall(b"\xc1\xc1\xc1 this is not msgpack")
+        self.assertEqual(bad.recv(100), b"")  # closed by the node
+        bad.close()
+        self.assertEqual(self.rpc.call("ping"), (None, "pong"))
+
+    def test_oversized_message_closes_the_connection(self):
+        node = Node('[rpc]\nmax-message-size=2048\n')
+        try:
+            rpc = Rpc(node.port)
+            rpc.send("execute", ["echo", b"x" * 4096])
+            with self.assertRaises(ConnectionError):
+                rpc.read_one()
+            rpc.close()
+            other = Rpc(node.port)
+            self.assertEqual(other.call("ping"), (None, "pong"))
+            other.close()
+        finally:
+            node.close()
+
+    def test_client_disconnecting_mid_request(self):
+        gone = Rpc(self.node.port)
+        gone.send("execute", ["sleep", {"ms": 300}])
+        gone.close()
+        time.sleep(0.5)
+        self.assertEqual(self.rpc.call("execute", "ping", None), (None, "pong"))
+        err, stats = self.rpc.call("stats")
+        self.assertEqual(sum(w["in_flight"] for w in stats["workers"]), 0)
+
+
+class LifecycleTest(unittest.TestCase):
+    def test_sigterm_lets_in_flight_requests_complete(self):
+        node = Node()
+        try:
+            pids = node.pids()
+            rpc = Rpc(node.port)
+            ids = [rpc.send("execute", ["sleep", {"ms": 300}]) for _ in range(4)]
+            time.sleep(0.1)
+            node.proc.send_signal(signal.SIGTERM)
+            for i in ids:
+                self.assertEqual(rpc.wait(i), (None, 300))
+            self.assertEqual(node.proc.wait(20), 0)
+            self.assertTrue(wait_gone(pids))
+            rpc.close()
+        finally:
+            node.close()
+
+    def test_sigkill_leaves_no_python_process(self):
+        node = Node('[pool]\nsize=3\n')
+        try:
+            pids = node.pids()
+            self.assertEqual(len(pids), 3)
+            node.proc.send_signal(signal.SIGKILL)
+            node.proc.wait(10)
+            self.assertTrue(wait_gone(pids), "workers survived a SIGKILLed node")
+        finally:
+            node.close()
+
+    def test_invalid_configuration_names_the_key(self):
+        for args, needle in ((["--pool.size=0"], "pool.size"),
+                             (["--session.mode=\"sometimes\""], "session.mode")):
+            out = subprocess.run([NODE] + args, capture_output=True, text=True, timeout=30)
+            self.assertEqual(out.returncode, 1)
+            self.assertIn(needle, out.stderr)
+        with tempfile.NamedTemporaryFile("w", suffix=".ini") as f:
+            f.write("[pool]\nszie=3\n")
+            f.flush()
+            out = subprocess.run([NODE, "--config-file=" + f.name], capture_output=True,
+                                 text=True, timeout=30)
+            self.assertEqual(out.returncode, 1)
+            self.assertIn("unknown key 'pool.szie'", out.stderr)
+
+
+class ClientModuleTest(NodeTest):
+    def test_pyvisor_client(self):
+        sys.path.insert(0, os.path.join(ROOT, "python"))
+        from pyvisor.client import Client, RemoteError
+
+        with Client("127.0.0.1", self.node.port) as c:
+            self.assertEqual(c.ping(), "pong")
+            self.assertEqual(c.execute("echo", {"a": [1, 2]}), {"a": [1, 2]})
+            c.execute("session.put", {"key": "k", "value": "v"}, session="cs")
+            self.assertEqual(c.execute("session.get", {"key": "k"}, session="cs"), "v")
+            self.assertTrue(c.end_session("cs"))
+            with self.assertRaises(RemoteError) as ctx:
+                c.execute("divide", {"a": 1, "b": 0})
+            self.assertEqual(ctx.exception.code, "python_error")
+            out = c.pipeline([("execute", ["echo", 1]), ("execute", ["nope", None]), ("ping", [])])
+            self.assertEqual(out[0], 1)
+            self.assertEqual(out[1].code, "unknown_command")
+            self.assertEqual(out[2], "pong")
+            self.assertEqual(len(c.stats()["workers"]), 2)
+
+
+if __name__ == "__main__":
+    unittest.main()
