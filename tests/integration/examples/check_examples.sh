@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Proves that pyvisor composes into other CAF applications: installs the
+# build into a temporary prefix, builds examples/ as a separate CMake project
+# against the installed package (find_package(pyvisor)), and runs all three
+# examples, the remote one against an installed node that publishes its pool.
+#   check_examples.sh BUILD_DIR SOURCE_DIR
+set -euo pipefail
+build_dir=$1
+src_dir=$2
+prefix=$(mktemp -d)
+node_pid=
+cleanup() {
+  if [ -n "$node_pid" ]; then kill -9 "$node_pid" 2>/dev/null || true; fi
+  rm -rf "$prefix"
+}
+trap cleanup EXIT
+cmake --install "$build_dir" --prefix "$prefix" > /dev/null
+cmake -S "$src_dir/examples" -B "$prefix/build-examples" -DCMAKE_PREFIX_PATH="$prefix" \
+  -DCMAKE_BUILD_TYPE=Release > /dev/null
+cmake --build "$prefix/build-examples" -j2
+# Use the installed Python package, not the source tree's.
+export PYVISOR_PYTHON_DIR="$prefix/share/pyvisor/python"
+"$prefix/build-examples/test_with_mock"
+"$prefix/build-examples/embedded_pool" "$src_dir/examples/python"
+port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$prefix/bin/pyvisor-node" --config-file="$prefix/share/pyvisor/configs/node.ini" \
+  --rpc.port=0 --publish.port="$port" --log.level='"warn"' > "$prefix/node.out" &
+node_pid=$!
+for _ in $(seq 100); do
+  grep -q "listening on" "$prefix/node.out" 2>/dev/null && break
+  sleep 0.1
+done
+grep -q "listening on" "$prefix/node.out"
+"$prefix/build-examples/remote_pool" 127.0.0.1 "$port"
+kill -TERM "$node_pid"
+wait "$node_pid"
+node_pid=
+echo "examples: all three built against the installed package and ran"
