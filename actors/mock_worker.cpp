@@ -224,7 +224,9 @@ mock_impl::behavior_type mock_fun(self_ptr self, mock_config cfg) {
       }
       auto rp = self->make_response_promise<payload>();
       auto id = st.ledger->next_id();
-      auto timeout = req.timeout.count() > 0 ? req.timeout : st.cfg.request_timeout;
+      if (req.timeout.count() <= 0)
+        req.timeout = st.cfg.request_timeout;
+      auto timeout = request_ledger::attempt_limit(req, st.cfg.attempt_timeout);
       st.ledger->add(id, req, rp);
       if (act == action::crash) {
         auto err = make_error(error_code::worker_crashed,
@@ -284,7 +286,7 @@ mock_impl::behavior_type mock_fun(self_ptr self, mock_config cfg) {
         return;
       auto msg = "mock worker " + std::to_string(st.cfg.id) + ": request " + std::to_string(id)
                  + " ('" + e->request.command + "') timed out; recycling the worker";
-      st.ledger->complete(id, make_error(error_code::timeout, msg));
+      st.ledger->expire(id, make_error(error_code::timeout, msg));
       die(self, make_error(error_code::worker_crashed, "mock worker recycled after a timeout"),
           make_error(error_code::timeout, msg));
     },

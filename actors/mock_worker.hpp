@@ -40,6 +40,8 @@ struct mock_config {
   /// Time from spawn to ready.
   caf::timespan startup_delay{0};
   caf::timespan request_timeout = std::chrono::seconds(30);
+  /// As worker_config::attempt_timeout.
+  caf::timespan attempt_timeout{0};
   worker_listener_actor listener;
 };
 

@@ -26,6 +26,8 @@ node_config::node_config() {
     .add(pool_max_requests, "max-requests", "recycle a worker after N requests (0: never)")
     .add(pool_max_age, "max-age", "recycle a worker after this long (0: never)")
     .add(pool_max_attempts, "max-attempts", "attempts of an idempotent request")
+    .add(pool_attempt_timeout, "attempt-timeout",
+         "limit of one attempt of an idempotent request (0s: its whole deadline)")
     .add(pool_max_restarts, "max-restarts", "restart intensity: restarts per period")
     .add(pool_restart_period, "restart-period", "restart intensity: the period")
     .add(pool_shutdown_timeout, "shutdown-timeout", "time a worker gets to stop")
@@ -156,6 +158,8 @@ pool_config node_config::make_pool_config() const {
   cfg.worker.request_timeout = pool_request_timeout;
   cfg.worker.max_frame_size = pool_max_frame_size;
   cfg.worker.stop_grace = pool_shutdown_timeout / 2;
+  cfg.worker.attempt_timeout = pool_attempt_timeout;
+  cfg.mock.attempt_timeout = pool_attempt_timeout;
   cfg.mock.latency_min = mock_latency_min;
   cfg.mock.latency_max = mock_latency_max;
   cfg.mock.error_rate = mock_error_rate;

@@ -34,6 +34,7 @@ struct node_config : caf::actor_system_config {
   size_t pool_max_requests = 0;
   caf::timespan pool_max_age{0};
   size_t pool_max_attempts = 3;
+  caf::timespan pool_attempt_timeout = std::chrono::seconds(5);
   size_t pool_max_restarts = 10;
   caf::timespan pool_restart_period = std::chrono::seconds(10);
   caf::timespan pool_shutdown_timeout = std::chrono::seconds(5);

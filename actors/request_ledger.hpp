@@ -53,6 +53,8 @@ public:
     e.promise = std::move(promise);
     e.request.command = req.command;
     e.request.idempotent = req.idempotent;
+    e.request.session = req.session;
+    e.request.timeout = req.timeout;
     if (req.idempotent && listener_) {
       e.request = std::move(req);
     }
@@ -97,7 +99,8 @@ public:
   }
 
   /// The worker is going away: idempotent requests go back to the listener
-  /// for a retry elsewhere, all others fail with `err`.
+  /// for a retry elsewhere, session requests fail with session_lost (their
+  /// state died with the worker), all others fail with `err`.
   void fail_all(const caf::error& err) {
     for (auto& kv : entries_) {
       auto& e = kv.second;
@@ -108,11 +111,45 @@ public:
         e.promise.delegate(listener_, retry_atom::value, std::move(e.request));
         continue;
       }
-      e.promise.deliver(err);
-      report(e, code_of(err));
+      auto final_err = for_request(e.request, err);
+      e.promise.deliver(final_err);
+      report(e, code_of(final_err));
     }
     entries_.clear();
     external_ = 0;
+  }
+
+  /// Request `id` ran out of time on this (now suspect) worker: an
+  /// idempotent request with time left is handed back for a retry elsewhere;
+  /// otherwise it fails with `err` (session_lost for a session request, as
+  /// the worker is recycled with its state). Returns false for unknown ids.
+  bool expire(uint64_t id, const caf::error& err) {
+    auto i = entries_.find(id);
+    if (i == entries_.end())
+      return false;
+    auto e = std::move(i->second);
+    entries_.erase(i);
+    if (e.internal)
+      return true;
+    --external_;
+    auto elapsed = self_->clock().now() - e.started;
+    if (e.request.idempotent && listener_ && elapsed < e.request.timeout) {
+      e.request.timeout -= std::chrono::duration_cast<caf::timespan>(elapsed);
+      e.promise.delegate(listener_, retry_atom::value, std::move(e.request));
+      return true;
+    }
+    auto final_err = for_request(e.request, err);
+    e.promise.deliver(final_err);
+    report(e, code_of(final_err));
+    return true;
+  }
+
+  /// The deadline to arm for a request: its own, or the shorter per-attempt
+  /// limit for idempotent requests (a retry can then still succeed in time).
+  static caf::timespan attempt_limit(const execute& req, caf::timespan attempt_timeout) {
+    if (req.idempotent && attempt_timeout.count() > 0 && attempt_timeout < req.timeout)
+      return attempt_timeout;
+    return req.timeout;
   }
 
   /// Ends the worker instead of a plain quit: answers everything in flight
@@ -167,6 +204,19 @@ public:
   }
 
 private:
+  // A session request whose worker goes away has lost its state: say so,
+  // whatever killed the worker.
+  static caf::error for_request(const execute& req, const caf::error& err) {
+    if (req.session.empty())
+      return err;
+    auto code = code_of(err);
+    if (code == error_code::session_lost || code == error_code::shutting_down)
+      return err;
+    return make_error(error_code::session_lost,
+                      "session '" + req.session + "' was lost with its worker: "
+                        + to_string_readable(err));
+  }
+
   void report(const entry& e, error_code code) {
     if (!listener_)
       return;

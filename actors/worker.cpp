@@ -237,8 +237,10 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
                             + std::to_string(st.cfg.max_frame_size) + "-byte frame limit");
       st.proc->send(std::move(frame));
       auto rp = self->make_response_promise<payload>();
-      auto timeout = req.timeout.count() > 0 ? req.timeout : st.cfg.request_timeout;
-      self->delayed_send(self, timeout, req_timeout_atom::value, id);
+      if (req.timeout.count() <= 0)
+        req.timeout = st.cfg.request_timeout;
+      self->delayed_send(self, request_ledger::attempt_limit(req, st.cfg.attempt_timeout),
+                         req_timeout_atom::value, id);
       st.ledger->add(id, req, rp);
       return rp;
     },
@@ -293,7 +295,7 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
       auto msg = tag_of(st) + ": request " + std::to_string(id) + " ('" + e->request.command
                  + "') timed out; recycling the worker";
       log().warn("{}", msg);
-      st.ledger->complete(id, make_error(error_code::timeout, msg));
+      st.ledger->expire(id, make_error(error_code::timeout, msg));
       terminate(self,
                 make_error(error_code::worker_crashed,
                            tag_of(st) + " recycled after another request timed out"),

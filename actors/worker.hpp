@@ -11,10 +11,14 @@
 // - A request that exceeds its deadline fails with `timeout` and the worker is
 //   recycled at once: its process is killed and the actor quits with reason
 //   `timeout`, so a late reply can never reach the next caller. Its other
-//   in-flight requests fail with `worker_crashed`.
+//   in-flight requests fail with `worker_crashed`. An idempotent request may
+//   have a shorter per-attempt limit (attempt_timeout); past it, it goes
+//   back to the listener for a retry while its deadline still allows.
 // - Process death fails every in-flight request with `worker_crashed`
 //   (naming exit code or signal) and the actor quits with that error; a
-//   protocol violation does the same with `protocol_error`.
+//   protocol violation does the same with `protocol_error`. Requests that
+//   named a session fail with `session_lost` instead (the state died too),
+//   and idempotent ones are handed back for a retry (request_ledger.hpp).
 // - An exit message (e.g. a supervisor's user_shutdown) stops the worker
 //   gracefully: no new requests, queued ones are answered, the process gets
 //   EOF, then SIGTERM and SIGKILL after `stop_grace` each.
@@ -47,6 +51,9 @@ struct worker_config {
   caf::timespan startup_timeout = std::chrono::seconds(10);
   /// Default deadline of a request that names none.
   caf::timespan request_timeout = std::chrono::seconds(30);
+  /// Limit of one attempt of an idempotent request (0: its whole deadline).
+  /// A worker that exceeds it is recycled and the request retried elsewhere.
+  caf::timespan attempt_timeout{0};
   /// Grace between EOF, SIGTERM and SIGKILL when stopping.
   caf::timespan stop_grace = std::chrono::seconds(2);
   size_t max_frame_size = wire::default_max_frame_size;

@@ -230,7 +230,7 @@ class ErrorsTest(NodeTest):
     def test_session_lost_and_expired(self):
         self.rpc.call("execute", "session.put", {"key": "k", "value": 1}, {"session": "doomed"})
         err, _ = self.rpc.call("execute", "crash", None, {"session": "doomed"})
-        self.assertCode(err, "worker_crashed")
+        self.assertCode(err, "session_lost")  # the session's state died with its worker
         self.assertCode(self.rpc.call("execute", "ping", None, {"session": "doomed"})[0], "session_lost")
         self.rpc.call("execute", "ping", None, {"session": "idle"})
         time.sleep(0.6)

@@ -247,7 +247,7 @@ TEST_CASE_METHOD(fixture, "a session whose worker died reports session_lost", "[
   // Crash the session's own worker through the session.
   auto crashed = call(make_execute("crash", msgpack::type::nil_t{}, "s1"));
   REQUIRE_FALSE(crashed);
-  CHECK(code_of(crashed.error()) == error_code::worker_crashed);
+  CHECK(code_of(crashed.error()) == error_code::session_lost); // its state died too
   auto r = call(make_execute("session.get", kv{{"key", "k"}}, "s1"));
   REQUIRE_FALSE(r);
   CHECK(code_of(r.error()) == error_code::session_lost);
@@ -289,6 +289,27 @@ TEST_CASE_METHOD(fixture, "a hung worker costs only its own request", "[unit][po
   REQUIRE(late.size() == 1);
   CHECK(code_of(late.front().error()) == error_code::timeout);
   CHECK(stats().restarts == 1); // the hung worker was recycled
+}
+
+TEST_CASE_METHOD(fixture, "an idempotent request stuck on a hung worker is retried in time",
+                 "[unit][pool]") {
+  auto cfg = mock_pool(2, 4, 10ms);
+  cfg.mock.attempt_timeout = 200ms;
+  start(cfg);
+  auto hang = make_execute("hang");
+  hang.idempotent = true;
+  hang.timeout = 1s;
+  self->send(pool, hang); // hangs on every worker it reaches
+  run();
+  advance(200ms); // first attempt times out; the worker is recycled, retry
+  CHECK(replies().empty());
+  CHECK(stats().retries == 1);
+  advance(200ms);
+  advance(200ms); // third attempt: max_attempts (3) reached
+  auto rs = replies();
+  REQUIRE(rs.size() == 1);
+  CHECK(code_of(rs.front().error()) == error_code::worker_crashed);
+  CHECK(stats().restarts == 3);
 }
 
 TEST_CASE_METHOD(fixture, "a graceful stop refuses new work and ends the pool", "[unit][pool]") {
