@@ -22,6 +22,7 @@ node_config::node_config() {
     .add(pool_startup_timeout, "startup-timeout", "time a worker may take to say hello")
     .add(pool_request_timeout, "request-timeout", "deadline of a request that names none")
     .add(pool_queue_size, "queue-size", "requests that may wait for a worker")
+    .add(pool_queue_share, "queue-share", "share of the queue one connection may hold")
     .add(pool_max_in_flight, "max-in-flight", "requests in flight per worker")
     .add(pool_max_requests, "max-requests", "recycle a worker after N requests (0: never)")
     .add(pool_max_age, "max-age", "recycle a worker after this long (0: never)")
@@ -114,6 +115,8 @@ std::string node_config::validate() const {
     return "invalid value for 'pool.request-timeout': must be > 0";
   if (pool_queue_size < 1)
     return "invalid value for 'pool.queue-size': must be >= 1";
+  if (pool_queue_share <= 0 || pool_queue_share > 1)
+    return "invalid value for 'pool.queue-share': must be in (0, 1]";
   if (pool_max_in_flight < 1)
     return "invalid value for 'pool.max-in-flight': must be >= 1";
   if (pool_max_attempts < 1)
@@ -169,6 +172,7 @@ pool_config node_config::make_pool_config() const {
   cfg.mock.request_timeout = pool_request_timeout;
   cfg.max_in_flight = static_cast<uint32_t>(pool_max_in_flight);
   cfg.queue_size = pool_queue_size;
+  cfg.queue_share = pool_queue_share;
   cfg.request_timeout = pool_request_timeout;
   cfg.max_attempts = static_cast<uint32_t>(pool_max_attempts);
   cfg.max_requests = pool_max_requests;

@@ -30,6 +30,7 @@ struct node_config : caf::actor_system_config {
   caf::timespan pool_startup_timeout = std::chrono::seconds(10);
   caf::timespan pool_request_timeout = std::chrono::seconds(30);
   size_t pool_queue_size = 1024;
+  double pool_queue_share = 0.5;
   size_t pool_max_in_flight = 4;
   size_t pool_max_requests = 0;
   caf::timespan pool_max_age{0};

@@ -270,6 +270,21 @@ void admit(self_ptr self, queued_ptr q, bool is_retry) {
                                               + " requests waiting); retry later"));
     return;
   }
+  if (!is_retry && !st.queue.empty()) {
+    // Fair share: one requester may not hold more than its part of the queue.
+    auto src = static_cast<caf::response_promise&>(q->rp).source();
+    auto i = src ? st.requesters.find(caf::actor_cast<caf::actor_addr>(src)) : st.requesters.end();
+    auto share = std::max<size_t>(1, static_cast<size_t>(st.cfg.queue_share
+                                                         * static_cast<double>(st.cfg.queue_size)));
+    if (i != st.requesters.end() && i->second >= share) {
+      fail(self, *q,
+           make_error(error_code::overloaded, "this client already has "
+                                                + std::to_string(i->second)
+                                                + " requests waiting (its share of the queue); "
+                                                  "retry later"));
+      return;
+    }
+  }
   if (!q->req.session.empty()) {
     if (is_retry || st.queue.empty()) {
       route(self, std::move(q));

@@ -11,7 +11,8 @@
 // - Workers start concurrently; ready_atom is answered once all said hello.
 // - Dispatch goes to the least-loaded ready worker, at most max_in_flight
 //   requests per worker; beyond that requests wait in a bounded queue. A full
-//   queue fails a request at once with `overloaded`; a request still queued
+//   queue fails a request at once with `overloaded`, and so does a requester
+//   already holding its share of the queue (queue_share); a request still queued
 //   at its deadline fails with `timeout`; a requester that terminated loses
 //   its queued requests (they no longer hold places).
 // - A worker's death fails its in-flight requests with `worker_crashed`,
@@ -68,6 +69,9 @@ struct pool_config {
   uint32_t max_in_flight = 4;
   /// Requests waiting for a worker; more fail with `overloaded`.
   size_t queue_size = 1024;
+  /// Share of the queue one requester (one connection) may hold, so that a
+  /// burst from one client cannot crowd out everyone else.
+  double queue_share = 0.5;
   /// Deadline of a request that names none (queueing plus execution).
   caf::timespan request_timeout = std::chrono::seconds(30);
   /// Attempts of an idempotent request whose worker died (first one included).

@@ -187,7 +187,7 @@ public:
       promise.delegate(listener_, retry_atom::value, std::move(req));
       return;
     }
-    promise.deliver(retire_error_);
+    promise.deliver(for_request(req, retire_error_));
   }
 
   /// Requests awaited by callers (internal ones excluded).

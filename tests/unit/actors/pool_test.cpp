@@ -107,6 +107,7 @@ TEST_CASE_METHOD(fixture, "requests go to the least-loaded worker", "[unit][pool
 TEST_CASE_METHOD(fixture, "a full queue answers overloaded at once", "[unit][pool]") {
   auto cfg = mock_pool(1, 1, 1s);
   cfg.queue_size = 2;
+  cfg.queue_share = 1.0;
   start(cfg);
   for (int i = 0; i < 4; ++i)
     self->send(pool, make_execute("ping"));
@@ -120,6 +121,29 @@ TEST_CASE_METHOD(fixture, "a full queue answers overloaded at once", "[unit][poo
   advance(1s);
   advance(1s);
   CHECK(count_code(replies(), error_code::none) == 3);
+}
+
+TEST_CASE_METHOD(fixture, "one requester cannot take more than its share of the queue",
+                 "[unit][pool]") {
+  auto cfg = mock_pool(1, 1, 1s);
+  cfg.queue_size = 4;
+  cfg.queue_share = 0.5;
+  start(cfg);
+  for (int i = 0; i < 5; ++i)
+    self->send(pool, make_execute("ping")); // 1 runs, 2 wait, 2 refused
+  run();
+  auto refused = replies();
+  CHECK(count_code(refused, error_code::overloaded) == 2);
+  caf::scoped_actor other{sys};
+  other->send(pool, make_execute("ping")); // still has room: queued
+  run();
+  CHECK(stats().queue == 3);
+  for (int i = 0; i < 4; ++i)
+    advance(1s);
+  CHECK(count_code(replies(), error_code::none) == 3);
+  bool answered = false;
+  other->receive([&](payload&) { answered = true; }, caf::after(0s) >> [] {});
+  CHECK(answered);
 }
 
 TEST_CASE_METHOD(fixture, "a request waiting past its deadline times out", "[unit][pool]") {
