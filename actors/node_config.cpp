@@ -13,6 +13,11 @@ namespace pyvisor {
 
 node_config::node_config() {
   add_pool_types(*this);
+  // A shared queue with a condition variable wakes idle threads at once;
+  // CAF's default work stealing polls with sleeps, which costs each of the
+  // several actor hops of a request tens of microseconds on a quiet node.
+  // --scheduler.policy=stealing restores it.
+  set("scheduler.policy", caf::atom("sharing"));
   opt_group{custom_options_, "pool"}
     .add(pool_size, "size", "number of Python workers")
     .add(pool_backend, "backend", "python (real processes) or mock (in-process, for tests)")
@@ -31,6 +36,9 @@ node_config::node_config() {
          "limit of one attempt of an idempotent request (0s: its whole deadline)")
     .add(pool_max_restarts, "max-restarts", "restart intensity: restarts per period")
     .add(pool_restart_period, "restart-period", "restart intensity: the period")
+    .add(pool_backoff_initial, "backoff-initial", "delay before a first restart")
+    .add(pool_backoff_max, "backoff-max", "longest delay before a restart (doubling)")
+    .add(pool_backoff_reset, "backoff-reset", "a worker that ran this long restarts at once")
     .add(pool_shutdown_timeout, "shutdown-timeout", "time a worker gets to stop")
     .add(pool_max_frame_size, "max-frame-size", "largest frame a worker may send");
   opt_group{custom_options_, "mock"}
@@ -123,6 +131,8 @@ std::string node_config::validate() const {
     return "invalid value for 'pool.max-attempts': must be >= 1";
   if (!positive(pool_restart_period))
     return "invalid value for 'pool.restart-period': must be > 0";
+  if (pool_backoff_max < pool_backoff_initial)
+    return "invalid value for 'pool.backoff-max': below pool.backoff-initial";
   if (!positive(pool_shutdown_timeout))
     return "invalid value for 'pool.shutdown-timeout': must be > 0";
   if (pool_max_frame_size < 1024)
@@ -183,6 +193,8 @@ pool_config node_config::make_pool_config() const {
   cfg.mode = session_mode == "hint" ? affinity_mode::hint : affinity_mode::strict;
   cfg.max_restarts = pool_max_restarts;
   cfg.restart_period = pool_restart_period;
+  cfg.backoff = backoff_policy{pool_backoff_initial, 2.0, pool_backoff_max, 0.2,
+                               pool_backoff_reset};
   cfg.shutdown_timeout = pool_shutdown_timeout;
   return cfg;
 }

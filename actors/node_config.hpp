@@ -38,6 +38,9 @@ struct node_config : caf::actor_system_config {
   caf::timespan pool_attempt_timeout = std::chrono::seconds(5);
   size_t pool_max_restarts = 10;
   caf::timespan pool_restart_period = std::chrono::seconds(10);
+  caf::timespan pool_backoff_initial = std::chrono::milliseconds(10);
+  caf::timespan pool_backoff_max = std::chrono::seconds(2);
+  caf::timespan pool_backoff_reset = std::chrono::seconds(1);
   caf::timespan pool_shutdown_timeout = std::chrono::seconds(5);
   size_t pool_max_frame_size = wire::default_max_frame_size;
   // [mock]

@@ -1,6 +1,7 @@
 #include "actors/pool.hpp"
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <memory>
 #include <unordered_map>
@@ -97,7 +98,8 @@ struct pool_state {
   int64_t next_front = 0;
   std::unordered_map<caf::actor_addr, size_t> requesters;
   std::vector<caf::typed_response_promise<pool_stats>> ready_waiters;
-  std::map<std::string, uint64_t> replies;
+  /// Replies by outcome, indexed by error_code (none = ok).
+  std::array<uint64_t, 16> replies{};
   uint64_t retries = 0;
   uint64_t restarts = 0;
   uint64_t recycled = 0;
@@ -117,7 +119,9 @@ using self_ptr = pool_impl::stateful_pointer<pool_state>;
 constexpr size_t latency_window = 4096;
 
 void count_reply(self_ptr self, error_code code) {
-  ++self->state.replies[code == error_code::none ? std::string{"ok"} : to_string(code)];
+  auto i = static_cast<size_t>(code);
+  if (i < self->state.replies.size())
+    ++self->state.replies[i];
 }
 
 void fail(self_ptr self, queued& q, caf::error err) {
@@ -349,7 +353,10 @@ pool_stats make_stats(self_ptr self) {
                                           s.in_flight, s.served, s.restarts, s.started_at_ms});
   }
   result.queue = st.queue.size();
-  result.replies = st.replies;
+  for (size_t i = 0; i < st.replies.size(); ++i)
+    if (st.replies[i] > 0)
+      result.replies[i == 0 ? std::string{"ok"} : to_string(static_cast<error_code>(i))] =
+        st.replies[i];
   result.retries = st.retries;
   result.restarts = st.restarts;
   result.recycled = st.recycled;

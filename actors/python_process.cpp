@@ -233,8 +233,6 @@ void python_process::run(std::promise<std::string>* started) {
   bool protocol_broken = false;
   line_logger out_lines;
   line_logger err_lines;
-  std::vector<char> writing;
-  size_t written = 0;
   using clock = std::chrono::steady_clock;
   clock::time_point term_at = clock::time_point::max();
   clock::time_point kill_at = clock::time_point::max();
@@ -269,10 +267,11 @@ void python_process::run(std::promise<std::string>* started) {
   auto on_reply_bytes = [&](const char* data, size_t size) {
     if (protocol_broken)
       return;
-    auto ok = reader.feed(data, size, [&](wire::frame&& f) {
-      if (cbs_.on_frame)
-        cbs_.on_frame(std::move(f));
-    });
+    std::vector<wire::frame> frames;
+    auto ok = reader.feed(data, size, [&](wire::frame&& f) { frames.push_back(std::move(f)); });
+    // Valid frames that preceded a broken one are still delivered first.
+    if (!frames.empty() && cbs_.on_frames)
+      cbs_.on_frames(std::move(frames));
     if (!ok) {
       protocol_broken = true;
       if (cbs_.on_protocol_error)
@@ -283,22 +282,20 @@ void python_process::run(std::promise<std::string>* started) {
   auto on_err = [&](const char* d, size_t n) { err_lines.feed(d, n, log_err); };
   for (;;) {
     bool closing;
+    bool want_write;
     {
       std::lock_guard<std::mutex> guard{mtx_};
       closing = closing_;
-      if (writing.empty() && !outbox_.empty()) {
-        writing = std::move(outbox_.front());
-        outbox_.pop_front();
-        written = 0;
-      }
+      flush_locked();
       if (stop_requested_ && term_at == clock::time_point::max()) {
         term_at = clock::now() + stop_grace_;
         kill_at = term_at + stop_grace_;
       }
       // Closing the request pipe once everything queued is written gives
       // the worker EOF after it has read (and answered) all requests.
-      if (stop_requested_ && writing.empty() && outbox_.empty())
+      if (stop_requested_ && outbox_.empty())
         close_fd(req_w_);
+      want_write = !outbox_.empty() && req_w_ >= 0;
     }
     if (closing) {
       signal(SIGKILL);
@@ -322,8 +319,13 @@ void python_process::run(std::promise<std::string>* started) {
     add(rep_r_, POLLIN);
     add(out_r_, POLLIN);
     add(err_r_, POLLIN);
-    if (!writing.empty())
-      add(req_w_, POLLOUT);
+    int write_fd = -1;
+    if (want_write) {
+      std::lock_guard<std::mutex> guard{mtx_};
+      write_fd = req_w_;
+    }
+    if (write_fd >= 0)
+      add(write_fd, POLLOUT);
     int timeout = -1;
     auto next = term_sent ? kill_at : std::min(term_at, kill_at);
     if (next != clock::time_point::max() && next > now)
@@ -346,25 +348,9 @@ void python_process::run(std::promise<std::string>* started) {
       drain(out_r_, on_out);
     if (err_r_ >= 0)
       drain(err_r_, on_err);
-    if (!writing.empty() && req_w_ >= 0) {
-      while (written < writing.size()) {
-        auto w = write(req_w_, writing.data() + written, writing.size() - written);
-        if (w > 0) {
-          written += static_cast<size_t>(w);
-          continue;
-        }
-        if (w < 0 && errno == EINTR)
-          continue;
-        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-          break;
-        // EPIPE: the child closed its end; its exit will be reported.
-        close_fd(req_w_);
-        break;
-      }
-      if (written == writing.size())
-        writing.clear();
-    } else if (req_w_ < 0) {
-      writing.clear();
+    {
+      std::lock_guard<std::mutex> guard{mtx_};
+      flush_locked();
     }
     // Has the child exited?
     int st = 0;
@@ -395,8 +381,38 @@ void python_process::run(std::promise<std::string>* started) {
       break;
     }
   }
-  for (int* fd : {&req_w_, &rep_r_, &out_r_, &err_r_, &pidfd_})
+  {
+    std::lock_guard<std::mutex> guard{mtx_};
+    close_fd(req_w_);
+  }
+  for (int* fd : {&rep_r_, &out_r_, &err_r_, &pidfd_})
     close_fd(*fd);
+}
+
+void python_process::flush_locked() {
+  while (!outbox_.empty()) {
+    if (req_w_ < 0) {
+      outbox_.clear();
+      front_written_ = 0;
+      return;
+    }
+    auto& front = outbox_.front();
+    auto w = write(req_w_, front.data() + front_written_, front.size() - front_written_);
+    if (w > 0) {
+      front_written_ += static_cast<size_t>(w);
+      if (front_written_ == front.size()) {
+        outbox_.pop_front();
+        front_written_ = 0;
+      }
+      continue;
+    }
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+      return; // the I/O thread finishes once the pipe has room
+    // EPIPE: the child closed its end; its exit will be reported.
+    close_fd(req_w_);
+  }
 }
 
 void python_process::wake() {
@@ -406,13 +422,19 @@ void python_process::wake() {
 }
 
 void python_process::send(std::vector<char> bytes) {
+  bool pending;
   {
     std::lock_guard<std::mutex> guard{mtx_};
     if (stop_requested_ || reaped_)
       return;
     outbox_.push_back(std::move(bytes));
+    // Write right away from the caller's thread (the fd is non-blocking):
+    // waking the I/O thread for every request would cost a thread hop.
+    flush_locked();
+    pending = !outbox_.empty();
   }
-  wake();
+  if (pending)
+    wake();
 }
 
 void python_process::stop(std::chrono::milliseconds grace) {

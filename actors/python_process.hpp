@@ -8,9 +8,10 @@
 //   spdlog, tagged with the worker and pid, so user prints never touch the
 //   protocol. Its stdin is /dev/null.
 // - No blocking call ever runs on the caller's thread except start(), which
-//   waits for exec to succeed or fail (about a millisecond). send() only
-//   queues; the I/O thread writes with non-blocking fds, so a stopped
-//   (SIGSTOP) child can never stall a CAF scheduler thread.
+//   waits for exec to succeed or fail (about a millisecond). send() writes
+//   what the non-blocking pipe takes at once and leaves the rest to the I/O
+//   thread, so a stopped (SIGSTOP) child can never stall a CAF scheduler
+//   thread, and the common case costs no thread hop.
 // - The child cannot outlive its host: it is forked from the I/O thread with
 //   PR_SET_PDEATHSIG = SIGKILL. Linux sends that signal when the *thread* that
 //   forked exits, not the process, which is why the fork happens on the I/O
@@ -18,7 +19,7 @@
 //   that dies between fork and prctl is caught by re-checking getppid().
 // - Exit is observed through a pidfd, so a grandchild that inherited the reply
 //   pipe cannot hide the child's death; every child is reaped with waitpid by
-//   the I/O thread, and on_exit fires exactly once, after the last on_frame.
+//   the I/O thread, and on_exit fires exactly once, after the last on_frames.
 // - SIGPIPE is ignored process-wide (once, on first start): a write to a dead
 //   child's pipe must yield EPIPE, not kill the host. SIGCHLD must not be set
 //   to SIG_IGN by the host application, or children could not be reaped.
@@ -73,7 +74,9 @@ struct process_options {
 };
 
 struct process_callbacks {
-  std::function<void(wire::frame&&)> on_frame;
+  /// The frames decoded from one read, in order (batched: under load one
+  /// callback carries many replies, which saves the receiver many messages).
+  std::function<void(std::vector<wire::frame>&&)> on_frames;
   /// The child broke the protocol; no further frames are delivered.
   std::function<void(std::string)> on_protocol_error;
   std::function<void(exit_status)> on_exit;
@@ -118,6 +121,8 @@ private:
   python_process(process_options opts, process_callbacks cbs);
 
   void run(std::promise<std::string>* started);
+  /// Writes queued bytes until the pipe would block. Requires mtx_.
+  void flush_locked();
   std::string spawn();
   void wake();
 
@@ -134,6 +139,7 @@ private:
 
   mutable std::mutex mtx_;
   std::deque<std::vector<char>> outbox_;
+  size_t front_written_ = 0;
   bool reaped_ = false;
   bool stop_requested_ = false;
   std::chrono::milliseconds stop_grace_{0};

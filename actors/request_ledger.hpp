@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "caf/local_actor.hpp"
 #include "caf/send.hpp"
@@ -35,6 +36,8 @@ public:
     /// Sent by the worker itself (e.g. drop session); nobody waits for it.
     bool internal = false;
     caf::actor_clock::time_point started;
+    /// When this attempt times out (see attempt_limit).
+    caf::actor_clock::time_point deadline;
   };
 
   request_ledger(caf::local_actor* self, worker_listener_actor listener)
@@ -59,8 +62,31 @@ public:
       e.request = std::move(req);
     }
     e.started = self_->clock().now();
+    e.deadline = e.started + req.timeout;
     entries_.emplace(id, std::move(e));
     ++external_;
+  }
+
+  /// Records request `id` with a per-attempt limit shorter than its deadline.
+  void add(uint64_t id, execute& req, caf::typed_response_promise<payload> promise,
+           caf::timespan attempt_timeout) {
+    auto limit = attempt_limit(req, attempt_timeout);
+    add(id, req, std::move(promise));
+    entries_.at(id).deadline = entries_.at(id).started + limit;
+  }
+
+  /// Ids of requests whose attempt deadline has passed.
+  std::vector<uint64_t> overdue() const {
+    std::vector<uint64_t> result;
+    auto now = self_->clock().now();
+    for (auto& kv : entries_)
+      if (!kv.second.internal && kv.second.deadline <= now)
+        result.push_back(kv.first);
+    return result;
+  }
+
+  bool empty() const noexcept {
+    return entries_.empty();
   }
 
   uint64_t add_internal(std::string command) {

@@ -28,13 +28,13 @@ namespace {
 using frame_atom = caf::atom_constant<caf::atom("pv_frame")>;
 using exited_atom = caf::atom_constant<caf::atom("pv_exited")>;
 using broken_atom = caf::atom_constant<caf::atom("pv_broken")>;
-using req_timeout_atom = caf::atom_constant<caf::atom("pv_reqtmo")>;
+using sweep_atom = caf::atom_constant<caf::atom("pv_sweep")>;
 using start_timeout_atom = caf::atom_constant<caf::atom("pv_starttm")>;
 
 // Frames cross from the I/O thread to the actor behind a shared pointer: the
 // actor moves the result bytes out instead of copying them, and the type
 // needs no serialization because it never leaves the process.
-using frame_ptr = std::shared_ptr<wire::frame>;
+using frame_ptr = std::shared_ptr<std::vector<wire::frame>>;
 
 } // namespace
 } // namespace pyvisor
@@ -48,8 +48,11 @@ namespace {
 // thread and timers send it.
 using worker_impl = worker_actor::extend<
   caf::reacts_to<frame_atom, frame_ptr>, caf::reacts_to<exited_atom, int, int>,
-  caf::reacts_to<broken_atom, std::string>, caf::reacts_to<req_timeout_atom, uint64_t>,
+  caf::reacts_to<broken_atom, std::string>, caf::reacts_to<sweep_atom>,
   caf::reacts_to<start_timeout_atom>>;
+
+/// Granularity of request deadlines: a timeout fires at most this late.
+constexpr auto sweep_interval = std::chrono::milliseconds(10);
 
 struct worker_state {
   worker_config cfg;
@@ -57,6 +60,7 @@ struct worker_state {
   worker_status status;
   std::unique_ptr<request_ledger> ledger;
   std::vector<caf::typed_response_promise<worker_status>> ready_waiters;
+  bool sweep_armed = false;
   std::chrono::steady_clock::time_point spawned_at;
   caf::error stop_reason;
 
@@ -186,8 +190,8 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
       caf::anon_send(hdl, std::forward<decltype(xs)>(xs)...);
   };
   process_callbacks cbs;
-  cbs.on_frame = [send_to_self](wire::frame&& f) {
-    send_to_self(frame_atom::value, std::make_shared<wire::frame>(std::move(f)));
+  cbs.on_frames = [send_to_self](std::vector<wire::frame>&& fs) {
+    send_to_self(frame_atom::value, std::make_shared<std::vector<wire::frame>>(std::move(fs)));
   };
   cbs.on_protocol_error = [send_to_self](std::string reason) {
     send_to_self(broken_atom::value, std::move(reason));
@@ -239,9 +243,13 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
       auto rp = self->make_response_promise<payload>();
       if (req.timeout.count() <= 0)
         req.timeout = st.cfg.request_timeout;
-      self->delayed_send(self, request_ledger::attempt_limit(req, st.cfg.attempt_timeout),
-                         req_timeout_atom::value, id);
-      st.ledger->add(id, req, rp);
+      st.ledger->add(id, req, rp, st.cfg.attempt_timeout);
+      // One sweep timer while anything is in flight instead of one timer per
+      // request: CAF's clock wakes a thread for every timer it schedules.
+      if (!st.sweep_armed) {
+        st.sweep_armed = true;
+        self->delayed_send(self, sweep_interval, sweep_atom::value);
+      }
       return rp;
     },
     [self](ready_atom) -> caf::result<worker_status> {
@@ -262,7 +270,13 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
       wire::append_request(frame, id, "session.drop", payload{}.bytes, session);
       st.proc->send(std::move(frame));
     },
-    [self](frame_atom, frame_ptr& f) { on_frame(self, *f); },
+    [self](frame_atom, frame_ptr& fs) {
+      for (auto& f : *fs) {
+        if (self->state.ledger->retiring())
+          return;
+        on_frame(self, f);
+      }
+    },
     [self](broken_atom, std::string& reason) {
       auto& st = self->state;
       auto msg = tag_of(st) + " broke the protocol: " + reason;
@@ -287,19 +301,28 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
       auto err = make_error(error_code::worker_crashed, msg);
       terminate(self, err, err);
     },
-    [self](req_timeout_atom, uint64_t id) {
+    [self](sweep_atom) {
       auto& st = self->state;
-      auto e = st.ledger->find(id);
-      if (e == nullptr)
+      st.sweep_armed = false;
+      auto overdue = st.ledger->overdue();
+      if (!overdue.empty()) {
+        auto id = overdue.front();
+        auto e = st.ledger->find(id);
+        auto msg = tag_of(st) + ": request " + std::to_string(id) + " ('" + e->request.command
+                   + "') timed out; recycling the worker";
+        log().warn("{}", msg);
+        for (auto late : overdue)
+          st.ledger->expire(late, make_error(error_code::timeout, msg));
+        terminate(self,
+                  make_error(error_code::worker_crashed,
+                             tag_of(st) + " recycled after another request timed out"),
+                  make_error(error_code::timeout, msg));
         return;
-      auto msg = tag_of(st) + ": request " + std::to_string(id) + " ('" + e->request.command
-                 + "') timed out; recycling the worker";
-      log().warn("{}", msg);
-      st.ledger->expire(id, make_error(error_code::timeout, msg));
-      terminate(self,
-                make_error(error_code::worker_crashed,
-                           tag_of(st) + " recycled after another request timed out"),
-                make_error(error_code::timeout, msg));
+      }
+      if (!st.ledger->empty()) {
+        st.sweep_armed = true;
+        self->delayed_send(self, sweep_interval, sweep_atom::value);
+      }
     },
     [self](start_timeout_atom) {
       auto& st = self->state;

@@ -327,11 +327,15 @@ void shut_down(self_ptr self, caf::error reason) {
 void schedule_restart(self_ptr self, child_rec& failed, std::vector<std::string> ids) {
   auto& st = self->state;
   auto now = self->clock().now();
-  if (now - failed.started_at >= st.flags.backoff.reset_after)
+  caf::timespan delay{0};
+  if (now - failed.started_at >= st.flags.backoff.reset_after) {
+    // It ran fine for a while: not a crash loop, restart it right away.
     failed.consecutive = 0;
-  ++failed.consecutive;
-  std::uniform_real_distribution<double> dist{-1.0, 1.0};
-  auto delay = st.flags.backoff.delay(failed.consecutive, dist(st.rng));
+  } else {
+    ++failed.consecutive;
+    std::uniform_real_distribution<double> dist{-1.0, 1.0};
+    delay = st.flags.backoff.delay(failed.consecutive, dist(st.rng));
+  }
   for (auto& id : ids)
     if (auto c = find(self, id)) {
       c->state = child_state::restarting;

@@ -21,10 +21,11 @@
 //   supervisor stop all children (reverse start order) and quit with
 //   supervisor_error::max_restart_intensity, which its own supervisor sees as
 //   an abnormal exit (escalation). Supervisors nest as ordinary children.
-// - Back-off (beyond OTP, as gRPC does it): a restart waits
-//   min(max, initial * multiplier^(n-1)) * (1 +- jitter), n = consecutive
-//   failures of that child; a child that ran for `reset_after` starts over
-//   at n = 1. A zero initial delay restarts at once.
+// - Back-off (beyond OTP, as gRPC does it): a child that dies within
+//   `reset_after` of its start is crash-looping, and its restart waits
+//   min(max, initial * multiplier^(n-1)) * (1 +- jitter), n = such deaths in
+//   a row; a child that ran for `reset_after` or longer is restarted at once
+//   and its count starts over. A zero initial delay never waits.
 // - Shutdown (an exit message to the supervisor, or giving up): children stop
 //   one by one in reverse start order, each with its shutdown spec
 //   (brutal_kill, or user_shutdown then kill after the timeout); then the
@@ -103,8 +104,9 @@ struct backoff_policy {
   caf::timespan max = std::chrono::seconds(2);
   /// Relative, 0..1: the delay is scaled by a factor in [1 - jitter, 1 + jitter].
   double jitter = 0.2;
-  /// A child that ran this long before failing starts over at the initial delay.
-  caf::timespan reset_after = std::chrono::seconds(10);
+  /// A child that ran this long before failing is restarted at once and its
+  /// count starts over: it was not crash-looping, a healthy child died.
+  caf::timespan reset_after = std::chrono::seconds(1);
 
   static backoff_policy none() {
     return {caf::timespan{0}, 1.0, caf::timespan{0}, 0.0, caf::timespan{0}};

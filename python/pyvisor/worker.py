@@ -28,10 +28,8 @@ except ImportError:
     sys.stderr.flush()
     os._exit(EXIT_NO_MSGPACK)
 
-import argparse
 import importlib
 import struct
-import traceback
 
 import pyvisor
 import pyvisor.builtins  # noqa: F401  (registers the built-in commands)
@@ -40,6 +38,8 @@ _HEADER = struct.Struct(">I")
 
 
 def _error_map(exc, code=None):
+    import traceback  # only on errors: keeps the worker's start-up short
+
     return {
         "code": code or getattr(exc, "code", None) or "python_error",
         "type": type(exc).__name__,
@@ -125,14 +125,31 @@ class Worker:
                 self.send({"id": reply["id"], "ok": False, "error": _error_map(exc)})
 
 
+def _parse_args(argv):
+    """--in-fd N --out-fd N [--module NAME ...]: the node's fixed command
+    line. Parsed by hand because importing argparse costs more than the rest
+    of the worker's start-up."""
+    opts = {"in_fd": 3, "out_fd": 4, "module": []}
+    it = iter(argv)
+    for arg in it:
+        value = next(it, None)
+        if value is None:
+            raise SystemExit("pyvisor.worker: %s needs a value" % arg)
+        if arg == "--in-fd":
+            opts["in_fd"] = int(value)
+        elif arg == "--out-fd":
+            opts["out_fd"] = int(value)
+        elif arg == "--module":
+            opts["module"].append(value)
+        else:
+            raise SystemExit("pyvisor.worker: unknown argument %s" % arg)
+    return opts
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="pyvisor.worker")
-    parser.add_argument("--in-fd", type=int, default=3)
-    parser.add_argument("--out-fd", type=int, default=4)
-    parser.add_argument("--module", action="append", default=[])
-    opts = parser.parse_args(argv)
-    worker = Worker(opts.in_fd, opts.out_fd)
-    for name in opts.module:
+    opts = _parse_args(sys.argv[1:] if argv is None else argv)
+    worker = Worker(opts["in_fd"], opts["out_fd"])
+    for name in opts["module"]:
         try:
             importlib.import_module(name)
         except BaseException as exc:

@@ -387,10 +387,15 @@ TEST_CASE_METHOD(fixture, "a restart waits for its back-off delay", "[unit][supe
   CHECK_FALSE(handle_of(sup, "a"));
   advance(1ms);
   CHECK(handle_of(sup, "a"));
-  // A child that ran longer than reset_after starts over at the initial delay.
+  // A child that ran longer than reset_after is restarted at once...
   advance(11s);
   make_exit(handle_of(sup, "a"), exit_kind::abnormal);
-  advance(100ms);
+  CHECK(handle_of(sup, "a"));
+  // ...and a quick death after that starts the back-off over at its initial delay.
+  make_exit(handle_of(sup, "a"), exit_kind::abnormal);
+  advance(99ms);
+  CHECK_FALSE(handle_of(sup, "a"));
+  advance(1ms);
   CHECK(handle_of(sup, "a"));
 }
 

@@ -1,0 +1,528 @@
+// pyvisor-bench: pyvisor's performance, as ratios to references measured in
+// the same run on the same machine (absolute times on shared machines mean
+// little). Scenarios: startup, rtt, throughput, sessions, recovery; the
+// references are a raw pipe floor and Python's ProcessPoolExecutor
+// (bench/references.hpp). Prints a table; --json FILE writes every figure and
+// ratio; --compare FILE checks the ratios against a stored baseline and exits
+// 1 with a readable list when one is worse than its tolerance; --quick runs
+// tiny counts (what CI does, to prove the tool works; it asserts no times).
+//
+//   pyvisor-bench [--quick] [--json=FILE] [--compare=FILE] [--scenarios=["rtt"]]
+//   pyvisor-bench --from-json=FILE --compare=FILE   (compare stored figures)
+
+#include <malloc.h>
+#include <signal.h>
+
+#include <cmath>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <map>
+#include <sstream>
+
+#include "caf/actor_system.hpp"
+#include "caf/actor_system_config.hpp"
+#include "caf/exit_reason.hpp"
+#include "caf/io/middleman.hpp"
+#include "caf/scoped_actor.hpp"
+
+#include "actors/expiring_index.hpp"
+#include "actors/gateway.hpp"
+#include "actors/pool.hpp"
+#include "actors/session_affinity.hpp"
+#include "bench/references.hpp"
+#include "messages/log.hpp"
+
+namespace {
+
+using namespace pyvisor;
+using namespace pyvisor::bench;
+using namespace std::chrono_literals;
+
+struct bench_config : caf::actor_system_config {
+  bool quick = false;
+  std::string json;
+  std::string compare;
+  std::string from_json;
+  std::string python = "/usr/bin/python3";
+  std::string ppe_script = PYVISOR_BENCH_DIR "/ppe_reference.py";
+  std::vector<std::string> scenarios{"startup", "rtt", "throughput", "sessions", "recovery"};
+
+  bench_config() {
+    add_pool_types(*this);
+    set("scheduler.policy", caf::atom("sharing")); // as the node does
+
+    opt_group{custom_options_, "global"}
+      .add(quick, "quick", "tiny counts: proves the tool works, measures little")
+      .add(json, "json", "write figures and ratios to this JSON file")
+      .add(compare, "compare", "check ratios against this baseline; exit 1 if worse")
+      .add(from_json, "from-json", "compare the figures of this file instead of running")
+      .add(python, "python", "interpreter for workers and references")
+      .add(ppe_script, "ppe-script", "path of bench/ppe_reference.py")
+      .add(scenarios, "scenarios", "which scenarios to run");
+  }
+};
+
+/// A ratio with its target: direction "lower" means smaller is better.
+struct ratio {
+  double value = 0;
+  double target = 0;
+  std::string direction = "lower";
+  std::string what;
+};
+
+struct report {
+  std::map<std::string, double> figures;
+  std::map<std::string, ratio> ratios;
+};
+
+std::vector<char> bytes_of(size_t n) {
+  return std::vector<char>(n, 'x');
+}
+
+pool_config python_pool(const bench_config& cfg, size_t size) {
+  pool_config pc;
+  pc.size = size;
+  pc.worker.python = cfg.python;
+  pc.max_in_flight = 8;
+  pc.queue_size = 100000;
+  return pc;
+}
+
+struct running_pool {
+  caf::actor_system& sys;
+  pool_actor pool;
+  pool_stats ready_stats;
+
+  running_pool(caf::actor_system& s, const pool_config& pc) : sys(s) {
+    pool = spawn_pool(sys, pc);
+    caf::scoped_actor self{sys};
+    bool ok = false;
+    self->request(pool, 60s, ready_atom::value)
+      .receive([&](pool_stats& st) {
+        ready_stats = std::move(st);
+        ok = true;
+      },
+               [&](caf::error& err) { std::cerr << "pool failed: " << sys.render(err) << "\n"; });
+    if (!ok)
+      throw std::runtime_error("pool did not become ready");
+  }
+
+  ~running_pool() {
+    caf::scoped_actor self{sys};
+    self->send_exit(pool, caf::exit_reason::user_shutdown);
+    self->wait_for(pool);
+  }
+
+  pool_stats stats() {
+    caf::scoped_actor self{sys};
+    pool_stats result;
+    self->request(pool, 10s, status_atom::value)
+      .receive([&](pool_stats& st) { result = std::move(st); }, [](caf::error&) {});
+    return result;
+  }
+};
+
+double median(std::vector<double> xs) {
+  std::sort(xs.begin(), xs.end());
+  return xs.empty() ? 0 : xs[(xs.size() - 1) / 2];
+}
+
+// -- scenarios ------------------------------------------------------------------
+
+double bare_startup_us(const bench_config& cfg, int reps) {
+  std::vector<double> xs;
+  for (int i = 0; i < reps; ++i) {
+    raw_floor floor{cfg.python};
+    xs.push_back(floor.first_reply_us());
+  }
+  return median(xs);
+}
+
+void startup(caf::actor_system& sys, const bench_config& cfg, report& r) {
+  int reps = cfg.quick ? 1 : 5;
+  std::vector<double> xs;
+  for (int i = 0; i < reps; ++i) {
+    auto t = now_us();
+    running_pool p{sys, python_pool(cfg, 4)};
+    xs.push_back(now_us() - t);
+  }
+  auto bare = bare_startup_us(cfg, reps);
+  r.figures["startup.pool4_ready_us"] = median(xs);
+  r.figures["startup.bare_interpreter_us"] = bare;
+  r.ratios["startup.pool4_vs_bare"] = {median(xs) / bare, 1.5, "lower",
+                                       "pool of 4 ready / one bare interpreter's first reply"};
+}
+
+latency api_rtt(caf::actor_system& sys, const pool_actor& pool, size_t size, size_t count) {
+  caf::scoped_actor self{sys};
+  auto req = make_execute("echo", bytes_of(size));
+  std::vector<double> samples;
+  samples.reserve(count);
+  for (size_t i = 0; i < count + 5; ++i) {
+    auto t = now_us();
+    self->request(pool, 30s, req).receive([](payload&) {}, [&](caf::error& err) {
+      throw std::runtime_error("echo failed: " + to_string_readable(err));
+    });
+    if (i >= 5) // warm-up
+      samples.push_back(now_us() - t);
+  }
+  return summarize(std::move(samples));
+}
+
+void rtt(caf::actor_system& sys, const bench_config& cfg, report& r, const ppe_figures& ppe) {
+  std::vector<size_t> sizes{64, 4096, size_t{1} << 20};
+  std::vector<size_t> counts = cfg.quick ? std::vector<size_t>{50, 20, 3}
+                                         : std::vector<size_t>{3000, 2000, 50};
+  running_pool p{sys, python_pool(cfg, 1)};
+  auto gw = spawn_gateway(sys, p.pool, gateway_config{"127.0.0.1", 0, size_t{64} << 20});
+  if (!gw)
+    throw std::runtime_error("cannot start the gateway");
+  rpc_client rpc{gw->second};
+  raw_floor floor{cfg.python};
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    auto name = sizes[i] == 64 ? std::string{"64B"} : sizes[i] == 4096 ? "4KiB" : "1MiB";
+    auto api = api_rtt(sys, p.pool, sizes[i], counts[i]);
+    std::vector<double> rs;
+    auto payload = bytes_of(sizes[i]);
+    for (size_t k = 0; k < counts[i] + 5; ++k) {
+      auto t = now_us();
+      rpc.echo(payload);
+      if (k >= 5)
+        rs.push_back(now_us() - t);
+    }
+    auto rpc_l = summarize(rs);
+    auto raw = floor.rtt(sizes[i], counts[i]);
+    r.figures["rtt." + name + ".api_p50_us"] = api.p50;
+    r.figures["rtt." + name + ".api_p99_us"] = api.p99;
+    r.figures["rtt." + name + ".rpc_p50_us"] = rpc_l.p50;
+    r.figures["rtt." + name + ".rpc_p99_us"] = rpc_l.p99;
+    r.figures["rtt." + name + ".raw_floor_p50_us"] = raw.p50;
+    if (ppe.ok && i < ppe.rtt.size())
+      r.figures["rtt." + name + ".ppe_p50_us"] = ppe.rtt[i].p50;
+    if (sizes[i] == 64) {
+      r.ratios["rtt.64B.api_vs_raw_floor"] = {api.p50 / raw.p50, 2.0, "lower",
+                                              "C++ API p50 / raw pipe floor p50"};
+      if (ppe.ok)
+        r.ratios["rtt.64B.api_vs_ppe"] = {api.p50 / ppe.rtt[0].p50, 0.25, "lower",
+                                          "C++ API p50 / ProcessPoolExecutor p50"};
+      r.ratios["rtt.64B.rpc_overhead_us"] = {rpc_l.p50 - api.p50, 30.0, "lower",
+                                             "RPC p50 - C++ API p50 (us)"};
+    }
+  }
+  caf::anon_send_exit(gw->first, caf::exit_reason::kill);
+}
+
+double api_throughput(caf::actor_system& sys, const pool_actor& pool, size_t count,
+                      size_t window) {
+  caf::scoped_actor self{sys};
+  auto req = make_execute("echo", bytes_of(64));
+  auto t = now_us();
+  size_t sent = 0;
+  size_t received = 0;
+  while (received < count) {
+    while (sent < count && sent - received < window) {
+      self->send(pool, req);
+      ++sent;
+    }
+    self->receive([](payload&) {}, [](caf::error& err) {
+      throw std::runtime_error("echo failed: " + to_string_readable(err));
+    });
+    ++received;
+  }
+  return static_cast<double>(count) / ((now_us() - t) / 1e6);
+}
+
+void throughput(caf::actor_system& sys, const bench_config& cfg, report& r,
+                const ppe_figures& ppe) {
+  std::vector<size_t> workers{1, 2, 4};
+  size_t count = cfg.quick ? 300 : 20000;
+  for (size_t i = 0; i < workers.size(); ++i) {
+    auto n = workers[i];
+    running_pool p{sys, python_pool(cfg, n)};
+    auto window = 16 * n;
+    api_throughput(sys, p.pool, count / 10, window); // warm-up
+    auto api = api_throughput(sys, p.pool, count, window);
+    auto gw = spawn_gateway(sys, p.pool, gateway_config{"127.0.0.1", 0, size_t{1} << 20});
+    if (!gw)
+      throw std::runtime_error("cannot start the gateway");
+    double rpc_rate = 0;
+    {
+      rpc_client rpc{gw->second};
+      rpc_rate = rpc.pipelined(bytes_of(64), count, window);
+    }
+    caf::anon_send_exit(gw->first, caf::exit_reason::kill);
+    auto key = "throughput." + std::to_string(n) + "w";
+    r.figures[key + ".api_per_s"] = api;
+    r.figures[key + ".rpc_per_s"] = rpc_rate;
+    if (ppe.ok && i < ppe.throughput.size())
+      r.figures[key + ".ppe_per_s"] = ppe.throughput[i];
+    if (n == 2 && ppe.ok)
+      r.ratios["throughput.2w.api_vs_ppe"] = {api / ppe.throughput[i], 10.0, "higher",
+                                              "C++ API / ProcessPoolExecutor, 2 workers"};
+  }
+  raw_floor floor{cfg.python};
+  r.figures["throughput.raw_floor_1w_per_s"] = floor.throughput(64, count, 32);
+}
+
+void sessions(caf::actor_system& sys, const bench_config& cfg, report& r) {
+  // Bookkeeping bytes per session, measured on the index itself.
+  for (size_t n : {size_t{100000}, size_t{1000000}}) {
+    if (cfg.quick && n > 100000)
+      continue;
+    struct binding {
+      uint32_t slot;
+      uint32_t incarnation;
+    };
+    std::vector<std::string> ids;
+    ids.reserve(n);
+    for (size_t i = 0; i < n; ++i)
+      ids.push_back("s" + std::to_string(10000000 + i)); // 9 characters
+    auto before = mallinfo2().uordblks;
+    {
+      auto idx = std::make_unique<expiring_index<binding>>();
+      for (size_t i = 0; i < n; ++i)
+        idx->insert(ids[i], binding{static_cast<uint32_t>(i % 4), 0}, static_cast<int64_t>(i));
+      auto after = mallinfo2().uordblks;
+      auto per = static_cast<double>(after - before) / static_cast<double>(n);
+      auto key = n == 100000 ? std::string{"1e5"} : std::string{"1e6"};
+      r.figures["sessions.bytes_per_session_" + key] = per;
+      if (n == 1000000 || cfg.quick)
+        r.ratios["sessions.bytes_per_session"] = {per, 150.0, "lower",
+                                                  "affinity bookkeeping bytes per session (" + key
+                                                    + ")"};
+    }
+  }
+  // Bind and lookup rates through the affinity actor (pipelined messages).
+  auto aff = spawn_session_affinity(sys, session_settings{});
+  caf::scoped_actor self{sys};
+  auto dummy = spawn_mock_worker(sys, mock_config{});
+  self->send(aff, worker_up_atom::value, uint32_t{0}, dummy);
+  size_t n = cfg.quick ? 2000 : 200000;
+  auto rate = [&](bool fresh) {
+    auto t = now_us();
+    size_t window = 256;
+    size_t sent = 0;
+    size_t got = 0;
+    while (got < n) {
+      while (sent < n && sent - got < window) {
+        self->send(aff, route_atom::value, "b" + std::to_string(fresh ? sent : sent % 1000),
+                   uint32_t{0});
+        ++sent;
+      }
+      self->receive([](uint32_t) {}, [](caf::error&) {});
+      ++got;
+    }
+    return static_cast<double>(n) / ((now_us() - t) / 1e6);
+  };
+  r.figures["sessions.bind_per_s"] = rate(true);
+  r.figures["sessions.lookup_per_s"] = rate(false);
+  caf::anon_send_exit(aff, caf::exit_reason::kill);
+  caf::anon_send_exit(dummy, caf::exit_reason::kill);
+}
+
+void recovery(caf::actor_system& sys, const bench_config& cfg, report& r) {
+  int reps = cfg.quick ? 1 : 5;
+  running_pool p{sys, python_pool(cfg, 2)};
+  std::vector<double> xs;
+  for (int i = 0; i < reps; ++i) {
+    auto victim = p.stats().workers[0].pid;
+    auto t = now_us();
+    kill(static_cast<pid_t>(victim), SIGKILL);
+    // The replacement has answered once it is ready (its hello) and serves.
+    for (;;) {
+      auto st = p.stats();
+      auto& w = st.workers[0];
+      if (w.state == "ready" && w.pid != victim && w.pid != 0)
+        break;
+      std::this_thread::sleep_for(1ms); // polling must not steal the CPU it measures
+    }
+    xs.push_back(now_us() - t);
+    std::this_thread::sleep_for(1200ms); // longer than backoff-reset: a healthy worker
+  }
+  auto bare = bare_startup_us(cfg, reps);
+  r.figures["recovery.kill9_to_replacement_us"] = median(xs);
+  r.figures["recovery.bare_interpreter_us"] = bare;
+  r.ratios["recovery.vs_bare"] = {median(xs) / bare, 2.0, "lower",
+                                  "kill -9 to replacement ready / bare interpreter start-up"};
+}
+
+// -- output -----------------------------------------------------------------------
+
+bool meets(const ratio& x) {
+  return x.direction == "lower" ? x.value <= x.target : x.value >= x.target;
+}
+
+void print(const report& r) {
+  std::cout << "\n" << std::left << std::setw(42) << "figure" << "value\n";
+  for (auto& [k, v] : r.figures)
+    std::cout << std::setw(42) << k << std::fixed << std::setprecision(1) << v << "\n";
+  std::cout << "\n"
+            << std::setw(34) << "ratio" << std::setw(10) << "value" << std::setw(12) << "target"
+            << "meaning\n";
+  for (auto& [k, x] : r.ratios)
+    std::cout << std::setw(34) << k << std::setw(10) << std::setprecision(3) << x.value
+              << std::setw(12)
+              << ((x.direction == "lower" ? "<= " : ">= ") + std::to_string(x.target).substr(0, 5))
+              << x.what << (meets(x) ? "" : "  (target missed)") << "\n";
+}
+
+std::string to_json(const report& r) {
+  std::ostringstream os;
+  os << std::setprecision(6) << "{\n  \"figures\": {";
+  bool first = true;
+  for (auto& [k, v] : r.figures) {
+    os << (first ? "\n" : ",\n") << "    \"" << k << "\": " << v;
+    first = false;
+  }
+  os << "\n  },\n  \"ratios\": {";
+  first = true;
+  for (auto& [k, x] : r.ratios) {
+    os << (first ? "\n" : ",\n") << "    \"" << k << "\": {\"value\": " << x.value
+       << ", \"target\": " << x.target << ", \"direction\": \"" << x.direction << "\"}";
+    first = false;
+  }
+  os << "\n  }\n}\n";
+  return os.str();
+}
+
+/// Reads the "ratios" of a file written by to_json (or a baseline, which adds
+/// "tolerance"): name -> {value, target/tolerance, direction}. The format is
+/// ours and flat, so a small reader suffices.
+std::map<std::string, std::map<std::string, std::string>> read_ratios(const std::string& path) {
+  std::ifstream in{path};
+  if (!in)
+    throw std::runtime_error("cannot read " + path);
+  std::string text{std::istreambuf_iterator<char>{in}, std::istreambuf_iterator<char>{}};
+  std::map<std::string, std::map<std::string, std::string>> out;
+  auto pos = text.find("\"ratios\"");
+  if (pos == std::string::npos)
+    throw std::runtime_error(path + " has no \"ratios\"");
+  while ((pos = text.find('"', pos + 8)) != std::string::npos) {
+    auto end = text.find('"', pos + 1);
+    auto name = text.substr(pos + 1, end - pos - 1);
+    auto open = text.find('{', end);
+    auto close = text.find('}', open);
+    if (open == std::string::npos || close == std::string::npos)
+      break;
+    auto body = text.substr(open + 1, close - open - 1);
+    std::map<std::string, std::string> fields;
+    std::istringstream fs{body};
+    std::string item;
+    while (std::getline(fs, item, ',')) {
+      auto colon = item.find(':');
+      if (colon == std::string::npos)
+        continue;
+      auto key = item.substr(0, colon);
+      auto val = item.substr(colon + 1);
+      auto strip = [](std::string s) {
+        s.erase(0, s.find_first_not_of(" \n\t\""));
+        s.erase(s.find_last_not_of(" \n\t\"") + 1);
+        return s;
+      };
+      fields[strip(key)] = strip(val);
+    }
+    out[name] = fields;
+    pos = close;
+    if (text.find_first_not_of(" \n\t,", close + 1) != std::string::npos
+        && text[text.find_first_not_of(" \n\t,", close + 1)] == '}')
+      break;
+  }
+  return out;
+}
+
+int compare(const std::map<std::string, double>& current, const std::string& baseline_path) {
+  auto baseline = read_ratios(baseline_path);
+  std::vector<std::string> worse;
+  for (auto& [name, fields] : baseline) {
+    auto i = current.find(name);
+    if (i == current.end())
+      continue; // scenario not run
+    auto base = std::stod(fields.at("value"));
+    auto tol = fields.count("tolerance") ? std::stod(fields.at("tolerance")) : 0.5;
+    auto lower = !fields.count("direction") || fields.at("direction") == "lower";
+    auto limit = lower ? base * (1 + tol) : base * (1 - tol);
+    auto bad = lower ? i->second > limit : i->second < limit;
+    if (bad) {
+      std::ostringstream os;
+      os << "  " << name << ": " << i->second << " is worse than the baseline " << base
+         << " beyond its tolerance of " << tol * 100 << " % (limit " << limit << ")";
+      worse.push_back(os.str());
+    }
+  }
+  if (worse.empty()) {
+    std::cout << "compare: all ratios within tolerance of " << baseline_path << "\n";
+    return 0;
+  }
+  std::cout << "compare: " << worse.size() << " ratio(s) regressed against " << baseline_path
+            << ":\n";
+  for (auto& w : worse)
+    std::cout << w << "\n";
+  return 1;
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+  bench_config cfg;
+  if (auto err = cfg.parse(argc, argv, "/dev/null")) {
+    std::cerr << "pyvisor-bench: " << caf::actor_system_config::render(err) << "\n";
+    return 1;
+  }
+  if (cfg.cli_helptext_printed)
+    return 0;
+  if (!cfg.from_json.empty()) {
+    if (cfg.compare.empty()) {
+      std::cerr << "pyvisor-bench: --from-json needs --compare\n";
+      return 1;
+    }
+    std::map<std::string, double> current;
+    for (auto& [name, fields] : read_ratios(cfg.from_json))
+      current[name] = std::stod(fields.at("value"));
+    return compare(current, cfg.compare);
+  }
+  log().set_level(spdlog::level::warn);
+  cfg.set("scheduler.max-threads", 2);
+  cfg.load<caf::io::middleman>();
+  caf::actor_system sys{cfg};
+  report r;
+  auto want = [&](const std::string& s) {
+    return std::find(cfg.scenarios.begin(), cfg.scenarios.end(), s) != cfg.scenarios.end();
+  };
+  try {
+    ppe_figures ppe;
+    if (want("rtt") || want("throughput")) {
+      ppe = run_ppe(cfg.python, cfg.ppe_script, {64, 4096, size_t{1} << 20},
+                    cfg.quick ? 20 : 1000, {1, 2, 4}, cfg.quick ? 200 : 5000, 64);
+      if (!ppe.ok)
+        std::cerr << "ProcessPoolExecutor reference unavailable: " << ppe.error << "\n";
+      else
+        r.figures["reference.ppe_startup4_us"] = ppe.startup_us;
+    }
+    if (want("startup"))
+      startup(sys, cfg, r);
+    if (want("rtt"))
+      rtt(sys, cfg, r, ppe);
+    if (want("throughput"))
+      throughput(sys, cfg, r, ppe);
+    if (want("sessions"))
+      sessions(sys, cfg, r);
+    if (want("recovery"))
+      recovery(sys, cfg, r);
+  } catch (const std::exception& e) {
+    std::cerr << "pyvisor-bench: " << e.what() << "\n";
+    return 1;
+  }
+  print(r);
+  if (!cfg.json.empty()) {
+    std::ofstream out{cfg.json};
+    out << to_json(r);
+  }
+  if (!cfg.compare.empty()) {
+    std::map<std::string, double> current;
+    for (auto& [k, x] : r.ratios)
+      current[k] = x.value;
+    return compare(current, cfg.compare);
+  }
+  return 0;
+}

@@ -1,0 +1,299 @@
+#include "bench/references.hpp"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <stdexcept>
+
+#include <msgpack.hpp>
+
+namespace pyvisor::bench {
+
+namespace {
+
+// The minimal Python side of the raw floor: read a frame, write it back.
+const char* echo_loop = R"(import os, struct
+r, w = 3, 4
+def rd(n):
+    b = b''
+    while len(b) < n:
+        c = os.read(r, n - len(b))
+        if not c:
+            raise SystemExit(0)
+        b += c
+    return b
+while True:
+    h = rd(4)
+    (n,) = struct.unpack('>I', h)
+    body = rd(n)
+    os.write(w, h + body)
+)";
+
+void read_exact(int fd, char* p, size_t n) {
+  while (n > 0) {
+    auto r = read(fd, p, n);
+    if (r <= 0)
+      throw std::runtime_error("raw floor: child closed its pipe");
+    p += r;
+    n -= static_cast<size_t>(r);
+  }
+}
+
+void write_all(int fd, const char* p, size_t n) {
+  while (n > 0) {
+    auto w = write(fd, p, n);
+    if (w <= 0)
+      throw std::runtime_error("write failed");
+    p += w;
+    n -= static_cast<size_t>(w);
+  }
+}
+
+} // namespace
+
+double now_us() {
+  return std::chrono::duration<double, std::micro>(
+           std::chrono::steady_clock::now().time_since_epoch())
+    .count();
+}
+
+latency summarize(std::vector<double> s) {
+  latency result;
+  if (s.empty())
+    return result;
+  std::sort(s.begin(), s.end());
+  result.p50 = s[(s.size() - 1) / 2];
+  result.p99 = s[static_cast<size_t>(0.99 * static_cast<double>(s.size() - 1))];
+  return result;
+}
+
+raw_floor::raw_floor(const std::string& python) {
+  int in[2];
+  int out[2];
+  if (pipe(in) != 0 || pipe(out) != 0)
+    throw std::runtime_error("pipe failed");
+  auto t0 = now_us();
+  pid_ = fork();
+  if (pid_ == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    dup2(in[0], 3);
+    dup2(out[1], 4);
+    execl(python.c_str(), python.c_str(), "-c", echo_loop, static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  close(in[0]);
+  close(out[1]);
+  to_child_ = in[1];
+  from_child_ = out[0];
+  std::vector<char> body{'x'};
+  write_frame(body);
+  read_frame(body);
+  first_reply_us_ = now_us() - t0;
+}
+
+raw_floor::~raw_floor() {
+  close(to_child_);
+  close(from_child_);
+  if (pid_ > 0) {
+    kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+  }
+}
+
+void raw_floor::write_frame(const std::vector<char>& body) {
+  uint32_t n = htonl(static_cast<uint32_t>(body.size()));
+  std::vector<char> buf(4 + body.size());
+  std::memcpy(buf.data(), &n, 4);
+  std::memcpy(buf.data() + 4, body.data(), body.size());
+  write_all(to_child_, buf.data(), buf.size());
+}
+
+void raw_floor::read_frame(std::vector<char>& body) {
+  uint32_t n;
+  read_exact(from_child_, reinterpret_cast<char*>(&n), 4);
+  body.resize(ntohl(n));
+  read_exact(from_child_, body.data(), body.size());
+}
+
+latency raw_floor::rtt(size_t payload, size_t count) {
+  std::vector<char> body(payload, 'x');
+  std::vector<char> back;
+  std::vector<double> samples;
+  samples.reserve(count);
+  for (size_t i = 0; i < count; ++i) {
+    auto t = now_us();
+    write_frame(body);
+    read_frame(back);
+    samples.push_back(now_us() - t);
+  }
+  return summarize(std::move(samples));
+}
+
+double raw_floor::throughput(size_t payload, size_t count, size_t window) {
+  std::vector<char> body(payload, 'x');
+  std::vector<char> back;
+  auto t = now_us();
+  size_t sent = 0;
+  size_t received = 0;
+  while (received < count) {
+    while (sent < count && sent - received < window) {
+      write_frame(body);
+      ++sent;
+    }
+    read_frame(back);
+    ++received;
+  }
+  return static_cast<double>(count) / ((now_us() - t) / 1e6);
+}
+
+ppe_figures run_ppe(const std::string& python, const std::string& script,
+                    const std::vector<size_t>& payloads, size_t rtt_count,
+                    const std::vector<size_t>& workers, size_t tp_count, size_t tp_payload) {
+  ppe_figures result;
+  auto join = [](const std::vector<size_t>& xs) {
+    std::string s;
+    for (auto x : xs)
+      s += (s.empty() ? "" : ",") + std::to_string(x);
+    return s;
+  };
+  auto cmd = python + " " + script + " " + join(payloads) + " " + std::to_string(rtt_count) + " "
+             + join(workers) + " " + std::to_string(tp_count) + " " + std::to_string(tp_payload);
+  auto f = popen(cmd.c_str(), "r");
+  if (f == nullptr) {
+    result.error = "cannot run " + cmd;
+    return result;
+  }
+  std::string out;
+  char buf[4096];
+  while (auto n = fread(buf, 1, sizeof(buf), f))
+    out.append(buf, n);
+  if (pclose(f) != 0) {
+    result.error = "ppe_reference.py failed";
+    return result;
+  }
+  // The script prints JSON; msgpack-c has no JSON reader, and the shape is
+  // fixed, so pick the numbers out by key.
+  auto number_after = [&](const std::string& key, size_t from, size_t& pos) {
+    pos = out.find(key, from);
+    if (pos == std::string::npos)
+      throw std::runtime_error("ppe output lacks " + key);
+    pos += key.size();
+    while (pos < out.size() && (out[pos] == '"' || out[pos] == ':' || out[pos] == ' '))
+      ++pos;
+    size_t end = pos;
+    double v = std::stod(out.substr(pos), &end);
+    pos += end;
+    return v;
+  };
+  try {
+    size_t pos = 0;
+    result.startup_us = number_after("\"startup_us\"", 0, pos);
+    pos = out.find("\"rtt\"");
+    for (size_t i = 0; i < payloads.size(); ++i) {
+      latency l;
+      l.p50 = number_after("\"p50\"", pos, pos);
+      l.p99 = number_after("\"p99\"", pos, pos);
+      result.rtt.push_back(l);
+    }
+    pos = out.find("\"throughput\"");
+    pos = out.find('[', pos) + 1;
+    for (size_t i = 0; i < workers.size(); ++i) {
+      size_t end = 0;
+      result.throughput.push_back(std::stod(out.substr(pos), &end));
+      pos += end;
+      if (pos < out.size() && out[pos] == ',')
+        ++pos;
+      while (pos < out.size() && out[pos] == ' ')
+        ++pos;
+    }
+    result.ok = true;
+  } catch (const std::exception& e) {
+    result.error = e.what();
+  }
+  return result;
+}
+
+rpc_client::rpc_client(uint16_t port) {
+  fd_ = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0)
+    throw std::runtime_error("cannot connect to the RPC endpoint");
+  int one = 1;
+  setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
+rpc_client::~rpc_client() {
+  if (fd_ >= 0)
+    close(fd_);
+}
+
+void rpc_client::send_echo(const std::vector<char>& payload) {
+  msgpack::sbuffer buf;
+  msgpack::packer<msgpack::sbuffer> pk{buf};
+  pk.pack_array(4);
+  pk.pack(0);
+  pk.pack(next_id_++);
+  pk.pack(std::string{"execute"});
+  pk.pack_array(2);
+  pk.pack(std::string{"echo"});
+  pk.pack(payload);
+  write_all(fd_, buf.data(), buf.size());
+}
+
+void rpc_client::read_response() {
+  for (;;) {
+    if (!inbuf_.empty()) {
+      try {
+        size_t off = 0;
+        auto h = msgpack::unpack(inbuf_.data(), inbuf_.size(), off);
+        auto arr = h.get().as<std::vector<msgpack::object>>();
+        if (arr.size() != 4 || arr[2].type != msgpack::type::NIL)
+          throw std::runtime_error("rpc error response");
+        inbuf_.erase(inbuf_.begin(), inbuf_.begin() + static_cast<std::ptrdiff_t>(off));
+        return;
+      } catch (const msgpack::insufficient_bytes&) {
+        // read more
+      }
+    }
+    char buf[65536];
+    auto n = read(fd_, buf, sizeof(buf));
+    if (n <= 0)
+      throw std::runtime_error("rpc connection closed");
+    inbuf_.insert(inbuf_.end(), buf, buf + n);
+  }
+}
+
+void rpc_client::echo(const std::vector<char>& payload) {
+  send_echo(payload);
+  read_response();
+}
+
+double rpc_client::pipelined(const std::vector<char>& payload, size_t count, size_t window) {
+  auto t = now_us();
+  size_t sent = 0;
+  size_t received = 0;
+  while (received < count) {
+    while (sent < count && sent - received < window) {
+      send_echo(payload);
+      ++sent;
+    }
+    read_response();
+    ++received;
+  }
+  return static_cast<double>(count) / ((now_us() - t) / 1e6);
+}
+
+} // namespace pyvisor::bench

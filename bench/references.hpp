@@ -1,0 +1,92 @@
+// The references pyvisor-bench measures itself against, in the same run:
+// - raw_floor: a minimal C++ parent and a minimal Python loop echoing
+//   4-byte-length-prefixed frames over pipes (no msgpack, no actors): the
+//   floor any Python bridge over pipes sits on.
+// - ProcessPoolExecutor: Python's own process pool with the same interpreter,
+//   worker count and payloads (bench/ppe_reference.py), the pool people use
+//   instead.
+// - rpc_client: a blocking MessagePack-RPC client for the node's endpoint.
+// Nothing here uses CAF, so this translation unit compiles fast.
+
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace pyvisor::bench {
+
+/// Latency figures in microseconds.
+struct latency {
+  double p50 = 0;
+  double p99 = 0;
+};
+
+latency summarize(std::vector<double> samples_us);
+
+/// One Python child echoing raw frames over pipes.
+class raw_floor {
+public:
+  /// Spawns `python` with the minimal echo loop; measures time to its first reply.
+  explicit raw_floor(const std::string& python);
+  ~raw_floor();
+
+  /// Microseconds from spawn to the first echoed frame.
+  double first_reply_us() const {
+    return first_reply_us_;
+  }
+
+  /// Sequential round trips of `payload` bytes.
+  latency rtt(size_t payload, size_t count);
+
+  /// Frames per second with `window` frames in flight.
+  double throughput(size_t payload, size_t count, size_t window);
+
+private:
+  void write_frame(const std::vector<char>& body);
+  void read_frame(std::vector<char>& body);
+
+  int pid_ = -1;
+  int to_child_ = -1;
+  int from_child_ = -1;
+  double first_reply_us_ = 0;
+};
+
+/// Figures from bench/ppe_reference.py (ProcessPoolExecutor).
+struct ppe_figures {
+  double startup_us = 0;
+  std::vector<latency> rtt;             // per payload size asked for
+  std::vector<double> throughput;       // tasks/s per worker count asked for
+  bool ok = false;
+  std::string error;
+};
+
+ppe_figures run_ppe(const std::string& python, const std::string& script,
+                    const std::vector<size_t>& payloads, size_t rtt_count,
+                    const std::vector<size_t>& workers, size_t tp_count, size_t tp_payload);
+
+/// A blocking MessagePack-RPC client (TCP, loopback).
+class rpc_client {
+public:
+  explicit rpc_client(uint16_t port);
+  ~rpc_client();
+
+  /// Sends execute("echo", bin(payload)) and waits for the reply.
+  void echo(const std::vector<char>& payload);
+
+  /// Sends `count` echo requests with `window` outstanding; returns requests/s.
+  double pipelined(const std::vector<char>& payload, size_t count, size_t window);
+
+private:
+  void send_echo(const std::vector<char>& payload);
+  void read_response();
+
+  int fd_ = -1;
+  uint32_t next_id_ = 1;
+  std::vector<char> inbuf_;
+};
+
+/// Microseconds since an arbitrary steady epoch.
+double now_us();
+
+} // namespace pyvisor::bench
