@@ -33,13 +33,16 @@ void add_pool_types(caf::actor_system_config& cfg) {
 
 namespace {
 
-using deadline_atom = caf::atom_constant<caf::atom("pl_deadl")>;
+using sweep_atom = caf::atom_constant<caf::atom("pl_sweep")>;
+
+/// Granularity of queue deadlines: a queued request times out at most this late.
+constexpr auto sweep_interval = std::chrono::milliseconds(10);
 using age_tick_atom = caf::atom_constant<caf::atom("pl_agetick")>;
 
 using pool_impl = pool_actor::extend_with<worker_listener_actor>::extend<
   caf::reacts_to<child_up_atom, std::string, caf::actor>,
   caf::reacts_to<child_down_atom, std::string, caf::error>,
-  caf::reacts_to<deadline_atom, int64_t>, caf::reacts_to<age_tick_atom>>;
+  caf::reacts_to<sweep_atom>, caf::reacts_to<age_tick_atom>>;
 
 enum class slot_state { down, starting, ready, draining };
 
@@ -106,6 +109,7 @@ struct pool_state {
   std::vector<int64_t> latencies;
   size_t latency_pos = 0;
   size_t rr = 0;
+  bool sweep_armed = false;
   bool stopping = false;
   caf::error stop_reason;
   /// The last worker failure, with its Python traceback if any.
@@ -208,10 +212,13 @@ void enqueue(self_ptr self, queued_ptr q, bool front) {
   auto& st = self->state;
   auto key = front ? st.next_front-- : st.next_back++;
   track(self, *q);
-  auto remaining = q->deadline - self->clock().now();
-  self->delayed_send(self, std::max(remaining, caf::actor_clock::duration_type{0}),
-                     deadline_atom::value, key);
   st.queue.emplace(key, std::move(q));
+  // One sweep timer while anything waits, not one timer per request: CAF's
+  // clock wakes a thread for every timer it schedules.
+  if (!st.sweep_armed) {
+    st.sweep_armed = true;
+    self->delayed_send(self, sweep_interval, sweep_atom::value);
+  }
 }
 
 queued_ptr take(self_ptr self, std::map<int64_t, queued_ptr>::iterator i) {
@@ -223,6 +230,14 @@ queued_ptr take(self_ptr self, std::map<int64_t, queued_ptr>::iterator i) {
 
 void try_dispatch(self_ptr self) {
   auto& st = self->state;
+  // Every dispatch needs a worker with room (the hint fallback too): when
+  // none has any, the queue need not be scanned at all.
+  auto any_room = std::any_of(st.slots.begin(), st.slots.end(), [&st](const slot_rec& s) {
+    return (s.state == slot_state::ready || s.state == slot_state::draining)
+           && s.in_flight < st.cfg.max_in_flight;
+  });
+  if (st.queue.empty() || !any_room)
+    return;
   for (auto i = st.queue.begin(); i != st.queue.end();) {
     auto& q = *i->second;
     if (!q.req.session.empty() && !q.routed) {
@@ -702,13 +717,23 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg) {
         ++st.restarts;
       }
     },
-    [self](deadline_atom, int64_t key) {
+    [self](sweep_atom) {
       auto& st = self->state;
-      auto i = st.queue.find(key);
-      if (i == st.queue.end())
-        return;
-      auto q = take(self, i);
-      fail(self, *q, make_error(error_code::timeout, "request waited in the queue past its deadline"));
+      st.sweep_armed = false;
+      auto now = self->clock().now();
+      for (auto i = st.queue.begin(); i != st.queue.end();) {
+        if (i->second->deadline <= now) {
+          auto q = take(self, i++);
+          fail(self, *q,
+               make_error(error_code::timeout, "request waited in the queue past its deadline"));
+        } else {
+          ++i;
+        }
+      }
+      if (!st.queue.empty()) {
+        st.sweep_armed = true;
+        self->delayed_send(self, sweep_interval, sweep_atom::value);
+      }
     },
     [self](age_tick_atom) {
       auto& st = self->state;
