@@ -398,35 +398,32 @@ std::map<std::string, std::map<std::string, std::string>> read_ratios(const std:
   auto pos = text.find("\"ratios\"");
   if (pos == std::string::npos)
     throw std::runtime_error(path + " has no \"ratios\"");
-  while ((pos = text.find('"', pos + 8)) != std::string::npos) {
+  pos = text.find('{', pos);
+  auto strip = [](std::string x) {
+    x.erase(0, x.find_first_not_of(" \n\t\""));
+    x.erase(x.find_last_not_of(" \n\t\"") + 1);
+    return x;
+  };
+  for (;;) {
+    pos = text.find_first_not_of(" \n\t,", pos + 1);
+    if (pos == std::string::npos || text[pos] != '"')
+      break; // the closing brace of "ratios", or the end
     auto end = text.find('"', pos + 1);
     auto name = text.substr(pos + 1, end - pos - 1);
     auto open = text.find('{', end);
     auto close = text.find('}', open);
     if (open == std::string::npos || close == std::string::npos)
-      break;
-    auto body = text.substr(open + 1, close - open - 1);
+      throw std::runtime_error(path + ": malformed entry " + name);
     std::map<std::string, std::string> fields;
-    std::istringstream fs{body};
+    std::istringstream fs{text.substr(open + 1, close - open - 1)};
     std::string item;
     while (std::getline(fs, item, ',')) {
       auto colon = item.find(':');
-      if (colon == std::string::npos)
-        continue;
-      auto key = item.substr(0, colon);
-      auto val = item.substr(colon + 1);
-      auto strip = [](std::string s) {
-        s.erase(0, s.find_first_not_of(" \n\t\""));
-        s.erase(s.find_last_not_of(" \n\t\"") + 1);
-        return s;
-      };
-      fields[strip(key)] = strip(val);
+      if (colon != std::string::npos)
+        fields[strip(item.substr(0, colon))] = strip(item.substr(colon + 1));
     }
     out[name] = fields;
     pos = close;
-    if (text.find_first_not_of(" \n\t,", close + 1) != std::string::npos
-        && text[text.find_first_not_of(" \n\t,", close + 1)] == '}')
-      break;
   }
   return out;
 }
@@ -434,10 +431,12 @@ std::map<std::string, std::map<std::string, std::string>> read_ratios(const std:
 int compare(const std::map<std::string, double>& current, const std::string& baseline_path) {
   auto baseline = read_ratios(baseline_path);
   std::vector<std::string> worse;
+  size_t compared = 0;
   for (auto& [name, fields] : baseline) {
     auto i = current.find(name);
     if (i == current.end())
       continue; // scenario not run
+    ++compared;
     auto base = std::stod(fields.at("value"));
     auto tol = fields.count("tolerance") ? std::stod(fields.at("tolerance")) : 0.5;
     auto lower = !fields.count("direction") || fields.at("direction") == "lower";
@@ -450,8 +449,13 @@ int compare(const std::map<std::string, double>& current, const std::string& bas
       worse.push_back(os.str());
     }
   }
+  if (compared == 0) {
+    std::cout << "compare: no ratio of " << baseline_path << " was measured in this run\n";
+    return 1;
+  }
   if (worse.empty()) {
-    std::cout << "compare: all ratios within tolerance of " << baseline_path << "\n";
+    std::cout << "compare: all " << compared << " ratios within tolerance of " << baseline_path
+              << "\n";
     return 0;
   }
   std::cout << "compare: " << worse.size() << " ratio(s) regressed against " << baseline_path
