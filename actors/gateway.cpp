@@ -99,6 +99,26 @@ void finished_one(conn_ptr st) {
   }
 }
 
+/// Sends a request to the pool and writes its outcome as the response to
+/// `msgid` (none for a notification); `encode` turns the result into bytes.
+template <class Result, class Encode, class... Ts>
+void forward(caf::io::broker* self, conn_ptr st, uint32_t msgid, bool notification,
+             Encode encode, Ts&&... xs) {
+  ++st->in_flight;
+  self->request(st->pool, caf::infinite, std::forward<Ts>(xs)...)
+    .then(
+      [self, st, msgid, notification, encode](Result& result) {
+        if (!notification)
+          respond(self, *st, msgid, encode(result));
+        finished_one(st);
+      },
+      [self, st, msgid, notification](caf::error& err) {
+        if (!notification)
+          respond_error(self, *st, msgid, to_rpc_error(err));
+        finished_one(st);
+      });
+}
+
 std::vector<char> pack_stats(const pool_stats& s) {
   std::vector<char> out;
   detail::vector_writer w{out};
@@ -242,19 +262,11 @@ bool handle_message(caf::io::broker* self, conn_ptr st, const char* data, size_t
       if (!err.empty())
         return bad(err);
     }
-    ++st->in_flight;
-    self->request(st->pool, caf::infinite, std::move(req))
-      .then(
-        [self, st, msgid, notification](payload& result) {
-          if (!notification)
-            respond(self, *st, msgid, result.bytes);
-          finished_one(st);
-        },
-        [self, st, msgid, notification](caf::error& err) {
-          if (!notification)
-            respond_error(self, *st, msgid, to_rpc_error(err));
-          finished_one(st);
-        });
+    forward<payload>(self, st, msgid, notification,
+                     [](const payload& result) -> const std::vector<char>& {
+                       return result.bytes;
+                     },
+                     std::move(req));
     return true;
   }
   if (method == "session.end") {
@@ -263,35 +275,13 @@ bool handle_message(caf::io::broker* self, conn_ptr st, const char* data, size_t
     auto id_h = cur.next();
     if (id_h.get().type != msgpack::type::STR)
       return bad("the session id must be a string");
-    ++st->in_flight;
-    self->request(st->pool, caf::infinite, end_session_atom::value, id_h.get().as<std::string>())
-      .then(
-        [self, st, msgid, notification](bool) {
-          if (!notification)
-            respond(self, *st, msgid, pack(true).bytes);
-          finished_one(st);
-        },
-        [self, st, msgid, notification](caf::error& err) {
-          if (!notification)
-            respond_error(self, *st, msgid, to_rpc_error(err));
-          finished_one(st);
-        });
+    forward<bool>(self, st, msgid, notification, [](bool) { return pack(true).bytes; },
+                  end_session_atom::value, id_h.get().as<std::string>());
     return true;
   }
   if (method == "stats") {
-    ++st->in_flight;
-    self->request(st->pool, caf::infinite, status_atom::value)
-      .then(
-        [self, st, msgid, notification](pool_stats& s) {
-          if (!notification)
-            respond(self, *st, msgid, pack_stats(s));
-          finished_one(st);
-        },
-        [self, st, msgid, notification](caf::error& err) {
-          if (!notification)
-            respond_error(self, *st, msgid, to_rpc_error(err));
-          finished_one(st);
-        });
+    forward<pool_stats>(self, st, msgid, notification,
+                        [](const pool_stats& x) { return pack_stats(x); }, status_atom::value);
     return true;
   }
   if (!notification)

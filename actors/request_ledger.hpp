@@ -128,19 +128,9 @@ public:
   /// for a retry elsewhere, session requests fail with session_lost (their
   /// state died with the worker), all others fail with `err`.
   void fail_all(const caf::error& err) {
-    for (auto& kv : entries_) {
-      auto& e = kv.second;
-      if (e.internal)
-        continue;
-      if (e.request.idempotent && listener_) {
-        // Not reported as done: the pool counts it as a retry instead.
-        e.promise.delegate(listener_, retry_atom::value, std::move(e.request));
-        continue;
-      }
-      auto final_err = for_request(e.request, err);
-      e.promise.deliver(final_err);
-      report(e, code_of(final_err));
-    }
+    for (auto& kv : entries_)
+      if (!kv.second.internal)
+        give_up(kv.second, err);
     entries_.clear();
     external_ = 0;
   }
@@ -159,14 +149,11 @@ public:
       return true;
     --external_;
     auto elapsed = self_->clock().now() - e.started;
-    if (e.request.idempotent && listener_ && elapsed < e.request.timeout) {
+    if (elapsed >= e.request.timeout)
+      e.request.idempotent = false; // no time left for another attempt
+    else
       e.request.timeout -= std::chrono::duration_cast<caf::timespan>(elapsed);
-      e.promise.delegate(listener_, retry_atom::value, std::move(e.request));
-      return true;
-    }
-    auto final_err = for_request(e.request, err);
-    e.promise.deliver(final_err);
-    report(e, code_of(final_err));
+    give_up(e, err);
     return true;
   }
 
@@ -230,6 +217,19 @@ public:
   }
 
 private:
+  // This worker cannot answer `e`: an idempotent request goes back to the
+  // listener for another attempt (not reported as done: the pool counts it
+  // as a retry), any other fails with `err` (or session_lost).
+  void give_up(entry& e, const caf::error& err) {
+    if (e.request.idempotent && listener_) {
+      e.promise.delegate(listener_, retry_atom::value, std::move(e.request));
+      return;
+    }
+    auto final_err = for_request(e.request, err);
+    e.promise.deliver(final_err);
+    report(e, code_of(final_err));
+  }
+
   // A session request whose worker goes away has lost its state: say so,
   // whatever killed the worker.
   static caf::error for_request(const execute& req, const caf::error& err) {

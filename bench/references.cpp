@@ -67,6 +67,28 @@ double now_us() {
     .count();
 }
 
+namespace {
+
+/// Keeps `window` requests outstanding until `count` were answered; returns
+/// answers per second.
+template <class Send, class Receive>
+double run_window(size_t count, size_t window, Send send, Receive receive) {
+  auto t = now_us();
+  size_t sent = 0;
+  size_t received = 0;
+  while (received < count) {
+    while (sent < count && sent - received < window) {
+      send();
+      ++sent;
+    }
+    receive();
+    ++received;
+  }
+  return static_cast<double>(count) / ((now_us() - t) / 1e6);
+}
+
+} // namespace
+
 latency summarize(std::vector<double> s) {
   latency result;
   if (s.empty())
@@ -142,18 +164,7 @@ latency raw_floor::rtt(size_t payload, size_t count) {
 double raw_floor::throughput(size_t payload, size_t count, size_t window) {
   std::vector<char> body(payload, 'x');
   std::vector<char> back;
-  auto t = now_us();
-  size_t sent = 0;
-  size_t received = 0;
-  while (received < count) {
-    while (sent < count && sent - received < window) {
-      write_frame(body);
-      ++sent;
-    }
-    read_frame(back);
-    ++received;
-  }
-  return static_cast<double>(count) / ((now_us() - t) / 1e6);
+  return run_window(count, window, [&] { write_frame(body); }, [&] { read_frame(back); });
 }
 
 ppe_figures run_ppe(const std::string& python, const std::string& script,
@@ -282,18 +293,7 @@ void rpc_client::echo(const std::vector<char>& payload) {
 }
 
 double rpc_client::pipelined(const std::vector<char>& payload, size_t count, size_t window) {
-  auto t = now_us();
-  size_t sent = 0;
-  size_t received = 0;
-  while (received < count) {
-    while (sent < count && sent - received < window) {
-      send_echo(payload);
-      ++sent;
-    }
-    read_response();
-    ++received;
-  }
-  return static_cast<double>(count) / ((now_us() - t) / 1e6);
+  return run_window(count, window, [&] { send_echo(payload); }, [&] { read_response(); });
 }
 
 } // namespace pyvisor::bench
