@@ -234,18 +234,23 @@ mock_impl::behavior_type mock_fun(self_ptr self, mock_config cfg) {
         die(self, err, err);
         return rp;
       }
+      caf::timespan delay{0};
+      if (act != action::hang) {
+        std::uniform_int_distribution<caf::timespan::rep> lat{
+          st.cfg.latency_min.count(),
+          std::max(st.cfg.latency_min.count(), st.cfg.latency_max.count())};
+        delay = caf::timespan{lat(st.rng)} + extra;
+        if (delay.count() <= 0) {
+          // Answered at once: no timers at all.
+          st.ledger->complete(id, std::move(result));
+          return rp;
+        }
+      }
       self->delayed_send(self, timeout, mock_timeout_atom::value, id);
       if (act == action::hang)
         return rp;
-      std::uniform_int_distribution<caf::timespan::rep> lat{st.cfg.latency_min.count(),
-                                                             std::max(st.cfg.latency_min.count(),
-                                                                      st.cfg.latency_max.count())};
-      auto delay = caf::timespan{lat(st.rng)} + extra;
       st.results.emplace(id, std::move(result));
-      if (delay.count() > 0)
-        self->delayed_send(self, delay, mock_reply_atom::value, id);
-      else
-        self->send(self, mock_reply_atom::value, id);
+      self->delayed_send(self, delay, mock_reply_atom::value, id);
       return rp;
     },
     [self](ready_atom) -> caf::result<worker_status> {

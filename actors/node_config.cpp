@@ -32,6 +32,7 @@ node_config::node_config() {
     .add(pool_max_requests, "max-requests", "recycle a worker after N requests (0: never)")
     .add(pool_max_age, "max-age", "recycle a worker after this long (0: never)")
     .add(pool_max_attempts, "max-attempts", "attempts of an idempotent request")
+    .add(pool_retry_backoff, "retry-backoff", "delay before retrying an idempotent request")
     .add(pool_attempt_timeout, "attempt-timeout",
          "limit of one attempt of an idempotent request (0s: its whole deadline)")
     .add(pool_max_restarts, "max-restarts", "restart intensity: restarts per period")
@@ -185,6 +186,7 @@ pool_config node_config::make_pool_config() const {
   cfg.queue_share = pool_queue_share;
   cfg.request_timeout = pool_request_timeout;
   cfg.max_attempts = static_cast<uint32_t>(pool_max_attempts);
+  cfg.retry_backoff = pool_retry_backoff;
   cfg.max_requests = pool_max_requests;
   cfg.max_age = pool_max_age;
   cfg.session.timeout = session_timeout;

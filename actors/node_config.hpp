@@ -36,6 +36,7 @@ struct node_config : caf::actor_system_config {
   caf::timespan pool_max_age{0};
   size_t pool_max_attempts = 3;
   caf::timespan pool_attempt_timeout = std::chrono::seconds(5);
+  caf::timespan pool_retry_backoff = std::chrono::milliseconds(10);
   size_t pool_max_restarts = 10;
   caf::timespan pool_restart_period = std::chrono::seconds(10);
   caf::timespan pool_backoff_initial = std::chrono::milliseconds(10);

@@ -86,6 +86,8 @@ struct queued {
   uint32_t slot = no_slot;
   uint32_t incarnation = 0;
   bool routed = false;
+  /// A retry waits for its back-off before it is dispatched again.
+  caf::actor_clock::time_point not_before;
 };
 
 using queued_ptr = std::shared_ptr<queued>;
@@ -250,6 +252,10 @@ void try_dispatch(self_ptr self) {
       route(self, take(self, i++));
       continue;
     }
+    if (q.not_before > self->clock().now()) {
+      ++i; // still backing off; the sweep comes back to it
+      continue;
+    }
     uint32_t target = no_slot;
     if (q.routed) {
       auto& s = st.slots[q.slot];
@@ -315,7 +321,7 @@ void admit(self_ptr self, queued_ptr q, bool is_retry) {
     return;
   }
   // Fast path: nothing waits, a worker has room.
-  if (st.queue.empty()) {
+  if (st.queue.empty() && q->not_before <= self->clock().now()) {
     auto target = pick_worker(self);
     if (target != no_slot) {
       dispatch(self, *q, target);
@@ -577,8 +583,12 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg) {
                           + " attempts of this idempotent request"));
         return rp;
       }
+      auto now = self->clock().now();
       auto timeout = req.timeout.count() > 0 ? req.timeout : st.cfg.request_timeout;
-      q->deadline = self->clock().now() + timeout;
+      q->deadline = now + timeout;
+      // Back-off: a request that keeps killing workers must not do so at full speed.
+      auto delay = st.cfg.retry_backoff * (1u << std::min<uint32_t>(req.attempts - 1, 4));
+      q->not_before = now + delay;
       q->req = std::move(req);
       admit(self, std::move(q), true);
       return rp;
@@ -730,6 +740,7 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg) {
           ++i;
         }
       }
+      try_dispatch(self); // retries whose back-off has passed
       if (!st.queue.empty()) {
         st.sweep_armed = true;
         self->delayed_send(self, sweep_interval, sweep_atom::value);

@@ -16,9 +16,9 @@
 //   at its deadline fails with `timeout`; a requester that terminated loses
 //   its queued requests (they no longer hold places).
 // - A worker's death fails its in-flight requests with `worker_crashed`,
-//   except idempotent ones, which are retried on another worker, at most
-//   max_attempts times: at-least-once for idempotent requests, at-most-once
-//   for all others.
+//   except idempotent ones, which are retried on another worker after a short
+//   back-off (retry_backoff, doubling), at most max_attempts times:
+//   at-least-once for idempotent requests, at-most-once for all others.
 // - Sessions: the first request naming a session binds it to a worker; later
 //   ones go to that worker (mode strict: they wait for it; mode hint: they
 //   may run elsewhere when the owner is busy, without the owner's state).
@@ -76,6 +76,9 @@ struct pool_config {
   caf::timespan request_timeout = std::chrono::seconds(30);
   /// Attempts of an idempotent request whose worker died (first one included).
   uint32_t max_attempts = 3;
+  /// Delay before the first retry; it doubles for each further one (at most
+  /// 16x). Queued requests are swept every 10 ms, so delays round up to that.
+  caf::timespan retry_backoff = std::chrono::milliseconds(10);
   /// Recycle a worker after this many requests (0: never).
   uint64_t max_requests = 0;
   /// Recycle a worker after this long (0: never).

@@ -24,18 +24,21 @@
 //   child's pipe must yield EPIPE, not kill the host. SIGCHLD must not be set
 //   to SIG_IGN by the host application, or children could not be reaped.
 //
-// Ownership: callbacks run on the I/O thread and must not block; they are
-// dropped (and so release whatever they captured) by close(), which also
-// kills the child if still running and joins the thread. The destructor calls
-// close().
+// Ownership: the owner holds a shared_ptr and must call close() when done:
+// it kills the child if still running, joins the I/O thread and drops the
+// callbacks (releasing whatever they captured). Callbacks run on the I/O
+// thread and must not block. The I/O thread holds a reference of its own
+// until it ends, so an owner that lets go from inside a callback is safe
+// (close() called there only asks the thread to finish).
+// Signals: the child gets its own process group and ignores SIGINT, so
+// signals meant for the node's group (Ctrl-C, a service manager) do not hit
+// the workers; the node stops them itself.
 
 #pragma once
 
 #include <sys/types.h>
 
-#include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <deque>
 #include <functional>
 #include <future>

@@ -148,6 +148,18 @@ void startup(caf::actor_system& sys, const bench_config& cfg, report& r) {
     xs.push_back(now_us() - t);
   }
   auto bare = bare_startup_us(cfg, reps);
+  // The mock backend starts without any process: what users' tests gain.
+  auto mock = python_pool(cfg, 4);
+  mock.backend = backend_kind::mock;
+  std::vector<double> ms;
+  for (int i = 0; i < reps; ++i) {
+    auto t = now_us();
+    running_pool p{sys, mock};
+    ms.push_back(now_us() - t);
+  }
+  r.figures["startup.mock_pool4_ready_us"] = median(ms);
+  r.ratios["startup.python_vs_mock"] = {median(xs) / median(ms), 10.0, "higher",
+                                        "pool of 4 ready: real Python / mock backend"};
   r.figures["startup.pool4_ready_us"] = median(xs);
   r.figures["startup.bare_interpreter_us"] = bare;
   r.ratios["startup.pool4_vs_bare"] = {median(xs) / bare, 1.5, "lower",
@@ -263,6 +275,13 @@ void throughput(caf::actor_system& sys, const bench_config& cfg, report& r,
   }
   raw_floor floor{cfg.python};
   r.figures["throughput.raw_floor_1w_per_s"] = floor.throughput(64, count, 32);
+  // The mock backend, as users' actor tests use it instead of real Python.
+  auto mock = python_pool(cfg, 2);
+  mock.backend = backend_kind::mock;
+  running_pool m{sys, mock};
+  api_throughput(sys, m.pool, count / 10, 32);
+  auto mock_rate = api_throughput(sys, m.pool, count, 32);
+  r.figures["throughput.2w.mock_api_per_s"] = mock_rate;
 }
 
 void sessions(caf::actor_system& sys, const bench_config& cfg, report& r) {

@@ -11,7 +11,7 @@ the node settings of a level file (configs/chaos-<level>.ini), then:
 2. Faults, one every `interval` seconds while the load runs, each kind in
    turn, all against real OS processes (pids from the node's stats and from
    /proc): kill1 (SIGKILL a worker), killN (SIGKILL two), stop (SIGSTOP a
-   worker for stop_ms, longer than the attempt timeout, then SIGCONT),
+   worker for stop_ms, longer than the request timeout, then SIGCONT),
    garbage (a worker writes an invalid frame), startup_kill (SIGKILL a worker,
    then SIGKILL its replacement while it starts up), slow (long sleeps occupy
    workers), burst (twice the queue bound at once), disconnect (a client

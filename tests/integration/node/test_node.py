@@ -301,6 +301,20 @@ class ConnectionsTest(NodeTest):
         finally:
             node.close()
 
+    def test_stalled_client_does_not_block_others(self):
+        # A client that sends a lot and never reads its responses: the node
+        # buffers for it, everybody else is still served promptly.
+        stalled = socket.create_connection(("127.0.0.1", self.node.port), timeout=10)
+        big = b"y" * 65536
+        for i in range(64):
+            stalled.sendall(msgpack.packb([0, i, "execute", ["echo", big]], use_bin_type=True))
+        t = time.time()
+        for _ in range(20):
+            self.assertEqual(self.rpc.call("ping"), (None, "pong"))
+            self.assertEqual(self.rpc.call("execute", "echo", 1), (None, 1))
+        self.assertLess(time.time() - t, 10)
+        stalled.close()
+
     def test_client_disconnecting_mid_request(self):
         gone = Rpc(self.node.port)
         gone.send("execute", ["sleep", {"ms": 300}])
@@ -320,6 +334,10 @@ class LifecycleTest(unittest.TestCase):
             ids = [rpc.send("execute", ["sleep", {"ms": 300}]) for _ in range(4)]
             time.sleep(0.1)
             node.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.1)
+            # New work is refused while the requests in flight complete.
+            err, _ = rpc.call("execute", "echo", 1)
+            self.assertEqual(err["code"], "shutting_down")
             for i in ids:
                 self.assertEqual(rpc.wait(i), (None, 300))
             self.assertEqual(node.proc.wait(20), 0)

@@ -203,7 +203,11 @@ TEST_CASE_METHOD(fixture, "only idempotent requests are retried when their worke
   // idempotent one runs again on the restarted worker.
   auto rs = replies();
   CHECK(count_code(rs, error_code::worker_crashed) == 2);
-  advance(100ms);
+  // Retry back-off (10 ms, swept every 10 ms), then 100 ms of mock latency.
+  advance(10ms);
+  CHECK(replies().empty());
+  for (int i = 0; i < 11; ++i)
+    advance(10ms);
   auto retried = replies();
   REQUIRE(retried.size() == 1);
   REQUIRE(retried.front());
@@ -221,6 +225,8 @@ TEST_CASE_METHOD(fixture, "idempotent retries are bounded", "[unit][pool]") {
   crash.idempotent = true;
   self->send(pool, crash);
   run();
+  for (int i = 0; i < 10; ++i)
+    advance(10ms); // back-offs of 10 and 20 ms between the attempts
   auto rs = replies();
   REQUIRE(rs.size() == 1);
   CHECK(code_of(rs.front().error()) == error_code::worker_crashed);
@@ -331,12 +337,47 @@ TEST_CASE_METHOD(fixture, "an idempotent request stuck on a hung worker is retri
   advance(200ms); // first attempt times out; the worker is recycled, retry
   CHECK(replies().empty());
   CHECK(stats().retries == 1);
-  advance(200ms);
-  advance(200ms); // third attempt: max_attempts (3) reached
+  for (int i = 0; i < 60; ++i)
+    advance(10ms); // two more attempts of 200 ms each, after back-offs
   auto rs = replies();
   REQUIRE(rs.size() == 1);
   CHECK(code_of(rs.front().error()) == error_code::worker_crashed);
   CHECK(stats().restarts == 3);
+}
+
+TEST_CASE_METHOD(fixture, "hint mode runs a session request elsewhere when its owner is busy",
+                 "[unit][pool]") {
+  using kv = std::map<std::string, std::string>;
+  for (auto mode : {affinity_mode::strict, affinity_mode::hint}) {
+    INFO((mode == affinity_mode::hint ? "hint" : "strict"));
+    auto cfg = mock_pool(2, 1, 100ms);
+    cfg.mode = mode;
+    start(cfg);
+    self->send(pool, make_execute("ping", msgpack::type::nil_t{}, "s1")); // binds s1
+    run();
+    advance(100ms);
+    REQUIRE(replies().size() == 1);
+    // Keep s1's owner busy, then ask for s1 again.
+    self->send(pool, make_execute("sleep", std::map<std::string, int>{{"ms", 500}}, "s1"));
+    run();
+    self->send(pool, make_execute("session.get", kv{{"key", "k"}}, "s1"));
+    run();
+    advance(100ms);
+    auto early = replies();
+    if (mode == affinity_mode::hint) {
+      // Served by the other worker at once (without the owner's state).
+      REQUIRE(early.size() == 1);
+      CHECK(early.front());
+    } else {
+      CHECK(early.empty()); // waits for the owner
+    }
+    for (int i = 0; i < 6; ++i)
+      advance(100ms);
+    CHECK(replies().size() == (mode == affinity_mode::hint ? 1u : 2u));
+    caf::anon_send_exit(pool, caf::exit_reason::kill);
+    run();
+    pool = nullptr;
+  }
 }
 
 TEST_CASE_METHOD(fixture, "a graceful stop refuses new work and ends the pool", "[unit][pool]") {
