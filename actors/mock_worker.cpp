@@ -27,7 +27,6 @@ struct mock_state {
   mock_config cfg;
   std::unique_ptr<request_ledger> ledger;
   worker_status status;
-  std::vector<caf::typed_response_promise<worker_status>> ready_waiters;
   /// Results computed on arrival, delivered when their latency has passed.
   std::unordered_map<uint64_t, caf::expected<payload>> results;
   std::map<std::string, std::map<std::string, payload>> sessions;
@@ -40,19 +39,13 @@ struct mock_state {
 using self_ptr = mock_impl::stateful_pointer<mock_state>;
 
 worker_status snapshot(const mock_state& st) {
-  auto result = st.status;
-  result.in_flight = st.ledger->in_flight();
-  result.served = st.ledger->served();
-  return result;
+  return st.ledger->snapshot(st.status);
 }
 
 void die(self_ptr self, const caf::error& for_requests, caf::error reason) {
   auto& st = self->state;
   if (st.ledger->retiring())
     return;
-  for (auto& rp : st.ready_waiters)
-    rp.deliver(reason);
-  st.ready_waiters.clear();
   st.ledger->retire(self, for_requests, std::move(reason));
 }
 
@@ -253,14 +246,7 @@ mock_impl::behavior_type mock_fun(self_ptr self, mock_config cfg) {
       self->delayed_send(self, delay, mock_reply_atom::value, id);
       return rp;
     },
-    [self](ready_atom) -> caf::result<worker_status> {
-      auto& st = self->state;
-      if (st.status.phase == worker_phase::ready)
-        return snapshot(st);
-      auto rp = self->make_response_promise<worker_status>();
-      st.ready_waiters.push_back(rp);
-      return rp;
-    },
+    [self](ready_atom) { return self->state.ledger->await_ready(self, self->state.status); },
     [self](status_atom) { return snapshot(self->state); },
     [self](drop_session_atom, std::string& session) { self->state.sessions.erase(session); },
     [self](mock_reply_atom, uint64_t id) {
@@ -280,9 +266,7 @@ mock_impl::behavior_type mock_fun(self_ptr self, mock_config cfg) {
       if (st.status.phase != worker_phase::starting)
         return;
       st.status.phase = worker_phase::ready;
-      for (auto& rp : st.ready_waiters)
-        rp.deliver(snapshot(st));
-      st.ready_waiters.clear();
+      st.ledger->announce_ready(st.status);
     },
     [self](mock_timeout_atom, uint64_t id) {
       auto& st = self->state;

@@ -1,6 +1,7 @@
-// pyvisor::request_ledger: the in-flight bookkeeping shared by every worker
-// backend (the Python worker and the in-process mock), so that both keep the
-// same promises to callers and to the pool.
+// pyvisor::request_ledger: the bookkeeping shared by every worker backend
+// (the Python worker and the in-process mock): requests in flight and callers
+// waiting for the worker to become ready, so that both backends keep the same
+// promises to callers and to the pool.
 //
 // Guarantees: every request added is answered exactly once: by complete(),
 // by fail() or, when the worker dies, by fail_all(), which hands idempotent
@@ -14,6 +15,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -106,14 +108,12 @@ public:
 
   /// Answers request `id` with `result`; returns false for unknown ids.
   bool complete(uint64_t id, caf::expected<payload> result) {
-    auto i = entries_.find(id);
-    if (i == entries_.end())
+    auto found = take(id);
+    if (!found)
       return false;
-    auto e = std::move(i->second);
-    entries_.erase(i);
+    auto& e = *found;
     if (e.internal)
       return true;
-    --external_;
     ++served_;
     auto code = result ? error_code::none : code_of(result.error());
     if (result)
@@ -140,14 +140,12 @@ public:
   /// otherwise it fails with `err` (session_lost for a session request, as
   /// the worker is recycled with its state). Returns false for unknown ids.
   bool expire(uint64_t id, const caf::error& err) {
-    auto i = entries_.find(id);
-    if (i == entries_.end())
+    auto found = take(id);
+    if (!found)
       return false;
-    auto e = std::move(i->second);
-    entries_.erase(i);
+    auto& e = *found;
     if (e.internal)
       return true;
-    --external_;
     auto elapsed = self_->clock().now() - e.started;
     if (elapsed >= e.request.timeout)
       e.request.idempotent = false; // no time left for another attempt
@@ -176,6 +174,9 @@ public:
       return;
     retiring_ = true;
     retire_error_ = for_requests;
+    for (auto& rp : ready_waiters_)
+      rp.deliver(reason ? reason : for_requests);
+    ready_waiters_.clear();
     if (!listener_) {
       fail_all(for_requests);
       self->quit(std::move(reason));
@@ -216,7 +217,42 @@ public:
     return listener_;
   }
 
+  /// The worker's status with the ledger's counts filled in.
+  worker_status snapshot(worker_status status) const {
+    status.in_flight = in_flight();
+    status.served = served();
+    return status;
+  }
+
+  /// Answers a ready_atom request now if `status` is ready, else once
+  /// announce_ready() runs (or with the error the worker dies of).
+  template <class Self>
+  caf::result<worker_status> await_ready(Self* self, const worker_status& status) {
+    if (status.phase == worker_phase::ready)
+      return snapshot(status);
+    auto rp = self->template make_response_promise<worker_status>();
+    ready_waiters_.push_back(rp);
+    return rp;
+  }
+
+  void announce_ready(const worker_status& status) {
+    for (auto& rp : ready_waiters_)
+      rp.deliver(snapshot(status));
+    ready_waiters_.clear();
+  }
+
 private:
+  std::optional<entry> take(uint64_t id) {
+    auto i = entries_.find(id);
+    if (i == entries_.end())
+      return std::nullopt;
+    std::optional<entry> result{std::move(i->second)};
+    entries_.erase(i);
+    if (!result->internal)
+      --external_;
+    return result;
+  }
+
   // This worker cannot answer `e`: an idempotent request goes back to the
   // listener for another attempt (not reported as done: the pool counts it
   // as a retry), any other fails with `err` (or session_lost).
@@ -261,6 +297,7 @@ private:
   uint64_t served_ = 0;
   bool retiring_ = false;
   caf::error retire_error_;
+  std::vector<caf::typed_response_promise<worker_status>> ready_waiters_;
 };
 
 } // namespace pyvisor

@@ -59,7 +59,6 @@ struct worker_state {
   std::shared_ptr<python_process> proc;
   worker_status status;
   std::unique_ptr<request_ledger> ledger;
-  std::vector<caf::typed_response_promise<worker_status>> ready_waiters;
   bool sweep_armed = false;
   std::chrono::steady_clock::time_point spawned_at;
   caf::error stop_reason;
@@ -74,10 +73,7 @@ std::string tag_of(const worker_state& st) {
 }
 
 worker_status snapshot(const worker_state& st) {
-  auto result = st.status;
-  result.in_flight = st.ledger->in_flight();
-  result.served = st.ledger->served();
-  return result;
+  return st.ledger->snapshot(st.status);
 }
 
 // Fails everything outstanding and terminates. `for_requests` goes to the
@@ -86,9 +82,6 @@ void terminate(self_ptr self, const caf::error& for_requests, caf::error reason)
   auto& st = self->state;
   if (st.ledger->retiring())
     return;
-  for (auto& rp : st.ready_waiters)
-    rp.deliver(reason ? reason : for_requests);
-  st.ready_waiters.clear();
   if (st.proc)
     st.proc->signal(SIGKILL);
   st.ledger->retire(self, for_requests, std::move(reason));
@@ -134,9 +127,7 @@ void on_frame(self_ptr self, wire::frame& f) {
                 .count();
     log().info("{} ready in {} ms (Python {}, {} commands)", tag_of(st), ms, f.python,
                  f.commands.size());
-    for (auto& rp : st.ready_waiters)
-      rp.deliver(snapshot(st));
-    st.ready_waiters.clear();
+    st.ledger->announce_ready(st.status);
     return;
   }
   caf::expected<payload> result{payload{}};
@@ -252,14 +243,7 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
       }
       return rp;
     },
-    [self](ready_atom) -> caf::result<worker_status> {
-      auto& st = self->state;
-      if (st.status.phase == worker_phase::ready)
-        return snapshot(st);
-      auto rp = self->make_response_promise<worker_status>();
-      st.ready_waiters.push_back(rp);
-      return rp;
-    },
+    [self](ready_atom) { return self->state.ledger->await_ready(self, self->state.status); },
     [self](status_atom) -> worker_status { return snapshot(self->state); },
     [self](drop_session_atom, std::string& session) {
       auto& st = self->state;
