@@ -43,6 +43,9 @@ struct connection_state {
   gateway_config cfg;
   caf::io::connection_handle hdl;
   std::vector<char> buf;
+  /// Response bytes handed to CAF and not yet written to the socket.
+  size_t pending_output = 0;
+  bool closed = false;
   size_t in_flight = 0;
   bool draining = false;
   std::vector<caf::response_promise> drain_waiters;
@@ -50,9 +53,21 @@ struct connection_state {
 
 using conn_ptr = std::shared_ptr<connection_state>;
 
+void close_connection(caf::io::broker* self, connection_state& st, const std::string& why) {
+  if (st.closed)
+    return;
+  st.closed = true;
+  log().warn("rpc: closing a connection: {}", why);
+  self->close(st.hdl);
+  self->quit();
+}
+
 void write_response(caf::io::broker* self, connection_state& st, uint32_t msgid,
                     const rpc_error* err, const std::vector<char>* result) {
+  if (st.closed)
+    return;
   auto& out = self->wr_buf(st.hdl);
+  auto before = out.size();
   detail::vector_writer w{out};
   packer pk{w};
   pk.pack_array(4);
@@ -79,7 +94,12 @@ void write_response(caf::io::broker* self, connection_state& st, uint32_t msgid,
     // The result's bytes as the worker produced them.
     out.insert(out.end(), result->begin(), result->end());
   }
+  st.pending_output += out.size() - before;
   self->flush(st.hdl);
+  if (st.pending_output > st.cfg.max_pending_output)
+    close_connection(self, st,
+                     "the client left more than " + std::to_string(st.cfg.max_pending_output)
+                       + " bytes of responses unread (rpc.max-pending-output)");
 }
 
 void respond_error(caf::io::broker* self, connection_state& st, uint32_t msgid, rpc_error err) {
@@ -299,11 +319,9 @@ caf::behavior connection(caf::io::broker* self, caf::io::connection_handle hdl, 
   st->cfg = std::move(cfg);
   st->hdl = hdl;
   self->configure_read(hdl, caf::io::receive_policy::at_most(65536));
-  auto close = [self, st](const std::string& why) {
-    log().warn("rpc: closing a connection: {}", why);
-    self->close(st->hdl);
-    self->quit();
-  };
+  // Reports how much of what we wrote is still waiting for the socket.
+  self->ack_writes(hdl, true);
+  auto close = [self, st](const std::string& why) { close_connection(self, *st, why); };
   return {
     [self, st, close](const caf::io::new_data_msg& msg) {
       st->buf.insert(st->buf.end(), msg.buf.begin(), msg.buf.end());
@@ -341,6 +359,7 @@ caf::behavior connection(caf::io::broker* self, caf::io::connection_handle hdl, 
       if (st->buf.size() > st->cfg.max_message_size)
         close("incomplete message exceeds rpc.max-message-size");
     },
+    [st](const caf::io::data_transferred_msg& msg) { st->pending_output = msg.remaining; },
     [self](const caf::io::connection_closed_msg&) { self->quit(); },
     [self, st](drain_atom) {
       // Answered now or by finished_one once the last request completes.

@@ -15,7 +15,9 @@
 // bad_request for RPC misuse. Input that is not msgpack closes the
 // connection; a well-formed message that is not a valid request gets a
 // bad_request response when its msgid can be read, otherwise the connection
-// is closed. A message larger than max_message_size closes the connection.
+// is closed. A message larger than max_message_size closes the connection,
+// and so does a client that leaves more than max_pending_output bytes of
+// responses unread.
 // Command arguments are cut out of the RPC message as raw bytes and results
 // are spliced into the response: neither is decoded and re-encoded here.
 
@@ -38,6 +40,9 @@ struct gateway_config {
   /// 0 lets the OS pick a free port (see the returned port).
   uint16_t port = 7400;
   size_t max_message_size = size_t{64} << 20;
+  /// Response bytes a client may leave unread before the node closes its
+  /// connection (a client that never reads must not exhaust the node's memory).
+  size_t max_pending_output = size_t{64} << 20;
 };
 
 /// Asks the gateway to stop accepting, refuse new requests with

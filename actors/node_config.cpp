@@ -57,7 +57,9 @@ node_config::node_config() {
   opt_group{custom_options_, "rpc"}
     .add(rpc_host, "host", "address the MessagePack-RPC endpoint listens on")
     .add(rpc_port, "port", "port of the MessagePack-RPC endpoint (0: any free port)")
-    .add(rpc_max_message_size, "max-message-size", "largest RPC message accepted");
+    .add(rpc_max_message_size, "max-message-size", "largest RPC message accepted")
+    .add(rpc_max_pending_output, "max-pending-output",
+         "response bytes a client may leave unread before it is disconnected");
   opt_group{custom_options_, "publish"}
     .add(publish_port, "port", "publish the pool to CAF applications on this port (0: off)")
     .add(publish_host, "host", "address the published pool listens on");
@@ -153,6 +155,8 @@ std::string node_config::validate() const {
     return "invalid value for 'session.mode': \"" + session_mode + "\" (strict or hint)";
   if (rpc_max_message_size < 1024)
     return "invalid value for 'rpc.max-message-size': must be >= 1024";
+  if (rpc_max_pending_output < rpc_max_message_size)
+    return "invalid value for 'rpc.max-pending-output': below rpc.max-message-size";
   if (!positive(node_shutdown_timeout))
     return "invalid value for 'node.shutdown-timeout': must be > 0";
   if (spdlog::level::from_str(log_level) == spdlog::level::off && log_level != "off")
@@ -202,7 +206,7 @@ pool_config node_config::make_pool_config() const {
 }
 
 gateway_config node_config::make_gateway_config() const {
-  return gateway_config{rpc_host, rpc_port, rpc_max_message_size};
+  return gateway_config{rpc_host, rpc_port, rpc_max_message_size, rpc_max_pending_output};
 }
 
 } // namespace pyvisor

@@ -60,6 +60,7 @@ struct node_config : caf::actor_system_config {
   std::string rpc_host = "127.0.0.1";
   uint16_t rpc_port = 7400;
   size_t rpc_max_message_size = size_t{64} << 20;
+  size_t rpc_max_pending_output = size_t{64} << 20;
   // [publish]
   uint16_t publish_port = 0;
   std::string publish_host = "127.0.0.1";

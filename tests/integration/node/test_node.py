@@ -315,6 +315,32 @@ class ConnectionsTest(NodeTest):
         self.assertLess(time.time() - t, 10)
         stalled.close()
 
+    def test_client_that_never_reads_is_disconnected(self):
+        node = Node('[rpc]\nmax-message-size=65536\nmax-pending-output=1048576\n')
+        try:
+            stalled = socket.create_connection(("127.0.0.1", node.port), timeout=20)
+            big = b"z" * 60000
+            closed = False
+            try:
+                for i in range(256):  # about 15 MiB of responses, never read
+                    stalled.sendall(msgpack.packb([0, i, "execute", ["echo", big]],
+                                                  use_bin_type=True))
+                time.sleep(1.0)
+                while stalled.recv(1 << 20):  # what the kernel buffered, then EOF
+                    pass
+                closed = True
+            except (ConnectionResetError, BrokenPipeError):
+                closed = True  # the node closed it while we were still writing
+            except socket.timeout:
+                pass
+            self.assertTrue(closed, "the node kept a client that never reads")
+            stalled.close()
+            other = Rpc(node.port)
+            self.assertEqual(other.call("ping"), (None, "pong"))
+            other.close()
+        finally:
+            node.close()
+
     def test_client_disconnecting_mid_request(self):
         gone = Rpc(self.node.port)
         gone.send("execute", ["sleep", {"ms": 300}])
