@@ -159,7 +159,9 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
   // Start the process.
   process_options opts;
   opts.python = st.cfg.python;
-  opts.args = {"-m", "pyvisor.worker", "--in-fd", "3", "--out-fd", "4"};
+  // -c rather than -m: runpy costs a few milliseconds of every start-up.
+  opts.args = {"-c", "import sys; from pyvisor.worker import main; sys.exit(main())",
+               "--in-fd", "3", "--out-fd", "4"};
   for (const auto& m : st.cfg.modules) {
     opts.args.emplace_back("--module");
     opts.args.push_back(m);

@@ -1,7 +1,8 @@
 """The pyvisor worker loop: serves requests from a pyvisor node over pipes.
 
-Started by the node as ``python3 -m pyvisor.worker --in-fd 3 --out-fd 4
-[--module NAME ...]``; the protocol is specified in docs/protocol.md. The
+Started by the node as ``python3 -c "...pyvisor.worker.main()" --in-fd 3
+--out-fd 4 [--module NAME ...]`` (``python3 -m pyvisor.worker`` works too);
+the protocol is specified in docs/protocol.md. The
 protocol runs on its own file descriptors, so ``print()`` and logging in user
 code go to stdout/stderr, which the node logs, tagged with this worker.
 
