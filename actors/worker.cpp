@@ -4,22 +4,19 @@
 #include <unistd.h>
 
 #include <cstdlib>
-#include <unordered_map>
 
 #include <spdlog/logger.h>
 
-#include "messages/log.hpp"
-
 #include "caf/actor_cast.hpp"
-#include "caf/allowed_unsafe_message_type.hpp"
 #include "caf/actor_system.hpp"
+#include "caf/allowed_unsafe_message_type.hpp"
 #include "caf/event_based_actor.hpp"
 #include "caf/stateful_actor.hpp"
 #include "caf/typed_event_based_actor.hpp"
 
 #include "actors/python_process.hpp"
 #include "actors/request_ledger.hpp"
-
+#include "messages/log.hpp"
 
 namespace pyvisor {
 
@@ -31,9 +28,9 @@ using broken_atom = caf::atom_constant<caf::atom("pv_broken")>;
 using sweep_atom = caf::atom_constant<caf::atom("pv_sweep")>;
 using start_timeout_atom = caf::atom_constant<caf::atom("pv_starttm")>;
 
-// Frames cross from the I/O thread to the actor behind a shared pointer: the
-// actor moves the result bytes out instead of copying them, and the type
-// needs no serialization because it never leaves the process.
+// Frames cross from the I/O thread to the actor in batches (all frames of one
+// read) behind a shared pointer: the actor moves the result bytes out instead
+// of copying them, and the type needs no serialization (it stays in-process).
 using frame_ptr = std::shared_ptr<std::vector<wire::frame>>;
 
 } // namespace
