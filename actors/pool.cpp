@@ -184,10 +184,13 @@ uint32_t pick_worker(self_ptr self) {
   return best;
 }
 
-/// Whether some worker could take a request now.
-bool has_room(const pool_state& st) {
-  return std::any_of(st.slots.begin(), st.slots.end(),
-                     [&st](const slot_rec& s) { return accepts(st, s); });
+/// Whether some worker could take a request now: a new one (ready workers
+/// only), or, with `draining`, one of a session a draining worker still holds.
+bool has_room(const pool_state& st, bool draining = false) {
+  return std::any_of(st.slots.begin(), st.slots.end(), [&](const slot_rec& s) {
+    return accepts(st, s)
+           || (draining && s.state == slot_state::draining && s.in_flight < st.cfg.max_in_flight);
+  });
 }
 
 // -- dispatch -----------------------------------------------------------------------
@@ -234,11 +237,7 @@ void try_dispatch(self_ptr self) {
   auto& st = self->state;
   // Every dispatch needs a worker with room (the hint fallback too): when
   // none has any, the queue need not be scanned at all.
-  auto any_room = std::any_of(st.slots.begin(), st.slots.end(), [&st](const slot_rec& s) {
-    return (s.state == slot_state::ready || s.state == slot_state::draining)
-           && s.in_flight < st.cfg.max_in_flight;
-  });
-  if (st.queue.empty() || !any_room)
+  if (st.queue.empty() || !has_room(st, true))
     return;
   for (auto i = st.queue.begin(); i != st.queue.end();) {
     auto& q = *i->second;
@@ -339,15 +338,18 @@ void route(self_ptr self, queued_ptr q) {
   // used if the session is new.
   self->request(st.affinity, caf::infinite, route_atom::value, q->req.session, candidate)
     .then(
-      [self, q](uint32_t slot) mutable {
+      [self, q](uint32_t slot, uint32_t incarnation) mutable {
         auto& st = self->state;
         if (st.stopping) {
           fail(self, *q, make_error(error_code::shutting_down, "the pool is stopping"));
           return;
         }
         if (slot != no_slot) {
+          // The incarnation that holds the state, as the affinity knows it:
+          // if that worker died meanwhile, try_dispatch reports session_lost
+          // instead of running the request on its successor.
           q->slot = slot;
-          q->incarnation = st.slots[slot].incarnation;
+          q->incarnation = incarnation;
           q->routed = true;
         }
         // Back in line at the front: it was admitted before later arrivals.
@@ -674,7 +676,7 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg) {
               return;
             s.state = slot_state::ready;
             s.pid = ws.pid;
-            self->send(st.affinity, worker_up_atom::value, slot, s.handle);
+            self->send(st.affinity, worker_up_atom::value, slot, s.incarnation, s.handle);
             deliver_ready_if_all(self);
             try_dispatch(self);
           },

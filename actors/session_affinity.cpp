@@ -72,16 +72,23 @@ void remember(self_ptr self, const std::string& id, tombstone kind, int64_t now)
   }
 }
 
+// What expiry means, wherever it is noticed (lookup or cleanup): the worker
+// drops the state and the id is remembered as expired. The caller removes the
+// session's entry.
+void on_expired(self_ptr self, const std::string& id, const binding& b, int64_t now) {
+  drop_in_worker(self, id, b);
+  remember(self, id, tombstone::expired, now);
+  ++self->state.stats.expired;
+}
+
 void cleanup(self_ptr self) {
   auto& st = self->state;
   auto now = now_ns(self);
   auto timeout = st.settings.timeout.count();
-  st.stats.expired += st.sessions.expire(now - timeout, [&](const std::string& id, binding& b) {
-    drop_in_worker(self, id, b);
-    // Inserting into the other index while this one iterates is fine: they
-    // are separate containers.
-    remember(self, id, tombstone::expired, now);
-  });
+  // Inserting into `remembered` while `sessions` expires is fine: they are
+  // separate containers.
+  st.sessions.expire(now - timeout,
+                     [&](const std::string& id, binding& b) { on_expired(self, id, b, now); });
   st.remembered.expire(now - st.settings.remember.count(), [](const std::string&, tombstone) {});
 }
 
@@ -92,7 +99,8 @@ session_affinity_actor spawn_session_affinity(caf::actor_system& sys, session_se
     self->state.settings = settings;
     self->delayed_send(self, settings.cleanup_interval, cleanup_atom::value);
     return {
-      [self](route_atom, std::string& id, uint32_t candidate) -> caf::result<uint32_t> {
+      [self](route_atom, std::string& id,
+             uint32_t candidate) -> caf::result<uint32_t, uint32_t> {
         auto& st = self->state;
         auto now = now_ns(self);
         if (auto e = st.sessions.find(id)) {
@@ -100,9 +108,7 @@ session_affinity_actor spawn_session_affinity(caf::actor_system& sys, session_se
           if (now - e->stamp > st.settings.timeout.count()) {
             auto b = e->value;
             st.sessions.erase(*e);
-            drop_in_worker(self, id, b);
-            remember(self, id, tombstone::expired, now);
-            ++st.stats.expired;
+            on_expired(self, id, b, now);
             return make_error(error_code::session_expired,
                               "session '" + id + "' expired after being idle for longer than "
                                 + std::to_string(std::chrono::duration_cast<
@@ -121,7 +127,7 @@ session_affinity_actor spawn_session_affinity(caf::actor_system& sys, session_se
                                 + std::to_string(b.slot) + ") died");
           }
           st.sessions.touch(*e, now);
-          return b.slot;
+          return {b.slot, b.incarnation};
         }
         if (auto r = st.remembered.find(id)) {
           if (now - r->stamp <= st.settings.remember.count()) {
@@ -132,18 +138,17 @@ session_affinity_actor spawn_session_affinity(caf::actor_system& sys, session_se
           }
           st.remembered.erase(*r);
         }
-        if (candidate == no_slot)
-          return no_slot;
+        if (candidate == no_slot || !slot(self, candidate).up)
+          return {no_slot, uint32_t{0}};
         auto& s = slot(self, candidate);
-        if (!s.up)
-          return no_slot;
         st.sessions.insert(id, binding{candidate, s.incarnation}, now);
         ++st.stats.bound;
-        return candidate;
+        return {candidate, s.incarnation};
       },
-      [self](worker_up_atom, uint32_t s, worker_actor& handle) {
+      [self](worker_up_atom, uint32_t s, uint32_t incarnation, worker_actor& handle) {
         auto& info = slot(self, s);
         info.handle = std::move(handle);
+        info.incarnation = incarnation;
         info.up = true;
       },
       [self](worker_down_atom, uint32_t s) {
@@ -152,7 +157,6 @@ session_affinity_actor spawn_session_affinity(caf::actor_system& sys, session_se
         // next lookup (session_lost) or by the idle cleanup: no scan here.
         info.up = false;
         info.handle = nullptr;
-        ++info.incarnation;
       },
       [self](end_session_atom, std::string& id) {
         auto& st = self->state;

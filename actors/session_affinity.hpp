@@ -63,12 +63,15 @@ typename Inspector::result_type inspect(Inspector& f, affinity_stats& x) {
 }
 
 using session_affinity_actor = caf::typed_actor<
-  /// (session, candidate slot or no_slot) -> the serving slot; no_slot when
-  /// the session is new and there is no candidate; or session_expired /
-  /// session_lost.
-  caf::replies_to<route_atom, std::string, uint32_t>::with<uint32_t>,
-  /// A worker (slot) is ready; sessions bound from now on live in it.
-  caf::reacts_to<worker_up_atom, uint32_t, worker_actor>,
+  /// (session, candidate slot or no_slot) -> (serving slot, the incarnation
+  /// of that slot's worker that holds the state); no_slot when the session
+  /// is new and there is no candidate; or session_expired / session_lost.
+  /// The caller must not dispatch to a different incarnation: the reply may
+  /// race with that worker's death.
+  caf::replies_to<route_atom, std::string, uint32_t>::with<uint32_t, uint32_t>,
+  /// (slot, incarnation, worker): a worker is ready; sessions bound from now
+  /// on live in it. Every new worker in a slot must bring a new incarnation.
+  caf::reacts_to<worker_up_atom, uint32_t, uint32_t, worker_actor>,
   /// A worker died or is being replaced: its sessions are lost.
   caf::reacts_to<worker_down_atom, uint32_t>,
   /// Ends a session; true if it existed (or was remembered).

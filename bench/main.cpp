@@ -316,7 +316,7 @@ void sessions(caf::actor_system& sys, const bench_config& cfg, report& r) {
   auto aff = spawn_session_affinity(sys, session_settings{});
   caf::scoped_actor self{sys};
   auto dummy = spawn_mock_worker(sys, mock_config{});
-  self->send(aff, worker_up_atom::value, uint32_t{0}, dummy);
+  self->send(aff, worker_up_atom::value, uint32_t{0}, uint32_t{1}, dummy);
   size_t n = cfg.quick ? 2000 : 200000;
   auto rate = [&](bool fresh) {
     auto t = now_us();
@@ -329,7 +329,7 @@ void sessions(caf::actor_system& sys, const bench_config& cfg, report& r) {
                    uint32_t{0});
         ++sent;
       }
-      self->receive([](uint32_t) {}, [](caf::error&) {});
+      self->receive([](uint32_t, uint32_t) {}, [](caf::error&) {});
       ++got;
     }
     return static_cast<double>(n) / ((now_us() - t) / 1e6);

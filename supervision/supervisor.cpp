@@ -225,18 +225,15 @@ void start_child(self_ptr self, child_rec& c) {
     log().error("{}: start function of child '{}' threw: {}", st.flags.name, c.spec.id, e.what());
   }
   ++st.counts.starts;
-  if (!hdl) {
-    // Handled as an abnormal exit, through the mailbox so that restart logic
-    // never recurses into itself.
-    c.state = child_state::running;
-    c.handle = nullptr;
-    c.started_at = self->clock().now();
-    self->send(self, start_failed_atom::value, c.spec.id, c.gen);
-    return;
-  }
   c.handle = hdl;
   c.state = child_state::running;
   c.started_at = self->clock().now();
+  if (!hdl) {
+    // Handled as an abnormal exit, through the mailbox so that restart logic
+    // never recurses into itself.
+    self->send(self, start_failed_atom::value, c.spec.id, c.gen);
+    return;
+  }
   self->monitor(hdl);
   log().debug("{}: started child '{}'", st.flags.name, c.spec.id);
   notify_observer(self, c, nullptr);

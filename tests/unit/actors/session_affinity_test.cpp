@@ -20,7 +20,7 @@ struct fixture : test::test_coordinator_fixture {
     aff = spawn_session_affinity(sys, s);
     worker0 = spawn_mock_worker(sys, mock_config{});
     run();
-    self->send(aff, worker_up_atom::value, uint32_t{0}, worker0);
+    self->send(aff, worker_up_atom::value, uint32_t{0}, uint32_t{1}, worker0);
     run();
   }
 
@@ -30,13 +30,21 @@ struct fixture : test::test_coordinator_fixture {
     run();
   }
 
+  /// The incarnation the last successful route() named.
+  uint32_t last_incarnation = 0;
+
   /// Routes `id` with candidate slot 0 and returns the slot or the error.
   caf::expected<uint32_t> route(const std::string& id, uint32_t candidate = 0) {
     self->send(aff, route_atom::value, id, candidate);
     run();
     caf::expected<uint32_t> result{caf::error{}};
-    self->receive([&](uint32_t s) { result = s; }, [&](caf::error& e) { result = std::move(e); },
-                  caf::after(0s) >> [] { FAIL("no reply from affinity"); });
+    self->receive(
+      [&](uint32_t s, uint32_t incarnation) {
+        result = s;
+        last_incarnation = incarnation;
+      },
+      [&](caf::error& e) { result = std::move(e); },
+      caf::after(0s) >> [] { FAIL("no reply from affinity"); });
     return result;
   }
 
@@ -139,14 +147,26 @@ TEST_CASE_METHOD(fixture, "a session whose worker died is lost", "[unit][affinit
   REQUIRE_FALSE(r);
   CHECK(code_of(r.error()) == error_code::session_lost);
   // A replacement worker in the same slot does not bring the state back.
-  self->send(aff, worker_up_atom::value, uint32_t{0}, worker0);
+  self->send(aff, worker_up_atom::value, uint32_t{0}, uint32_t{2}, worker0);
   run();
   auto again = route("s1");
   REQUIRE_FALSE(again);
   CHECK(code_of(again.error()) == error_code::session_lost);
-  // Ending it explicitly makes the id usable again.
+  // Ending it explicitly makes the id usable again, on the new incarnation.
   CHECK(ask<bool>(aff, end_session_atom::value, std::string{"s1"}));
   CHECK(route("s1") == uint32_t{0});
+  CHECK(last_incarnation == 2);
+}
+
+TEST_CASE_METHOD(fixture, "a route names the incarnation that holds the state",
+                 "[unit][affinity]") {
+  REQUIRE(route("s1") == uint32_t{0});
+  CHECK(last_incarnation == 1);
+  // The owner is replaced between two routes the pool has not yet seen
+  // answered: the second answer still names incarnation 1, so the pool can
+  // tell that its current worker (incarnation 2) lacks the state.
+  REQUIRE(route("s1") == uint32_t{0});
+  CHECK(last_incarnation == 1);
 }
 
 TEST_CASE_METHOD(fixture, "ending a session drops its state", "[unit][affinity]") {
