@@ -348,6 +348,12 @@ void route(self_ptr self, queued_ptr q) {
           // The incarnation that holds the state, as the affinity knows it:
           // if that worker died meanwhile, try_dispatch reports session_lost
           // instead of running the request on its successor.
+          if (st.slots[slot].incarnation != incarnation) {
+            fail(self, *q,
+                 make_error(error_code::session_lost,
+                            "session '" + q->req.session + "' was lost: its worker was replaced"));
+            return;
+          }
           q->slot = slot;
           q->incarnation = incarnation;
           q->routed = true;
