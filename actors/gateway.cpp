@@ -223,7 +223,7 @@ std::string read_options(const msgpack::object& o, execute& req) {
 bool handle_message(caf::io::broker* self, conn_ptr st, const char* data, size_t size) {
   msgpack_cursor cur{data, size};
   size_t n = 0;
-  if (!cur.array_header(n) || n < 3)
+  if (!cur.array_header(n) || n < 2)
     return false;
   auto type_h = cur.next();
   auto& type = type_h.get();

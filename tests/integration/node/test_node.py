@@ -202,6 +202,10 @@ class ErrorsTest(NodeTest):
         msgid, err, _ = self.rpc.read_one()
         self.assertEqual(msgid, 99)
         self.assertCode(err, "bad_request")
+        self.rpc.sock.sendall(msgpack.packb([0, 98]))  # truncated request
+        msgid, err, _ = self.rpc.read_one()
+        self.assertEqual(msgid, 98)
+        self.assertCode(err, "bad_request")
 
     def test_unknown_command(self):
         self.assertCode(self.rpc.call("execute", "nope", None)[0], "unknown_command")
