@@ -192,15 +192,8 @@ mock_impl::behavior_type mock_fun(self_ptr self, mock_config cfg) {
   return {
     [self](execute& req) -> caf::result<payload> {
       auto& st = self->state;
-      if (st.ledger->retiring()) {
-        auto rp = self->make_response_promise<payload>();
-        st.ledger->refuse(req, rp);
-        return rp;
-      }
-      if (st.status.phase == worker_phase::stopping)
-        return make_error(error_code::shutting_down, "mock worker is stopping");
-      if (!is_valid_msgpack(req.args))
-        return make_error(error_code::bad_request, "args are not exactly one msgpack value");
+      if (auto answer = st.ledger->screen(self, req, st.status.phase, st.cfg.id))
+        return std::move(*answer);
       std::uniform_real_distribution<double> unit{0.0, 1.0};
       auto dice = unit(st.rng);
       caf::expected<payload> result{payload{}};

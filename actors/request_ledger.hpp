@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "caf/local_actor.hpp"
+#include "caf/result.hpp"
 #include "caf/send.hpp"
 #include "caf/typed_response_promise.hpp"
 
@@ -193,6 +194,27 @@ public:
 
   bool retiring() const noexcept {
     return retiring_;
+  }
+
+  /// The checks every backend makes before it accepts a request: a retiring
+  /// worker refuses it (see refuse), a stopping one answers shutting_down,
+  /// arguments that are not one msgpack value get bad_request. Returns that
+  /// answer, or nothing when the request may run.
+  template <class Self>
+  std::optional<caf::result<payload>> screen(Self* self, execute& req, worker_phase phase,
+                                             uint32_t worker_id) {
+    if (retiring_) {
+      auto rp = self->template make_response_promise<payload>();
+      refuse(req, rp);
+      return caf::result<payload>{rp};
+    }
+    if (phase == worker_phase::stopping)
+      return caf::result<payload>{make_error(
+        error_code::shutting_down, "worker " + std::to_string(worker_id) + " is stopping")};
+    if (!is_valid_msgpack(req.args))
+      return caf::result<payload>{
+        make_error(error_code::bad_request, "args are not exactly one msgpack value")};
+    return std::nullopt;
   }
 
   /// Answers a request that reached a retiring worker.

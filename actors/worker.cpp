@@ -212,15 +212,8 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
   return {
     [self](execute& req) -> caf::result<payload> {
       auto& st = self->state;
-      if (st.ledger->retiring()) {
-        auto rp = self->make_response_promise<payload>();
-        st.ledger->refuse(req, rp);
-        return rp;
-      }
-      if (st.status.phase == worker_phase::stopping)
-        return make_error(error_code::shutting_down, tag_of(st) + " is stopping");
-      if (!wire::is_single_msgpack_value(req.args.bytes.data(), req.args.bytes.size()))
-        return make_error(error_code::bad_request, "args are not exactly one msgpack value");
+      if (auto answer = st.ledger->screen(self, req, st.status.phase, st.cfg.id))
+        return std::move(*answer);
       auto id = st.ledger->next_id();
       std::vector<char> frame;
       frame.reserve(req.args.bytes.size() + req.command.size() + req.session.size() + 48);
