@@ -38,16 +38,6 @@ struct mock_state {
 
 using self_ptr = mock_impl::stateful_pointer<mock_state>;
 
-worker_status snapshot(const mock_state& st) {
-  return st.ledger->snapshot(st.status);
-}
-
-void die(self_ptr self, const caf::error& for_requests, caf::error reason) {
-  auto& st = self->state;
-  if (st.ledger->retiring())
-    return;
-  st.ledger->retire(self, for_requests, std::move(reason));
-}
 
 caf::error bad_request(std::string msg) {
   return make_error(error_code::bad_request, std::move(msg), "BadRequest", "");
@@ -186,8 +176,8 @@ mock_impl::behavior_type mock_fun(self_ptr self, mock_config cfg) {
     st.status.phase = worker_phase::stopping;
     st.stop_reason = std::move(msg.reason);
     if (st.ledger->in_flight() == 0)
-      die(self, make_error(error_code::shutting_down, "mock worker stopped"),
-          std::move(st.stop_reason));
+      st.ledger->retire(self, make_error(error_code::shutting_down, "mock worker stopped"),
+                        std::move(st.stop_reason));
   });
   return {
     [self](execute& req) -> caf::result<payload> {
@@ -217,7 +207,7 @@ mock_impl::behavior_type mock_fun(self_ptr self, mock_config cfg) {
       if (act == action::crash) {
         auto err = make_error(error_code::worker_crashed,
                               "mock worker " + std::to_string(st.cfg.id) + " crashed");
-        die(self, err, err);
+        st.ledger->retire(self, err, err);
         return rp;
       }
       caf::timespan delay{0};
@@ -240,7 +230,7 @@ mock_impl::behavior_type mock_fun(self_ptr self, mock_config cfg) {
       return rp;
     },
     [self](ready_atom) { return self->state.ledger->await_ready(self, self->state.status); },
-    [self](status_atom) { return snapshot(self->state); },
+    [self](status_atom) { return self->state.ledger->snapshot(self->state.status); },
     [self](drop_session_atom, std::string& session) { self->state.sessions.erase(session); },
     [self](mock_reply_atom, uint64_t id) {
       auto& st = self->state;
@@ -251,8 +241,8 @@ mock_impl::behavior_type mock_fun(self_ptr self, mock_config cfg) {
       st.results.erase(i);
       st.ledger->complete(id, std::move(result));
       if (st.status.phase == worker_phase::stopping && st.ledger->in_flight() == 0)
-        die(self, make_error(error_code::shutting_down, "mock worker stopped"),
-            std::move(st.stop_reason));
+        st.ledger->retire(self, make_error(error_code::shutting_down, "mock worker stopped"),
+                          std::move(st.stop_reason));
     },
     [self](mock_ready_atom) {
       auto& st = self->state;
@@ -269,8 +259,10 @@ mock_impl::behavior_type mock_fun(self_ptr self, mock_config cfg) {
       auto msg = "mock worker " + std::to_string(st.cfg.id) + ": request " + std::to_string(id)
                  + " ('" + e->request.command + "') timed out; recycling the worker";
       st.ledger->expire(id, make_error(error_code::timeout, msg));
-      die(self, make_error(error_code::worker_crashed, "mock worker recycled after a timeout"),
-          make_error(error_code::timeout, msg));
+      st.ledger->retire(self,
+                        make_error(error_code::worker_crashed,
+                                   "mock worker recycled after a timeout"),
+                        make_error(error_code::timeout, msg));
     },
   };
 }
