@@ -75,6 +75,13 @@ public:
     return n;
   }
 
+  /// Calls `f(id, value, stamp)` for every entry, oldest first.
+  template <class F>
+  void for_each(F&& f) const {
+    for (auto e = head_; e != nullptr; e = e->next)
+      f(*e->key, e->value, e->stamp);
+  }
+
   /// The oldest entry's stamp (or `fallback` when empty).
   int64_t oldest(int64_t fallback) const noexcept {
     return head_ ? head_->stamp : fallback;

@@ -143,7 +143,13 @@ std::vector<char> pack_stats(const pool_stats& s) {
   std::vector<char> out;
   detail::vector_writer w{out};
   packer pk{w};
-  pk.pack_map(8);
+  pk.pack_map(11);
+  pack_str(pk, "state");
+  pack_str(pk, s.state);
+  pack_str(pk, "last_failure");
+  pack_str(pk, s.last_failure);
+  pack_str(pk, "pool_restarts");
+  pk.pack(s.pool_restarts);
   pack_str(pk, "workers");
   pk.pack_array(static_cast<uint32_t>(s.workers.size()));
   for (auto& ws : s.workers) {
@@ -204,8 +210,13 @@ std::string read_options(const msgpack::object& o, execute& req) {
         return "option 'session' must be a string";
       req.session = v.as<std::string>();
     } else if (key == "timeout_ms") {
+      constexpr auto max_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                max_request_timeout)
+                                .count();
       if (v.type != msgpack::type::POSITIVE_INTEGER || v.via.u64 == 0)
         return "option 'timeout_ms' must be a positive integer";
+      if (v.via.u64 > static_cast<uint64_t>(max_ms))
+        return "option 'timeout_ms' must be at most " + std::to_string(max_ms) + " (30 days)";
       req.timeout = std::chrono::milliseconds(v.via.u64);
     } else if (key == "idempotent") {
       if (v.type != msgpack::type::BOOLEAN)
@@ -262,8 +273,10 @@ bool handle_message(caf::io::broker* self, conn_ptr st, const char* data, size_t
     return true;
   }
   if (method == "ping") {
-    if (!notification)
-      respond(self, *st, msgid, pack(std::string{"pong"}).bytes);
+    // "pong" only while the pool can serve: a health check must be able to
+    // tell a node that listens from one that works.
+    forward<bool>(self, st, msgid, notification,
+                  [](bool) { return pack(std::string{"pong"}).bytes; }, health_atom::value);
     return true;
   }
   if (method == "execute") {

@@ -262,7 +262,7 @@ mock_impl::behavior_type mock_fun(self_ptr self, mock_config cfg) {
       st.ledger->retire(self,
                         make_error(error_code::worker_crashed,
                                    "mock worker recycled after a timeout"),
-                        make_error(error_code::timeout, msg));
+                        make_error(error_code::timeout, msg), true);
     },
   };
 }

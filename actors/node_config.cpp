@@ -40,6 +40,9 @@ node_config::node_config() {
     .add(pool_backoff_initial, "backoff-initial", "delay before a first restart")
     .add(pool_backoff_max, "backoff-max", "longest delay before a restart (doubling)")
     .add(pool_backoff_reset, "backoff-reset", "a worker that ran this long restarts at once")
+    .add(pool_healthy_after, "healthy-after",
+         "a worker that answered a request and was ready this long no longer counts "
+         "toward restart intensity when it dies")
     .add(pool_shutdown_timeout, "shutdown-timeout", "time a worker gets to stop")
     .add(pool_max_frame_size, "max-frame-size", "largest frame a worker may send");
   opt_group{custom_options_, "mock"}
@@ -63,8 +66,15 @@ node_config::node_config() {
   opt_group{custom_options_, "publish"}
     .add(publish_port, "port", "publish the pool to CAF applications on this port (0: off)")
     .add(publish_host, "host", "address the published pool listens on");
-  opt_group{custom_options_, "node"}.add(node_shutdown_timeout, "shutdown-timeout",
-                                         "time in-flight requests get on SIGTERM");
+  opt_group{custom_options_, "node"}
+    .add(node_shutdown_timeout, "shutdown-timeout", "time in-flight requests get on SIGTERM")
+    .add(node_on_pool_failure, "on-pool-failure",
+         "when the pool gives up: restart (it, with back-off) or exit (the node, status 3)")
+    .add(node_pool_restart_backoff, "pool-restart-backoff", "delay before restarting the pool")
+    .add(node_pool_restart_backoff_max, "pool-restart-backoff-max",
+         "longest delay before restarting the pool (doubling per give-up in a row)")
+    .add(node_pool_restart_reset, "pool-restart-reset",
+         "a pool that served this long restarts after the first delay again");
   opt_group{custom_options_, "log"}
     .add(log_level, "level", "trace, debug, info, warn, error, critical or off")
     .add(log_file, "file", "log file (empty: stderr)");
@@ -159,6 +169,15 @@ std::string node_config::validate() const {
     return "invalid value for 'rpc.max-pending-output': below rpc.max-message-size";
   if (!positive(node_shutdown_timeout))
     return "invalid value for 'node.shutdown-timeout': must be > 0";
+  if (node_on_pool_failure != "restart" && node_on_pool_failure != "exit")
+    return "invalid value for 'node.on-pool-failure': \"" + node_on_pool_failure
+           + "\" (restart or exit)";
+  if (!positive(node_pool_restart_backoff))
+    return "invalid value for 'node.pool-restart-backoff': must be > 0";
+  if (node_pool_restart_backoff_max < node_pool_restart_backoff)
+    return "invalid value for 'node.pool-restart-backoff-max': below node.pool-restart-backoff";
+  if (pool_healthy_after.count() < 0)
+    return "invalid value for 'pool.healthy-after': must be >= 0";
   if (spdlog::level::from_str(log_level) == spdlog::level::off && log_level != "off")
     return "invalid value for 'log.level': \"" + log_level
            + "\" (trace, debug, info, warn, error, critical or off)";
@@ -202,6 +221,11 @@ pool_config node_config::make_pool_config() const {
   cfg.backoff = backoff_policy{pool_backoff_initial, 2.0, pool_backoff_max, 0.2,
                                pool_backoff_reset};
   cfg.shutdown_timeout = pool_shutdown_timeout;
+  cfg.healthy_after = pool_healthy_after;
+  cfg.restart.enabled = node_on_pool_failure == "restart";
+  cfg.restart.backoff = backoff_policy{node_pool_restart_backoff, 2.0,
+                                       node_pool_restart_backoff_max, 0.1,
+                                       node_pool_restart_reset};
   return cfg;
 }
 

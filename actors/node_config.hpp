@@ -43,6 +43,7 @@ struct node_config : caf::actor_system_config {
   caf::timespan pool_backoff_max = std::chrono::seconds(2);
   caf::timespan pool_backoff_reset = std::chrono::seconds(1);
   caf::timespan pool_shutdown_timeout = std::chrono::seconds(5);
+  caf::timespan pool_healthy_after = std::chrono::milliseconds(50);
   size_t pool_max_frame_size = wire::default_max_frame_size;
   // [mock]
   caf::timespan mock_latency_min{0};
@@ -66,6 +67,10 @@ struct node_config : caf::actor_system_config {
   std::string publish_host = "127.0.0.1";
   // [node]
   caf::timespan node_shutdown_timeout = std::chrono::seconds(10);
+  std::string node_on_pool_failure = "restart";
+  caf::timespan node_pool_restart_backoff = std::chrono::seconds(1);
+  caf::timespan node_pool_restart_backoff_max = std::chrono::seconds(30);
+  caf::timespan node_pool_restart_reset = std::chrono::seconds(60);
   // [log]
   std::string log_level = "info";
   std::string log_file;

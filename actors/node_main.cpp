@@ -9,6 +9,11 @@
 // SIGTERM / SIGINT: stop accepting connections and new requests, let the
 // requests in flight finish (up to node.shutdown-timeout), stop the workers
 // (each is asked first and killed after pool.shutdown-timeout), exit 0.
+// The pool behind the endpoint is kept by its keeper (actors/pool_keeper.hpp),
+// which restarts it when it gives up; with node.on-pool-failure=exit the
+// keeper quits instead and the node exits with status 3 (exit_pool_failed) so
+// that a service manager restarts it. A pool that cannot start at all at
+// start-up makes the node exit with status 1.
 // A SIGKILLed node leaves no Python process behind: workers carry a
 // parent-death signal (see actors/python_process.hpp).
 
@@ -16,6 +21,7 @@
 
 #include <chrono>
 #include <iostream>
+#include <thread>
 
 #include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
@@ -34,6 +40,11 @@
 namespace {
 
 using namespace pyvisor;
+
+/// Exit status when the pool gave up and node.on-pool-failure=exit.
+constexpr int exit_pool_failed = 3;
+
+using signal_atom = caf::atom_constant<caf::atom("nd_signal")>;
 
 int wait_for_signal() {
   sigset_t set;
@@ -114,7 +125,33 @@ int run(caf::actor_system& sys, const node_config& cfg) {
     log().info("pool published for CAF applications on {}:{}", cfg.publish_host, *published);
   }
   std::cout << "pyvisor-node listening on " << cfg.rpc_host << ":" << port << std::endl;
-  auto sig = wait_for_signal();
+  // Wait for a stop signal or for the pool's keeper to give up (only with
+  // node.on-pool-failure=exit does it ever quit on its own).
+  self->monitor(pool);
+  std::thread signal_waiter{[hdl = caf::actor_cast<caf::actor>(self)] {
+    caf::anon_send(hdl, signal_atom::value, wait_for_signal());
+  }};
+  int sig = 0;
+  caf::error pool_down;
+  bool pool_gone = false;
+  self->receive([&](signal_atom, int s) { sig = s; },
+                [&](caf::down_msg& dm) {
+                  pool_gone = true;
+                  pool_down = dm.reason;
+                });
+  if (pool_gone) {
+    // Wake the waiter with a signal of its own (blocked everywhere, so only
+    // its sigwait takes it).
+    pthread_kill(signal_waiter.native_handle(), SIGTERM);
+    signal_waiter.join();
+    self->receive([](signal_atom, int) {}, caf::after(std::chrono::seconds(1)) >> [] {});
+    log().error("the pool gave up ({}); node.on-pool-failure=exit: exiting with status {}",
+                pool_down ? to_string_readable(pool_down) : std::string{"normal"},
+                exit_pool_failed);
+    stop_within(self, gateway, caf::exit_reason::kill, std::chrono::seconds(2));
+    return exit_pool_failed;
+  }
+  signal_waiter.join();
   log().info("received {}, shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
   // 1. No new connections or requests; in-flight ones finish.
   bool drained = false;

@@ -1,4 +1,5 @@
 #include "actors/pool.hpp"
+#include "actors/pool_core.hpp"
 
 #include <algorithm>
 #include <array>
@@ -38,11 +39,14 @@ using sweep_atom = caf::atom_constant<caf::atom("pl_sweep")>;
 /// Granularity of queue deadlines: a queued request times out at most this late.
 constexpr auto sweep_interval = std::chrono::milliseconds(10);
 using age_tick_atom = caf::atom_constant<caf::atom("pl_agetick")>;
+/// Timer: (slot, incarnation) has been ready for healthy_after.
+using proven_tick_atom = caf::atom_constant<caf::atom("pl_proven")>;
 
 using pool_impl = pool_actor::extend_with<worker_listener_actor>::extend<
   caf::reacts_to<child_up_atom, std::string, caf::actor>,
   caf::reacts_to<child_down_atom, std::string, caf::error>,
-  caf::reacts_to<sweep_atom>, caf::reacts_to<age_tick_atom>>;
+  caf::reacts_to<sweep_atom>, caf::reacts_to<age_tick_atom>,
+  caf::reacts_to<proven_tick_atom, uint32_t, uint32_t>>;
 
 enum class slot_state { down, starting, ready, draining };
 
@@ -75,6 +79,11 @@ struct slot_rec {
   /// older incarnation has lost its state.
   uint32_t incarnation = 0;
   bool recycling = false;
+  /// This incarnation answered a request / was told to the supervisor as
+  /// proven (its death then does not count toward restart intensity).
+  bool served_ok = false;
+  bool proven = false;
+  caf::actor_clock::time_point ready_at;
 };
 
 /// A request waiting for a worker (or for its session's route).
@@ -113,6 +122,12 @@ struct pool_state {
   size_t rr = 0;
   bool sweep_armed = false;
   bool stopping = false;
+  /// The supervisor gave up; everything is answered `unavailable` until the
+  /// keeper stops this core.
+  bool failed = false;
+  /// Every worker was ready at least once (the first start is over).
+  bool started = false;
+  caf::actor keeper;
   caf::error stop_reason;
   /// The last worker failure, with its Python traceback if any.
   std::string last_failure;
@@ -209,6 +224,10 @@ void dispatch(self_ptr self, queued& q, uint32_t slot) {
   ++s.in_flight;
   ++s.dispatched;
   q.rp.delegate(s.handle, std::move(q.req));
+}
+
+caf::error unavailable_error(const std::string& why) {
+  return make_error(error_code::unavailable, "no worker can serve: " + why + "; retry later");
 }
 
 void route(self_ptr self, queued_ptr q);
@@ -341,7 +360,9 @@ void route(self_ptr self, queued_ptr q) {
       [self, q](uint32_t slot, uint32_t incarnation) mutable {
         auto& st = self->state;
         if (st.stopping) {
-          fail(self, *q, make_error(error_code::shutting_down, "the pool is stopping"));
+          fail(self, *q,
+               st.failed ? unavailable_error("the pool gave up and is being restarted")
+                         : make_error(error_code::shutting_down, "the pool is stopping"));
           return;
         }
         if (slot != no_slot) {
@@ -381,6 +402,10 @@ pool_stats make_stats(self_ptr self) {
     result.workers.push_back(worker_stats{static_cast<uint32_t>(i + 1), s.pid, to_cstr(s.state),
                                           s.in_flight, s.served, s.restarts, s.started_at_ms});
   }
+  result.state = st.failed     ? "restarting"
+                 : st.stopping ? "stopping"
+                 : st.started  ? "serving"
+                               : "starting";
   result.queue = st.queue.size();
   for (size_t i = 0; i < st.replies.size(); ++i)
     if (st.replies[i] > 0)
@@ -405,11 +430,12 @@ pool_stats make_stats(self_ptr self) {
 
 void deliver_ready_if_all(self_ptr self) {
   auto& st = self->state;
-  if (st.ready_waiters.empty())
+  if (st.started && st.ready_waiters.empty())
     return;
   for (auto& s : st.slots)
     if (s.state != slot_state::ready)
       return;
+  st.started = true;
   auto stats = make_stats(self);
   for (auto& rp : st.ready_waiters)
     rp.deliver(stats);
@@ -445,6 +471,40 @@ void maybe_recycle(self_ptr self, uint32_t slot) {
     recycle_now(self, slot);
 }
 
+// Tells the supervisor that the worker in `slot` proved itself, so that its
+// death does not count toward restart intensity. Why these conditions: a
+// worker that answered a request and stayed up for healthy_after was fixed by
+// its restart; one that dies right after its hello (or never says it) was
+// not, and restarting it again and again is what intensity exists to stop.
+// `excuse` skips the conditions: the worker recycles itself on purpose.
+void prove(self_ptr self, uint32_t slot, bool excuse = false) {
+  auto& st = self->state;
+  auto& s = st.slots[slot];
+  if (s.proven || !s.handle)
+    return;
+  if (!excuse) {
+    if (!s.served_ok || (s.state != slot_state::ready && s.state != slot_state::draining)
+        || self->clock().now() - s.ready_at < st.cfg.healthy_after)
+      return;
+  }
+  s.proven = true;
+  self->send(st.sup, child_healthy_atom::value, std::to_string(slot + 1),
+             caf::actor_cast<caf::actor>(s.handle));
+}
+
+/// Whether a done report with `code` means the worker itself answered.
+bool answered_by_worker(error_code code) {
+  switch (code) {
+    case error_code::none:
+    case error_code::bad_request:
+    case error_code::unknown_command:
+    case error_code::python_error:
+      return true;
+    default:
+      return false;
+  }
+}
+
 void fail_all_queued(self_ptr self, const caf::error& err) {
   auto& st = self->state;
   while (!st.queue.empty()) {
@@ -462,26 +522,46 @@ void on_supervisor_down(self_ptr self, const caf::error& reason) {
     self->quit(st.stop_reason);
     return;
   }
-  auto msg = "the pool failed: its workers kept dying ("
-             + (reason ? self->system().render(reason) : std::string{"normal"}) + ")";
-  log().error("{}; last failure: {}", msg, st.last_failure);
-  auto err = make_error(error_code::worker_crashed, msg + "; last failure: " + st.last_failure);
-  st.stopping = true;
+  auto cause = "its workers kept dying ("
+               + (reason ? self->system().render(reason) : std::string{"normal"})
+               + "); last failure: " + st.last_failure;
+  log().error("the pool gave up: {}", cause);
+  st.failed = true;
+  st.stopping = true; // no restarts, no dispatch: nothing runs any more
+  auto err = unavailable_error("the pool gave up, " + cause);
   fail_all_queued(self, err);
   for (auto& rp : st.ready_waiters)
     rp.deliver(err);
   st.ready_waiters.clear();
-  if (st.affinity)
-    self->send_exit(st.affinity, caf::exit_reason::user_shutdown);
-  self->quit(reason ? reason : err);
+  // The keeper learns the sessions that die with this pool, so that they
+  // answer session_lost (not "new session") once a new pool serves.
+  auto report = [self, cause](std::vector<std::string> ids) {
+    auto& st = self->state;
+    if (st.affinity)
+      self->send_exit(st.affinity, caf::exit_reason::user_shutdown);
+    st.affinity = nullptr;
+    caf::send_as(caf::actor_cast<caf::actor>(self), st.keeper, pool_failed_atom::value, cause,
+                 std::move(ids));
+  };
+  if (!st.affinity) {
+    report({});
+    return;
+  }
+  self->request(st.affinity, std::chrono::seconds(2), sessions_atom::value)
+    .then([report](std::vector<std::string>& ids) { report(std::move(ids)); },
+          [report](caf::error&) { report({}); });
 }
 
-pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg) {
+pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor keeper,
+                                  std::vector<std::string> lost_sessions) {
   auto& st = self->state;
   st.cfg = std::move(cfg);
+  st.keeper = std::move(keeper);
   st.slots.resize(st.cfg.size);
   st.latencies.reserve(latency_window);
   st.affinity = spawn_session_affinity(self->system(), st.cfg.session);
+  if (!lost_sessions.empty())
+    self->send(st.affinity, sessions_lost_atom::value, std::move(lost_sessions));
   // The worker template: every child is one backend worker reporting here.
   child_spec worker_spec;
   worker_spec.id = "worker";
@@ -546,6 +626,12 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg) {
   });
   self->set_exit_handler([self](caf::exit_msg& msg) {
     auto& st = self->state;
+    if (st.failed) {
+      // Nothing runs any more (the supervisor gave up); the keeper is done
+      // with this core.
+      self->quit(msg.reason);
+      return;
+    }
     if (st.stopping)
       return;
     log().info("pool: stopping ({})", msg.reason ? self->system().render(msg.reason) : "normal");
@@ -563,11 +649,17 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg) {
       auto rp = self->make_response_promise<payload>();
       auto q = std::make_shared<queued>();
       q->rp = rp;
+      if (st.failed) {
+        fail(self, *q, unavailable_error("the pool gave up and is being restarted"));
+        return rp;
+      }
       if (st.stopping) {
         fail(self, *q, make_error(error_code::shutting_down, "the pool is stopping"));
         return rp;
       }
-      auto timeout = req.timeout.count() > 0 ? req.timeout : st.cfg.request_timeout;
+      // Clamped so that `now + timeout` cannot overflow (documented in pool.hpp).
+      auto timeout = req.timeout.count() > 0 ? std::min(req.timeout, max_request_timeout)
+                                             : st.cfg.request_timeout;
       q->deadline = self->clock().now() + timeout;
       q->req = std::move(req);
       admit(self, std::move(q), false);
@@ -580,6 +672,10 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg) {
       q->rp = rp;
       ++req.attempts;
       ++st.retries;
+      if (st.failed) {
+        fail(self, *q, unavailable_error("the pool gave up and is being restarted"));
+        return rp;
+      }
       if (st.stopping) {
         fail(self, *q, make_error(error_code::shutting_down, "the pool is stopping"));
         return rp;
@@ -592,7 +688,8 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg) {
         return rp;
       }
       auto now = self->clock().now();
-      auto timeout = req.timeout.count() > 0 ? req.timeout : st.cfg.request_timeout;
+      auto timeout = req.timeout.count() > 0 ? std::min(req.timeout, max_request_timeout)
+                                             : st.cfg.request_timeout;
       q->deadline = now + timeout;
       // Back-off: a request that keeps killing workers must not do so at full speed.
       auto delay = st.cfg.retry_backoff * (1u << std::min<uint32_t>(req.attempts - 1, 4));
@@ -615,20 +712,42 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg) {
         if (s.in_flight > 0)
           --s.in_flight;
         ++s.served;
+        if (!s.served_ok && answered_by_worker(static_cast<error_code>(code))) {
+          s.served_ok = true;
+          prove(self, i);
+        }
         maybe_recycle(self, i);
         break;
       }
       try_dispatch(self);
     },
-    [self](dying_atom, uint64_t worker) {
+    [self](dying_atom, uint64_t worker, bool deliberate) {
       // Learned before the supervisor's report: stop dispatching there now.
+      // A worker recycling itself (a timeout) did not crash: excused before
+      // this answer lets it quit, so the supervisor hears of it first.
       auto& st = self->state;
-      for (auto& s : st.slots)
-        if (s.actor == worker) {
-          s.state = slot_state::down;
-          s.in_flight = 0;
-        }
+      for (uint32_t i = 0; i < st.slots.size(); ++i) {
+        auto& s = st.slots[i];
+        if (s.actor != worker)
+          continue;
+        if (deliberate)
+          prove(self, i, true);
+        s.state = slot_state::down;
+        s.in_flight = 0;
+      }
       return true;
+    },
+    [self](health_atom) -> caf::result<bool> {
+      auto& st = self->state;
+      if (st.failed)
+        return unavailable_error("the pool gave up and is being restarted");
+      if (st.stopping)
+        return make_error(error_code::shutting_down, "the pool is stopping");
+      return true;
+    },
+    [self](proven_tick_atom, uint32_t slot, uint32_t incarnation) {
+      if (slot < self->state.slots.size() && self->state.slots[slot].incarnation == incarnation)
+        prove(self, slot);
     },
     [self](ready_atom) -> caf::result<pool_stats> {
       auto rp = self->make_response_promise<pool_stats>();
@@ -639,6 +758,8 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg) {
     [self](status_atom) -> caf::result<pool_stats> {
       auto rp = self->make_response_promise<pool_stats>();
       auto stats = make_stats(self);
+      if (!self->state.affinity)
+        return stats;
       self->request(self->state.affinity, caf::infinite, status_atom::value)
         .then(
           [rp, stats](affinity_stats& as) mutable {
@@ -648,11 +769,18 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg) {
           [rp, stats](caf::error&) mutable { rp.deliver(std::move(stats)); });
       return rp;
     },
-    [self](end_session_atom, std::string& id) {
+    [self](end_session_atom, std::string& id) -> caf::result<bool> {
+      if (!self->state.affinity)
+        return unavailable_error("the pool gave up and is being restarted");
       return self->delegate(self->state.affinity, end_session_atom::value, std::move(id));
     },
-    [self](configure_atom, caf::timespan timeout) {
-      return self->delegate(self->state.affinity, configure_atom::value, timeout);
+    [self](configure_atom, caf::timespan timeout) -> caf::result<caf::timespan> {
+      auto& st = self->state;
+      auto previous = st.cfg.session.timeout;
+      st.cfg.session.timeout = timeout;
+      if (!st.affinity)
+        return previous;
+      return self->delegate(st.affinity, configure_atom::value, timeout);
     },
     [self](child_up_atom, std::string& id, caf::actor& hdl) {
       auto& st = self->state;
@@ -667,6 +795,8 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg) {
       s.dispatched = 0;
       s.pid = 0;
       s.recycling = false;
+      s.served_ok = false;
+      s.proven = false;
       ++s.incarnation;
       s.started = self->clock().now();
       s.started_at_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -682,6 +812,9 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg) {
               return;
             s.state = slot_state::ready;
             s.pid = ws.pid;
+            s.ready_at = self->clock().now();
+            self->delayed_send(self, st.cfg.healthy_after, proven_tick_atom::value, slot,
+                               s.incarnation);
             self->send(st.affinity, worker_up_atom::value, slot, s.incarnation, s.handle);
             deliver_ready_if_all(self);
             try_dispatch(self);
@@ -758,7 +891,7 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg) {
       auto& st = self->state;
       for (uint32_t i = 0; i < st.slots.size(); ++i)
         maybe_recycle(self, i);
-      if (!st.stopping)
+      if (!st.stopping && !st.failed)
         self->delayed_send(self, st.cfg.max_age / 4, age_tick_atom::value);
     },
   };
@@ -766,8 +899,9 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg) {
 
 } // namespace
 
-pool_actor spawn_pool(caf::actor_system& sys, pool_config cfg) {
-  return sys.spawn(pool_fun, std::move(cfg));
+pool_actor spawn_pool_core(caf::actor_system& sys, pool_config cfg, caf::actor keeper,
+                           std::vector<std::string> lost_sessions) {
+  return sys.spawn(pool_fun, std::move(cfg), std::move(keeper), std::move(lost_sessions));
 }
 
 } // namespace pyvisor

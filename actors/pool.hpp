@@ -26,10 +26,26 @@
 // - Recycling after max_requests requests or max_age: the worker gets no new
 //   requests, finishes what it has, and is replaced; no request fails (its
 //   sessions are lost, as with any replacement).
-// - If the supervisor gives up (restart intensity exhausted, e.g. a user
-//   module that does not import), every waiting request fails, the cause is
-//   logged once with the Python traceback, and the pool quits with the
-//   supervisor's reason. An exit message stops the pool gracefully.
+// - Restart intensity counts what restarting does not fix: a worker that said
+//   hello, answered a request and stayed up for `healthy_after` proved that
+//   its restart fixed it, and its death does not count (nor does a deliberate
+//   recycle: a timeout, max_requests, max_age). A user module that does not
+//   import, or a worker that dies right after every hello, still exhausts
+//   the intensity (max_restarts within restart_period).
+// - Escalation reaches the top: spawn_pool returns a *keeper* (see
+//   pool_keeper.hpp) that owns the working pool. When the pool's supervisor
+//   gives up, the pool logs the cause once with the Python traceback, fails
+//   what waits with `unavailable` and the keeper restarts the whole pool
+//   (supervisor, workers, session affinity) after `restart.backoff`, for as
+//   long as it lives; meanwhile requests fail at once with `unavailable`,
+//   health_atom answers `unavailable`, status_atom still answers (state
+//   "restarting" and the cause), and sessions of the lost pool answer
+//   `session_lost` once it is back. A pool that never became ready at its
+//   first start (a broken configuration) is not restarted: the keeper quits
+//   with the cause, as does any give-up with restart.enabled = false.
+// - The handle never dies under a caller: every error a caller receives is a
+//   pyvisor error (never CAF's request_receiver_down). An exit message stops
+//   the pool gracefully.
 
 #pragma once
 
@@ -56,6 +72,21 @@ namespace pyvisor {
 enum class backend_kind : uint8_t { python, mock };
 
 enum class affinity_mode : uint8_t { strict, hint };
+
+/// What the keeper does when the pool gives up (see pool_keeper.hpp).
+struct pool_restart_policy {
+  /// Restart the pool (true) or quit with the cause (false), so that a
+  /// process manager can restart the whole process.
+  bool enabled = true;
+  /// Delay before each restart: 1 s, doubling per give-up in a row up to
+  /// 30 s, +-10 %; a pool that served for reset_after starts over at 1 s.
+  backoff_policy backoff{std::chrono::seconds(1), 2.0, std::chrono::seconds(30), 0.1,
+                         std::chrono::seconds(60)};
+};
+
+/// Largest request deadline; longer ones are clamped to it (and over RPC
+/// refused), so that `now + timeout` can never overflow.
+constexpr caf::timespan max_request_timeout = std::chrono::hours(24 * 30);
 
 struct pool_config {
   /// Number of workers.
@@ -85,9 +116,15 @@ struct pool_config {
   caf::timespan max_age{0};
   session_settings session;
   affinity_mode mode = affinity_mode::strict;
-  /// Restart intensity of the worker supervisor.
+  /// Restart intensity of the worker supervisor: more than max_restarts
+  /// counted restarts within restart_period make the pool give up.
   size_t max_restarts = 10;
   caf::timespan restart_period = std::chrono::seconds(10);
+  /// A worker that answered a request and has been ready this long proved
+  /// itself: its death no longer counts toward intensity.
+  caf::timespan healthy_after = std::chrono::milliseconds(50);
+  /// What happens when the pool gives up anyway.
+  pool_restart_policy restart;
   backoff_policy backoff;
   /// Time a worker gets to stop before it is killed.
   caf::timespan shutdown_timeout = std::chrono::seconds(5);
@@ -113,6 +150,12 @@ typename Inspector::result_type inspect(Inspector& f, worker_stats& x) {
 }
 
 struct pool_stats {
+  /// "starting", "serving", "restarting" or "stopping".
+  std::string state;
+  /// Why the pool last gave up (empty: never), with the Python traceback.
+  std::string last_failure;
+  /// How often the keeper restarted the whole pool.
+  uint64_t pool_restarts = 0;
   std::vector<worker_stats> workers;
   uint64_t queue = 0;
   uint64_t sessions = 0;
@@ -129,8 +172,9 @@ struct pool_stats {
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, pool_stats& x) {
-  return f(caf::meta::type_name("pyvisor::pool_stats"), x.workers, x.queue, x.sessions, x.replies,
-           x.retries, x.restarts, x.recycled, x.p50_us, x.p90_us, x.p99_us);
+  return f(caf::meta::type_name("pyvisor::pool_stats"), x.state, x.last_failure, x.pool_restarts,
+           x.workers, x.queue, x.sessions, x.replies, x.retries, x.restarts, x.recycled, x.p50_us,
+           x.p90_us, x.p99_us);
 }
 
 using pool_actor = caf::typed_actor<
@@ -138,10 +182,13 @@ using pool_actor = caf::typed_actor<
   /// Answered once every worker is ready (or with the failure).
   caf::replies_to<ready_atom>::with<pool_stats>,
   caf::replies_to<status_atom>::with<pool_stats>,
+  /// true while the pool can serve, else the error `unavailable` (health checks).
+  caf::replies_to<health_atom>::with<bool>,
   caf::replies_to<end_session_atom, std::string>::with<bool>,
   /// Sets the session idle timeout at run time; replies with the previous one.
   caf::replies_to<configure_atom, caf::timespan>::with<caf::timespan>>;
 
+/// Spawns a pool behind its keeper (the handle stays valid across restarts).
 pool_actor spawn_pool(caf::actor_system& sys, pool_config cfg);
 
 /// Registers the pool's and its parts' message types (includes

@@ -169,8 +169,10 @@ public:
   /// this worker is gone and quits with `reason` once it has acknowledged
   /// (or after a few seconds without answer). Meanwhile refuse() answers
   /// requests the listener dispatched before it learned of the death.
+  /// `deliberate`: the worker recycles itself (a timeout), it did not crash.
   template <class Self>
-  void retire(Self* self, const caf::error& for_requests, caf::error reason) {
+  void retire(Self* self, const caf::error& for_requests, caf::error reason,
+              bool deliberate = false) {
     if (retiring_)
       return;
     retiring_ = true;
@@ -186,7 +188,7 @@ public:
     // The notice goes out before the retries, so the listener stops
     // dispatching here before it re-dispatches them.
     self->request(listener_, std::chrono::seconds(5), dying_atom::value,
-                  static_cast<uint64_t>(self->id()))
+                  static_cast<uint64_t>(self->id()), deliberate)
       .then([self, reason](bool) { self->quit(reason); },
             [self, reason](caf::error&) { self->quit(reason); });
     fail_all(for_requests);

@@ -190,6 +190,22 @@ session_affinity_actor spawn_session_affinity(caf::actor_system& sys, session_se
         stats.remembered = self->state.remembered.size();
         return stats;
       },
+      [self](sessions_atom) {
+        std::vector<std::string> ids;
+        auto& st = self->state;
+        auto now = now_ns(self);
+        st.sessions.for_each([&](const std::string& id, const binding&, int64_t stamp) {
+          if (now - stamp <= st.settings.timeout.count())
+            ids.push_back(id);
+        });
+        return ids;
+      },
+      [self](sessions_lost_atom, std::vector<std::string>& ids) {
+        auto now = now_ns(self);
+        for (auto& id : ids)
+          remember(self, id, tombstone::lost, now);
+        self->state.stats.lost += ids.size();
+      },
       [self](cleanup_atom) {
         cleanup(self);
         // Only timer ticks re-arm; an explicit cleanup request must not

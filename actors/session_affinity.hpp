@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <limits>
 #include <string>
+#include <vector>
 
 #include "caf/fwd.hpp"
 #include "caf/meta/type_name.hpp"
@@ -80,7 +81,11 @@ using session_affinity_actor = caf::typed_actor<
   caf::replies_to<configure_atom, caf::timespan>::with<caf::timespan>,
   caf::replies_to<status_atom>::with<affinity_stats>,
   /// Runs the cleanup now (the timer sends it too).
-  caf::reacts_to<cleanup_atom>>;
+  caf::reacts_to<cleanup_atom>,
+  /// The ids of all live (bound, unexpired) sessions.
+  caf::replies_to<sessions_atom>::with<std::vector<std::string>>,
+  /// Remembers these ids as lost (sessions of a pool that was replaced).
+  caf::reacts_to<sessions_lost_atom, std::vector<std::string>>>;
 
 session_affinity_actor spawn_session_affinity(caf::actor_system& sys, session_settings settings);
 

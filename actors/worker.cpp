@@ -74,14 +74,16 @@ worker_status snapshot(const worker_state& st) {
 }
 
 // Fails everything outstanding and terminates. `for_requests` goes to the
-// in-flight requests, `reason` becomes the exit reason.
-void terminate(self_ptr self, const caf::error& for_requests, caf::error reason) {
+// in-flight requests, `reason` becomes the exit reason; `deliberate` marks a
+// recycle (a timeout) rather than a crash.
+void terminate(self_ptr self, const caf::error& for_requests, caf::error reason,
+               bool deliberate = false) {
   auto& st = self->state;
   if (st.ledger->retiring())
     return;
   if (st.proc)
     st.proc->signal(SIGKILL);
-  st.ledger->retire(self, for_requests, std::move(reason));
+  st.ledger->retire(self, for_requests, std::move(reason), deliberate);
 }
 
 std::string describe_startup_exit(const worker_state& st, const exit_status& es) {
@@ -292,7 +294,7 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
         terminate(self,
                   make_error(error_code::worker_crashed,
                              tag_of(st) + " recycled after another request timed out"),
-                  make_error(error_code::timeout, msg));
+                  make_error(error_code::timeout, msg), true);
         return;
       }
       if (!st.ledger->empty()) {

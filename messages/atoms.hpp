@@ -20,6 +20,8 @@ using ready_atom = caf::atom_constant<caf::atom("pv_ready")>;
 using end_session_atom = caf::atom_constant<caf::atom("pv_endsess")>;
 /// Timer: periodic cleanup of expired sessions.
 using cleanup_atom = caf::atom_constant<caf::atom("pv_cleanup")>;
+/// Asks whether a pool can serve now (true, or the error `unavailable`).
+using health_atom = caf::atom_constant<caf::atom("pv_health")>;
 /// Changes a runtime setting (e.g. the session timeout) while running.
 using configure_atom = caf::atom_constant<caf::atom("pv_config")>;
 
@@ -34,5 +36,11 @@ using route_atom = caf::atom_constant<caf::atom("pv_route")>;
 /// Tells the session-affinity actor that a worker came up / went down.
 using worker_up_atom = caf::atom_constant<caf::atom("pv_wup")>;
 using worker_down_atom = caf::atom_constant<caf::atom("pv_wdown")>;
+/// Lists the live sessions of a session-affinity actor / seeds it with ids
+/// that a lost pool held (they answer session_lost).
+using sessions_atom = caf::atom_constant<caf::atom("pv_sesslst")>;
+using sessions_lost_atom = caf::atom_constant<caf::atom("pv_seslost")>;
+/// A pool tells its keeper that it gave up (cause, its sessions).
+using pool_failed_atom = caf::atom_constant<caf::atom("pv_pfailed")>;
 
 } // namespace pyvisor

@@ -9,10 +9,10 @@ namespace pyvisor {
 
 namespace {
 
-constexpr std::array<std::string_view, 11> names{{
+constexpr std::array<std::string_view, 13> names{{
   "none", "bad_request", "unknown_command", "python_error", "worker_crashed",
   "timeout", "session_expired", "session_lost", "overloaded", "shutting_down",
-  "protocol_error",
+  "protocol_error", "unknown_method", "unavailable",
 }};
 
 } // namespace
@@ -68,22 +68,41 @@ error_info info_of(const caf::error& err) {
     return result;
   }
   // CAF's own errors reach callers when an actor vanished or a request timed
-  // out inside CAF; map them so that callers deal with one vocabulary only.
-  result.message = caf::to_string(err);
+  // out inside CAF; map them so that callers deal with one vocabulary only,
+  // and say what happened in pyvisor's words: CAF's names (system_error(...))
+  // mean nothing to a client.
+  auto with = [&](error_code code, const char* text) {
+    result.code = code;
+    result.message = text;
+    return result;
+  };
   if (err.category() == caf::atom("system")) {
     switch (static_cast<caf::sec>(err.code())) {
       case caf::sec::request_timeout:
-        result.code = error_code::timeout;
-        return result;
+        return with(error_code::timeout, "no reply before the caller's timeout");
       case caf::sec::request_receiver_down:
-        result.code = error_code::worker_crashed;
-        return result;
+        return with(error_code::unavailable,
+                    "the actor serving this request is gone: no pool can serve it now; "
+                    "retry later");
+      case caf::sec::unexpected_message:
+      case caf::sec::unexpected_response:
+        return with(error_code::bad_request, "the receiver does not accept this message");
+      case caf::sec::no_actor_published_at_port:
+      case caf::sec::no_route_to_receiving_node:
+      case caf::sec::cannot_forward_to_invalid_actor:
+      case caf::sec::connection_timeout:
+      case caf::sec::cannot_connect_to_node:
+      case caf::sec::remote_linking_failed:
+      case caf::sec::cannot_open_port:
+      case caf::sec::disconnect_during_handshake:
+        return with(error_code::unavailable, "the remote pool cannot be reached");
       default:
         break;
     }
   }
-  result.code = error_code::protocol_error;
-  return result;
+  if (err.category() == caf::atom("exit"))
+    return with(error_code::unavailable, "the actor serving this request stopped");
+  return with(error_code::protocol_error, "unexpected runtime error");
 }
 
 error_code code_of(const caf::error& err) {

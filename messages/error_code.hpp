@@ -45,6 +45,10 @@ enum class error_code : uint8_t {
   shutting_down,
   /// A peer broke the wire protocol (bad frame, oversized frame, unknown id).
   protocol_error,
+  /// RPC only: no such method (never produced by the actors themselves).
+  unknown_method,
+  /// No pool can serve now (it is restarting after giving up); retry later.
+  unavailable,
 };
 
 /// The category atom under which pyvisor errors travel in caf::error.
@@ -77,9 +81,10 @@ struct error_info {
   std::string traceback;
 };
 
-/// Decomposes `err`. A non-pyvisor error (e.g. a CAF system error) maps to
-/// the closest pyvisor code with the CAF rendering as message; an empty error
-/// yields code none.
+/// Decomposes `err`. A non-pyvisor error (e.g. a CAF system error such as
+/// request_receiver_down) maps to the closest pyvisor code with a readable
+/// message of pyvisor's own: no CAF-internal text reaches a user. An empty
+/// error yields code none.
 error_info info_of(const caf::error& err);
 
 /// Shorthand for info_of(err).code.

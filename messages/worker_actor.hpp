@@ -28,14 +28,16 @@ namespace pyvisor {
 ///   code is error_code::none for success.
 /// - (retry_atom, execute) delegated, with the original requester, for each
 ///   idempotent request in flight when the worker dies.
-/// - (dying_atom, worker actor id) -> bool when the worker dies: the worker
-///   quits only after this answer, and until then hands every request that
-///   still reaches it back (retry) or fails it, so that nothing dispatched to
-///   a dying worker is lost in its mailbox.
+/// - (dying_atom, worker actor id, deliberate) -> bool when the worker dies:
+///   the worker quits only after this answer, and until then hands every
+///   request that still reaches it back (retry) or fails it, so that nothing
+///   dispatched to a dying worker is lost in its mailbox. `deliberate` says
+///   the worker recycles itself on purpose (a request outlived its deadline
+///   on it) rather than crashing: the listener need not count it as a crash.
 using worker_listener_actor = caf::typed_actor<
   caf::reacts_to<done_atom, uint64_t, uint8_t, int64_t>,
   caf::replies_to<retry_atom, execute>::with<payload>,
-  caf::replies_to<dying_atom, uint64_t>::with<bool>>;
+  caf::replies_to<dying_atom, uint64_t, bool>::with<bool>>;
 
 using worker_actor = caf::typed_actor<
   caf::replies_to<execute>::with<payload>,

@@ -153,6 +153,8 @@ struct child_rec {
   size_t consecutive = 0;
   caf::actor_clock::time_point started_at;
   bool dynamic = false;
+  /// The current incarnation proved itself (child_healthy_atom).
+  bool proven = false;
 };
 
 using child_list = std::vector<child_rec>;
@@ -225,6 +227,7 @@ void start_child(self_ptr self, child_rec& c) {
     log().error("{}: start function of child '{}' threw: {}", st.flags.name, c.spec.id, e.what());
   }
   ++st.counts.starts;
+  c.proven = false;
   c.handle = hdl;
   c.state = child_state::running;
   c.started_at = self->clock().now();
@@ -325,7 +328,7 @@ void schedule_restart(self_ptr self, child_rec& failed, std::vector<std::string>
   auto& st = self->state;
   auto now = self->clock().now();
   caf::timespan delay{0};
-  if (now - failed.started_at >= st.flags.backoff.reset_after) {
+  if (failed.proven || now - failed.started_at >= st.flags.backoff.reset_after) {
     // It ran fine for a while: not a crash loop, restart it right away.
     failed.consecutive = 0;
   } else {
@@ -377,12 +380,16 @@ void handle_child_exit(self_ptr self, child_rec& c, const caf::error& reason) {
       erase_child(self, id);
     return;
   }
-  // Restart intensity: more than max_restarts within period -> give up.
+  // Restart intensity: more than max_restarts within period -> give up. A
+  // proven incarnation was fixed by its last restart: its exit is forgiven.
   auto now = self->clock().now();
-  st.restart_times.push_back(now);
+  if (c.proven)
+    ++st.counts.forgiven;
+  else
+    st.restart_times.push_back(now);
   while (!st.restart_times.empty() && now - st.restart_times.front() > st.flags.period)
     st.restart_times.pop_front();
-  if (st.restart_times.size() > st.flags.max_restarts) {
+  if (!c.proven && st.restart_times.size() > st.flags.max_restarts) {
     auto msg = "child '" + id + "' exited (" + render(self, reason) + ") and "
                + std::to_string(st.restart_times.size()) + " restarts within the period exceed "
                + "the limit of " + std::to_string(st.flags.max_restarts);
@@ -536,6 +543,13 @@ supervisor_impl::behavior_type supervisor_fun(self_ptr self, supervisor_flags fl
           continue;
         log().info("{}: restarting child '{}' (restart {} of it)", st.flags.name, id, c->restarts);
         start_child(self, *c);
+      }
+    },
+    [self](child_healthy_atom, std::string& id, caf::actor& hdl) {
+      auto c = find(self, id);
+      if (c != nullptr && c->handle && c->handle == hdl && !c->proven) {
+        c->proven = true;
+        log().debug("{}: child '{}' proved itself", self->state.flags.name, id);
       }
     },
     [self](kill_timer_atom, std::string& id, uint64_t gen) {

@@ -21,6 +21,14 @@
 //   supervisor stop all children (reverse start order) and quit with
 //   supervisor_error::max_restart_intensity, which its own supervisor sees as
 //   an abnormal exit (escalation). Supervisors nest as ordinary children.
+// - Proven children (a deviation from OTP, opt-in): intensity exists to stop
+//   restarting what restarting does not fix. Whoever owns a child may tell
+//   the supervisor that the child's current incarnation proved itself
+//   (child_healthy_atom: it came up and did real work, or its owner is about
+//   to stop it on purpose). That incarnation's exit then does not count
+//   toward intensity, and it is restarted at once with its back-off reset:
+//   its last restart fixed it. Without such a message, every restart counts,
+//   as in OTP.
 // - Back-off (beyond OTP, as gRPC does it): a child that dies within
 //   `reset_after` of its start is crash-looping, and its restart waits
 //   min(max, initial * multiplier^(n-1)) * (1 +- jitter), n = such deaths in
@@ -168,12 +176,14 @@ struct supervisor_counts {
   uint64_t starts = 0;
   uint64_t exits = 0;
   uint64_t restarts = 0;
+  /// Restarts of proven incarnations (not counted toward intensity).
+  uint64_t forgiven = 0;
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, supervisor_counts& x) {
   return f(caf::meta::type_name("pyvisor::supervisor_counts"), x.specs, x.active, x.restarting,
-           x.starts, x.exits, x.restarts);
+           x.starts, x.exits, x.restarts, x.forgiven);
 }
 
 using which_children_atom = caf::atom_constant<caf::atom("sv_which")>;
@@ -182,6 +192,7 @@ using start_child_atom = caf::atom_constant<caf::atom("sv_start")>;
 using terminate_child_atom = caf::atom_constant<caf::atom("sv_term")>;
 using child_up_atom = caf::atom_constant<caf::atom("sv_up")>;
 using child_down_atom = caf::atom_constant<caf::atom("sv_down")>;
+using child_healthy_atom = caf::atom_constant<caf::atom("sv_healthy")>;
 
 /// The supervisor's public interface.
 using supervisor_actor = caf::typed_actor<
@@ -190,7 +201,11 @@ using supervisor_actor = caf::typed_actor<
   /// simple_one_for_one only: starts a child of the template spec with this id.
   caf::replies_to<start_child_atom, std::string>::with<caf::actor>,
   /// Stops a child with its shutdown spec and forgets it; true when done.
-  caf::replies_to<terminate_child_atom, std::string>::with<bool>>;
+  caf::replies_to<terminate_child_atom, std::string>::with<bool>,
+  /// (id, handle): the child's incarnation `handle` proved itself; its exit
+  /// will not count toward intensity (ignored if `handle` is no longer the
+  /// child's current incarnation).
+  caf::reacts_to<child_healthy_atom, std::string, caf::actor>>;
 
 /// Spawns a supervisor. For simple_one_for_one, `children` holds exactly one
 /// template spec (its id is ignored) and no child starts until start_child.

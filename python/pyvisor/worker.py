@@ -8,7 +8,10 @@ code go to stdout/stderr, which the node logs, tagged with this worker.
 
 Exit codes: 0 after EOF on the request pipe; 3 when msgpack is missing;
 4 when a user module fails to import (reported in the hello frame first);
-5 when the node sent a frame this worker cannot decode.
+5 when the node sent a frame whose request id cannot be read. A request whose
+*args* Python cannot decode (invalid UTF-8 in a str, a map keyed by a map, a
+malformed timestamp) is answered ``bad_request`` and the worker keeps serving:
+the frame is well-formed, only the caller's value is not.
 """
 
 import os
@@ -38,15 +41,61 @@ import pyvisor.builtins  # noqa: F401  (registers the built-in commands)
 _HEADER = struct.Struct(">I")
 
 
+def _safe_str(obj):
+    """str(obj), or a description when its __str__ itself raises."""
+    try:
+        return str(obj)
+    except BaseException as exc:  # noqa: BLE001  a user's __str__ may do anything
+        try:
+            return "<%s: str() failed with %s>" % (type(obj).__name__, type(exc).__name__)
+        except BaseException:  # noqa: BLE001
+            return "<unprintable>"
+
+
 def _error_map(exc, code=None):
     import traceback  # only on errors: keeps the worker's start-up short
 
+    try:
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except BaseException:  # noqa: BLE001  formatting calls the exception's __str__
+        tb = "".join(traceback.format_tb(exc.__traceback__))
+    code = code or getattr(exc, "code", None)
+    if not isinstance(code, str):  # e.g. SystemExit.code is the exit status
+        code = None
     return {
-        "code": code or getattr(exc, "code", None) or "python_error",
+        "code": code or "python_error",
         "type": type(exc).__name__,
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        "message": _safe_str(exc),
+        "traceback": tb,
     }
+
+
+def _bad_request(rid, message):
+    return {
+        "id": rid,
+        "ok": False,
+        "error": {"code": "bad_request", "type": "BadRequest", "message": message,
+                  "traceback": ""},
+    }
+
+
+def _salvage(body):
+    """The request fields of a frame Python cannot decode: walks the
+    top-level map with a streaming unpacker, skipping the args value and
+    reading strings as bytes (a caller's command name may be invalid UTF-8)."""
+    up = msgpack.Unpacker(raw=True, strict_map_key=False)
+    up.feed(body)
+    req = {}
+    for _ in range(up.read_map_header()):
+        key = up.unpack()
+        if key == b"args":
+            up.skip()
+            continue
+        value = up.unpack()
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+        req[key.decode("utf-8", "replace") if isinstance(key, bytes) else key] = value
+    return req
 
 
 class Worker:
@@ -70,6 +119,9 @@ class Worker:
         self.write_raw(_HEADER.pack(len(body)) + body)
 
     def read_frame(self):
+        """The next request, None at EOF; a request whose args cannot be
+        decoded comes back with an "undecodable" entry instead of "args".
+        Raises only when not even the request's id can be read."""
         header = self.inp.read(4)
         if len(header) < 4:
             return None
@@ -77,12 +129,22 @@ class Worker:
         body = self.inp.read(size)
         if len(body) < size:
             return None
-        return msgpack.unpackb(body, raw=False, strict_map_key=False)
+        try:
+            return msgpack.unpackb(body, raw=False, strict_map_key=False)
+        except Exception as exc:  # noqa: BLE001
+            req = _salvage(body)
+            if not isinstance(req.get("id"), int):
+                raise
+            req["undecodable"] = "the request cannot be decoded by Python: %s: %s" % (
+                type(exc).__name__, _safe_str(exc))
+            return req
 
     def handle(self, req):
         rid = req.get("id")
         name = req.get("cmd")
         session_id = req.get("session")
+        if "undecodable" in req:
+            return _bad_request(rid, req["undecodable"])
         fn = pyvisor.lookup(name)
         if fn is None:
             return {
@@ -103,7 +165,10 @@ class Worker:
                 session = self.sessions[session_id] = {}
         try:
             result = fn(req.get("args"), pyvisor.Context(session_id, session, self))
-        except Exception as exc:  # the caller gets it; the worker keeps serving
+        except BaseException as exc:  # noqa: BLE001
+            # The caller gets it and the worker keeps serving, whatever the
+            # handler raised: sys.exit() (SystemExit), KeyboardInterrupt,
+            # an exception whose __str__ raises too.
             return {"id": rid, "ok": False, "error": _error_map(exc)}
         finally:
             self.served += 1
@@ -118,11 +183,15 @@ class Worker:
                 return EXIT_PROTOCOL
             if req is None:
                 return 0
-            reply = self.handle(req)
+            try:
+                reply = self.handle(req)
+            except BaseException as exc:  # noqa: BLE001  e.g. a session id that is a list
+                reply = {"id": req.get("id"), "ok": False, "error": _error_map(exc)}
             try:
                 self.send(reply)
-            except (TypeError, ValueError, OverflowError) as exc:
-                # The result could not be packed: report that instead.
+            except BaseException as exc:  # noqa: BLE001
+                # The result could not be packed (or its packing raised):
+                # report that instead.
                 self.send({"id": reply["id"], "ok": False, "error": _error_map(exc)})
 
 

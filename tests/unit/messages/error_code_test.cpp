@@ -3,6 +3,7 @@
 
 #include "caf/actor_system.hpp"
 #include "caf/actor_system_config.hpp"
+#include "caf/exit_reason.hpp"
 #include "caf/sec.hpp"
 
 #include "messages/registry.hpp"
@@ -12,7 +13,8 @@ using namespace pyvisor;
 TEST_CASE("every error code has a wire name that parses back", "[unit][errors]") {
   const std::vector<std::string> names{
     "bad_request",  "unknown_command", "python_error", "worker_crashed", "timeout",
-    "session_expired", "session_lost", "overloaded",   "shutting_down",  "protocol_error"};
+    "session_expired", "session_lost", "overloaded",   "shutting_down",  "protocol_error",
+    "unknown_method", "unavailable"};
   for (size_t i = 0; i < names.size(); ++i) {
     auto code = static_cast<error_code>(i + 1);
     CHECK(to_string(code) == names[i]);
@@ -41,9 +43,21 @@ TEST_CASE("pyvisor errors carry message, Python type and traceback", "[unit][err
   CHECK(code_of(caf::error{}) == error_code::none);
 }
 
-TEST_CASE("CAF's own request errors map onto the runtime's codes", "[unit][errors]") {
+TEST_CASE("CAF's own errors map onto the runtime's codes without CAF's text", "[unit][errors]") {
   CHECK(code_of(caf::make_error(caf::sec::request_timeout)) == error_code::timeout);
-  CHECK(code_of(caf::make_error(caf::sec::request_receiver_down)) == error_code::worker_crashed);
+  CHECK(code_of(caf::make_error(caf::sec::request_receiver_down)) == error_code::unavailable);
+  CHECK(code_of(caf::make_error(caf::sec::unexpected_message)) == error_code::bad_request);
+  CHECK(code_of(caf::make_error(caf::sec::cannot_connect_to_node)) == error_code::unavailable);
+  CHECK(code_of(caf::make_error(caf::exit_reason::kill)) == error_code::unavailable);
+  for (auto e : {caf::sec::request_timeout, caf::sec::request_receiver_down,
+                 caf::sec::unexpected_message, caf::sec::unexpected_response,
+                 caf::sec::runtime_error, caf::sec::no_actor_published_at_port}) {
+    auto info = info_of(caf::make_error(e));
+    CAPTURE(caf::to_string(e), info.message);
+    CHECK(!info.message.empty());
+    CHECK(info.message.find("system_error") == std::string::npos);
+    CHECK(info.message.find(caf::to_string(e)) == std::string::npos);
+  }
 }
 
 TEST_CASE("the registered category renders pyvisor errors readably", "[unit][errors]") {
