@@ -258,11 +258,11 @@ mock_impl::behavior_type mock_fun(self_ptr self, mock_config cfg) {
         return;
       auto msg = "mock worker " + std::to_string(st.cfg.id) + ": request " + std::to_string(id)
                  + " ('" + e->request.command + "') timed out; recycling the worker";
-      st.ledger->expire(id, make_error(error_code::timeout, msg));
       st.ledger->retire(self,
                         make_error(error_code::worker_crashed,
                                    "mock worker recycled after a timeout"),
-                        make_error(error_code::timeout, msg), true);
+                        make_error(error_code::timeout, msg), true, {id},
+                        make_error(error_code::timeout, msg));
     },
   };
 }

@@ -522,9 +522,18 @@ void on_supervisor_down(self_ptr self, const caf::error& reason) {
     self->quit(st.stop_reason);
     return;
   }
-  auto cause = "its workers kept dying ("
-               + (reason ? self->system().render(reason) : std::string{"normal"})
-               + "); last failure: " + st.last_failure;
+  std::string cause;
+  if (reason && reason.category() == supervisor_error_category
+      && reason.code() == static_cast<uint8_t>(supervisor_error::max_restart_intensity))
+    cause = "more than " + std::to_string(st.cfg.max_restarts) + " worker restarts within "
+            + std::to_string(
+              std::chrono::duration_cast<std::chrono::milliseconds>(st.cfg.restart_period).count())
+            + " ms";
+  else
+    cause = "its worker supervisor stopped ("
+            + (reason ? self->system().render(reason) : std::string{"normal"}) + ")";
+  if (!st.last_failure.empty())
+    cause += "; last failure: " + st.last_failure;
   log().error("the pool gave up: {}", cause);
   st.failed = true;
   st.stopping = true; // no restarts, no dispatch: nothing runs any more
@@ -839,7 +848,9 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
       self->send(st.affinity, worker_down_atom::value, slot);
       auto info = info_of(reason);
       if (reason && !recycling && !st.stopping) {
-        st.last_failure = "worker " + id + ": " + self->system().render(reason);
+        st.last_failure = info.code != error_code::none && !info.message.empty()
+                            ? info.message
+                            : "worker " + id + ": " + self->system().render(reason);
         if (!info.traceback.empty())
           st.last_failure += "\n" + info.traceback;
       }

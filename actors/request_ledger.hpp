@@ -170,9 +170,14 @@ public:
   /// (or after a few seconds without answer). Meanwhile refuse() answers
   /// requests the listener dispatched before it learned of the death.
   /// `deliberate`: the worker recycles itself (a timeout), it did not crash.
+  /// `late`: requests that outlived their deadline here; they are expired
+  /// (expire() with `late_error`) only after the listener was told, so that
+  /// a caller who hears of its timeout cannot send its next request to this
+  /// worker before the listener knows it is gone.
   template <class Self>
   void retire(Self* self, const caf::error& for_requests, caf::error reason,
-              bool deliberate = false) {
+              bool deliberate = false, const std::vector<uint64_t>& late = {},
+              const caf::error& late_error = {}) {
     if (retiring_)
       return;
     retiring_ = true;
@@ -181,6 +186,8 @@ public:
       rp.deliver(reason ? reason : for_requests);
     ready_waiters_.clear();
     if (!listener_) {
+      for (auto id : late)
+        expire(id, late_error);
       fail_all(for_requests);
       self->quit(std::move(reason));
       return;
@@ -191,6 +198,8 @@ public:
                   static_cast<uint64_t>(self->id()), deliberate)
       .then([self, reason](bool) { self->quit(reason); },
             [self, reason](caf::error&) { self->quit(reason); });
+    for (auto id : late)
+      expire(id, late_error);
     fail_all(for_requests);
   }
 

@@ -74,16 +74,14 @@ worker_status snapshot(const worker_state& st) {
 }
 
 // Fails everything outstanding and terminates. `for_requests` goes to the
-// in-flight requests, `reason` becomes the exit reason; `deliberate` marks a
-// recycle (a timeout) rather than a crash.
-void terminate(self_ptr self, const caf::error& for_requests, caf::error reason,
-               bool deliberate = false) {
+// in-flight requests, `reason` becomes the exit reason.
+void terminate(self_ptr self, const caf::error& for_requests, caf::error reason) {
   auto& st = self->state;
   if (st.ledger->retiring())
     return;
   if (st.proc)
     st.proc->signal(SIGKILL);
-  st.ledger->retire(self, for_requests, std::move(reason), deliberate);
+  st.ledger->retire(self, for_requests, std::move(reason));
 }
 
 std::string describe_startup_exit(const worker_state& st, const exit_status& es) {
@@ -289,12 +287,13 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
         auto msg = tag_of(st) + ": request " + std::to_string(id) + " ('" + e->request.command
                    + "') timed out; recycling the worker";
         log().warn("{}", msg);
-        for (auto late : overdue)
-          st.ledger->expire(late, make_error(error_code::timeout, msg));
-        terminate(self,
-                  make_error(error_code::worker_crashed,
-                             tag_of(st) + " recycled after another request timed out"),
-                  make_error(error_code::timeout, msg), true);
+        if (st.proc)
+          st.proc->signal(SIGKILL);
+        st.ledger->retire(self,
+                          make_error(error_code::worker_crashed,
+                                     tag_of(st) + " recycled after another request timed out"),
+                          make_error(error_code::timeout, msg), true, overdue,
+                          make_error(error_code::timeout, msg));
         return;
       }
       if (!st.ledger->empty()) {

@@ -41,3 +41,21 @@ def garbage(args, ctx):
 def raise_(args, ctx):
     message = args.get("message", "raised on request") if isinstance(args, dict) else str(args)
     raise ValueError(message)
+
+
+class _Unprintable(Exception):
+    def __str__(self):
+        raise RuntimeError("__str__ of this exception raises too")
+
+
+@command("raise_unprintable")
+def raise_unprintable(args, ctx):
+    raise _Unprintable()
+
+
+@command("exit")
+def exit_(args, ctx):
+    # sys.exit() inside a handler: answered as python_error, the worker lives.
+    import sys
+
+    sys.exit(args.get("code", 0) if isinstance(args, dict) else 0)
