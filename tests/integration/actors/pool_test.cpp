@@ -122,7 +122,8 @@ TEST_CASE_METHOD(pool_fixture, "a broken user module exhausts the intensity and 
              [&](caf::error& err) { failure = err; });
   CHECK(std::chrono::steady_clock::now() - t0 < 10s); // no endless spinning
   auto info = info_of(failure);
-  CHECK(info.code == error_code::worker_crashed);
+  // Never ready at its first start: not restarted, the handle ends.
+  CHECK(info.code == error_code::unavailable);
   CHECK(info.message.find("broken on purpose") != std::string::npos); // the traceback
   self->wait_for(pool);
   pool = nullptr;
