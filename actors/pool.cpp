@@ -847,8 +847,11 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
       ++s.incarnation;
       self->send(st.affinity, worker_down_atom::value, slot);
       auto info = info_of(reason);
-      if (reason && !recycling && !st.stopping) {
-        st.last_failure = info.code != error_code::none && !info.message.empty()
+      // A worker the supervisor stopped (giving up, shutting down) did not
+      // fail: keep the failure that led there.
+      bool stopped = reason && reason.category() == caf::atom("exit");
+      if (reason && !stopped && !recycling && !st.stopping) {
+        st.last_failure = reason.category() == error_category && !info.message.empty()
                             ? info.message
                             : "worker " + id + ": " + self->system().render(reason);
         if (!info.traceback.empty())

@@ -149,15 +149,16 @@ void on_core_failed(self_ptr self, std::string cause, std::vector<std::string> s
   st.last_failure = std::move(cause);
   for (auto& id : sessions)
     st.lost.emplace_back(std::move(id), now);
+  // The pool logged the cause with its traceback already: one line here.
+  auto headline = st.last_failure.substr(0, st.last_failure.find('\n'));
   if (!ever_served) {
-    log().error("the pool failed at its first start and is not restarted: {}", st.last_failure);
+    log().error("the pool failed at its first start and is not restarted: {}", headline);
     quit_with(self, make_error(error_code::unavailable,
                                "the pool failed to start: " + st.last_failure));
     return;
   }
   if (!st.cfg.restart.enabled) {
-    log().error("the pool gave up and restarts are off (on-pool-failure=exit): {}",
-                st.last_failure);
+    log().error("the pool gave up and restarts are off (on-pool-failure=exit): {}", headline);
     quit_with(self, make_error(error_code::unavailable, "the pool gave up: " + st.last_failure));
     return;
   }
@@ -280,7 +281,10 @@ keeper_impl::behavior_type keeper_fun(self_ptr self, pool_config cfg) {
     },
     [self](restart_pool_atom, uint64_t generation) {
       auto& st = self->state;
-      if (generation != st.generation || st.now != phase::restarting)
+      // Only the keeper's own timer restarts a pool (the handle may be
+      // published to other nodes).
+      if (self->current_sender() != self->ctrl() || generation != st.generation
+          || st.now != phase::restarting)
         return;
       log().info("starting a new pool (restart {})", st.pool_restarts);
       start_core(self);

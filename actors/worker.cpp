@@ -102,6 +102,10 @@ std::string describe_startup_exit(const worker_state& st, const exit_status& es)
 void on_frame(self_ptr self, wire::frame& f) {
   auto& st = self->state;
   if (f.type == wire::frame_type::hello) {
+    // Asked to stop while it was starting: its hello changes nothing (and
+    // is no protocol violation).
+    if (st.status.phase == worker_phase::stopping)
+      return;
     if (st.status.phase != worker_phase::starting) {
       terminate(self, make_error(error_code::protocol_error, tag_of(st) + ": second hello frame"),
                 make_error(error_code::protocol_error, "second hello frame"));

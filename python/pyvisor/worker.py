@@ -59,8 +59,11 @@ def _error_map(exc, code=None):
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     except BaseException:  # noqa: BLE001  formatting calls the exception's __str__
         tb = "".join(traceback.format_tb(exc.__traceback__))
-    code = code or getattr(exc, "code", None)
-    if not isinstance(code, str):  # e.g. SystemExit.code is the exit status
+    # Only pyvisor's own exceptions choose their code (SystemExit.code, for
+    # one, is an exit status; OSError and HTTP errors have codes of their own).
+    if code is None and isinstance(exc, pyvisor.Error):
+        code = getattr(exc, "code", None)
+    if not isinstance(code, str):
         code = None
     return {
         "code": code or "python_error",

@@ -11,6 +11,7 @@ Run: PYVISOR_NODE=build/pyvisor-node python3 -m unittest -v test_fault_storms
 import os
 import random
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -18,22 +19,10 @@ import unittest
 
 import msgpack
 
-from test_node import Node, Rpc, alive, wait_gone
+from test_node import Node, Rpc, wait_gone
 
-
-def children_of(ppid):
-    out = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % name) as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            if int(fields[1]) == ppid and fields[0] not in ("Z", "X"):
-                out.append(int(name))
-        except (OSError, IndexError, ValueError):
-            pass
-    return out
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "chaos"))
+from chaos import children_of  # noqa: E402  (the harness's /proc scan)
 
 
 class StormTest(unittest.TestCase):
