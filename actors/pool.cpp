@@ -759,6 +759,8 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
         prove(self, slot);
     },
     [self](ready_atom) -> caf::result<pool_stats> {
+      if (self->state.failed)
+        return unavailable_error("the pool gave up and is being restarted");
       auto rp = self->make_response_promise<pool_stats>();
       self->state.ready_waiters.push_back(rp);
       deliver_ready_if_all(self);

@@ -254,6 +254,39 @@ TEST_CASE_METHOD(fixture, "exceeding the restart intensity stops all children an
   CHECK(*log == std::vector<std::string>{"c", "a"});
 }
 
+TEST_CASE_METHOD(fixture, "a proven child's exit does not count toward intensity",
+                 "[unit][supervisor]") {
+  auto f = flags(supervision_strategy::one_for_one, 1);
+  f.backoff = backoff_policy{100ms, 2.0, 1s, 0.0, 1s};
+  auto sup = spawn_sup(f, {spec("a")});
+  watch(sup);
+  for (auto kind : {exit_kind::abnormal, exit_kind::killed, exit_kind::abnormal,
+                    exit_kind::abnormal}) {
+    CAPTURE(name_of(kind));
+    auto hdl = handle_of(sup, "a");
+    self->send(sup, child_healthy_atom::value, std::string{"a"}, hdl);
+    run();
+    make_exit(hdl, kind);
+    // Restarted at once (no back-off although it died right after its start).
+    auto next = handle_of(sup, "a");
+    REQUIRE(next);
+    CHECK(next != hdl);
+  }
+  CHECK_FALSE(next_down());
+  CHECK(counts(sup).forgiven == 4);
+  // A mark for an incarnation that is gone changes nothing: two unproven
+  // exits exceed an intensity of 1.
+  auto old = handle_of(sup, "a");
+  make_exit(old, exit_kind::abnormal);
+  advance(100ms);
+  self->send(sup, child_healthy_atom::value, std::string{"a"}, old);
+  run();
+  make_exit(handle_of(sup, "a"), exit_kind::abnormal);
+  auto reason = next_down();
+  REQUIRE(reason);
+  CHECK(reason->code() == static_cast<uint8_t>(supervisor_error::max_restart_intensity));
+}
+
 TEST_CASE_METHOD(fixture, "restarts spread over more than the period never exhaust intensity",
                  "[unit][supervisor]") {
   auto sup = spawn_sup(flags(supervision_strategy::one_for_one, 2), {spec("a")});
