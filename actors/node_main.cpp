@@ -98,7 +98,11 @@ int run(caf::actor_system& sys, const node_config& cfg) {
           pids += (pids.empty() ? "" : ", ") + std::to_string(w.pid);
         log().info("pool ready: {} workers in {} ms (pids {})", st.workers.size(), ms, pids);
       },
-      [&](caf::error& err) { log().error("the pool failed to start: {}", sys.render(err)); });
+      [&](caf::error& err) {
+        // The pool logged the cause with its Python traceback already.
+        auto msg = info_of(err).message;
+        log().error("the pool failed to start: {}", msg.substr(0, msg.find('\n')));
+      });
   if (!ready) {
     stop_within(self, pool_actor_handle, caf::exit_reason::user_shutdown, cfg.node_shutdown_timeout);
     return 1;

@@ -267,6 +267,8 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
     [self](exited_atom, int code, int sig) {
       auto& st = self->state;
       exit_status es{code, sig};
+      if (st.ledger->retiring())
+        return; // killed by this actor on purpose; the reason is known
       if (st.status.phase == worker_phase::stopping) {
         log().info("{} stopped: {}", tag_of(st), es.describe());
         terminate(self,

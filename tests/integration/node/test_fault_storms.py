@@ -314,6 +314,37 @@ class SessionsAcrossPoolRestartTest(StormTest):
                          (None, None))
 
 
+class StartupFailureTest(unittest.TestCase):
+    def test_a_module_that_does_not_import_stops_the_node_at_start(self):
+        """Not restarted (a configuration error): exit 1 within the intensity
+        limit, the Python traceback logged once, no Python process left."""
+        from test_node import NODE, TEST_PY
+        import subprocess
+        with tempfile.TemporaryDirectory() as tmp:
+            ini = os.path.join(tmp, "node.ini")
+            with open(ini, "w") as f:
+                f.write('[pool]\nmodules=["broken_module"]\npython-path=["%s"]\n'
+                        '[rpc]\nport=0\n' % TEST_PY)
+            t0 = time.time()
+            proc = subprocess.Popen([NODE, "--config-file=" + ini], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+            seen = set()
+            while proc.poll() is None and time.time() - t0 < 30:
+                seen.update(children_of(proc.pid))
+                time.sleep(0.01)
+            try:
+                out, err = proc.communicate(timeout=30)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+            self.assertEqual(proc.returncode, 1, err[-2000:])
+            self.assertLess(time.time() - t0, 15)
+            self.assertNotIn("listening on", out)
+            self.assertEqual(err.count("Traceback (most recent call last)"), 1, err[-3000:])
+            self.assertIn("broken on purpose", err)
+            self.assertTrue(wait_gone(seen), "a Python worker outlived its node")
+
+
 class ExitOnPoolFailureTest(StormTest):
     def test_node_exits_3_when_configured(self):
         self.start('[pool]\nmax-restarts=1\n[node]\non-pool-failure="exit"\n')
