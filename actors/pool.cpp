@@ -97,6 +97,10 @@ struct queued {
   bool routed = false;
   /// A retry waits for its back-off before it is dispatched again.
   caf::actor_clock::time_point not_before;
+  /// Place in the queue, fixed at admission: a session request that leaves
+  /// the queue to be routed comes back to the same place, so the requests
+  /// of one session keep the order in which they were sent.
+  int64_t key = 0;
 };
 
 using queued_ptr = std::shared_ptr<queued>;
@@ -106,7 +110,7 @@ struct pool_state {
   supervisor_actor sup;
   session_affinity_actor affinity;
   std::vector<slot_rec> slots;
-  /// Ordered by arrival; retries get keys before everything else.
+  /// Ordered by admission; retries get keys before everything else.
   std::map<int64_t, queued_ptr> queue;
   int64_t next_back = 1;
   int64_t next_front = 0;
@@ -232,9 +236,9 @@ caf::error unavailable_error(const std::string& why) {
 
 void route(self_ptr self, queued_ptr q);
 
-void enqueue(self_ptr self, queued_ptr q, bool front) {
+void enqueue(self_ptr self, queued_ptr q) {
   auto& st = self->state;
-  auto key = front ? st.next_front-- : st.next_back++;
+  auto key = q->key;
   track(self, *q);
   st.queue.emplace(key, std::move(q));
   // One sweep timer while anything waits, not one timer per request: CAF's
@@ -306,6 +310,7 @@ void try_dispatch(self_ptr self) {
 /// Accepts a new (or retried) request.
 void admit(self_ptr self, queued_ptr q, bool is_retry) {
   auto& st = self->state;
+  q->key = is_retry ? st.next_front-- : st.next_back++;
   if (!is_retry && st.queue.size() >= st.cfg.queue_size) {
     fail(self, *q,
          make_error(error_code::overloaded, "the pool's queue is full ("
@@ -333,7 +338,7 @@ void admit(self_ptr self, queued_ptr q, bool is_retry) {
       route(self, std::move(q));
     } else {
       // Behind earlier requests, which may be of the same session.
-      enqueue(self, std::move(q), false);
+      enqueue(self, std::move(q));
       try_dispatch(self);
     }
     return;
@@ -346,7 +351,7 @@ void admit(self_ptr self, queued_ptr q, bool is_retry) {
       return;
     }
   }
-  enqueue(self, std::move(q), is_retry);
+  enqueue(self, std::move(q));
   try_dispatch(self);
 }
 
@@ -379,8 +384,9 @@ void route(self_ptr self, queued_ptr q) {
           q->incarnation = incarnation;
           q->routed = true;
         }
-        // Back in line at the front: it was admitted before later arrivals.
-        enqueue(self, std::move(q), true);
+        // Back in line at its place of admission: behind what came before
+        // it (its own session's earlier requests included), ahead of the rest.
+        enqueue(self, std::move(q));
         try_dispatch(self);
       },
       [self, q](caf::error& err) { fail(self, *q, std::move(err)); });

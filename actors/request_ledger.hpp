@@ -9,7 +9,9 @@
 // (delegation keeps the original requester, so the reply still goes straight
 // to it) and fails the rest. Each answer is reported to the listener as
 // (done_atom, worker id, code, service time) so the pool can count load and
-// outcomes without sitting on the reply path.
+// outcomes without sitting on the reply path; the report is sent before the
+// answer, so that whatever the caller asks the pool after its reply (stats)
+// already reflects it.
 
 #pragma once
 
@@ -116,12 +118,13 @@ public:
     if (e.internal)
       return true;
     ++served_;
-    auto code = result ? error_code::none : code_of(result.error());
+    // The listener hears first, so that a caller who asks for stats after
+    // its reply sees the request counted (and no longer in flight).
+    report(e, result ? error_code::none : code_of(result.error()));
     if (result)
       e.promise.deliver(std::move(*result));
     else
       e.promise.deliver(result.error());
-    report(e, code);
     return true;
   }
 
@@ -147,11 +150,6 @@ public:
     auto& e = *found;
     if (e.internal)
       return true;
-    auto elapsed = self_->clock().now() - e.started;
-    if (elapsed >= e.request.timeout)
-      e.request.idempotent = false; // no time left for another attempt
-    else
-      e.request.timeout -= std::chrono::duration_cast<caf::timespan>(elapsed);
     give_up(e, err);
     return true;
   }
@@ -290,13 +288,20 @@ private:
   // listener for another attempt (not reported as done: the pool counts it
   // as a retry), any other fails with `err` (or session_lost).
   void give_up(entry& e, const caf::error& err) {
+    // The caller's deadline is absolute: another attempt gets only what is
+    // left of it (the pool turns the remainder back into a deadline).
+    auto elapsed = self_->clock().now() - e.started;
+    if (elapsed >= e.request.timeout)
+      e.request.idempotent = false; // no time left for another attempt
+    else
+      e.request.timeout -= std::chrono::duration_cast<caf::timespan>(elapsed);
     if (e.request.idempotent && listener_) {
       e.promise.delegate(listener_, retry_atom::value, std::move(e.request));
       return;
     }
     auto final_err = for_request(e.request, err);
-    e.promise.deliver(final_err);
     report(e, code_of(final_err));
+    e.promise.deliver(final_err);
   }
 
   // A session request whose worker goes away has lost its state: say so,

@@ -183,6 +183,23 @@ class MethodsTest(NodeTest):
             self.assertEqual(w["state"], "ready")
         self.assertGreaterEqual(stats["replies"].get("ok", 0), 1)
 
+    def test_stats_count_every_request_already_answered(self):
+        # A worker reports a completion to the pool before the caller gets the
+        # reply: stats asked right after a reply never lag it.
+        err, stats = self.rpc.call("stats")
+        base_ok = stats["replies"].get("ok", 0)
+        base_err = stats["replies"].get("python_error", 0)
+        for i in range(1, 101):
+            if i % 2:
+                self.assertEqual(self.rpc.call("execute", "ping", None), (None, "pong"))
+            else:
+                self.assertEqual(self.rpc.call("execute", "raise", {"message": "x"})[0]["code"],
+                                 "python_error")
+            err, stats = self.rpc.call("stats")
+            self.assertEqual(sum(w["in_flight"] for w in stats["workers"]), 0, stats)
+            self.assertEqual(stats["replies"].get("ok", 0) - base_ok, (i + 1) // 2, stats)
+            self.assertEqual(stats["replies"].get("python_error", 0) - base_err, i // 2, stats)
+
     def test_notification_runs_without_response(self):
         self.rpc.sock.sendall(msgpack.packb([2, "execute", ["ping", None]]))
         self.assertEqual(self.rpc.call("ping"), (None, "pong"))

@@ -395,3 +395,64 @@ TEST_CASE_METHOD(fixture, "a graceful stop refuses new work and ends the pool", 
   CHECK(*down == caf::exit_reason::user_shutdown);
   pool = nullptr;
 }
+
+TEST_CASE_METHOD(fixture, "queued requests of one session run in the order they were sent",
+                 "[unit][pool][order]") {
+  auto cfg = mock_pool(1, 1, 10ms);
+  for (auto mode : {affinity_mode::strict, affinity_mode::hint}) {
+    CAPTURE(static_cast<int>(mode));
+    cfg.mode = mode;
+    start(cfg);
+    // One worker, one request at a time: 29 of the 30 wait in the queue
+    // and each is routed (an asynchronous round trip) before it runs.
+    for (int i = 0; i < 30; ++i)
+      self->send(pool, make_execute("echo", i, "line-counter"));
+    run();
+    std::vector<int> order;
+    for (int step = 0; step < 40 && order.size() < 30; ++step) {
+      advance(10ms);
+      for (auto& r : replies()) {
+        REQUIRE(r);
+        order.push_back(*unpack<int>(*r));
+      }
+    }
+    std::vector<int> expected(30);
+    for (int i = 0; i < 30; ++i)
+      expected[i] = i;
+    CHECK(order == expected);
+    caf::anon_send_exit(pool, caf::exit_reason::kill);
+    run();
+  }
+}
+
+TEST_CASE_METHOD(fixture, "a retried request keeps the caller's deadline", "[unit][pool][deadline]") {
+  // One worker running two at a time; an idempotent request with a 100 ms
+  // deadline has run 60 ms when its worker crashes. Its retry may use only
+  // the 40 ms left: it must be answered (with timeout) by 100 ms plus the
+  // sweep granularity, not run its full 80 ms again on the new worker.
+  auto cfg = mock_pool(1, 2, 0ms);
+  start(cfg);
+  auto req = make_execute("sleep", std::map<std::string, int>{{"ms", 80}});
+  req.idempotent = true;
+  req.timeout = 100ms;
+  self->send(pool, req);
+  run();
+  advance(60ms);
+  auto crash = make_execute("crash");
+  self->send(pool, crash);
+  run();
+  auto early = replies(); // the crash request itself
+  REQUIRE(early.size() == 1);
+  CHECK(code_of(early.front().error()) == error_code::worker_crashed);
+  std::vector<caf::expected<payload>> late;
+  caf::timespan waited = 60ms;
+  while (late.empty() && waited < 300ms) {
+    advance(5ms);
+    waited += 5ms;
+    late = replies();
+  }
+  REQUIRE(late.size() == 1);
+  REQUIRE(!late.front());
+  CHECK(code_of(late.front().error()) == error_code::timeout);
+  CHECK(waited <= 100ms + 20ms); // deadline plus the worker's and the pool's sweeps
+}
