@@ -143,7 +143,7 @@ std::vector<char> pack_stats(const pool_stats& s) {
   std::vector<char> out;
   detail::vector_writer w{out};
   packer pk{w};
-  pk.pack_map(11);
+  pk.pack_map(12);
   pack_str(pk, "state");
   pack_str(pk, s.state);
   pack_str(pk, "last_failure");
@@ -179,6 +179,8 @@ std::vector<char> pack_stats(const pool_stats& s) {
   pk.pack(s.restarts);
   pack_str(pk, "retries");
   pk.pack(s.retries);
+  pack_str(pk, "requeued");
+  pk.pack(s.requeued);
   pack_str(pk, "recycled");
   pk.pack(s.recycled);
   pack_str(pk, "latency_us");

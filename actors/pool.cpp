@@ -119,6 +119,7 @@ struct pool_state {
   /// Replies by outcome, indexed by error_code (none = ok).
   std::array<uint64_t, 16> replies{};
   uint64_t retries = 0;
+  uint64_t requeued = 0;
   uint64_t restarts = 0;
   uint64_t recycled = 0;
   std::vector<int64_t> latencies;
@@ -418,6 +419,7 @@ pool_stats make_stats(self_ptr self) {
       result.replies[i == 0 ? std::string{"ok"} : to_string(static_cast<error_code>(i))] =
         st.replies[i];
   result.retries = st.retries;
+  result.requeued = st.requeued;
   result.restarts = st.restarts;
   result.recycled = st.recycled;
   auto lat = st.latencies;
@@ -567,6 +569,48 @@ void on_supervisor_down(self_ptr self, const caf::error& reason) {
           [report](caf::error&) { report({}); });
 }
 
+// A request handed back by a dying worker: a retry (`attempt`: it ran, or
+// may have, and counts toward max_attempts, after a back-off) or a requeue
+// (it never started there). Either way it keeps what is left of its deadline
+// and goes ahead of new arrivals.
+caf::result<payload> readmit(self_ptr self, execute req, bool attempt) {
+  auto& st = self->state;
+  auto rp = self->make_response_promise<payload>();
+  auto q = std::make_shared<queued>();
+  q->rp = rp;
+  if (attempt) {
+    ++req.attempts;
+    ++st.retries;
+  } else {
+    ++st.requeued;
+  }
+  if (st.failed) {
+    fail(self, *q, unavailable_error("the pool gave up and is being restarted"));
+    return rp;
+  }
+  if (st.stopping) {
+    fail(self, *q, make_error(error_code::shutting_down, "the pool is stopping"));
+    return rp;
+  }
+  if (attempt && req.attempts >= st.cfg.max_attempts) {
+    fail(self, *q,
+         make_error(error_code::worker_crashed, "workers died during all "
+                                                  + std::to_string(req.attempts)
+                                                  + " attempts of this idempotent request"));
+    return rp;
+  }
+  auto now = self->clock().now();
+  auto timeout = req.timeout.count() > 0 ? std::min(req.timeout, max_request_timeout)
+                                         : st.cfg.request_timeout;
+  q->deadline = now + timeout;
+  // Back-off: a request that keeps killing workers must not do so at full speed.
+  if (attempt)
+    q->not_before = now + st.cfg.retry_backoff * (1u << std::min<uint32_t>(req.attempts - 1, 4));
+  q->req = std::move(req);
+  admit(self, std::move(q), true);
+  return rp;
+}
+
 pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor keeper,
                                   std::vector<std::string> lost_sessions) {
   auto& st = self->state;
@@ -680,39 +724,8 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
       admit(self, std::move(q), false);
       return rp;
     },
-    [self](retry_atom, execute& req) -> caf::result<payload> {
-      auto& st = self->state;
-      auto rp = self->make_response_promise<payload>();
-      auto q = std::make_shared<queued>();
-      q->rp = rp;
-      ++req.attempts;
-      ++st.retries;
-      if (st.failed) {
-        fail(self, *q, unavailable_error("the pool gave up and is being restarted"));
-        return rp;
-      }
-      if (st.stopping) {
-        fail(self, *q, make_error(error_code::shutting_down, "the pool is stopping"));
-        return rp;
-      }
-      if (req.attempts >= st.cfg.max_attempts) {
-        fail(self, *q,
-             make_error(error_code::worker_crashed,
-                        "workers died during all " + std::to_string(req.attempts)
-                          + " attempts of this idempotent request"));
-        return rp;
-      }
-      auto now = self->clock().now();
-      auto timeout = req.timeout.count() > 0 ? std::min(req.timeout, max_request_timeout)
-                                             : st.cfg.request_timeout;
-      q->deadline = now + timeout;
-      // Back-off: a request that keeps killing workers must not do so at full speed.
-      auto delay = st.cfg.retry_backoff * (1u << std::min<uint32_t>(req.attempts - 1, 4));
-      q->not_before = now + delay;
-      q->req = std::move(req);
-      admit(self, std::move(q), true);
-      return rp;
-    },
+    [self](retry_atom, execute& req) { return readmit(self, std::move(req), true); },
+    [self](requeue_atom, execute& req) { return readmit(self, std::move(req), false); },
     [self](done_atom, uint64_t worker, uint8_t code, int64_t ns) {
       auto& st = self->state;
       count_reply(self, static_cast<error_code>(code));

@@ -19,6 +19,8 @@
 //   except idempotent ones, which are retried on another worker after a short
 //   back-off (retry_backoff, doubling), at most max_attempts times:
 //   at-least-once for idempotent requests, at-most-once for all others.
+//   Requests that provably never started on the dead worker are requeued
+//   instead, idempotent or not (see request_ledger.hpp, docs/protocol.md).
 // - Sessions: the first request naming a session binds it to a worker; later
 //   ones go to that worker (mode strict: they wait for it; mode hint: they
 //   may run elsewhere when the owner is busy, without the owner's state).
@@ -162,6 +164,8 @@ struct pool_stats {
   /// Replies by outcome: "ok" and each error code name.
   std::map<std::string, uint64_t> replies;
   uint64_t retries = 0;
+  /// Requests handed back by a dying worker on which they never started.
+  uint64_t requeued = 0;
   uint64_t restarts = 0;
   uint64_t recycled = 0;
   /// Worker service time percentiles over recent requests, microseconds.
@@ -173,8 +177,8 @@ struct pool_stats {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, pool_stats& x) {
   return f(caf::meta::type_name("pyvisor::pool_stats"), x.state, x.last_failure, x.pool_restarts,
-           x.workers, x.queue, x.sessions, x.replies, x.retries, x.restarts, x.recycled, x.p50_us,
-           x.p90_us, x.p99_us);
+           x.workers, x.queue, x.sessions, x.replies, x.retries, x.requeued, x.restarts, x.recycled,
+           x.p50_us, x.p90_us, x.p99_us);
 }
 
 using pool_actor = caf::typed_actor<

@@ -15,6 +15,7 @@
 
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <optional>
@@ -55,7 +56,8 @@ public:
     return next_id_++;
   }
 
-  /// Records request `id`; moves the args in only when a retry may need them.
+  /// Records request `id`; moves the whole request in when a listener may
+  /// get it back (a retry, or a requeue of a request that never started).
   void add(uint64_t id, execute& req, caf::typed_response_promise<payload> promise) {
     entry e;
     e.promise = std::move(promise);
@@ -63,7 +65,7 @@ public:
     e.request.idempotent = req.idempotent;
     e.request.session = req.session;
     e.request.timeout = req.timeout;
-    if (req.idempotent && listener_) {
+    if (listener_) {
       e.request = std::move(req);
     }
     e.started = self_->clock().now();
@@ -78,6 +80,15 @@ public:
     auto limit = attempt_limit(req, attempt_timeout);
     add(id, req, std::move(promise));
     entries_.at(id).deadline = entries_.at(id).started + limit;
+  }
+
+  /// The oldest request still in flight (by id, i.e. pipe order), or 0.
+  uint64_t oldest() const {
+    uint64_t result = 0;
+    for (auto& kv : entries_)
+      if (!kv.second.internal && (result == 0 || kv.first < result))
+        result = kv.first;
+    return result;
   }
 
   /// Ids of requests whose attempt deadline has passed.
@@ -172,33 +183,85 @@ public:
   /// (expire() with `late_error`) only after the listener was told, so that
   /// a caller who hears of its timeout cannot send its next request to this
   /// worker before the listener knows it is gone.
+  /// `settle_later`: the requests still in flight are not failed now but by
+  /// settle_sequential(), which the worker calls once its process is gone and
+  /// every reply it wrote was read; the worker quits after both that and the
+  /// listener's answer.
   template <class Self>
   void retire(Self* self, const caf::error& for_requests, caf::error reason,
               bool deliberate = false, const std::vector<uint64_t>& late = {},
-              const caf::error& late_error = {}) {
+              const caf::error& late_error = {}, bool settle_later = false) {
     if (retiring_)
       return;
     retiring_ = true;
     retire_error_ = for_requests;
+    settled_ = !settle_later;
+    exit_reason_ = reason;
     for (auto& rp : ready_waiters_)
       rp.deliver(reason ? reason : for_requests);
     ready_waiters_.clear();
     if (!listener_) {
+      acked_ = true;
       for (auto id : late)
         expire(id, late_error);
-      fail_all(for_requests);
-      self->quit(std::move(reason));
+      if (settled_) {
+        fail_all(for_requests);
+        self->quit(std::move(reason));
+      }
       return;
     }
     // The notice goes out before the retries, so the listener stops
     // dispatching here before it re-dispatches them.
+    auto acked = [self, this] {
+      acked_ = true;
+      if (settled_)
+        self->quit(exit_reason_);
+    };
     self->request(listener_, std::chrono::seconds(5), dying_atom::value,
                   static_cast<uint64_t>(self->id()), deliberate)
-      .then([self, reason](bool) { self->quit(reason); },
-            [self, reason](caf::error&) { self->quit(reason); });
+      .then([acked](bool) { acked(); }, [acked](caf::error&) { acked(); });
     for (auto id : late)
       expire(id, late_error);
-    fail_all(for_requests);
+    if (settled_)
+      fail_all(for_requests);
+  }
+
+  /// Whether retire() waits for settle_sequential().
+  bool awaiting_settle() const noexcept {
+    return retiring_ && !settled_;
+  }
+
+  /// Settles what is still in flight on a worker that runs its requests one
+  /// at a time in pipe order (the Python worker; docs/protocol.md), once its
+  /// process is gone and every reply it wrote has been read. Of those
+  /// requests only the oldest can have started (the others wait behind it
+  /// in the pipe); it is given up with `err` (retried if idempotent). All
+  /// others provably never started: they are handed back
+  /// to the listener (requeue_atom) to run elsewhere, idempotent or not;
+  /// session requests fail with session_lost, as their state is gone.
+  /// `may_have_started`: how many of the oldest requests are given up (0, 1,
+  /// or all of them when the worker cannot tell).
+  template <class Self>
+  void settle_sequential(Self* self, const caf::error& err, size_t may_have_started) {
+    std::vector<uint64_t> ids;
+    for (auto& kv : entries_)
+      if (!kv.second.internal)
+        ids.push_back(kv.first);
+    std::sort(ids.begin(), ids.end());
+    for (size_t i = 0; i < ids.size(); ++i) {
+      auto e = take(ids[i]);
+      if (i < may_have_started)
+        give_up(*e, err);
+      else
+        requeue(*e, err);
+    }
+    entries_.clear();
+    external_ = 0;
+    if (!settled_) {
+      settled_ = true;
+      if (acked_)
+        self->quit(exit_reason_);
+    }
   }
 
   bool retiring() const noexcept {
@@ -226,10 +289,12 @@ public:
     return std::nullopt;
   }
 
-  /// Answers a request that reached a retiring worker.
+  /// Answers a request that reached a retiring worker: it never started
+  /// here, so it goes back to the listener to run elsewhere, idempotent or
+  /// not (a session request fails: its state is gone).
   void refuse(execute& req, caf::typed_response_promise<payload> promise) {
-    if (req.idempotent && listener_) {
-      promise.delegate(listener_, retry_atom::value, std::move(req));
+    if (listener_ && req.session.empty()) {
+      promise.delegate(listener_, requeue_atom::value, std::move(req));
       return;
     }
     promise.deliver(for_request(req, retire_error_));
@@ -304,6 +369,27 @@ private:
     e.promise.deliver(final_err);
   }
 
+  // `e` never started on this worker: it runs elsewhere with what is left of
+  // its deadline (not an attempt: it did not run), unless it names a session
+  // (whose state is gone) or has no listener to go back to.
+  void requeue(entry& e, const caf::error& err) {
+    if (!listener_ || !e.request.session.empty()) {
+      give_up(e, err);
+      return;
+    }
+    auto elapsed = self_->clock().now() - e.started;
+    if (elapsed >= e.request.timeout) {
+      auto timeout = make_error(error_code::timeout,
+                                "the deadline passed while the request waited on a worker "
+                                "that was recycled");
+      report(e, error_code::timeout);
+      e.promise.deliver(timeout);
+      return;
+    }
+    e.request.timeout -= std::chrono::duration_cast<caf::timespan>(elapsed);
+    e.promise.delegate(listener_, requeue_atom::value, std::move(e.request));
+  }
+
   // A session request whose worker goes away has lost its state: say so,
   // whatever killed the worker.
   static caf::error for_request(const execute& req, const caf::error& err) {
@@ -334,6 +420,10 @@ private:
   uint32_t external_ = 0;
   uint64_t served_ = 0;
   bool retiring_ = false;
+  /// With retire(settle_later): the listener answered / settle_sequential ran.
+  bool acked_ = false;
+  bool settled_ = true;
+  caf::error exit_reason_;
   caf::error retire_error_;
   std::vector<caf::typed_response_promise<worker_status>> ready_waiters_;
 };

@@ -4,6 +4,8 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <limits>
+#include <set>
 
 #include <spdlog/logger.h>
 
@@ -27,6 +29,7 @@ using exited_atom = caf::atom_constant<caf::atom("pv_exited")>;
 using broken_atom = caf::atom_constant<caf::atom("pv_broken")>;
 using sweep_atom = caf::atom_constant<caf::atom("pv_sweep")>;
 using start_timeout_atom = caf::atom_constant<caf::atom("pv_starttm")>;
+using settle_timeout_atom = caf::atom_constant<caf::atom("pv_settle")>;
 
 // Frames cross from the I/O thread to the actor in batches (all frames of one
 // read) behind a shared pointer: the actor moves the result bytes out instead
@@ -46,7 +49,11 @@ namespace {
 using worker_impl = worker_actor::extend<
   caf::reacts_to<frame_atom, frame_ptr>, caf::reacts_to<exited_atom, int, int>,
   caf::reacts_to<broken_atom, std::string>, caf::reacts_to<sweep_atom>,
-  caf::reacts_to<start_timeout_atom>>;
+  caf::reacts_to<start_timeout_atom>, caf::reacts_to<settle_timeout_atom>>;
+
+/// How long a recycled worker waits for its killed process to be reaped
+/// before it settles its requests without knowing which ones started.
+constexpr auto settle_limit = std::chrono::seconds(2);
 
 /// Granularity of request deadlines: a timeout fires at most this late.
 constexpr auto sweep_interval = std::chrono::milliseconds(10);
@@ -59,6 +66,9 @@ struct worker_state {
   bool sweep_armed = false;
   std::chrono::steady_clock::time_point spawned_at;
   caf::error stop_reason;
+  /// Requests answered `timeout` by a recycle whose reply has not arrived:
+  /// the oldest of them was running when the process was killed.
+  std::set<uint64_t> expired_unanswered;
 
   static inline const char* name = "pyvisor.worker";
 };
@@ -99,6 +109,32 @@ std::string describe_startup_exit(const worker_state& st, const exit_status& es)
   return msg;
 }
 
+caf::expected<payload> result_of(wire::frame& f) {
+  if (f.ok)
+    return payload{std::move(f.result)};
+  auto code = error_code::python_error;
+  if (!f.error.code.empty() && !from_string(f.error.code, code))
+    code = error_code::python_error;
+  auto msg = f.error.type.empty() || code != error_code::python_error
+               ? f.error.message
+               : f.error.type + ": " + f.error.message;
+  return make_error(code, std::move(msg), f.error.type, f.error.traceback);
+}
+
+// The process is gone and every reply it wrote has been read: settle what is
+// still in flight. The Python worker runs requests one at a time in pipe
+// order, so the oldest unanswered request is the only one that can have
+// started; if that one was already answered `timeout` (expired_unanswered),
+// none of the rest did.
+void settle(self_ptr self, const caf::error& err) {
+  auto& st = self->state;
+  auto oldest = st.ledger->oldest();
+  size_t started = 1;
+  if (!st.expired_unanswered.empty() && (oldest == 0 || *st.expired_unanswered.begin() < oldest))
+    started = 0;
+  st.ledger->settle_sequential(self, err, started);
+}
+
 void on_frame(self_ptr self, wire::frame& f) {
   auto& st = self->state;
   if (f.type == wire::frame_type::hello) {
@@ -131,19 +167,7 @@ void on_frame(self_ptr self, wire::frame& f) {
     st.ledger->announce_ready(st.status);
     return;
   }
-  caf::expected<payload> result{payload{}};
-  if (f.ok) {
-    result = payload{std::move(f.result)};
-  } else {
-    auto code = error_code::python_error;
-    if (!f.error.code.empty() && !from_string(f.error.code, code))
-      code = error_code::python_error;
-    auto msg = f.error.type.empty() || code != error_code::python_error
-                 ? f.error.message
-                 : f.error.type + ": " + f.error.message;
-    result = make_error(code, std::move(msg), f.error.type, f.error.traceback);
-  }
-  if (!st.ledger->complete(f.id, std::move(result))) {
+  if (!st.ledger->complete(f.id, result_of(f))) {
     auto msg = tag_of(st) + " replied to unknown request id " + std::to_string(f.id);
     log().error("{}: protocol error, stopping it", msg);
     auto err = make_error(error_code::protocol_error, msg);
@@ -251,8 +275,18 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
       st.proc->send(std::move(frame));
     },
     [self](frame_atom, frame_ptr& fs) {
+      auto& st = self->state;
       for (auto& f : *fs) {
-        if (self->state.ledger->retiring())
+        if (st.ledger->awaiting_settle()) {
+          // Recycled, process killed: the replies it wrote before dying
+          // still count, and tell which requests it had finished.
+          if (f.type == wire::frame_type::hello)
+            continue;
+          if (st.expired_unanswered.erase(f.id) == 0)
+            st.ledger->complete(f.id, result_of(f));
+          continue;
+        }
+        if (st.ledger->retiring())
           return;
         on_frame(self, f);
       }
@@ -267,6 +301,11 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
     [self](exited_atom, int code, int sig) {
       auto& st = self->state;
       exit_status es{code, sig};
+      if (st.ledger->awaiting_settle()) {
+        settle(self, make_error(error_code::worker_crashed,
+                                tag_of(st) + " recycled after another request timed out"));
+        return;
+      }
       if (st.ledger->retiring())
         return; // killed by this actor on purpose; the reason is known
       if (st.status.phase == worker_phase::stopping) {
@@ -281,7 +320,14 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
                                                               : "exited: " + es.describe());
       log().error("{}", msg);
       auto err = make_error(error_code::worker_crashed, msg);
-      terminate(self, err, err);
+      if (st.status.phase != worker_phase::ready) {
+        terminate(self, err, err);
+        return;
+      }
+      // Every reply it wrote was read before this notice: requests waiting
+      // behind the one it died on never started and run elsewhere.
+      st.ledger->retire(self, err, err, false, {}, {}, true);
+      settle(self, err);
     },
     [self](sweep_atom) {
       auto& st = self->state;
@@ -293,19 +339,38 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
         auto msg = tag_of(st) + ": request " + std::to_string(id) + " ('" + e->request.command
                    + "') timed out; recycling the worker";
         log().warn("{}", msg);
+        // The caller hears `timeout` at once; what else is in flight is
+        // settled once the killed process is reaped and its last replies
+        // are read (see settle): the requests that never started run
+        // elsewhere instead of failing.
+        st.expired_unanswered.insert(overdue.begin(), overdue.end());
         if (st.proc)
           st.proc->signal(SIGKILL);
         st.ledger->retire(self,
                           make_error(error_code::worker_crashed,
                                      tag_of(st) + " recycled after another request timed out"),
                           make_error(error_code::timeout, msg), true, overdue,
-                          make_error(error_code::timeout, msg));
+                          make_error(error_code::timeout, msg), true);
+        self->delayed_send(self, settle_limit, settle_timeout_atom::value);
         return;
       }
       if (!st.ledger->empty()) {
         st.sweep_armed = true;
         self->delayed_send(self, sweep_interval, sweep_atom::value);
       }
+    },
+    [self](settle_timeout_atom) {
+      auto& st = self->state;
+      if (!st.ledger->awaiting_settle())
+        return;
+      log().warn("{}: killed process not reaped within {} ms; failing what it held", tag_of(st),
+                 std::chrono::duration_cast<std::chrono::milliseconds>(settle_limit).count());
+      // Without the exit notice it is unknown what started: give all up.
+      st.ledger->settle_sequential(
+        self,
+        make_error(error_code::worker_crashed,
+                   tag_of(st) + " recycled after another request timed out"),
+        std::numeric_limits<size_t>::max());
     },
     [self](start_timeout_atom) {
       auto& st = self->state;

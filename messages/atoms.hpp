@@ -29,6 +29,8 @@ using configure_atom = caf::atom_constant<caf::atom("pv_config")>;
 using done_atom = caf::atom_constant<caf::atom("pv_done")>;
 /// A dying worker hands an idempotent request back to its listener.
 using retry_atom = caf::atom_constant<caf::atom("pv_retry")>;
+/// A dying worker hands back a request that never started on it.
+using requeue_atom = caf::atom_constant<caf::atom("pv_requeue")>;
 /// A dying worker tells its listener it is gone (the listener acknowledges).
 using dying_atom = caf::atom_constant<caf::atom("pv_dying")>;
 /// Asks the session-affinity actor which worker serves a session.

@@ -28,6 +28,11 @@ namespace pyvisor {
 ///   code is error_code::none for success.
 /// - (retry_atom, execute) delegated, with the original requester, for each
 ///   idempotent request in flight when the worker dies.
+/// - (requeue_atom, execute) delegated likewise for each request that
+///   provably never started on the worker (it reached the worker after it
+///   began to retire, or waited behind the request that was running when the
+///   worker died): run it elsewhere, idempotent or not, without counting an
+///   attempt; its timeout is what is left of its deadline.
 /// - (dying_atom, worker actor id, deliberate) -> bool when the worker dies:
 ///   the worker quits only after this answer, and until then hands every
 ///   request that still reaches it back (retry) or fails it, so that nothing
@@ -37,6 +42,7 @@ namespace pyvisor {
 using worker_listener_actor = caf::typed_actor<
   caf::reacts_to<done_atom, uint64_t, uint8_t, int64_t>,
   caf::replies_to<retry_atom, execute>::with<payload>,
+  caf::replies_to<requeue_atom, execute>::with<payload>,
   caf::replies_to<dying_atom, uint64_t, bool>::with<bool>>;
 
 using worker_actor = caf::typed_actor<

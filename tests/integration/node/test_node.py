@@ -372,6 +372,32 @@ class ConnectionsTest(NodeTest):
         self.assertEqual(sum(w["in_flight"] for w in stats["workers"]), 0)
 
 
+class RecycleTest(NodeTest):
+    """One worker, so that requests pipeline behind each other on it."""
+
+    extra_ini = "[pool]\nsize=1\nmax-in-flight=8\n"
+
+    def pipelined(self, first, first_opts):
+        ids = [self.rpc.send("execute", [first, {"ms": 1000} if first == "sleep" else {"code": 9},
+                                         first_opts])]
+        for i in range(5):
+            ids.append(self.rpc.send("execute", ["echo", i]))
+        return [self.rpc.wait(i) for i in ids]
+
+    def test_a_timeout_requeues_the_requests_that_never_started(self):
+        answers = self.pipelined("sleep", {"timeout_ms": 200})
+        self.assertCode(answers[0][0], "timeout")
+        # Not idempotent, but they never started: they run on the new worker.
+        self.assertEqual(answers[1:], [(None, i) for i in range(5)])
+        err, stats = self.rpc.call("stats")
+        self.assertGreaterEqual(stats["requeued"], 5, stats)
+
+    def test_a_crash_requeues_the_requests_behind_it(self):
+        answers = self.pipelined("crash", {})
+        self.assertCode(answers[0][0], "worker_crashed")
+        self.assertEqual(answers[1:], [(None, i) for i in range(5)])
+
+
 class LifecycleTest(unittest.TestCase):
     def test_sigterm_lets_in_flight_requests_complete(self):
         node = Node()
