@@ -362,6 +362,10 @@ void python_process::run(std::promise<std::string>* started) {
         reaped_ = true;
     }
     if (reaped == pid_) {
+      // Whatever user code started in the worker's process group (os.fork,
+      // subprocess, multiprocessing) ends with the worker. Processes that
+      // left the group (setsid) are not covered.
+      ::kill(-pid_, SIGKILL);
       // Collect the last bytes still sitting in the pipes.
       if (rep_r_ >= 0)
         drain(rep_r_, on_reply_bytes);

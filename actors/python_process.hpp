@@ -33,6 +33,12 @@
 // Signals: the child gets its own process group and ignores SIGINT, so
 // signals meant for the node's group (Ctrl-C, a service manager) do not hit
 // the workers; the node stops them itself.
+// Descendants: processes user code starts stay in the worker's process group
+// (unless they call setsid). The I/O thread kills that group when it reaps
+// the worker, whatever ended it; when the node itself is SIGKILLed there is
+// no I/O thread left, so the Python worker forks a guard at start-up that
+// kills the group as soon as the worker is gone (python/pyvisor/worker.py).
+// Parent-death signals are not inherited, which is why both are needed.
 
 #pragma once
 

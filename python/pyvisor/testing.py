@@ -59,3 +59,20 @@ def exit_(args, ctx):
     import sys
 
     sys.exit(args.get("code", 0) if isinstance(args, dict) else 0)
+
+
+@command("spawn_child")
+def spawn_child(args, ctx):
+    """Starts a process that sleeps for a minute and returns its pid: how
+    == "fork" (os.fork) or "popen" (subprocess.Popen)."""
+    how = args.get("how", "popen") if isinstance(args, dict) else "popen"
+    if how == "fork":
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(60)
+            os._exit(0)
+        return pid
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]).pid

@@ -219,8 +219,45 @@ def _parse_args(argv):
     return opts
 
 
+def _guard_process_group():
+    """Forks a guard that kills this worker's process group as soon as the
+    worker is gone, however it ends: processes that user code starts
+    (os.fork, subprocess, multiprocessing) stay in the group and must not
+    outlive the worker. The node kills the group too when it reaps the
+    worker; the guard covers the node's own SIGKILL, after which the worker
+    dies of its parent-death signal and nobody else is left to do it (that
+    signal is not inherited by the worker's children). Forked before any
+    user module is imported, while the worker has a single thread."""
+    # Only a worker that leads its own process group (as the node starts it)
+    # has a group to guard; one started by hand shares its shell's.
+    if not hasattr(os, "pidfd_open") or os.getpgrp() != os.getpid():
+        return
+    try:
+        pidfd = os.pidfd_open(os.getpid())
+    except OSError:
+        return
+    if os.fork() != 0:
+        os.close(pidfd)
+        return
+    try:
+        # Nothing of the worker is kept open here: not the protocol pipes
+        # (fds 3, 4), not its stdout/stderr (the node's log pipes).
+        os.closerange(0, pidfd)
+        os.closerange(pidfd + 1, 1 << 16)
+        import select
+
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        while not poller.poll():
+            pass
+    finally:
+        os.killpg(os.getpgrp(), 9)  # SIGKILL, this guard included
+        os._exit(0)
+
+
 def main(argv=None):
     opts = _parse_args(sys.argv[1:] if argv is None else argv)
+    _guard_process_group()
     worker = Worker(opts["in_fd"], opts["out_fd"])
     for name in opts["module"]:
         try:

@@ -445,6 +445,51 @@ class LifecycleTest(unittest.TestCase):
             self.assertIn("unknown key 'pool.szie'", out.stderr)
 
 
+class UserChildrenTest(unittest.TestCase):
+    """Processes that user code starts in a worker do not outlive it, nor
+    the node, however either ends (issue #11, 3c)."""
+
+    def start(self):
+        self.node = Node()
+        self.rpc = Rpc(self.node.port)
+        children = []
+        for how in ("fork", "popen"):
+            err, pid = self.rpc.call("execute", "spawn_child", {"how": how})
+            self.assertIsNone(err, err)
+            self.assertTrue(alive(pid))
+            children.append(pid)
+        return children
+
+    def tearDown(self):
+        self.rpc.close()
+        self.node.close()
+
+    def test_node_sigterm(self):
+        children = self.start()
+        self.assertEqual(self.node.stop(signal.SIGTERM), 0)
+        self.assertTrue(wait_gone(children), "a user process outlived the node's SIGTERM")
+
+    def test_node_sigkill(self):
+        children = self.start()
+        workers = self.node.pids()
+        self.node.stop(signal.SIGKILL)
+        self.assertTrue(wait_gone(workers + children), "a process outlived the node's SIGKILL")
+
+    def test_worker_killed(self):
+        children = self.start()
+        for pid in self.node.pids():
+            os.kill(pid, signal.SIGKILL)
+        self.assertTrue(wait_gone(children), "a user process outlived its worker")
+        # The node goes on serving with new workers.
+        deadline = time.time() + 5
+        while time.time() < deadline:
+            err, res = self.rpc.call("execute", "ping", None)
+            if err is None:
+                break
+            time.sleep(0.05)
+        self.assertEqual(res, "pong")
+
+
 class ClientModuleTest(NodeTest):
     def test_pyvisor_client(self):
         sys.path.insert(0, os.path.join(ROOT, "python"))
