@@ -7,6 +7,7 @@
 #include "caf/io/middleman.hpp"
 #include "caf/scoped_actor.hpp"
 
+#include "actors/rpc_request.hpp"
 #include "messages/log.hpp"
 #include "messages/msgpack_cursor.hpp"
 #include "messages/payload.hpp"
@@ -194,136 +195,52 @@ std::vector<char> pack_stats(const pool_stats& s) {
   return out;
 }
 
-// Reads the options map of execute into `req`; returns an error text.
-std::string read_options(const msgpack::object& o, execute& req) {
-  if (o.type == msgpack::type::NIL)
-    return {};
-  if (o.type != msgpack::type::MAP)
-    return "options must be a map";
-  for (const auto& kv : o.via.map) {
-    if (kv.key.type != msgpack::type::STR)
-      return "option names must be strings";
-    auto key = kv.key.as<std::string>();
-    const auto& v = kv.val;
-    if (key == "session") {
-      if (v.type == msgpack::type::NIL)
-        continue;
-      if (v.type != msgpack::type::STR)
-        return "option 'session' must be a string";
-      req.session = v.as<std::string>();
-    } else if (key == "timeout_ms") {
-      constexpr auto max_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                                max_request_timeout)
-                                .count();
-      if (v.type != msgpack::type::POSITIVE_INTEGER || v.via.u64 == 0)
-        return "option 'timeout_ms' must be a positive integer";
-      if (v.via.u64 > static_cast<uint64_t>(max_ms))
-        return "option 'timeout_ms' must be at most " + std::to_string(max_ms) + " (30 days)";
-      req.timeout = std::chrono::milliseconds(v.via.u64);
-    } else if (key == "idempotent") {
-      if (v.type != msgpack::type::BOOLEAN)
-        return "option 'idempotent' must be a boolean";
-      req.idempotent = v.via.boolean;
-    } else {
-      return "unknown option '" + key + "' (known: session, timeout_ms, idempotent)";
-    }
-  }
-  return {};
-}
-
 /// Handles one complete message [0, end) of the buffer. Returns false when
 /// the connection must be closed (no msgid to answer to).
 bool handle_message(caf::io::broker* self, conn_ptr st, const char* data, size_t size) {
-  msgpack_cursor cur{data, size};
-  size_t n = 0;
-  if (!cur.array_header(n) || n < 2)
-    return false;
-  auto type_h = cur.next();
-  auto& type = type_h.get();
-  if (type.type != msgpack::type::POSITIVE_INTEGER)
-    return false;
-  bool notification = type.via.u64 == 2;
-  uint32_t msgid = 0;
-  if (!notification) {
-    auto id_h = cur.next();
-    if (id_h.get().type != msgpack::type::POSITIVE_INTEGER || id_h.get().via.u64 > 0xffffffffu)
+  using verdict = rpc_message::verdict;
+  auto m = decode_rpc_message(data, size);
+  switch (m.what) {
+    case verdict::close:
       return false;
-    msgid = static_cast<uint32_t>(id_h.get().via.u64);
-    if (type.via.u64 != 0 || n != 4) {
-      respond_error(self, *st, msgid,
-                    {"bad_request", "expected a request [0, msgid, method, params]", "", ""});
+    case verdict::ignore:
       return true;
-    }
-  } else if (n != 3) {
-    return true; // a malformed notification has no one to answer
+    case verdict::reject:
+      respond_error(self, *st, m.msgid, {"bad_request", std::move(m.error), "", ""});
+      return true;
+    case verdict::call:
+      break;
   }
-  auto bad = [&](std::string msg) {
-    if (!notification)
-      respond_error(self, *st, msgid, {"bad_request", std::move(msg), "", ""});
-    return true;
-  };
-  auto method_h = cur.next();
-  if (method_h.get().type != msgpack::type::STR)
-    return bad("the method must be a string");
-  auto method = method_h.get().as<std::string>();
-  size_t nparams = 0;
-  if (!cur.array_header(nparams))
-    return bad("params must be an array");
+  auto msgid = m.msgid;
+  auto notification = m.notification;
   if (st->draining) {
     if (!notification)
       respond_error(self, *st, msgid, {"shutting_down", "the node is shutting down", "", ""});
     return true;
   }
-  if (method == "ping") {
+  if (m.method == "ping") {
     // "pong" only while the pool can serve: a health check must be able to
     // tell a node that listens from one that works.
     forward<bool>(self, st, msgid, notification,
                   [](bool) { return pack(std::string{"pong"}).bytes; }, health_atom::value);
-    return true;
-  }
-  if (method == "execute") {
-    if (nparams != 2 && nparams != 3)
-      return bad("execute takes [command, args] or [command, args, options]");
-    auto cmd_h = cur.next();
-    if (cmd_h.get().type != msgpack::type::STR)
-      return bad("the command must be a string");
-    execute req;
-    req.command = cmd_h.get().as<std::string>();
-    auto range = cur.skip();
-    req.args = payload{std::vector<char>(data + range.first, data + range.second)};
-    if (nparams == 3) {
-      auto opts_h = cur.next();
-      auto err = read_options(opts_h.get(), req);
-      if (!err.empty())
-        return bad(err);
-    }
+  } else if (m.method == "execute") {
     forward<payload>(self, st, msgid, notification,
                      [](const payload& result) -> const std::vector<char>& {
                        return result.bytes;
                      },
-                     std::move(req));
-    return true;
-  }
-  if (method == "session.end") {
-    if (nparams != 1)
-      return bad("session.end takes [session_id]");
-    auto id_h = cur.next();
-    if (id_h.get().type != msgpack::type::STR)
-      return bad("the session id must be a string");
+                     std::move(m.request));
+  } else if (m.method == "session.end") {
     forward<bool>(self, st, msgid, notification, [](bool) { return pack(true).bytes; },
-                  end_session_atom::value, id_h.get().as<std::string>());
-    return true;
-  }
-  if (method == "stats") {
+                  end_session_atom::value, std::move(m.session_id));
+  } else if (m.method == "stats") {
     forward<pool_stats>(self, st, msgid, notification,
                         [](const pool_stats& x) { return pack_stats(x); }, status_atom::value);
-    return true;
-  }
-  if (!notification)
+  } else if (!notification) {
     respond_error(self, *st, msgid,
                   {"unknown_method",
-                   "no method '" + method + "' (known: ping, execute, session.end, stats)", "",
+                   "no method '" + m.method + "' (known: ping, execute, session.end, stats)", "",
                    ""});
+  }
   return true;
 }
 
@@ -358,13 +275,7 @@ caf::behavior connection(caf::io::broker* self, caf::io::connection_handle hdl, 
           close("message of " + std::to_string(end) + " bytes exceeds rpc.max-message-size");
           return;
         }
-        bool keep = false;
-        try {
-          keep = handle_message(self, st, st->buf.data() + pos, end);
-        } catch (const std::exception& e) {
-          keep = false;
-        }
-        if (!keep) {
+        if (!handle_message(self, st, st->buf.data() + pos, end)) {
           close("malformed message without a readable msgid");
           return;
         }
