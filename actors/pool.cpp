@@ -235,6 +235,24 @@ caf::error unavailable_error(const std::string& why) {
   return make_error(error_code::unavailable, "no worker can serve: " + why + "; retry later");
 }
 
+/// Why this pool takes no request now (it gave up, or it is stopping), or
+/// an empty error when it does.
+caf::error refusal(const pool_state& st) {
+  if (st.failed)
+    return unavailable_error("the pool gave up and is being restarted");
+  if (st.stopping)
+    return make_error(error_code::shutting_down, "the pool is stopping");
+  return caf::error{};
+}
+
+/// The absolute deadline of a request admitted now: its own timeout (clamped
+/// so that `now + timeout` cannot overflow, see pool.hpp) or the default.
+caf::actor_clock::time_point deadline_of(self_ptr self, const execute& req) {
+  auto timeout = req.timeout.count() > 0 ? std::min(req.timeout, max_request_timeout)
+                                         : self->state.cfg.request_timeout;
+  return self->clock().now() + timeout;
+}
+
 void route(self_ptr self, queued_ptr q);
 
 void enqueue(self_ptr self, queued_ptr q) {
@@ -365,10 +383,8 @@ void route(self_ptr self, queued_ptr q) {
     .then(
       [self, q](uint32_t slot, uint32_t incarnation) mutable {
         auto& st = self->state;
-        if (st.stopping) {
-          fail(self, *q,
-               st.failed ? unavailable_error("the pool gave up and is being restarted")
-                         : make_error(error_code::shutting_down, "the pool is stopping"));
+        if (auto err = refusal(st)) {
+          fail(self, *q, std::move(err));
           return;
         }
         if (slot != no_slot) {
@@ -584,12 +600,8 @@ caf::result<payload> readmit(self_ptr self, execute req, bool attempt) {
   } else {
     ++st.requeued;
   }
-  if (st.failed) {
-    fail(self, *q, unavailable_error("the pool gave up and is being restarted"));
-    return rp;
-  }
-  if (st.stopping) {
-    fail(self, *q, make_error(error_code::shutting_down, "the pool is stopping"));
+  if (auto err = refusal(st)) {
+    fail(self, *q, std::move(err));
     return rp;
   }
   if (attempt && req.attempts >= st.cfg.max_attempts) {
@@ -600,9 +612,7 @@ caf::result<payload> readmit(self_ptr self, execute req, bool attempt) {
     return rp;
   }
   auto now = self->clock().now();
-  auto timeout = req.timeout.count() > 0 ? std::min(req.timeout, max_request_timeout)
-                                         : st.cfg.request_timeout;
-  q->deadline = now + timeout;
+  q->deadline = deadline_of(self, req);
   // Back-off: a request that keeps killing workers must not do so at full speed.
   if (attempt)
     q->not_before = now + st.cfg.retry_backoff * (1u << std::min<uint32_t>(req.attempts - 1, 4));
@@ -708,18 +718,11 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
       auto rp = self->make_response_promise<payload>();
       auto q = std::make_shared<queued>();
       q->rp = rp;
-      if (st.failed) {
-        fail(self, *q, unavailable_error("the pool gave up and is being restarted"));
+      if (auto err = refusal(st)) {
+        fail(self, *q, std::move(err));
         return rp;
       }
-      if (st.stopping) {
-        fail(self, *q, make_error(error_code::shutting_down, "the pool is stopping"));
-        return rp;
-      }
-      // Clamped so that `now + timeout` cannot overflow (documented in pool.hpp).
-      auto timeout = req.timeout.count() > 0 ? std::min(req.timeout, max_request_timeout)
-                                             : st.cfg.request_timeout;
-      q->deadline = self->clock().now() + timeout;
+      q->deadline = deadline_of(self, req);
       q->req = std::move(req);
       admit(self, std::move(q), false);
       return rp;
@@ -766,11 +769,8 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
       return true;
     },
     [self](health_atom) -> caf::result<bool> {
-      auto& st = self->state;
-      if (st.failed)
-        return unavailable_error("the pool gave up and is being restarted");
-      if (st.stopping)
-        return make_error(error_code::shutting_down, "the pool is stopping");
+      if (auto err = refusal(self->state))
+        return err;
       return true;
     },
     [self](proven_tick_atom, uint32_t slot, uint32_t incarnation) {
