@@ -769,9 +769,17 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
       return true;
     },
     [self](health_atom) -> caf::result<bool> {
-      if (auto err = refusal(self->state))
+      auto& st = self->state;
+      if (auto err = refusal(st))
         return err;
-      return true;
+      // Healthy only while some worker can take a request: during a storm
+      // every worker may be restarting at once, and then no request can run.
+      for (auto& s : st.slots)
+        if (s.state == slot_state::ready || s.state == slot_state::draining)
+          return true;
+      return make_error(error_code::unavailable,
+                        "no worker can serve right now: all " + std::to_string(st.slots.size())
+                          + " workers are (re)starting; retry later");
     },
     [self](proven_tick_atom, uint32_t slot, uint32_t incarnation) {
       if (slot < self->state.slots.size() && self->state.slots[slot].incarnation == incarnation)

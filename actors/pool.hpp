@@ -186,7 +186,8 @@ using pool_actor = caf::typed_actor<
   /// Answered once every worker is ready (or with the failure).
   caf::replies_to<ready_atom>::with<pool_stats>,
   caf::replies_to<status_atom>::with<pool_stats>,
-  /// true while the pool can serve, else the error `unavailable` (health checks).
+  /// true while the pool can serve (it is not restarting and some worker is
+  /// ready), else the error `unavailable` (health checks, RPC `ping`).
   caf::replies_to<health_atom>::with<bool>,
   caf::replies_to<end_session_atom, std::string>::with<bool>,
   /// Sets the session idle timeout at run time; replies with the previous one.

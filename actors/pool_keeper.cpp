@@ -253,8 +253,9 @@ keeper_impl::behavior_type keeper_fun(self_ptr self, pool_config cfg) {
       return rp;
     },
     [self](health_atom) -> caf::result<bool> {
+      // Serving: the pool itself says whether a worker can take a request.
       if (self->state.now == phase::serving)
-        return true;
+        return self->delegate(self->state.core, health_atom::value);
       return not_serving(self);
     },
     [self](end_session_atom, std::string& id) -> caf::result<bool> {

@@ -213,3 +213,19 @@ TEST_CASE_METHOD(fixture, "huge deadlines are clamped, not overflowed", "[unit][
   REQUIRE(r);
   CHECK(unpack<int>(*r) == 1);
 }
+
+TEST_CASE_METHOD(fixture, "health is unavailable while every worker is restarting",
+                 "[unit][pool][keeper]") {
+  auto cfg = crashing_pool(10);
+  cfg.size = 1;
+  cfg.backoff = backoff_policy{100ms, 2.0, 1s, 0.0, 1s};
+  start(cfg);
+  CHECK(call<bool>(health_atom::value) == caf::expected<bool>{true});
+  crash_one(); // the only worker waits 100 ms for its restart
+  auto down = call<bool>(health_atom::value);
+  REQUIRE(!down);
+  CHECK(code_of(down.error()) == error_code::unavailable);
+  CHECK(stats().state == "serving"); // the pool did not give up
+  advance(100ms);
+  CHECK(call<bool>(health_atom::value) == caf::expected<bool>{true});
+}
