@@ -149,7 +149,12 @@ int run(caf::actor_system& sys, const node_config& cfg) {
     pthread_kill(signal_waiter.native_handle(), SIGTERM);
     signal_waiter.join();
     self->receive([](signal_atom, int) {}, caf::after(std::chrono::seconds(1)) >> [] {});
-    log().error("the pool gave up ({}); node.on-pool-failure=exit: exiting with status {}",
+    // With on-pool-failure=restart the keeper never quits on its own: if it
+    // is gone anyway, nothing serves any more, and exiting is all that helps.
+    log().error("{} ({}); exiting with status {}",
+                cfg.node_on_pool_failure == "exit"
+                  ? "the pool gave up and node.on-pool-failure=exit"
+                  : "the pool's keeper stopped unexpectedly",
                 pool_down ? to_string_readable(pool_down) : std::string{"normal"},
                 exit_pool_failed);
     stop_within(self, gateway, caf::exit_reason::kill, std::chrono::seconds(2));
