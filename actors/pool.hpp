@@ -86,10 +86,6 @@ struct pool_restart_policy {
                          std::chrono::seconds(60)};
 };
 
-/// Largest request deadline; longer ones are clamped to it (and over RPC
-/// refused), so that `now + timeout` can never overflow.
-constexpr caf::timespan max_request_timeout = std::chrono::hours(24 * 30);
-
 struct pool_config {
   /// Number of workers.
   size_t size = 2;

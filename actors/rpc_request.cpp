@@ -3,7 +3,6 @@
 #include <chrono>
 #include <exception>
 
-#include "actors/pool.hpp"
 #include "messages/msgpack_cursor.hpp"
 
 namespace pyvisor {

@@ -8,6 +8,7 @@
 
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -18,6 +19,10 @@
 #include "messages/payload.hpp"
 
 namespace pyvisor {
+
+/// Largest request deadline: the pool clamps longer ones to it and the RPC
+/// gateway refuses them, so that `now + timeout` can never overflow.
+constexpr caf::timespan max_request_timeout = std::chrono::hours(24 * 30);
 
 /// Runs `command` with `args` in a Python worker.
 struct execute {
