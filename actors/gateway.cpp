@@ -1,15 +1,26 @@
 #include "actors/gateway.hpp"
 
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <limits>
 #include <memory>
+#include <optional>
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include "caf/actor_system.hpp"
 #include "caf/io/broker.hpp"
 #include "caf/io/middleman.hpp"
 #include "caf/scoped_actor.hpp"
 
+#include "actors/rpc_framer.hpp"
 #include "actors/rpc_request.hpp"
 #include "messages/log.hpp"
-#include "messages/msgpack_cursor.hpp"
 #include "messages/payload.hpp"
 
 namespace pyvisor {
@@ -39,35 +50,85 @@ rpc_error to_rpc_error(const caf::error& err) {
 
 // -- one connection -------------------------------------------------------------
 
+/// What all connections of one gateway share. Connection brokers run in the
+/// middleman's I/O thread today; the counters are atomic so that this stays
+/// correct if they ever run elsewhere.
+struct gateway_shared {
+  gateway_config cfg;
+  std::atomic<size_t> buffered_input{0};
+};
+
+using shared_ptr = std::shared_ptr<gateway_shared>;
+
 struct connection_state {
   pool_actor pool;
-  gateway_config cfg;
-  caf::io::connection_handle hdl;
-  std::vector<char> buf;
+  shared_ptr shared;
+  /// The connection as CAF accepted it: read from only.
+  caf::io::connection_handle in;
+  /// A second descriptor of the same socket, written to only. CAF 0.17
+  /// drops a connection's scribe (and with it everything still to be
+  /// written) when a read returns EOF, so a client that half-closes after
+  /// sending would lose its replies; the writing end outlives that.
+  caf::io::connection_handle out;
+  rpc_framer framer;
+  /// Bytes of this connection counted in shared->buffered_input.
+  size_t held = 0;
+  /// Complete messages taken from the input so far; the message timer
+  /// armed for `armed_for` fires only if none completed meanwhile.
+  uint64_t completed = 0;
+  uint64_t armed_for = std::numeric_limits<uint64_t>::max();
   /// Response bytes handed to CAF and not yet written to the socket.
   size_t pending_output = 0;
+  bool reading = true;
   bool closed = false;
   size_t in_flight = 0;
   bool draining = false;
   std::vector<caf::response_promise> drain_waiters;
+
+  explicit connection_state(const gateway_config& cfg) : framer(cfg.max_message_size) {
+    // nop
+  }
 };
 
 using conn_ptr = std::shared_ptr<connection_state>;
 
+using message_timeout_atom = caf::atom_constant<caf::atom("gw_msg_to")>;
+
+/// Counts what the framer holds now toward the gateway-wide input cap.
+void account(connection_state& st) {
+  auto now = st.framer.buffered();
+  if (now >= st.held)
+    st.shared->buffered_input += now - st.held;
+  else
+    st.shared->buffered_input -= st.held - now;
+  st.held = now;
+}
+
+/// Cuts the connection off at once (both ends); what is owed is dropped.
 void close_connection(caf::io::broker* self, connection_state& st, const std::string& why) {
   if (st.closed)
     return;
   st.closed = true;
-  log().warn("rpc: closing a connection: {}", why);
-  self->close(st.hdl);
+  if (!why.empty())
+    log().warn("rpc: closing a connection: {}", why);
   self->quit();
+}
+
+/// Closes the connection once input has ended and every reply it is owed
+/// has been written out.
+void finish_if_done(caf::io::broker* self, connection_state& st) {
+  if (st.reading || st.in_flight > 0 || st.pending_output > 0)
+    return;
+  // Quitting closes both ends; nothing is left to write, so the reading
+  // end's FIN (CAF shuts the socket down on close) cannot cut a reply.
+  close_connection(self, st, "");
 }
 
 void write_response(caf::io::broker* self, connection_state& st, uint32_t msgid,
                     const rpc_error* err, const std::vector<char>* result) {
   if (st.closed)
     return;
-  auto& out = self->wr_buf(st.hdl);
+  auto& out = self->wr_buf(st.out);
   auto before = out.size();
   detail::vector_writer w{out};
   packer pk{w};
@@ -96,10 +157,11 @@ void write_response(caf::io::broker* self, connection_state& st, uint32_t msgid,
     out.insert(out.end(), result->begin(), result->end());
   }
   st.pending_output += out.size() - before;
-  self->flush(st.hdl);
-  if (st.pending_output > st.cfg.max_pending_output)
+  self->flush(st.out);
+  if (st.pending_output > st.shared->cfg.max_pending_output)
     close_connection(self, st,
-                     "the client left more than " + std::to_string(st.cfg.max_pending_output)
+                     "the client left more than "
+                       + std::to_string(st.shared->cfg.max_pending_output)
                        + " bytes of responses unread (rpc.max-pending-output)");
 }
 
@@ -112,12 +174,30 @@ void respond(caf::io::broker* self, connection_state& st, uint32_t msgid,
   write_response(self, st, msgid, nullptr, &result);
 }
 
-void finished_one(conn_ptr st) {
+/// Input on this connection cannot go on: answers `msgid` (if any) with `code`, stops reading and releases what was
+/// buffered; the connection closes once its replies are out.
+void stop_reading(caf::io::broker* self, connection_state& st, std::optional<uint32_t> msgid,
+                  const char* code, const std::string& why) {
+  if (!st.reading || st.closed)
+    return;
+  log().warn("rpc: no more input taken from a connection ({} replies still owed): {}",
+             st.in_flight, why);
+  if (msgid)
+    respond_error(self, st, *msgid, {code, why, "", ""});
+  st.reading = false;
+  self->halt(st.in);
+  st.framer = rpc_framer{0};
+  account(st);
+  finish_if_done(self, st);
+}
+
+void finished_one(caf::io::broker* self, const conn_ptr& st) {
   if (--st->in_flight == 0 && st->draining) {
     for (auto& rp : st->drain_waiters)
       rp.deliver(true);
     st->drain_waiters.clear();
   }
+  finish_if_done(self, *st);
 }
 
 /// Sends a request to the pool and writes its outcome as the response to
@@ -131,12 +211,12 @@ void forward(caf::io::broker* self, conn_ptr st, uint32_t msgid, bool notificati
       [self, st, msgid, notification, encode](Result& result) {
         if (!notification)
           respond(self, *st, msgid, encode(result));
-        finished_one(st);
+        finished_one(self, st);
       },
       [self, st, msgid, notification](caf::error& err) {
         if (!notification)
           respond_error(self, *st, msgid, to_rpc_error(err));
-        finished_one(st);
+        finished_one(self, st);
       });
 }
 
@@ -244,49 +324,113 @@ bool handle_message(caf::io::broker* self, conn_ptr st, const char* data, size_t
   return true;
 }
 
+/// The msgid of the message the input stopped in, if it can be read.
+std::optional<uint32_t> current_msgid(const connection_state& st) {
+  return read_msgid(st.framer.pending_data(), st.framer.pending_size());
+}
+
+/// Takes every complete message out of the input and handles it; stops
+/// reading when the input cannot go on.
+void consume_input(caf::io::broker* self, const conn_ptr& st) {
+  using status = rpc_framer::status;
+  auto& cfg = st->shared->cfg;
+  for (;;) {
+    switch (st->framer.next()) {
+      case status::message:
+        ++st->completed;
+        if (!handle_message(self, st, st->framer.data(), st->framer.size())) {
+          stop_reading(self, *st, std::nullopt, "bad_request",
+                       "malformed message without a readable msgid");
+          return;
+        }
+        if (!st->reading || st->closed)
+          return;
+        continue;
+      case status::too_large:
+      case status::malformed:
+        stop_reading(self, *st, current_msgid(*st), "bad_request", st->framer.error());
+        return;
+      case status::need_more:
+        break;
+    }
+    break;
+  }
+  account(*st);
+  if (!st->framer.in_message())
+    return;
+  if (st->shared->buffered_input > cfg.max_buffered_input) {
+    stop_reading(self, *st, current_msgid(*st), "overloaded",
+                 "the node holds more than " + std::to_string(cfg.max_buffered_input)
+                   + " bytes of unfinished messages across its connections"
+                     " (rpc.max-buffered-input); retry later");
+    return;
+  }
+  if (st->armed_for != st->completed) {
+    // One timer per message, not per read.
+    st->armed_for = st->completed;
+    self->delayed_send(self, cfg.message_timeout, message_timeout_atom::value, st->completed);
+  }
+}
+
 caf::behavior connection(caf::io::broker* self, caf::io::connection_handle hdl, pool_actor pool,
-                         gateway_config cfg) {
-  auto st = std::make_shared<connection_state>();
+                         shared_ptr shared) {
+  auto st = std::make_shared<connection_state>(shared->cfg);
   st->pool = std::move(pool);
-  st->cfg = std::move(cfg);
-  st->hdl = hdl;
+  st->shared = std::move(shared);
+  st->in = hdl;
+  self->attach_functor([st](const caf::error&) {
+    st->framer = rpc_framer{0};
+    account(*st);
+  });
+  // The writing end: a duplicate of the socket's descriptor (CAF 0.17's
+  // default multiplexer names a connection by its descriptor).
+  auto fd = ::fcntl(static_cast<int>(hdl.id()), F_DUPFD_CLOEXEC, 0);
+  if (fd < 0) {
+    log().warn("rpc: refusing a connection: cannot duplicate its socket ({})",
+               std::strerror(errno));
+    self->quit();
+    return {};
+  }
+  auto out = self->add_scribe(fd);
+  st->out = out;
   self->configure_read(hdl, caf::io::receive_policy::at_most(65536));
   // Reports how much of what we wrote is still waiting for the socket.
-  self->ack_writes(hdl, true);
-  auto close = [self, st](const std::string& why) { close_connection(self, *st, why); };
+  self->ack_writes(st->out, true);
   return {
-    [self, st, close](const caf::io::new_data_msg& msg) {
-      st->buf.insert(st->buf.end(), msg.buf.begin(), msg.buf.end());
-      size_t pos = 0;
-      while (pos < st->buf.size()) {
-        // Find the end of one complete msgpack value.
-        size_t end = 0;
-        try {
-          msgpack_cursor probe{st->buf.data() + pos, st->buf.size() - pos};
-          probe.next();
-          end = probe.offset();
-        } catch (const msgpack::insufficient_bytes&) {
-          break;
-        } catch (const std::exception& e) {
-          close(std::string{"input is not msgpack: "} + e.what());
-          return;
-        }
-        if (end > st->cfg.max_message_size) {
-          close("message of " + std::to_string(end) + " bytes exceeds rpc.max-message-size");
-          return;
-        }
-        if (!handle_message(self, st, st->buf.data() + pos, end)) {
-          close("malformed message without a readable msgid");
-          return;
-        }
-        pos += end;
-      }
-      st->buf.erase(st->buf.begin(), st->buf.begin() + static_cast<std::ptrdiff_t>(pos));
-      if (st->buf.size() > st->cfg.max_message_size)
-        close("incomplete message exceeds rpc.max-message-size");
+    [self, st](const caf::io::new_data_msg& msg) {
+      if (!st->reading)
+        return;
+      st->framer.append(msg.buf.data(), msg.buf.size());
+      consume_input(self, st);
     },
-    [st](const caf::io::data_transferred_msg& msg) { st->pending_output = msg.remaining; },
-    [self](const caf::io::connection_closed_msg&) { self->quit(); },
+    [self, st](message_timeout_atom, uint64_t armed_for) {
+      if (st->reading && st->framer.in_message() && st->completed == armed_for)
+        stop_reading(self, *st, current_msgid(*st), "bad_request",
+                     "message not complete after "
+                       + std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                          st->shared->cfg.message_timeout)
+                                          .count())
+                       + " ms (rpc.message-timeout)");
+    },
+    [self, st](const caf::io::data_transferred_msg& msg) {
+      st->pending_output = msg.remaining;
+      finish_if_done(self, *st);
+    },
+    [self, st](const caf::io::connection_closed_msg& msg) {
+      if (msg.handle == st->out) {
+        // Writing failed: the client is gone, nobody reads the replies.
+        close_connection(self, *st, "");
+        return;
+      }
+      // End of input (a close or a half-close): the replies still owed are
+      // delivered on the writing end before the connection closes.
+      if (st->framer.in_message())
+        log().info("rpc: a client closed its connection in the middle of a message");
+      st->reading = false;
+      st->framer = rpc_framer{0};
+      account(*st);
+      finish_if_done(self, *st);
+    },
     [self, st](drain_atom) {
       // Answered now or by finished_one once the last request completes.
       auto rp = self->make_response_promise();
@@ -303,6 +447,9 @@ caf::behavior connection(caf::io::broker* self, caf::io::connection_handle hdl, 
 
 struct acceptor_state {
   std::vector<caf::actor> connections;
+  /// Connections refused for max_connections since the last warning.
+  size_t refused = 0;
+  std::chrono::steady_clock::time_point last_warning;
   caf::io::accept_handle doorman;
   uint16_t port = 0;
   caf::error bind_error;
@@ -311,6 +458,8 @@ struct acceptor_state {
 
 caf::behavior acceptor(caf::io::broker* self, pool_actor pool, gateway_config cfg) {
   auto st = std::make_shared<acceptor_state>();
+  auto shared = std::make_shared<gateway_shared>();
+  shared->cfg = cfg;
   auto res = self->add_tcp_doorman(cfg.port, cfg.host.c_str(), true);
   if (!res) {
     st->bind_error = res.error();
@@ -330,12 +479,26 @@ caf::behavior acceptor(caf::io::broker* self, pool_actor pool, gateway_config cf
              cs.end());
   });
   return {
-    [self, st, pool, cfg](const caf::io::new_connection_msg& msg) {
+    [self, st, pool, shared](const caf::io::new_connection_msg& msg) {
       if (st->draining) {
         self->close(msg.handle);
         return;
       }
-      auto c = self->fork(connection, msg.handle, pool, cfg);
+      if (st->connections.size() >= shared->cfg.max_connections) {
+        // Accepted and closed at once: the client learns immediately, and
+        // the listening socket never stays readable (a busy loop).
+        self->close(msg.handle);
+        ++st->refused;
+        auto now = std::chrono::steady_clock::now();
+        if (st->refused == 1 || now - st->last_warning > std::chrono::seconds(10)) {
+          log().warn("rpc: refused {} connection(s): {} are open (rpc.max-connections)",
+                     st->refused, st->connections.size());
+          st->refused = 0;
+          st->last_warning = now;
+        }
+        return;
+      }
+      auto c = self->fork(connection, msg.handle, pool, shared);
       self->monitor(c);
       st->connections.push_back(c);
     },
@@ -372,6 +535,27 @@ caf::behavior acceptor(caf::io::broker* self, pool_actor pool, gateway_config cf
 caf::expected<std::pair<caf::actor, uint16_t>> spawn_gateway(caf::actor_system& sys,
                                                             pool_actor pool,
                                                             gateway_config cfg) {
+  // Past the descriptor limit, accept() fails and CAF's doorman retries it
+  // in a busy loop: serve only as many connections as descriptors allow.
+  rlimit lim{};
+  if (::getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur != RLIM_INFINITY) {
+    size_t open_now = 0;
+    if (auto* d = ::opendir("/proc/self/fd")) {
+      while (::readdir(d) != nullptr)
+        ++open_now;
+      ::closedir(d);
+    }
+    // Headroom for workers started later (pipes, pidfds) and CAF itself.
+    size_t reserve = open_now + 256;
+    size_t allowed = lim.rlim_cur > reserve ? (lim.rlim_cur - reserve) / 2 : 0;
+    if (cfg.max_connections > allowed) {
+      log().warn("rpc.max-connections={} needs about {} file descriptors, the limit is {} "
+                 "(ulimit -n, LimitNOFILE): serving at most {} connections",
+                 cfg.max_connections, 2 * cfg.max_connections + reserve, lim.rlim_cur,
+                 allowed);
+      cfg.max_connections = allowed;
+    }
+  }
   auto gw = sys.middleman().spawn_broker(acceptor, std::move(pool), cfg);
   caf::scoped_actor self{sys};
   caf::expected<std::pair<caf::actor, uint16_t>> result{caf::error{}};

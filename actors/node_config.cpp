@@ -62,7 +62,13 @@ node_config::node_config() {
     .add(rpc_port, "port", "port of the MessagePack-RPC endpoint (0: any free port)")
     .add(rpc_max_message_size, "max-message-size", "largest RPC message accepted")
     .add(rpc_max_pending_output, "max-pending-output",
-         "response bytes a client may leave unread before it is disconnected");
+         "response bytes a client may leave unread before it is disconnected")
+    .add(rpc_max_connections, "max-connections",
+         "open connections; more are accepted and closed at once")
+    .add(rpc_max_buffered_input, "max-buffered-input",
+         "bytes of unfinished messages held across all connections")
+    .add(rpc_message_timeout, "message-timeout",
+         "time a message may take from its first byte to its last");
   opt_group{custom_options_, "publish"}
     .add(publish_port, "port", "publish the pool to CAF applications on this port (0: off)")
     .add(publish_host, "host", "address the published pool listens on");
@@ -167,6 +173,12 @@ std::string node_config::validate() const {
     return "invalid value for 'rpc.max-message-size': must be >= 1024";
   if (rpc_max_pending_output < rpc_max_message_size)
     return "invalid value for 'rpc.max-pending-output': below rpc.max-message-size";
+  if (rpc_max_connections == 0)
+    return "invalid value for 'rpc.max-connections': must be > 0";
+  if (rpc_max_buffered_input < rpc_max_message_size)
+    return "invalid value for 'rpc.max-buffered-input': below rpc.max-message-size";
+  if (!positive(rpc_message_timeout))
+    return "invalid value for 'rpc.message-timeout': must be > 0";
   if (!positive(node_shutdown_timeout))
     return "invalid value for 'node.shutdown-timeout': must be > 0";
   if (node_on_pool_failure != "restart" && node_on_pool_failure != "exit")
@@ -230,7 +242,15 @@ pool_config node_config::make_pool_config() const {
 }
 
 gateway_config node_config::make_gateway_config() const {
-  return gateway_config{rpc_host, rpc_port, rpc_max_message_size, rpc_max_pending_output};
+  gateway_config cfg;
+  cfg.host = rpc_host;
+  cfg.port = rpc_port;
+  cfg.max_message_size = rpc_max_message_size;
+  cfg.max_pending_output = rpc_max_pending_output;
+  cfg.max_connections = rpc_max_connections;
+  cfg.max_buffered_input = rpc_max_buffered_input;
+  cfg.message_timeout = rpc_message_timeout;
+  return cfg;
 }
 
 } // namespace pyvisor

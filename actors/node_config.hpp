@@ -62,6 +62,9 @@ struct node_config : caf::actor_system_config {
   uint16_t rpc_port = 7400;
   size_t rpc_max_message_size = size_t{64} << 20;
   size_t rpc_max_pending_output = size_t{64} << 20;
+  size_t rpc_max_connections = 1024;
+  size_t rpc_max_buffered_input = size_t{256} << 20;
+  caf::timespan rpc_message_timeout = std::chrono::seconds(60);
   // [publish]
   uint16_t publish_port = 0;
   std::string publish_host = "127.0.0.1";

@@ -18,6 +18,7 @@
 // parent-death signal (see actors/python_process.hpp).
 
 #include <signal.h>
+#include <sys/resource.h>
 
 #include <chrono>
 #include <iostream>
@@ -66,6 +67,17 @@ void setup_logging(const node_config& cfg) {
     logger = spdlog::basic_logger_mt("pyvisor", cfg.log_file);
   logger->set_level(spdlog::level::from_str(cfg.log_level));
   logger->flush_on(spdlog::level::info);
+}
+
+/// A server's descriptor limit is the hard one: the soft default (often
+/// 1024) would cap connections far below what the machine can serve.
+void raise_descriptor_limit() {
+  rlimit lim{};
+  if (::getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur < lim.rlim_max) {
+    lim.rlim_cur = lim.rlim_max;
+    if (::setrlimit(RLIMIT_NOFILE, &lim) != 0)
+      log().warn("could not raise the file descriptor limit to {}", lim.rlim_max);
+  }
 }
 
 bool stop_within(caf::scoped_actor& self, const caf::actor& who, caf::exit_reason reason,
@@ -200,6 +212,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   setup_logging(cfg);
+  raise_descriptor_limit();
   cfg.load<caf::io::middleman>();
   caf::actor_system sys{cfg};
   return run(sys, cfg);

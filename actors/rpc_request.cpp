@@ -138,4 +138,22 @@ rpc_message decode_rpc_message(const char* data, size_t size) noexcept {
   return m;
 }
 
+std::optional<uint32_t> read_msgid(const char* data, size_t size) noexcept {
+  try {
+    msgpack_cursor cur{data, size};
+    size_t n = 0;
+    if (!cur.array_header(n) || n != 4)
+      return std::nullopt;
+    auto type = cur.next();
+    if (type.get().type != msgpack::type::POSITIVE_INTEGER || type.get().via.u64 != 0)
+      return std::nullopt;
+    auto id = cur.next();
+    if (id.get().type != msgpack::type::POSITIVE_INTEGER || id.get().via.u64 > 0xffffffffu)
+      return std::nullopt;
+    return static_cast<uint32_t>(id.get().via.u64);
+  } catch (...) {
+    return std::nullopt;
+  }
+}
+
 } // namespace pyvisor

@@ -18,6 +18,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "messages/execute.hpp"
@@ -40,5 +41,10 @@ struct rpc_message {
 
 /// Decodes the complete message [data, data + size).
 rpc_message decode_rpc_message(const char* data, size_t size) noexcept;
+
+/// The msgid of a request that begins with [data, data + size), whatever
+/// follows (missing, too large, invalid): none unless the bytes start as
+/// [0, msgid, ...]. Lets the gateway answer a message it cannot take whole.
+std::optional<uint32_t> read_msgid(const char* data, size_t size) noexcept;
 
 } // namespace pyvisor

@@ -42,9 +42,19 @@ public:
   }
 
   /// Skips the next value and returns its byte range [first, second).
+  /// Walks the bytes with msgpack-c's parser and builds nothing, so skipping
+  /// a list of millions of elements allocates nothing.
   std::pair<size_t, size_t> skip() {
     auto begin = off_;
-    next();
+    skip_visitor v;
+    if (!msgpack::parse(data_, size_, off_, v)) {
+      off_ = begin;
+      if (v.truncated)
+        throw msgpack::insufficient_bytes("truncated value");
+      if (v.too_deep)
+        throw msgpack::depth_size_overflow("depth size overflow");
+      throw msgpack::parse_error("parse error");
+    }
     return {begin, off_};
   }
 
@@ -61,13 +71,42 @@ public:
   }
 
 private:
+  static constexpr size_t max_depth = 512;
+
+  struct skip_visitor : msgpack::null_visitor {
+    size_t depth = 0;
+    bool truncated = false;
+    bool too_deep = false;
+    bool open() {
+      too_deep = ++depth > max_depth;
+      return !too_deep;
+    }
+    bool start_array(uint32_t) {
+      return open();
+    }
+    bool end_array() {
+      --depth;
+      return true;
+    }
+    bool start_map(uint32_t) {
+      return open();
+    }
+    bool end_map() {
+      --depth;
+      return true;
+    }
+    void insufficient_bytes(size_t, size_t) {
+      truncated = true;
+    }
+  };
+
   static bool reference_all(msgpack::type::object_type, std::size_t, void*) {
     return true;
   }
 
   msgpack::unpack_limit limit() const {
     auto n = size_ > 0xffffffffu ? std::size_t{0xffffffffu} : size_;
-    return msgpack::unpack_limit(n, n, n, n, n, 512);
+    return msgpack::unpack_limit(n, n, n, n, n, max_depth);
   }
 
   bool header(unsigned fix, unsigned x16, unsigned x32, size_t& n) {

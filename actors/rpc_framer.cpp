@@ -1,0 +1,177 @@
+#include "actors/rpc_framer.hpp"
+
+#include <algorithm>
+#include <exception>
+
+#include <msgpack.hpp>
+
+namespace pyvisor {
+
+namespace {
+
+/// Checks what msgpack-c's parser reports against the limits; collects
+/// nothing. Returning false stops the parser (PARSE_STOP_VISITOR).
+struct limit_visitor : msgpack::null_visitor {
+  size_t max_size = 0;
+  size_t max_depth = 0;
+  size_t depth = 0;
+  std::string error;
+  bool too_large = false;
+
+  bool open(uint64_t min_bytes, const char* what, uint32_t n) {
+    if (min_bytes > max_size) {
+      too_large = true;
+      error = std::string{"message declares "} + what + " of " + std::to_string(n)
+              + " elements, more than rpc.max-message-size (" + std::to_string(max_size)
+              + " bytes) can hold";
+      return false;
+    }
+    if (++depth > max_depth) {
+      error = "message nests deeper than " + std::to_string(max_depth) + " levels";
+      return false;
+    }
+    return true;
+  }
+  bool start_array(uint32_t n) {
+    return open(n, "an array", n);
+  }
+  bool end_array() {
+    --depth;
+    return true;
+  }
+  bool start_map(uint32_t n) {
+    return open(uint64_t{n} * 2, "a map", n);
+  }
+  bool end_map() {
+    --depth;
+    return true;
+  }
+  void parse_error(size_t, size_t) {
+    error = "input is not msgpack (invalid type byte)";
+  }
+};
+
+} // namespace
+
+// msgpack-c's streaming parser, over a buffer the framer owns. msgpack-c's
+// own `msgpack::parse` drives this context the same way (detail::parse_helper)
+// but starts afresh on every call; `msgpack::parser` keeps the state but
+// discards the bytes it has parsed, and the gateway needs a message's bytes
+// whole (arguments are forwarded as raw bytes). Keeping the context here
+// gives both: state across reads, the message in one piece.
+struct rpc_framer::impl : msgpack::detail::context<rpc_framer::impl> {
+  limit_visitor v;
+  std::vector<char> buf;
+  /// Start of the current message in buf.
+  size_t begin = 0;
+  /// How far the parser has got (it resumes here).
+  size_t off = 0;
+  /// The message found by the last next().
+  size_t msg_begin = 0;
+  size_t msg_size = 0;
+  bool failed = false;
+  status failure = status::need_more;
+
+  limit_visitor& visitor() {
+    return v;
+  }
+
+  status fail(status s, std::string why) {
+    failed = true;
+    failure = s;
+    if (!why.empty())
+      v.error = std::move(why);
+    return s;
+  }
+};
+
+rpc_framer::rpc_framer(size_t max_message_size, size_t max_depth) : impl_(new impl) {
+  impl_->v.max_size = max_message_size;
+  impl_->v.max_depth = max_depth;
+}
+
+rpc_framer::~rpc_framer() = default;
+rpc_framer::rpc_framer(rpc_framer&&) noexcept = default;
+rpc_framer& rpc_framer::operator=(rpc_framer&&) noexcept = default;
+
+void rpc_framer::append(const char* data, size_t n) {
+  auto& d = *impl_;
+  if (d.failed || n == 0)
+    return;
+  if (d.begin > 0) {
+    // Drop the messages already taken; what moves is at most the part of
+    // the unfinished message that followed them, so the cost stays linear.
+    d.buf.erase(d.buf.begin(), d.buf.begin() + static_cast<std::ptrdiff_t>(d.begin));
+    d.off -= d.begin;
+    d.begin = 0;
+    // Give memory back after a large message.
+    if (d.buf.empty() && d.buf.capacity() > (size_t{1} << 20))
+      std::vector<char>{}.swap(d.buf);
+  }
+  d.buf.insert(d.buf.end(), data, data + n);
+}
+
+rpc_framer::status rpc_framer::next() {
+  auto& d = *impl_;
+  if (d.failed)
+    return d.failure;
+  if (d.off == d.buf.size())
+    return status::need_more;
+  // Never parse past the limit: a message that has not ended within
+  // max_message_size bytes is too large, whatever follows.
+  auto limit = std::min(d.buf.size(), d.begin + d.v.max_size);
+  msgpack::parse_return ret;
+  try {
+    ret = d.execute(d.buf.data(), limit, d.off);
+  } catch (const std::exception& e) {
+    return d.fail(status::malformed, std::string{"input is not msgpack: "} + e.what());
+  }
+  switch (ret) {
+    case msgpack::PARSE_SUCCESS:
+    case msgpack::PARSE_EXTRA_BYTES:
+      d.msg_begin = d.begin;
+      d.msg_size = d.off - d.begin;
+      d.begin = d.off;
+      return status::message;
+    case msgpack::PARSE_CONTINUE:
+      if (limit < d.buf.size() || d.buf.size() - d.begin > d.v.max_size)
+        return d.fail(status::too_large,
+                      "message exceeds rpc.max-message-size (" + std::to_string(d.v.max_size)
+                        + " bytes) and is not complete");
+      return status::need_more;
+    case msgpack::PARSE_STOP_VISITOR:
+      return d.fail(d.v.too_large ? status::too_large : status::malformed, {});
+    default:
+      return d.fail(status::malformed, d.v.error.empty() ? "input is not msgpack" : std::string{});
+  }
+}
+
+const char* rpc_framer::data() const noexcept {
+  return impl_->buf.data() + impl_->msg_begin;
+}
+
+size_t rpc_framer::size() const noexcept {
+  return impl_->msg_size;
+}
+
+const std::string& rpc_framer::error() const noexcept {
+  return impl_->v.error;
+}
+
+size_t rpc_framer::buffered() const noexcept {
+  return impl_->buf.size() - impl_->begin;
+}
+
+bool rpc_framer::in_message() const noexcept {
+  return impl_->buf.size() > impl_->begin;
+}
+
+const char* rpc_framer::pending_data() const noexcept {
+  return impl_->buf.data() + impl_->begin;
+}
+
+size_t rpc_framer::pending_size() const noexcept {
+  return impl_->buf.size() - impl_->begin;
+}
+
+} // namespace pyvisor

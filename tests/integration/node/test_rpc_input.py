@@ -1,0 +1,222 @@
+"""The node's RPC input under hostile and unlucky conditions (issue #11,
+points 3 and 3b): messages cut anywhere by TCP, messages too large, not
+msgpack or never finished, half-closed clients, and the limits that keep one
+client from taking what belongs to all (connections, buffered input).
+
+Every node is a separate process on a free loopback port, killed in
+tearDown even when a test fails.
+"""
+
+import os
+import socket
+import time
+import unittest
+
+import msgpack
+
+from test_node import Node, Rpc, wait_gone
+
+
+def packed(msgid, method, params):
+    return msgpack.packb([0, msgid, method, params], use_bin_type=True)
+
+
+def read_all(sock, limit=30.0):
+    """Every response until the node closes the connection: {msgid: (err, res)}."""
+    sock.settimeout(limit)
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+    out = {}
+    while True:
+        data = sock.recv(1 << 20)
+        if not data:
+            return out
+        unpacker.feed(data)
+        for msg in unpacker:
+            out[msg[1]] = (msg[2], msg[3])
+
+
+def cpu_seconds(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class RpcInputTest(unittest.TestCase):
+    extra_ini = ""
+
+    def setUp(self):
+        self.node = Node(self.extra_ini)
+        self.pids = self.node.pids()
+        self.socks = []
+
+    def tearDown(self):
+        for s in self.socks:
+            s.close()
+        self.node.close()
+        self.assertTrue(wait_gone(self.pids), "a Python worker outlived its node")
+
+    def connect(self):
+        s = socket.create_connection(("127.0.0.1", self.node.port), timeout=30)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.socks.append(s)
+        return s
+
+    def assertServes(self):
+        rpc = Rpc(self.node.port)
+        try:
+            self.assertEqual(rpc.call("ping"), (None, "pong"))
+        finally:
+            rpc.close()
+
+
+class FramingTest(RpcInputTest):
+    def test_a_header_split_after_any_byte_is_read(self):
+        rpc = Rpc(self.node.port)
+        self.socks.append(rpc.sock)
+        rpc.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        slow = rpc.send("execute", ["sleep", {"ms": 200}])  # a reply still pending
+        for cut in (1, 2, 3):
+            msg = packed(100 + cut, "ping", [])
+            rpc.sock.sendall(msg[:cut])
+            time.sleep(0.05)
+            rpc.sock.sendall(msg[cut:])
+            self.assertEqual(rpc.wait(100 + cut), (None, "pong"))
+        self.assertEqual(rpc.wait(slow), (None, 200))
+
+    def test_a_list_of_200000_integers_in_small_pieces_is_echoed(self):
+        rpc = Rpc(self.node.port)
+        self.socks.append(rpc.sock)
+        values = list(range(200000))
+        msg = packed(1, "execute", ["echo", values])
+        self.assertLess(len(msg), 1 << 20)
+        # The first read holds far fewer bytes than the array has elements.
+        rpc.sock.sendall(msg[:64])
+        time.sleep(0.05)
+        for i in range(64, len(msg), 50000):
+            rpc.sock.sendall(msg[i:i + 50000])
+        self.assertEqual(rpc.wait(1), (None, values))
+
+    def test_garbage_gets_an_answer_and_the_replies_already_owed(self):
+        s = self.connect()
+        s.sendall(packed(1, "execute", ["sleep", {"ms": 300}])
+                  + b"\x94\x00\x02\xc1 not msgpack")
+        got = read_all(s)  # then closed by the node
+        self.assertEqual(got[1], (None, 300))
+        self.assertEqual(got[2][0]["code"], "bad_request")
+        self.assertIn("not msgpack", got[2][0]["message"])
+        self.assertServes()
+
+    def test_replies_are_delivered_after_a_half_close(self):
+        s = self.connect()
+        s.sendall(packed(1, "execute", ["sleep", {"ms": 300}])
+                  + packed(2, "execute", ["echo", "after"]) + packed(3, "ping", []))
+        s.shutdown(socket.SHUT_WR)
+        self.assertEqual(read_all(s), {1: (None, 300), 2: (None, "after"), 3: (None, "pong")})
+
+
+class MessageLimitsTest(RpcInputTest):
+    extra_ini = "[rpc]\nmax-message-size=65536\nmessage-timeout=500ms\n"
+
+    def test_a_message_over_the_limit_is_refused_truthfully(self):
+        s = self.connect()
+        s.sendall(packed(1, "execute", ["sleep", {"ms": 300}]))
+        try:
+            s.sendall(packed(2, "execute", ["echo", b"x" * 100000]))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the node may stop reading before all of it is sent
+        got = read_all(s)
+        self.assertEqual(got[1], (None, 300))
+        self.assertEqual(got[2][0]["code"], "bad_request")
+        self.assertIn("max-message-size", got[2][0]["message"])
+        self.assertNotIn("not msgpack", got[2][0]["message"])
+        self.assertServes()
+
+    def test_a_message_that_never_completes_times_out(self):
+        s = self.connect()
+        msg = packed(7, "execute", ["echo", "x" * 1000])
+        t = time.time()
+        try:
+            for b in msg[:200]:  # a byte every 10 ms: never finished in time
+                s.sendall(bytes([b]))
+                time.sleep(0.01)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        got = read_all(s)
+        self.assertLess(time.time() - t, 10)
+        self.assertEqual(got[7][0]["code"], "bad_request")
+        self.assertIn("message-timeout", got[7][0]["message"])
+        self.assertServes()
+
+    def test_an_idle_connection_is_not_timed_out(self):
+        rpc = Rpc(self.node.port)
+        self.socks.append(rpc.sock)
+        time.sleep(1.0)  # twice the message timeout, with no message begun
+        self.assertEqual(rpc.call("ping"), (None, "pong"))
+
+
+class BufferedInputTest(RpcInputTest):
+    extra_ini = "[rpc]\nmax-message-size=1048576\nmax-buffered-input=1048576\n"
+
+    def test_unfinished_messages_across_connections_are_capped(self):
+        big = packed(1, "execute", ["echo", b"y" * 900000])
+        first, second = self.connect(), self.connect()
+        first.sendall(big[:700000])
+        time.sleep(0.2)
+        try:
+            second.sendall(big[:700000])
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        got = read_all(second)
+        self.assertEqual(got[1][0]["code"], "overloaded")
+        self.assertIn("max-buffered-input", got[1][0]["message"])
+        # The first connection was not harmed: its message completes.
+        first.sendall(big[700000:])
+        first.settimeout(30)
+        unpacker = msgpack.Unpacker(raw=False)
+        while True:
+            unpacker.feed(first.recv(1 << 20))
+            msgs = list(unpacker)
+            if msgs:
+                break
+        self.assertEqual(msgs[0][1:3], [1, None])
+        self.assertEqual(len(msgs[0][3]), 900000)
+
+
+class ConnectionLimitTest(RpcInputTest):
+    extra_ini = "[rpc]\nmax-connections=4\n"
+
+    def test_connections_over_the_limit_are_refused_without_spinning(self):
+        held = [Rpc(self.node.port) for _ in range(4)]
+        for r in held:
+            self.socks.append(r.sock)
+            self.assertEqual(r.call("ping"), (None, "pong"))
+        before = cpu_seconds(self.node.proc.pid)
+        refused = 0
+        for _ in range(20):
+            s = self.connect()
+            try:
+                s.sendall(packed(1, "ping", []))
+                if s.recv(100) == b"":
+                    refused += 1
+            except (ConnectionResetError, BrokenPipeError):
+                refused += 1
+        time.sleep(1.0)
+        self.assertEqual(refused, 20)
+        # A busy accept loop would burn a whole core for that second.
+        self.assertLess(cpu_seconds(self.node.proc.pid) - before, 0.5)
+        held[0].close()
+        deadline = time.time() + 5
+        while True:  # the slot frees once the node has seen the close
+            try:
+                self.assertServes()
+                break
+            except (ConnectionError, OSError):
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.05)
+        for r in held[1:]:
+            self.assertEqual(r.call("ping"), (None, "pong"))
+
+
+if __name__ == "__main__":
+    unittest.main()
