@@ -75,6 +75,12 @@ public:
     return n;
   }
 
+  /// Removes the least recently touched entry, if any.
+  void erase_oldest() {
+    if (head_ != nullptr)
+      erase(*head_);
+  }
+
   /// Calls `f(id, value, stamp)` for every entry, oldest first.
   template <class F>
   void for_each(F&& f) const {

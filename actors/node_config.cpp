@@ -56,7 +56,10 @@ node_config::node_config() {
     .add(session_timeout, "timeout", "idle time after which a session expires")
     .add(session_cleanup_interval, "cleanup-interval", "period of the expiry cleanup")
     .add(session_remember, "remember", "how long expired or lost ids are remembered")
-    .add(session_mode, "mode", "strict (wait for the owner) or hint (may run elsewhere)");
+    .add(session_mode, "mode", "strict (wait for the owner) or hint (may run elsewhere)")
+    .add(session_max_sessions, "max-sessions",
+         "live sessions at most (more: overloaded); as many expired ids are remembered")
+    .add(session_max_id_size, "max-id-size", "longest session id in bytes (longer: bad_request)");
   opt_group{custom_options_, "rpc"}
     .add(rpc_host, "host", "address the MessagePack-RPC endpoint listens on")
     .add(rpc_port, "port", "port of the MessagePack-RPC endpoint (0: any free port)")
@@ -167,6 +170,10 @@ std::string node_config::validate() const {
     return "invalid value for 'session.timeout': must be > 0";
   if (!positive(session_cleanup_interval))
     return "invalid value for 'session.cleanup-interval': must be > 0";
+  if (session_max_sessions == 0)
+    return "invalid value for 'session.max-sessions': must be > 0";
+  if (session_max_id_size == 0)
+    return "invalid value for 'session.max-id-size': must be > 0";
   if (session_mode != "strict" && session_mode != "hint")
     return "invalid value for 'session.mode': \"" + session_mode + "\" (strict or hint)";
   if (rpc_max_message_size < 1024)
@@ -227,6 +234,8 @@ pool_config node_config::make_pool_config() const {
   cfg.session.timeout = session_timeout;
   cfg.session.cleanup_interval = session_cleanup_interval;
   cfg.session.remember = session_remember;
+  cfg.session.max_sessions = session_max_sessions;
+  cfg.session.max_id_size = session_max_id_size;
   cfg.mode = session_mode == "hint" ? affinity_mode::hint : affinity_mode::strict;
   cfg.max_restarts = pool_max_restarts;
   cfg.restart_period = pool_restart_period;

@@ -57,6 +57,8 @@ struct node_config : caf::actor_system_config {
   caf::timespan session_cleanup_interval = std::chrono::seconds(1);
   caf::timespan session_remember = std::chrono::minutes(10);
   std::string session_mode = "strict";
+  size_t session_max_sessions = 100000;
+  size_t session_max_id_size = 256;
   // [rpc]
   std::string rpc_host = "127.0.0.1";
   uint16_t rpc_port = 7400;

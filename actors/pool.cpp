@@ -4,7 +4,9 @@
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <limits>
 #include <memory>
+#include <string>
 #include <unordered_map>
 
 #include "caf/actor_system.hpp"
@@ -84,7 +86,26 @@ struct slot_rec {
   bool served_ok = false;
   bool proven = false;
   caf::actor_clock::time_point ready_at;
+  /// Hint mode: requests in flight here per session, so that a session's
+  /// request runs on another worker only when none of its earlier ones is
+  /// still running (its requests then still run in the order sent).
+  std::unordered_map<std::string, uint32_t> running_sessions;
 };
+
+/// A place in the queue: requests are served by round, then by arrival.
+/// Each requester's requests get consecutive rounds, so requesters with
+/// waiting work take turns (round-robin) instead of being served in the
+/// order of arrival, where one client's burst would make all others wait.
+struct queue_key {
+  int64_t round = 0;
+  int64_t seq = 0;
+  friend bool operator<(const queue_key& x, const queue_key& y) {
+    return x.round != y.round ? x.round < y.round : x.seq < y.seq;
+  }
+};
+
+/// Retries and requeues go before every round.
+constexpr int64_t front_round = std::numeric_limits<int64_t>::min();
 
 /// A request waiting for a worker (or for its session's route).
 struct queued {
@@ -100,7 +121,7 @@ struct queued {
   /// Place in the queue, fixed at admission: a session request that leaves
   /// the queue to be routed comes back to the same place, so the requests
   /// of one session keep the order in which they were sent.
-  int64_t key = 0;
+  queue_key key;
 };
 
 using queued_ptr = std::shared_ptr<queued>;
@@ -110,11 +131,25 @@ struct pool_state {
   supervisor_actor sup;
   session_affinity_actor affinity;
   std::vector<slot_rec> slots;
-  /// Ordered by admission; retries get keys before everything else.
-  std::map<int64_t, queued_ptr> queue;
+  /// Ordered by queue_key; retries before everything else.
+  std::map<queue_key, queued_ptr> queue;
   int64_t next_back = 1;
   int64_t next_front = 0;
-  std::unordered_map<caf::actor_addr, size_t> requesters;
+  /// The highest round dispatched so far: a requester with nothing waiting
+  /// joins at this round, so it is next in turn, not behind every backlog.
+  int64_t round = 0;
+  struct requester_rec {
+    /// Its requests in the queue (its share, see admit).
+    size_t queued = 0;
+    /// The round of its latest request (queued or dispatched). Kept while
+    /// it matters: while it is not behind `round`, or requests wait.
+    int64_t last_round = 0;
+  };
+  std::unordered_map<caf::actor_addr, requester_rec> requesters;
+  /// The latest key given to a request of each session with requests
+  /// waiting: a session's later request never gets an earlier place, even
+  /// from another requester. Pruned by the sweep.
+  std::unordered_map<std::string, queue_key> session_tail;
   std::vector<caf::typed_response_promise<pool_stats>> ready_waiters;
   /// Replies by outcome, indexed by error_code (none = ok).
   std::array<uint64_t, 16> replies{};
@@ -162,9 +197,10 @@ void track(self_ptr self, queued& q) {
   if (!src)
     return;
   q.requester = caf::actor_cast<caf::actor_addr>(src);
-  auto& n = self->state.requesters[q.requester];
-  if (n++ == 0)
+  auto& r = self->state.requesters[q.requester];
+  if (r.queued++ == 0)
     self->monitor(q.requester);
+  r.last_round = std::max(r.last_round, q.key.round);
 }
 
 void untrack(self_ptr self, const queued& q) {
@@ -174,9 +210,10 @@ void untrack(self_ptr self, const queued& q) {
   auto i = rs.find(q.requester);
   if (i == rs.end())
     return;
-  if (--i->second == 0) {
+  if (--i->second.queued == 0) {
     self->demonitor(q.requester);
-    rs.erase(i);
+    if (i->second.last_round < self->state.round)
+      rs.erase(i);
   }
 }
 
@@ -226,6 +263,8 @@ void dispatch(self_ptr self, queued& q, uint32_t slot) {
     return;
   }
   q.req.timeout = std::chrono::duration_cast<caf::timespan>(remaining);
+  if (st.cfg.mode == affinity_mode::hint && !q.req.session.empty())
+    ++s.running_sessions[q.req.session];
   ++s.in_flight;
   ++s.dispatched;
   q.rp.delegate(s.handle, std::move(q.req));
@@ -243,6 +282,17 @@ caf::error refusal(const pool_state& st) {
   if (st.stopping)
     return make_error(error_code::shutting_down, "the pool is stopping");
   return caf::error{};
+}
+
+/// A session id longer than session.max-id-size is refused before it costs
+/// anything (ids are kept by the node and by a worker while they live).
+caf::error check_session_id(const pool_state& st, const std::string& id) {
+  if (id.size() <= st.cfg.session.max_id_size)
+    return caf::error{};
+  return make_error(error_code::bad_request,
+                    "session id of " + std::to_string(id.size()) + " bytes is longer than "
+                      + std::to_string(st.cfg.session.max_id_size)
+                      + " (session.max-id-size)");
 }
 
 /// The absolute deadline of a request admitted now: its own timeout (clamped
@@ -268,11 +318,42 @@ void enqueue(self_ptr self, queued_ptr q) {
   }
 }
 
-queued_ptr take(self_ptr self, std::map<int64_t, queued_ptr>::iterator i) {
+/// A request is dispatched: its requester has had its turn in that round
+/// (also when it did not have to wait for it).
+void note_turn(self_ptr self, queued& q) {
+  auto& st = self->state;
+  st.round = std::max(st.round, q.key.round);
+  auto src = static_cast<caf::response_promise&>(q.rp).source();
+  if (!src)
+    return;
+  auto& r = st.requesters[caf::actor_cast<caf::actor_addr>(src)];
+  r.last_round = std::max(r.last_round, q.key.round);
+}
+
+/// Forgets requesters whose last turn no longer matters (everything they
+/// sent has left the queue and the rounds have moved past them); `all`
+/// forgets every requester without waiting requests.
+void prune_requesters(pool_state& st, bool all) {
+  for (auto i = st.requesters.begin(); i != st.requesters.end();) {
+    if (i->second.queued == 0 && (all || i->second.last_round < st.round))
+      i = st.requesters.erase(i);
+    else
+      ++i;
+  }
+}
+
+queued_ptr take(self_ptr self, std::map<queue_key, queued_ptr>::iterator i) {
   auto q = std::move(i->second);
   self->state.queue.erase(i);
   untrack(self, *q);
   return q;
+}
+
+/// Whether a request of `session` is in flight on any worker (hint mode).
+bool session_running(const pool_state& st, const std::string& session) {
+  return std::any_of(st.slots.begin(), st.slots.end(), [&](const slot_rec& s) {
+    return s.running_sessions.count(session) > 0;
+  });
 }
 
 void try_dispatch(self_ptr self) {
@@ -312,7 +393,8 @@ void try_dispatch(self_ptr self) {
                             && s.in_flight < st.cfg.max_in_flight;
       if (owner_has_room)
         target = q.slot;
-      else if (st.cfg.mode == affinity_mode::hint && s.state == slot_state::ready)
+      else if (st.cfg.mode == affinity_mode::hint && s.state == slot_state::ready
+               && !session_running(st, q.req.session))
         target = pick_worker(self);
     } else {
       target = pick_worker(self);
@@ -322,14 +404,36 @@ void try_dispatch(self_ptr self) {
       continue;
     }
     auto item = take(self, i++);
+    note_turn(self, *item);
     dispatch(self, *item, target);
   }
 }
 
 /// Accepts a new (or retried) request.
+/// The place of a request admitted now (see queue_key).
+queue_key place_of(self_ptr self, queued& q, bool is_retry) {
+  auto& st = self->state;
+  if (is_retry)
+    return {front_round, st.next_front--};
+  auto round = st.round;
+  auto src = static_cast<caf::response_promise&>(q.rp).source();
+  if (src) {
+    auto i = st.requesters.find(caf::actor_cast<caf::actor_addr>(src));
+    if (i != st.requesters.end())
+      round = std::max(round, i->second.last_round + 1);
+  }
+  queue_key key{round, st.next_back++};
+  if (!q.req.session.empty()) {
+    auto& tail = st.session_tail[q.req.session];
+    if (key < tail)
+      key.round = tail.round;
+    tail = key;
+  }
+  return key;
+}
+
 void admit(self_ptr self, queued_ptr q, bool is_retry) {
   auto& st = self->state;
-  q->key = is_retry ? st.next_front-- : st.next_back++;
   if (!is_retry && st.queue.size() >= st.cfg.queue_size) {
     fail(self, *q,
          make_error(error_code::overloaded, "the pool's queue is full ("
@@ -343,15 +447,16 @@ void admit(self_ptr self, queued_ptr q, bool is_retry) {
     auto i = src ? st.requesters.find(caf::actor_cast<caf::actor_addr>(src)) : st.requesters.end();
     auto share = std::max<size_t>(1, static_cast<size_t>(st.cfg.queue_share
                                                          * static_cast<double>(st.cfg.queue_size)));
-    if (i != st.requesters.end() && i->second >= share) {
+    if (i != st.requesters.end() && i->second.queued >= share) {
       fail(self, *q,
            make_error(error_code::overloaded, "this client already has "
-                                                + std::to_string(i->second)
+                                                + std::to_string(i->second.queued)
                                                 + " requests waiting (its share of the queue); "
                                                   "retry later"));
       return;
     }
   }
+  q->key = place_of(self, *q, is_retry);
   if (!q->req.session.empty()) {
     if (is_retry || st.queue.empty()) {
       route(self, std::move(q));
@@ -366,6 +471,10 @@ void admit(self_ptr self, queued_ptr q, bool is_retry) {
   if (st.queue.empty() && q->not_before <= self->clock().now()) {
     auto target = pick_worker(self);
     if (target != no_slot) {
+      note_turn(self, *q);
+      // Bounded however many requesters come and go.
+      if (st.requesters.size() > 2 * st.cfg.queue_size + 64)
+        prune_requesters(st, true);
       dispatch(self, *q, target);
       return;
     }
@@ -722,6 +831,10 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
         fail(self, *q, std::move(err));
         return rp;
       }
+      if (auto err = check_session_id(st, req.session)) {
+        fail(self, *q, std::move(err));
+        return rp;
+      }
       q->deadline = deadline_of(self, req);
       q->req = std::move(req);
       admit(self, std::move(q), false);
@@ -729,7 +842,7 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
     },
     [self](retry_atom, execute& req) { return readmit(self, std::move(req), true); },
     [self](requeue_atom, execute& req) { return readmit(self, std::move(req), false); },
-    [self](done_atom, uint64_t worker, uint8_t code, int64_t ns) {
+    [self](done_atom, uint64_t worker, uint8_t code, int64_t ns, const std::string& session) {
       auto& st = self->state;
       count_reply(self, static_cast<error_code>(code));
       if (st.latencies.size() < latency_window)
@@ -742,6 +855,11 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
           continue;
         if (s.in_flight > 0)
           --s.in_flight;
+        if (!session.empty()) {
+          auto j = s.running_sessions.find(session);
+          if (j != s.running_sessions.end() && --j->second == 0)
+            s.running_sessions.erase(j);
+        }
         ++s.served;
         if (!s.served_ok && answered_by_worker(static_cast<error_code>(code))) {
           s.served_ok = true;
@@ -765,6 +883,7 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
           prove(self, i, true);
         s.state = slot_state::down;
         s.in_flight = 0;
+        s.running_sessions.clear();
       }
       return true;
     },
@@ -810,6 +929,8 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
     [self](end_session_atom, std::string& id) -> caf::result<bool> {
       if (!self->state.affinity)
         return unavailable_error("the pool gave up and is being restarted");
+      if (auto err = check_session_id(self->state, id))
+        return err;
       return self->delegate(self->state.affinity, end_session_atom::value, std::move(id));
     },
     [self](configure_atom, caf::timespan timeout) -> caf::result<caf::timespan> {
@@ -830,6 +951,7 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
       s.actor = hdl.id();
       s.state = slot_state::starting;
       s.in_flight = 0;
+      s.running_sessions.clear();
       s.dispatched = 0;
       s.pid = 0;
       s.recycling = false;
@@ -872,6 +994,7 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
       s.handle = nullptr;
       s.actor = 0;
       s.in_flight = 0;
+      s.running_sessions.clear();
       s.pid = 0;
       ++s.incarnation;
       self->send(st.affinity, worker_down_atom::value, slot);
@@ -925,6 +1048,15 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
         }
       }
       try_dispatch(self); // retries whose back-off has passed
+      prune_requesters(st, false);
+      // A session whose latest place is before everything waiting has no
+      // request left in the queue.
+      for (auto i = st.session_tail.begin(); i != st.session_tail.end();) {
+        if (st.queue.empty() || i->second < st.queue.begin()->first)
+          i = st.session_tail.erase(i);
+        else
+          ++i;
+      }
       if (!st.queue.empty()) {
         st.sweep_armed = true;
         self->delayed_send(self, sweep_interval, sweep_atom::value);

@@ -409,8 +409,7 @@ private:
     auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(self_->clock().now() - e.started)
                 .count();
     caf::anon_send(listener_, done_atom::value, static_cast<uint64_t>(self_->id()),
-                   static_cast<uint8_t>(code),
-                   static_cast<int64_t>(ns));
+                   static_cast<uint8_t>(code), static_cast<int64_t>(ns), e.request.session);
   }
 
   caf::local_actor* self_;

@@ -68,6 +68,8 @@ void remember(self_ptr self, const std::string& id, tombstone kind, int64_t now)
     e->value = kind;
     rem.touch(*e, now);
   } else {
+    if (rem.size() >= self->state.settings.max_sessions)
+      rem.erase_oldest();
     rem.insert(id, kind, now);
   }
 }
@@ -138,6 +140,11 @@ session_affinity_actor spawn_session_affinity(caf::actor_system& sys, session_se
           }
           st.remembered.erase(*r);
         }
+        if (st.sessions.size() >= st.settings.max_sessions)
+          return make_error(error_code::overloaded,
+                            "the pool holds " + std::to_string(st.sessions.size())
+                              + " live sessions (session.max-sessions); end sessions or "
+                                "retry later");
         if (candidate == no_slot || !slot(self, candidate).up)
           return {no_slot, uint32_t{0}};
         auto& s = slot(self, candidate);

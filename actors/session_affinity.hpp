@@ -14,6 +14,9 @@
 //   get session_expired; afterwards it is new again. A session whose worker
 //   died (or was recycled) gets session_lost, also remembered. end_session
 //   forgets an id at once (its state is dropped in the worker).
+// - At most `max_sessions` live sessions (more: `overloaded`) and as many
+//   remembered ids (the oldest forgotten first), so a client inventing ids
+//   cannot exhaust the node's or a worker's memory.
 // - O(1) lookups; cleanup costs what expires (see expiring_index.hpp).
 // Time is the actor clock, so CAF's test coordinator drives expiry exactly.
 
@@ -46,6 +49,13 @@ struct session_settings {
   caf::timespan cleanup_interval = std::chrono::seconds(1);
   /// How long an expired or lost id is remembered.
   caf::timespan remember = std::chrono::minutes(10);
+  /// Live sessions at most: a request that would open one more is answered
+  /// `overloaded` (each costs the node ~120 bytes and its worker its state).
+  /// Remembered (expired, lost) ids are capped at the same number, the
+  /// oldest forgotten first.
+  size_t max_sessions = 100000;
+  /// Longest session id, in bytes (checked by the pool: `bad_request`).
+  size_t max_id_size = 256;
 };
 
 struct affinity_stats {

@@ -352,13 +352,18 @@ TEST_CASE_METHOD(fixture, "hint mode runs a session request elsewhere when its o
     INFO((mode == affinity_mode::hint ? "hint" : "strict"));
     auto cfg = mock_pool(2, 1, 100ms);
     cfg.mode = mode;
+    cfg.session.timeout = 10s;
     start(cfg);
-    self->send(pool, make_execute("ping", msgpack::type::nil_t{}, "s1")); // binds s1
-    run();
-    advance(100ms);
-    REQUIRE(replies().size() == 1);
-    // Keep s1's owner busy, then ask for s1 again.
-    self->send(pool, make_execute("sleep", std::map<std::string, int>{{"ms", 500}}, "s1"));
+    // New sessions go to the least-loaded worker, ties in turn: s1 and s3
+    // share a worker, s2 has the other.
+    for (auto id : {"s1", "s2", "s3"}) {
+      self->send(pool, make_execute("ping", msgpack::type::nil_t{}, id));
+      run();
+      advance(100ms);
+      REQUIRE(replies().size() == 1);
+    }
+    // Keep s1's owner busy with s3's work, then ask for s1.
+    self->send(pool, make_execute("sleep", std::map<std::string, int>{{"ms", 500}}, "s3"));
     run();
     self->send(pool, make_execute("session.get", kv{{"key", "k"}}, "s1"));
     run();
@@ -378,6 +383,28 @@ TEST_CASE_METHOD(fixture, "hint mode runs a session request elsewhere when its o
     run();
     pool = nullptr;
   }
+}
+
+TEST_CASE_METHOD(fixture, "hint mode never runs a session's request beside its earlier one",
+                 "[unit][pool][order]") {
+  // The owner is busy with the session's own request: the next one waits
+  // for it instead of overtaking it on the idle worker.
+  auto cfg = mock_pool(2, 1, 0ms);
+  cfg.mode = affinity_mode::hint;
+  start(cfg);
+  self->send(pool, make_execute("sleep", std::map<std::string, int>{{"ms", 300}}, "s1"));
+  run();
+  self->send(pool, make_execute("echo", std::string{"second"}, "s1"));
+  run();
+  advance(100ms);
+  CHECK(replies().empty());
+  advance(200ms);
+  auto done = replies();
+  REQUIRE(done.size() == 2);
+  REQUIRE(done[0]);
+  CHECK(*unpack<int>(*done[0]) == 300);
+  REQUIRE(done[1]);
+  CHECK(*unpack<std::string>(*done[1]) == "second");
 }
 
 TEST_CASE_METHOD(fixture, "a graceful stop refuses new work and ends the pool", "[unit][pool]") {
@@ -455,4 +482,45 @@ TEST_CASE_METHOD(fixture, "a retried request keeps the caller's deadline", "[uni
   REQUIRE(!late.front());
   CHECK(code_of(late.front().error()) == error_code::timeout);
   CHECK(waited <= 100ms + 20ms); // deadline plus the worker's and the pool's sweeps
+}
+
+TEST_CASE_METHOD(fixture, "requesters with waiting work take turns", "[unit][pool][fairness]") {
+  // One worker, one request at a time, 10 ms each. Requester A queues six,
+  // then B queues two: B must not wait for A's whole backlog.
+  start(mock_pool(1, 1, 10ms));
+  for (int i = 0; i < 6; ++i)
+    self->send(pool, make_execute("echo", std::string{"a"} + std::to_string(i)));
+  run();
+  caf::scoped_actor other{sys};
+  for (int i = 0; i < 2; ++i)
+    other->send(pool, make_execute("echo", std::string{"b"} + std::to_string(i)));
+  run();
+  std::vector<std::string> order;
+  for (int step = 0; step < 12 && order.size() < 8; ++step) {
+    advance(10ms);
+    for (auto& r : replies()) {
+      REQUIRE(r);
+      order.push_back(*unpack<std::string>(*r));
+    }
+    other->receive([&](payload& p) { order.push_back(*unpack<std::string>(p)); },
+                   caf::after(0s) >> [] {});
+  }
+  CHECK(order == std::vector<std::string>{"a0", "b0", "a1", "b1", "a2", "a3", "a4", "a5"});
+}
+
+TEST_CASE_METHOD(fixture, "a session id longer than the limit is a bad request",
+                 "[unit][pool]") {
+  auto cfg = mock_pool(1, 1, 0ms);
+  cfg.session.max_id_size = 8;
+  start(cfg);
+  auto r = call(make_execute("echo", 1, std::string(9, 's')));
+  REQUIRE_FALSE(r);
+  CHECK(code_of(r.error()) == error_code::bad_request);
+  CHECK(call(make_execute("echo", 1, std::string(8, 's'))));
+  self->send(pool, end_session_atom::value, std::string(9, 's'));
+  run();
+  caf::error end;
+  self->receive([&](bool) {}, [&](caf::error& e) { end = std::move(e); },
+                caf::after(0s) >> [] { FAIL("no reply"); });
+  CHECK(code_of(end) == error_code::bad_request);
 }

@@ -181,3 +181,42 @@ TEST_CASE_METHOD(fixture, "a new session without a candidate stays unbound", "[u
   CHECK(route("s1", no_slot) == no_slot);
   CHECK(stats().sessions == 0);
 }
+
+namespace {
+
+struct capped_fixture : fixture {
+  capped_fixture() : fixture(session_settings{200ms, 50ms, 1s, 3, 256}) {
+    // nop
+  }
+};
+
+} // namespace
+
+TEST_CASE_METHOD(capped_fixture, "sessions beyond max_sessions are refused as overloaded",
+                 "[unit][affinity]") {
+  for (auto id : {"a", "b", "c"})
+    REQUIRE(route(id) == uint32_t{0});
+  auto fourth = route("d");
+  REQUIRE_FALSE(fourth);
+  CHECK(code_of(fourth.error()) == error_code::overloaded);
+  // Known sessions are still served, and ending one makes room.
+  CHECK(route("a") == uint32_t{0});
+  CHECK(ask<bool>(aff, end_session_atom::value, std::string{"b"}));
+  CHECK(route("d") == uint32_t{0});
+}
+
+TEST_CASE_METHOD(capped_fixture, "remembered ids are capped too, the oldest forgotten first",
+                 "[unit][affinity]") {
+  for (auto id : {"a", "b", "c"})
+    REQUIRE(route(id) == uint32_t{0});
+  advance(300ms); // all three expire
+  CHECK(stats().remembered == 3);
+  for (auto id : {"d", "e"}) {
+    REQUIRE(route(id) == uint32_t{0});
+    advance(300ms);
+  }
+  // d and e expired later and pushed out the oldest two.
+  CHECK(stats().remembered == 3);
+  CHECK(route("a") == uint32_t{0}); // forgotten: new again
+  CHECK(code_of(route("e").error()) == error_code::session_expired);
+}
