@@ -124,8 +124,12 @@ void finish_if_done(caf::io::broker* self, connection_state& st) {
   close_connection(self, st, "");
 }
 
+/// Results from this size on are handed to CAF's write buffer instead of
+/// copied into it when possible (see write_response).
+constexpr size_t large_result = size_t{1} << 20;
+
 void write_response(caf::io::broker* self, connection_state& st, uint32_t msgid,
-                    const rpc_error* err, const std::vector<char>* result) {
+                    const rpc_error* err, std::vector<char>* result) {
   if (st.closed)
     return;
   auto& out = self->wr_buf(st.out);
@@ -153,10 +157,25 @@ void write_response(caf::io::broker* self, connection_state& st, uint32_t msgid,
     pk.pack_nil();
   } else {
     pk.pack_nil();
-    // The result's bytes as the worker produced them.
-    out.insert(out.end(), result->begin(), result->end());
   }
   st.pending_output += out.size() - before;
+  if (result != nullptr) {
+    // The result's bytes as the worker produced them, never re-encoded. A
+    // large one is not copied on the I/O thread (which every connection
+    // shares): once the header is handed to the socket, CAF's write buffer
+    // is usually empty and simply takes the result's memory.
+    auto size = result->size();
+    if (size >= large_result)
+      self->flush(st.out);
+    auto& rest = self->wr_buf(st.out);
+    if (size >= large_result && rest.empty()) {
+      rest.swap(*result);
+    } else {
+      rest.reserve(rest.size() + size);
+      rest.insert(rest.end(), result->begin(), result->end());
+    }
+    st.pending_output += size;
+  }
   self->flush(st.out);
   if (st.pending_output > st.shared->cfg.max_pending_output)
     close_connection(self, st,
@@ -169,8 +188,9 @@ void respond_error(caf::io::broker* self, connection_state& st, uint32_t msgid, 
   write_response(self, st, msgid, &err, nullptr);
 }
 
+/// Writes the response to `msgid`; `result` may be taken (moved from).
 void respond(caf::io::broker* self, connection_state& st, uint32_t msgid,
-             const std::vector<char>& result) {
+             std::vector<char>&& result) {
   write_response(self, st, msgid, nullptr, &result);
 }
 
@@ -201,7 +221,8 @@ void finished_one(caf::io::broker* self, const conn_ptr& st) {
 }
 
 /// Sends a request to the pool and writes its outcome as the response to
-/// `msgid` (none for a notification); `encode` turns the result into bytes.
+/// `msgid` (none for a notification); `encode` turns the result into bytes
+/// (and may take them from it).
 template <class Result, class Encode, class... Ts>
 void forward(caf::io::broker* self, conn_ptr st, uint32_t msgid, bool notification,
              Encode encode, Ts&&... xs) {
@@ -305,9 +326,7 @@ bool handle_message(caf::io::broker* self, conn_ptr st, const char* data, size_t
                   [](bool) { return pack(std::string{"pong"}).bytes; }, health_atom::value);
   } else if (m.method == "execute") {
     forward<payload>(self, st, msgid, notification,
-                     [](const payload& result) -> const std::vector<char>& {
-                       return result.bytes;
-                     },
+                     [](payload& result) { return std::move(result.bytes); },
                      std::move(m.request));
   } else if (m.method == "session.end") {
     forward<bool>(self, st, msgid, notification, [](bool) { return pack(true).bytes; },

@@ -1,6 +1,9 @@
 #include "actors/rpc_framer.hpp"
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <new>
 #include <exception>
 
 #include <msgpack.hpp>
@@ -51,6 +54,62 @@ struct limit_visitor : msgpack::null_visitor {
   }
 };
 
+/// The framer's bytes. Grown with realloc: for large blocks glibc moves the
+/// pages (mremap) instead of copying them, so a 60 MiB message does not stall
+/// the I/O thread shared by every connection with a copy at each doubling,
+/// as std::vector's growth would.
+class byte_buffer {
+public:
+  byte_buffer() = default;
+  byte_buffer(const byte_buffer&) = delete;
+  byte_buffer& operator=(const byte_buffer&) = delete;
+  ~byte_buffer() {
+    std::free(data_);
+  }
+
+  char* data() noexcept {
+    return data_;
+  }
+  const char* data() const noexcept {
+    return data_;
+  }
+  size_t size() const noexcept {
+    return size_;
+  }
+
+  void append(const char* p, size_t n) {
+    if (size_ + n > cap_) {
+      auto cap = std::max(size_ + n, cap_ * 2);
+      auto grown = static_cast<char*>(std::realloc(data_, cap));
+      if (grown == nullptr)
+        throw std::bad_alloc();
+      data_ = grown;
+      cap_ = cap;
+    }
+    std::memcpy(data_ + size_, p, n);
+    size_ += n;
+  }
+
+  void erase_front(size_t n) {
+    std::memmove(data_, data_ + n, size_ - n);
+    size_ -= n;
+  }
+
+  /// Frees a large block once it is empty.
+  void shrink_if_empty() {
+    if (size_ == 0 && cap_ > (size_t{1} << 20)) {
+      std::free(data_);
+      data_ = nullptr;
+      cap_ = 0;
+    }
+  }
+
+private:
+  char* data_ = nullptr;
+  size_t size_ = 0;
+  size_t cap_ = 0;
+};
+
 } // namespace
 
 // msgpack-c's streaming parser, over a buffer the framer owns. msgpack-c's
@@ -61,7 +120,7 @@ struct limit_visitor : msgpack::null_visitor {
 // gives both: state across reads, the message in one piece.
 struct rpc_framer::impl : msgpack::detail::context<rpc_framer::impl> {
   limit_visitor v;
-  std::vector<char> buf;
+  byte_buffer buf;
   /// Start of the current message in buf.
   size_t begin = 0;
   /// How far the parser has got (it resumes here).
@@ -101,20 +160,25 @@ void rpc_framer::append(const char* data, size_t n) {
   if (d.begin > 0) {
     // Drop the messages already taken; what moves is at most the part of
     // the unfinished message that followed them, so the cost stays linear.
-    d.buf.erase(d.buf.begin(), d.buf.begin() + static_cast<std::ptrdiff_t>(d.begin));
+    d.buf.erase_front(d.begin);
     d.off -= d.begin;
     d.begin = 0;
-    // Give memory back after a large message.
-    if (d.buf.empty() && d.buf.capacity() > (size_t{1} << 20))
-      std::vector<char>{}.swap(d.buf);
+    d.buf.shrink_if_empty();
   }
-  d.buf.insert(d.buf.end(), data, data + n);
+  d.buf.append(data, n);
 }
 
 rpc_framer::status rpc_framer::next() {
   auto& d = *impl_;
   if (d.failed)
     return d.failure;
+  if (d.begin == d.buf.size() && d.begin > 0) {
+    // Everything taken (the last message is no longer needed): start over,
+    // and give memory back after a large message.
+    d.buf.erase_front(d.begin);
+    d.off = d.begin = 0;
+    d.buf.shrink_if_empty();
+  }
   if (d.off == d.buf.size())
     return status::need_more;
   // Never parse past the limit: a message that has not ended within

@@ -10,6 +10,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <fstream>
+#include <map>
+#include <sstream>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -264,32 +267,114 @@ void rpc_client::send_echo(const std::vector<char>& payload) {
   write_all(fd_, buf.data(), buf.size());
 }
 
-void rpc_client::read_response() {
-  for (;;) {
-    if (!inbuf_.empty()) {
-      try {
-        size_t off = 0;
-        auto h = msgpack::unpack(inbuf_.data(), inbuf_.size(), off);
-        auto arr = h.get().as<std::vector<msgpack::object>>();
-        if (arr.size() != 4 || arr[2].type != msgpack::type::NIL)
-          throw std::runtime_error("rpc error response");
-        inbuf_.erase(inbuf_.begin(), inbuf_.begin() + static_cast<std::ptrdiff_t>(off));
-        return;
-      } catch (const msgpack::insufficient_bytes&) {
-        // read more
-      }
-    }
-    char buf[65536];
-    auto n = read(fd_, buf, sizeof(buf));
+msgpack::object_handle rpc_client::read_response() {
+  msgpack::object_handle oh;
+  while (!unpacker_.next(oh)) {
+    unpacker_.reserve_buffer(65536);
+    auto n = read(fd_, unpacker_.buffer(), unpacker_.buffer_capacity());
     if (n <= 0)
       throw std::runtime_error("rpc connection closed");
-    inbuf_.insert(inbuf_.end(), buf, buf + n);
+    unpacker_.buffer_consumed(static_cast<size_t>(n));
   }
+  const auto& msg = oh.get();
+  if (msg.type != msgpack::type::ARRAY || msg.via.array.size != 4)
+    throw std::runtime_error("not an RPC response");
+  if (msg.via.array.ptr[2].type != msgpack::type::NIL)
+    throw std::runtime_error("rpc error response: "
+                             + msgpack::object(msg.via.array.ptr[2]).as<std::map<std::string,
+                                                                               std::string>>()
+                                 .at("message"));
+  return oh;
 }
 
 void rpc_client::echo(const std::vector<char>& payload) {
   send_echo(payload);
   read_response();
+}
+
+msgpack::object_handle rpc_client::echo_packed(const std::vector<char>& arg) {
+  msgpack::sbuffer buf;
+  msgpack::packer<msgpack::sbuffer> pk{buf};
+  pk.pack_array(4);
+  pk.pack(0);
+  pk.pack(next_id_++);
+  pk.pack(std::string{"execute"});
+  pk.pack_array(2);
+  pk.pack(std::string{"echo"});
+  write_all(fd_, buf.data(), buf.size());
+  write_all(fd_, arg.data(), arg.size());
+  return read_response();
+}
+
+node_process::node_process(const std::string& node, const std::string& python,
+                           const std::string& ini) {
+  char dir[] = "/tmp/pyvisor-bench-XXXXXX";
+  if (mkdtemp(dir) == nullptr)
+    throw std::runtime_error("cannot create a temporary directory");
+  dir_ = dir;
+  auto path = dir_ + "/node.ini";
+  {
+    std::ofstream out{path};
+    out << "[log]\nlevel=\"warn\"\n[pool]\npython=\"" << python << "\"\n" << ini << "\n";
+  }
+  int out[2];
+  if (pipe(out) != 0)
+    throw std::runtime_error("cannot create a pipe");
+  pid_ = fork();
+  if (pid_ == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    dup2(out[1], 1);
+    close(out[0]);
+    close(out[1]);
+    auto arg = "--config-file=" + path;
+    execl(node.c_str(), node.c_str(), arg.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  close(out[1]);
+  std::string line;
+  char c;
+  while (read(out[0], &c, 1) == 1 && c != '\n')
+    line += c;
+  close(out[0]);
+  auto colon = line.rfind(':');
+  if (line.find("listening on") == std::string::npos || colon == std::string::npos) {
+    kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+    throw std::runtime_error("pyvisor-node did not start (" + node + ")");
+  }
+  port_ = static_cast<uint16_t>(std::stoi(line.substr(colon + 1)));
+}
+
+node_process::~node_process() {
+  if (pid_ > 0) {
+    kill(pid_, SIGTERM);
+    for (int i = 0; i < 200; ++i) {
+      if (waitpid(pid_, nullptr, WNOHANG) == pid_) {
+        pid_ = -1;
+        break;
+      }
+      usleep(50000);
+    }
+    if (pid_ > 0) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+  }
+  std::remove((dir_ + "/node.ini").c_str());
+  rmdir(dir_.c_str());
+}
+
+double node_process::cpu_seconds() const {
+  std::ifstream in{"/proc/" + std::to_string(pid_) + "/stat"};
+  std::string stat{std::istreambuf_iterator<char>{in}, std::istreambuf_iterator<char>{}};
+  std::istringstream rest{stat.substr(stat.rfind(')') + 2)};
+  std::string field;
+  double ticks = 0;
+  // Fields after the command: state is 3, utime 14, stime 15 (1-based).
+  for (int i = 3; i <= 15 && rest >> field; ++i)
+    if (i >= 14)
+      ticks += std::stod(field);
+  return ticks / static_cast<double>(sysconf(_SC_CLK_TCK));
 }
 
 double rpc_client::pipelined(const std::vector<char>& payload, size_t count, size_t window) {

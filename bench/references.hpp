@@ -10,9 +10,13 @@
 
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstdint>
 #include <string>
 #include <vector>
+
+#include <msgpack.hpp>
 
 namespace pyvisor::bench {
 
@@ -65,7 +69,9 @@ ppe_figures run_ppe(const std::string& python, const std::string& script,
                     const std::vector<size_t>& payloads, size_t rtt_count,
                     const std::vector<size_t>& workers, size_t tp_count, size_t tp_payload);
 
-/// A blocking MessagePack-RPC client (TCP, loopback).
+/// A blocking MessagePack-RPC client (TCP, loopback). Reads replies with
+/// msgpack-c's streaming unpacker, so a large reply costs the client linear
+/// time too.
 class rpc_client {
 public:
   explicit rpc_client(uint16_t port);
@@ -74,16 +80,42 @@ public:
   /// Sends execute("echo", bin(payload)) and waits for the reply.
   void echo(const std::vector<char>& payload);
 
+  /// Sends execute("echo", arg) where `arg` is one msgpack value, and
+  /// returns the reply's result.
+  msgpack::object_handle echo_packed(const std::vector<char>& arg);
+
   /// Sends `count` echo requests with `window` outstanding; returns requests/s.
   double pipelined(const std::vector<char>& payload, size_t count, size_t window);
 
 private:
   void send_echo(const std::vector<char>& payload);
-  void read_response();
+  msgpack::object_handle read_response();
 
   int fd_ = -1;
   uint32_t next_id_ = 1;
-  std::vector<char> inbuf_;
+  msgpack::unpacker unpacker_;
+};
+
+/// A pyvisor-node process, configured by `ini` (which continues the [pool]
+/// section and must set rpc.port=0: the port is read from its stdout);
+/// stopped (SIGTERM, then SIGKILL) when destroyed.
+class node_process {
+public:
+  node_process(const std::string& node, const std::string& python, const std::string& ini);
+  ~node_process();
+
+  uint16_t port() const noexcept {
+    return port_;
+  }
+
+  /// CPU seconds (user + system) the node process itself has used; its
+  /// Python workers are separate processes and not included.
+  double cpu_seconds() const;
+
+private:
+  pid_t pid_ = -1;
+  uint16_t port_ = 0;
+  std::string dir_;
 };
 
 /// Microseconds since an arbitrary steady epoch.

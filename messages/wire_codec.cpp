@@ -148,7 +148,14 @@ std::string decode(const char* data, size_t size, frame& out) {
     for (size_t i = 0; i < entries; ++i) {
       auto key_handle = cur.next();
       auto key = as_string(key_handle.get());
-      auto value_begin = cur.offset();
+      if (key == "result") {
+        // Cut out as raw bytes, never built into objects: the result is
+        // neither inspected nor re-encoded (a list of millions of elements
+        // costs one walk, no allocation).
+        auto range = cur.skip();
+        out.result.assign(data + range.first, data + range.second);
+        continue;
+      }
       auto value_handle = cur.next();
       const auto& value = value_handle.get();
       if (key == "id") {
@@ -157,9 +164,6 @@ std::string decode(const char* data, size_t size, frame& out) {
       } else if (key == "ok") {
         out.ok = value.as<bool>();
         have_ok = true;
-      } else if (key == "result") {
-        // Cut out as raw bytes: the result is never re-encoded.
-        out.result.assign(data + value_begin, data + cur.offset());
       } else if (key == "error") {
         read_error(value, out.error);
       } else if (key == "hello") {
@@ -198,7 +202,7 @@ std::string decode(const char* data, size_t size, frame& out) {
 bool is_single_msgpack_value(const char* data, size_t size) noexcept {
   try {
     msgpack_cursor cur{data, size};
-    cur.next();
+    cur.skip(); // a walk: checks without building objects
     return cur.offset() == size;
   } catch (...) {
     return false;

@@ -100,8 +100,12 @@ public:
                  + std::to_string(max_frame_size_) + " bytes";
         return false;
       }
-      if (buf_.size() - pos - 4 < len)
+      if (buf_.size() - pos - 4 < len) {
+        // Room for the whole frame at once: growing by doubling would copy
+        // a large frame several times.
+        buf_.reserve(pos + 4 + len);
         break;
+      }
       frame f;
       auto reason = decode(buf_.data() + pos + 4, len, f);
       if (!reason.empty()) {

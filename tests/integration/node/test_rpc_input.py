@@ -9,6 +9,7 @@ tearDown even when a test fails.
 
 import os
 import socket
+import threading
 import time
 import unittest
 
@@ -180,6 +181,56 @@ class BufferedInputTest(RpcInputTest):
                 break
         self.assertEqual(msgs[0][1:3], [1, None])
         self.assertEqual(len(msgs[0][3]), 900000)
+
+
+class FairnessTest(RpcInputTest):
+    extra_ini = "[pool]\nsize=1\nmax-in-flight=1\n"
+
+    def test_a_client_is_not_held_behind_other_clients_backlogs(self):
+        backlogs = [Rpc(self.node.port) for _ in range(2)]
+        sent = []
+        for rpc in backlogs:
+            self.socks.append(rpc.sock)
+            sent.append([rpc.send("execute", ["sleep", {"ms": 100}]) for _ in range(10)])
+        time.sleep(0.15)  # both backlogs are queued
+        late = Rpc(self.node.port)
+        self.socks.append(late.sock)
+        done = {}
+
+        def collect(rpc, ids, key):
+            for i in ids:
+                self.assertEqual(rpc.wait(i), (None, 100))
+                done.setdefault(key, []).append(time.monotonic())
+
+        threads = [threading.Thread(target=collect, args=(rpc, ids, n))
+                   for n, (rpc, ids) in enumerate(zip(backlogs, sent))]
+        for t in threads:
+            t.start()
+        self.assertEqual(late.call("execute", "echo", "me"), (None, "me"))
+        answered = time.monotonic()
+        for t in threads:
+            t.join(30)
+        before = sum(1 for key in done for t in done[key] if t < answered)
+        # Served in turn with the two backlogs, not after all 20 of them.
+        self.assertLessEqual(before, 4, done)
+
+
+class SessionLimitsTest(RpcInputTest):
+    extra_ini = "[session]\nmax-sessions=3\nmax-id-size=64\n"
+
+    def test_session_ids_and_live_sessions_are_capped(self):
+        rpc = Rpc(self.node.port)
+        self.socks.append(rpc.sock)
+        err, _ = rpc.call("execute", "echo", 1, {"session": "s" * 65})
+        self.assertEqual(err["code"], "bad_request")
+        self.assertIn("max-id-size", err["message"])
+        for sid in ("a", "b", "c"):
+            self.assertEqual(rpc.call("execute", "echo", 1, {"session": sid}), (None, 1))
+        err, _ = rpc.call("execute", "echo", 1, {"session": "d"})
+        self.assertEqual(err["code"], "overloaded")
+        self.assertIn("max-sessions", err["message"])
+        self.assertEqual(rpc.call("session.end", "a"), (None, True))
+        self.assertEqual(rpc.call("execute", "echo", 2, {"session": "d"}), (None, 2))
 
 
 class ConnectionLimitTest(RpcInputTest):
