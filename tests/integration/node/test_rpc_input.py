@@ -271,3 +271,94 @@ class ConnectionLimitTest(RpcInputTest):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+def rss_mib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
+class AllAtOnceTest(RpcInputTest):
+    """The hostile loads of issue #11 at once, against the default limits."""
+
+    extra_ini = ""
+
+    def test_the_default_limits_survive_every_attack_at_once(self):
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < 4096 <= hard or soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
+        pid = self.node.proc.pid
+        rpc = Rpc(self.node.port)
+        self.socks.append(rpc.sock)
+        # 20 connections each sending most of a 57 MiB message, never the end.
+        chunk = b"z" * (1 << 20)
+        head = packed(1, "execute", ["echo", b"z" * (57 << 20)])[:64]
+        hogs = []
+        for _ in range(20):
+            s = self.connect()
+            s.settimeout(5)
+            try:
+                s.sendall(head)
+                for _ in range(50):
+                    s.sendall(chunk)
+            except (OSError, socket.timeout):
+                pass  # refused when the buffers are full (overloaded): fine
+            hogs.append(s)
+        # Slow loris: a byte now and then on a few connections.
+        loris = [self.connect() for _ in range(5)]
+        # 1 100 idle connections: more than rpc.max-connections are refused.
+        idle = []
+        for _ in range(1100):
+            try:
+                idle.append(self.connect())
+            except OSError:
+                break
+        time.sleep(1.0)
+        before = cpu_seconds(pid)
+        time.sleep(1.0)
+        self.assertLess(cpu_seconds(pid) - before, 0.5, "the node spins")
+        # 150 000 invented session ids, pipelined (more than max-sessions).
+        codes = {}
+        window = []
+        for i in range(150000):
+            window.append(rpc.send("execute", ["echo", 1, {"session": "id-%d" % i}]))
+            if len(window) >= 500:
+                err, _ = rpc.wait(window.pop(0))
+                code = err["code"] if err else "ok"
+                codes[code] = codes.get(code, 0) + 1
+            if i % 30000 == 0:
+                for s in loris:
+                    try:
+                        s.send(b"\x94")
+                    except OSError:
+                        pass
+        for w in window:
+            err, _ = rpc.wait(w)
+            code = err["code"] if err else "ok"
+            codes[code] = codes.get(code, 0) + 1
+        self.assertEqual(set(codes), {"ok", "overloaded"}, codes)
+        self.assertEqual(codes["ok"], 100000, codes)
+        # The buffered-input cap refused the hogs it could not hold.
+        refused = 0
+        for s in hogs:
+            try:
+                got = read_all(s, limit=0.5)
+            except (socket.timeout, OSError):
+                continue  # still held (within the cap)
+            if got.get(1, ({}, None))[0].get("code") == "overloaded":
+                refused += 1
+        self.assertGreaterEqual(refused, 10, "rpc.max-buffered-input did not hold")
+        # Memory stays bounded: buffers are capped, sessions are capped.
+        self.assertLess(rss_mib(pid), 1500, "node RSS")
+        # And a newcomer is served promptly... once a slot is free.
+        for s in idle[:10]:
+            s.close()
+        time.sleep(0.5)
+        other = Rpc(self.node.port)
+        self.socks.append(other.sock)
+        self.assertEqual(other.call("ping"), (None, "pong"))
+        self.assertEqual(other.call("execute", "echo", "still here"), (None, "still here"))
