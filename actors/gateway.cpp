@@ -58,11 +58,11 @@ struct gateway_shared {
   std::atomic<size_t> buffered_input{0};
 };
 
-using shared_ptr = std::shared_ptr<gateway_shared>;
+using gateway_shared_ptr = std::shared_ptr<gateway_shared>;
 
 struct connection_state {
   pool_actor pool;
-  shared_ptr shared;
+  gateway_shared_ptr shared;
   /// The connection as CAF accepted it: read from only.
   caf::io::connection_handle in;
   /// A second descriptor of the same socket, written to only. CAF 0.17
@@ -392,7 +392,7 @@ void consume_input(caf::io::broker* self, const conn_ptr& st) {
 }
 
 caf::behavior connection(caf::io::broker* self, caf::io::connection_handle hdl, pool_actor pool,
-                         shared_ptr shared) {
+                         gateway_shared_ptr shared) {
   auto st = std::make_shared<connection_state>(shared->cfg);
   st->pool = std::move(pool);
   st->shared = std::move(shared);
