@@ -29,10 +29,10 @@
 #include "caf/io/middleman.hpp"
 #include "caf/scoped_actor.hpp"
 
-#include "actors/expiring_index.hpp"
-#include "actors/gateway.hpp"
-#include "actors/pool.hpp"
-#include "actors/session_affinity.hpp"
+#include "actors/pool/expiring_index.hpp"
+#include "node/gateway.hpp"
+#include "pyvisor/pool.hpp"
+#include "pyvisor/session_affinity.hpp"
 #include "bench/references.hpp"
 #include "messages/log.hpp"
 

@@ -11,7 +11,7 @@
 #include "caf/exit_reason.hpp"
 #include "caf/scoped_actor.hpp"
 
-#include "actors/pool.hpp"
+#include <pyvisor/pool.hpp>
 
 int main(int argc, char** argv) {
   caf::actor_system_config cfg;

@@ -10,7 +10,7 @@
 #include "caf/io/middleman.hpp"
 #include "caf/scoped_actor.hpp"
 
-#include "actors/pool.hpp"
+#include <pyvisor/pool.hpp>
 
 int main(int argc, char** argv) {
   if (argc < 3) {

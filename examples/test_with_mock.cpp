@@ -16,7 +16,7 @@
 #include "caf/scoped_actor.hpp"
 #include "caf/send.hpp"
 
-#include "actors/pool.hpp"
+#include <pyvisor/pool.hpp>
 
 using greet_atom = caf::atom_constant<caf::atom("greet")>;
 

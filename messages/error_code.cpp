@@ -1,4 +1,4 @@
-#include "messages/error_code.hpp"
+#include "pyvisor/error_code.hpp"
 
 #include <array>
 

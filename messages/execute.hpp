@@ -16,7 +16,7 @@
 #include "caf/meta/type_name.hpp"
 #include "caf/timespan.hpp"
 
-#include "messages/payload.hpp"
+#include "pyvisor/payload.hpp"
 
 namespace pyvisor {
 

@@ -21,7 +21,7 @@
 #include "caf/expected.hpp"
 #include "caf/meta/type_name.hpp"
 
-#include "messages/error_code.hpp"
+#include "pyvisor/error_code.hpp"
 
 namespace pyvisor {
 

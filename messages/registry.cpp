@@ -1,8 +1,8 @@
-#include "messages/registry.hpp"
+#include "pyvisor/registry.hpp"
 
 #include "caf/actor_system_config.hpp"
 
-#include "messages/worker_actor.hpp"
+#include "pyvisor/worker_actor.hpp"
 
 namespace pyvisor {
 

@@ -3,7 +3,7 @@
 #include <msgpack.hpp>
 
 #include "messages/msgpack_cursor.hpp"
-#include "messages/payload.hpp"
+#include "pyvisor/payload.hpp"
 
 namespace pyvisor::wire {
 

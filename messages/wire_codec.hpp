@@ -20,10 +20,9 @@
 #include <string_view>
 #include <vector>
 
-namespace pyvisor::wire {
+#include "pyvisor/wire_limits.hpp"
 
-/// Default bound of one frame's body (64 MiB).
-constexpr size_t default_max_frame_size = size_t{64} << 20;
+namespace pyvisor::wire {
 
 /// An error as a Python worker reports it.
 struct remote_error {

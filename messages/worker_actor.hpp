@@ -16,8 +16,8 @@
 #include "caf/replies_to.hpp"
 #include "caf/typed_actor.hpp"
 
-#include "messages/atoms.hpp"
-#include "messages/execute.hpp"
+#include "pyvisor/atoms.hpp"
+#include "pyvisor/execute.hpp"
 
 namespace pyvisor {
 

@@ -1,4 +1,4 @@
-#include "supervision/supervisor.hpp"
+#include "pyvisor/supervisor.hpp"
 
 #include <algorithm>
 #include <cmath>

@@ -9,8 +9,8 @@
 #include <string>
 #include <vector>
 
-#include "actors/rpc_framer.hpp"
-#include "actors/rpc_request.hpp"
+#include "node/rpc_framer.hpp"
+#include "node/rpc_request.hpp"
 #include "messages/wire_codec.hpp"
 
 namespace {

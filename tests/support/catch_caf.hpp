@@ -3,7 +3,7 @@
 
 #include <catch2/catch.hpp>
 
-#include "messages/error_code.hpp"
+#include "pyvisor/error_code.hpp"
 
 namespace Catch {
 

@@ -25,8 +25,8 @@
 #include "caf/scoped_actor.hpp"
 #include "caf/send.hpp"
 
-#include "actors/worker.hpp"
-#include "messages/registry.hpp"
+#include "pyvisor/worker.hpp"
+#include "pyvisor/registry.hpp"
 
 namespace pyvisor::test {
 

@@ -10,8 +10,8 @@
 #include "caf/scheduler/test_coordinator.hpp"
 #include "caf/scoped_actor.hpp"
 
-#include "messages/registry.hpp"
-#include "supervision/supervisor.hpp"
+#include "pyvisor/registry.hpp"
+#include "pyvisor/supervisor.hpp"
 
 namespace pyvisor::test {
 

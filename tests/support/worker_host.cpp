@@ -14,8 +14,8 @@
 #include "caf/actor_system_config.hpp"
 #include "caf/scoped_actor.hpp"
 
-#include "actors/worker.hpp"
-#include "messages/registry.hpp"
+#include "pyvisor/worker.hpp"
+#include "pyvisor/registry.hpp"
 
 int main(int argc, char** argv) {
   int n = argc > 1 ? std::atoi(argv[1]) : 2;

@@ -6,7 +6,7 @@
 #include "caf/exit_reason.hpp"
 #include "caf/sec.hpp"
 
-#include "messages/registry.hpp"
+#include "pyvisor/registry.hpp"
 
 using namespace pyvisor;
 

@@ -7,7 +7,7 @@
 
 #include "support/catch_caf.hpp"
 
-#include "messages/payload.hpp"
+#include "pyvisor/payload.hpp"
 #include "messages/wire_codec.hpp"
 
 using namespace pyvisor;

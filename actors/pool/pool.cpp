@@ -1,0 +1,1082 @@
+#include "pyvisor/pool.hpp"
+#include "actors/pool/pool_core.hpp"
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <limits>
+#include <memory>
+#include <string>
+#include <unordered_map>
+
+#include "caf/actor_system.hpp"
+#include "caf/actor_system_config.hpp"
+#include "caf/event_based_actor.hpp"
+#include "caf/exit_reason.hpp"
+#include "caf/send.hpp"
+#include "caf/stateful_actor.hpp"
+#include "caf/typed_event_based_actor.hpp"
+
+#include "messages/log.hpp"
+#include "pyvisor/registry.hpp"
+
+namespace pyvisor {
+
+void add_pool_types(caf::actor_system_config& cfg) {
+  add_message_types(cfg);
+  add_supervisor_types(cfg);
+  cfg.add_message_type<worker_stats>("pyvisor::worker_stats");
+  cfg.add_message_type<std::vector<worker_stats>>("std::vector<pyvisor::worker_stats>");
+  cfg.add_message_type<pool_stats>("pyvisor::pool_stats");
+  cfg.add_message_type<affinity_stats>("pyvisor::affinity_stats");
+  cfg.add_message_type<pool_actor>("pyvisor::pool_actor");
+  cfg.add_message_type<session_affinity_actor>("pyvisor::session_affinity_actor");
+  cfg.add_message_type<supervisor_actor>("pyvisor::supervisor_actor");
+}
+
+namespace {
+
+using sweep_atom = caf::atom_constant<caf::atom("pl_sweep")>;
+
+/// Granularity of queue deadlines: a queued request times out at most this late.
+constexpr auto sweep_interval = std::chrono::milliseconds(10);
+using age_tick_atom = caf::atom_constant<caf::atom("pl_agetick")>;
+/// Timer: (slot, incarnation) has been ready for healthy_after.
+using proven_tick_atom = caf::atom_constant<caf::atom("pl_proven")>;
+
+using pool_impl = pool_actor::extend_with<worker_listener_actor>::extend<
+  caf::reacts_to<child_up_atom, std::string, caf::actor>,
+  caf::reacts_to<child_down_atom, std::string, caf::error>,
+  caf::reacts_to<sweep_atom>, caf::reacts_to<age_tick_atom>,
+  caf::reacts_to<proven_tick_atom, uint32_t, uint32_t>>;
+
+enum class slot_state { down, starting, ready, draining };
+
+const char* to_cstr(slot_state x) {
+  switch (x) {
+    case slot_state::starting:
+      return "starting";
+    case slot_state::ready:
+      return "ready";
+    case slot_state::draining:
+      return "draining";
+    default:
+      return "down";
+  }
+}
+
+struct slot_rec {
+  worker_actor handle;
+  caf::actor_id actor = 0;
+  slot_state state = slot_state::down;
+  uint32_t in_flight = 0;
+  /// Requests dispatched to the current incarnation.
+  uint64_t dispatched = 0;
+  uint64_t served = 0;
+  uint64_t restarts = 0;
+  int64_t pid = 0;
+  int64_t started_at_ms = 0;
+  caf::actor_clock::time_point started;
+  /// Bumped whenever the slot gets a new worker; a session routed to an
+  /// older incarnation has lost its state.
+  uint32_t incarnation = 0;
+  bool recycling = false;
+  /// This incarnation answered a request / was told to the supervisor as
+  /// proven (its death then does not count toward restart intensity).
+  bool served_ok = false;
+  bool proven = false;
+  caf::actor_clock::time_point ready_at;
+  /// Hint mode: requests in flight here per session, so that a session's
+  /// request runs on another worker only when none of its earlier ones is
+  /// still running (its requests then still run in the order sent).
+  std::unordered_map<std::string, uint32_t> running_sessions;
+};
+
+/// A place in the queue: requests are served by round, then by arrival.
+/// Each requester's requests get consecutive rounds, so requesters with
+/// waiting work take turns (round-robin) instead of being served in the
+/// order of arrival, where one client's burst would make all others wait.
+struct queue_key {
+  int64_t round = 0;
+  int64_t seq = 0;
+  friend bool operator<(const queue_key& x, const queue_key& y) {
+    return x.round != y.round ? x.round < y.round : x.seq < y.seq;
+  }
+};
+
+/// Retries and requeues go before every round.
+constexpr int64_t front_round = std::numeric_limits<int64_t>::min();
+
+/// A request waiting for a worker (or for its session's route).
+struct queued {
+  execute req;
+  caf::typed_response_promise<payload> rp;
+  caf::actor_clock::time_point deadline;
+  caf::actor_addr requester;
+  uint32_t slot = no_slot;
+  uint32_t incarnation = 0;
+  bool routed = false;
+  /// A retry waits for its back-off before it is dispatched again.
+  caf::actor_clock::time_point not_before;
+  /// Place in the queue, fixed at admission: a session request that leaves
+  /// the queue to be routed comes back to the same place, so the requests
+  /// of one session keep the order in which they were sent.
+  queue_key key;
+};
+
+using queued_ptr = std::shared_ptr<queued>;
+
+struct pool_state {
+  pool_config cfg;
+  supervisor_actor sup;
+  session_affinity_actor affinity;
+  std::vector<slot_rec> slots;
+  /// Ordered by queue_key; retries before everything else.
+  std::map<queue_key, queued_ptr> queue;
+  int64_t next_back = 1;
+  int64_t next_front = 0;
+  /// The highest round dispatched so far: a requester with nothing waiting
+  /// joins at this round, so it is next in turn, not behind every backlog.
+  int64_t round = 0;
+  struct requester_rec {
+    /// Its requests in the queue (its share, see admit).
+    size_t queued = 0;
+    /// The round of its latest request (queued or dispatched). Kept while
+    /// it matters: while it is not behind `round`, or requests wait.
+    int64_t last_round = 0;
+  };
+  std::unordered_map<caf::actor_addr, requester_rec> requesters;
+  /// The latest key given to a request of each session with requests
+  /// waiting: a session's later request never gets an earlier place, even
+  /// from another requester. Pruned by the sweep.
+  std::unordered_map<std::string, queue_key> session_tail;
+  std::vector<caf::typed_response_promise<pool_stats>> ready_waiters;
+  /// Replies by outcome, indexed by error_code (none = ok).
+  std::array<uint64_t, 16> replies{};
+  uint64_t retries = 0;
+  uint64_t requeued = 0;
+  uint64_t restarts = 0;
+  uint64_t recycled = 0;
+  std::vector<int64_t> latencies;
+  size_t latency_pos = 0;
+  size_t rr = 0;
+  bool sweep_armed = false;
+  bool stopping = false;
+  /// The supervisor gave up; everything is answered `unavailable` until the
+  /// keeper stops this core.
+  bool failed = false;
+  /// Every worker was ready at least once (the first start is over).
+  bool started = false;
+  caf::actor keeper;
+  caf::error stop_reason;
+  /// The last worker failure, with its Python traceback if any.
+  std::string last_failure;
+
+  static inline const char* name = "pyvisor.pool";
+};
+
+using self_ptr = pool_impl::stateful_pointer<pool_state>;
+
+constexpr size_t latency_window = 4096;
+
+void count_reply(self_ptr self, error_code code) {
+  auto i = static_cast<size_t>(code);
+  if (i < self->state.replies.size())
+    ++self->state.replies[i];
+}
+
+void fail(self_ptr self, queued& q, caf::error err) {
+  count_reply(self, code_of(err));
+  q.rp.deliver(std::move(err));
+}
+
+// -- requester bookkeeping -------------------------------------------------------
+
+void track(self_ptr self, queued& q) {
+  auto src = static_cast<caf::response_promise&>(q.rp).source();
+  if (!src)
+    return;
+  q.requester = caf::actor_cast<caf::actor_addr>(src);
+  auto& r = self->state.requesters[q.requester];
+  if (r.queued++ == 0)
+    self->monitor(q.requester);
+  r.last_round = std::max(r.last_round, q.key.round);
+}
+
+void untrack(self_ptr self, const queued& q) {
+  if (!q.requester)
+    return;
+  auto& rs = self->state.requesters;
+  auto i = rs.find(q.requester);
+  if (i == rs.end())
+    return;
+  if (--i->second.queued == 0) {
+    self->demonitor(q.requester);
+    if (i->second.last_round < self->state.round)
+      rs.erase(i);
+  }
+}
+
+// -- worker selection ---------------------------------------------------------------
+
+bool accepts(const pool_state& st, const slot_rec& s) {
+  return s.state == slot_state::ready && s.in_flight < st.cfg.max_in_flight;
+}
+
+/// The least-loaded ready worker with room, or no_slot. Ties rotate.
+uint32_t pick_worker(self_ptr self) {
+  auto& st = self->state;
+  auto n = st.slots.size();
+  uint32_t best = no_slot;
+  for (size_t k = 0; k < n; ++k) {
+    auto i = (st.rr + k) % n;
+    auto& s = st.slots[i];
+    if (!accepts(st, s))
+      continue;
+    if (best == no_slot || s.in_flight < st.slots[best].in_flight)
+      best = static_cast<uint32_t>(i);
+  }
+  if (best != no_slot)
+    st.rr = (best + 1) % n;
+  return best;
+}
+
+/// Whether some worker could take a request now: a new one (ready workers
+/// only), or, with `draining`, one of a session a draining worker still holds.
+bool has_room(const pool_state& st, bool draining = false) {
+  return std::any_of(st.slots.begin(), st.slots.end(), [&](const slot_rec& s) {
+    return accepts(st, s)
+           || (draining && s.state == slot_state::draining && s.in_flight < st.cfg.max_in_flight);
+  });
+}
+
+// -- dispatch -----------------------------------------------------------------------
+
+void recycle_now(self_ptr self, uint32_t slot);
+
+void dispatch(self_ptr self, queued& q, uint32_t slot) {
+  auto& st = self->state;
+  auto& s = st.slots[slot];
+  auto remaining = q.deadline - self->clock().now();
+  if (remaining <= caf::timespan{0}) {
+    fail(self, q, make_error(error_code::timeout, "request deadline passed before dispatch"));
+    return;
+  }
+  q.req.timeout = std::chrono::duration_cast<caf::timespan>(remaining);
+  if (st.cfg.mode == affinity_mode::hint && !q.req.session.empty())
+    ++s.running_sessions[q.req.session];
+  ++s.in_flight;
+  ++s.dispatched;
+  q.rp.delegate(s.handle, std::move(q.req));
+}
+
+caf::error unavailable_error(const std::string& why) {
+  return make_error(error_code::unavailable, "no worker can serve: " + why + "; retry later");
+}
+
+/// Why this pool takes no request now (it gave up, or it is stopping), or
+/// an empty error when it does.
+caf::error refusal(const pool_state& st) {
+  if (st.failed)
+    return unavailable_error("the pool gave up and is being restarted");
+  if (st.stopping)
+    return make_error(error_code::shutting_down, "the pool is stopping");
+  return caf::error{};
+}
+
+/// A session id longer than session.max-id-size is refused before it costs
+/// anything (ids are kept by the node and by a worker while they live).
+caf::error check_session_id(const pool_state& st, const std::string& id) {
+  if (id.size() <= st.cfg.session.max_id_size)
+    return caf::error{};
+  return make_error(error_code::bad_request,
+                    "session id of " + std::to_string(id.size()) + " bytes is longer than "
+                      + std::to_string(st.cfg.session.max_id_size)
+                      + " (session.max-id-size)");
+}
+
+/// The absolute deadline of a request admitted now: its own timeout (clamped
+/// so that `now + timeout` cannot overflow, see pool.hpp) or the default.
+caf::actor_clock::time_point deadline_of(self_ptr self, const execute& req) {
+  auto timeout = req.timeout.count() > 0 ? std::min(req.timeout, max_request_timeout)
+                                         : self->state.cfg.request_timeout;
+  return self->clock().now() + timeout;
+}
+
+void route(self_ptr self, queued_ptr q);
+
+void enqueue(self_ptr self, queued_ptr q) {
+  auto& st = self->state;
+  auto key = q->key;
+  track(self, *q);
+  st.queue.emplace(key, std::move(q));
+  // One sweep timer while anything waits, not one timer per request: CAF's
+  // clock wakes a thread for every timer it schedules.
+  if (!st.sweep_armed) {
+    st.sweep_armed = true;
+    self->delayed_send(self, sweep_interval, sweep_atom::value);
+  }
+}
+
+/// A request is dispatched: its requester has had its turn in that round
+/// (also when it did not have to wait for it).
+void note_turn(self_ptr self, queued& q) {
+  auto& st = self->state;
+  st.round = std::max(st.round, q.key.round);
+  auto src = static_cast<caf::response_promise&>(q.rp).source();
+  if (!src)
+    return;
+  auto& r = st.requesters[caf::actor_cast<caf::actor_addr>(src)];
+  r.last_round = std::max(r.last_round, q.key.round);
+}
+
+/// Forgets requesters whose last turn no longer matters (everything they
+/// sent has left the queue and the rounds have moved past them); `all`
+/// forgets every requester without waiting requests.
+void prune_requesters(pool_state& st, bool all) {
+  for (auto i = st.requesters.begin(); i != st.requesters.end();) {
+    if (i->second.queued == 0 && (all || i->second.last_round < st.round))
+      i = st.requesters.erase(i);
+    else
+      ++i;
+  }
+}
+
+queued_ptr take(self_ptr self, std::map<queue_key, queued_ptr>::iterator i) {
+  auto q = std::move(i->second);
+  self->state.queue.erase(i);
+  untrack(self, *q);
+  return q;
+}
+
+/// Whether a request of `session` is in flight on any worker (hint mode).
+bool session_running(const pool_state& st, const std::string& session) {
+  return std::any_of(st.slots.begin(), st.slots.end(), [&](const slot_rec& s) {
+    return s.running_sessions.count(session) > 0;
+  });
+}
+
+void try_dispatch(self_ptr self) {
+  auto& st = self->state;
+  // Every dispatch needs a worker with room (the hint fallback too): when
+  // none has any, the queue need not be scanned at all.
+  if (st.queue.empty() || !has_room(st, true))
+    return;
+  for (auto i = st.queue.begin(); i != st.queue.end();) {
+    auto& q = *i->second;
+    if (!q.req.session.empty() && !q.routed) {
+      // Route only when a worker could take a new session right away;
+      // otherwise routing would answer "no candidate" again and again.
+      if (!has_room(st)) {
+        ++i;
+        continue;
+      }
+      route(self, take(self, i++));
+      continue;
+    }
+    if (q.not_before > self->clock().now()) {
+      ++i; // still backing off; the sweep comes back to it
+      continue;
+    }
+    uint32_t target = no_slot;
+    if (q.routed) {
+      auto& s = st.slots[q.slot];
+      if (s.incarnation != q.incarnation) {
+        fail(self, q,
+             make_error(error_code::session_lost,
+                        "session '" + q.req.session + "' was lost: its worker was replaced"));
+        take(self, i++);
+        continue;
+      }
+      // A draining worker still serves the sessions it holds.
+      bool owner_has_room = (s.state == slot_state::ready || s.state == slot_state::draining)
+                            && s.in_flight < st.cfg.max_in_flight;
+      if (owner_has_room)
+        target = q.slot;
+      else if (st.cfg.mode == affinity_mode::hint && s.state == slot_state::ready
+               && !session_running(st, q.req.session))
+        target = pick_worker(self);
+    } else {
+      target = pick_worker(self);
+    }
+    if (target == no_slot) {
+      ++i;
+      continue;
+    }
+    auto item = take(self, i++);
+    note_turn(self, *item);
+    dispatch(self, *item, target);
+  }
+}
+
+/// Accepts a new (or retried) request.
+/// The place of a request admitted now (see queue_key).
+queue_key place_of(self_ptr self, queued& q, bool is_retry) {
+  auto& st = self->state;
+  if (is_retry)
+    return {front_round, st.next_front--};
+  auto round = st.round;
+  auto src = static_cast<caf::response_promise&>(q.rp).source();
+  if (src) {
+    auto i = st.requesters.find(caf::actor_cast<caf::actor_addr>(src));
+    if (i != st.requesters.end())
+      round = std::max(round, i->second.last_round + 1);
+  }
+  queue_key key{round, st.next_back++};
+  if (!q.req.session.empty()) {
+    auto& tail = st.session_tail[q.req.session];
+    if (key < tail)
+      key.round = tail.round;
+    tail = key;
+  }
+  return key;
+}
+
+void admit(self_ptr self, queued_ptr q, bool is_retry) {
+  auto& st = self->state;
+  if (!is_retry && st.queue.size() >= st.cfg.queue_size) {
+    fail(self, *q,
+         make_error(error_code::overloaded, "the pool's queue is full ("
+                                              + std::to_string(st.cfg.queue_size)
+                                              + " requests waiting); retry later"));
+    return;
+  }
+  if (!is_retry && !st.queue.empty()) {
+    // Fair share: one requester may not hold more than its part of the queue.
+    auto src = static_cast<caf::response_promise&>(q->rp).source();
+    auto i = src ? st.requesters.find(caf::actor_cast<caf::actor_addr>(src)) : st.requesters.end();
+    auto share = std::max<size_t>(1, static_cast<size_t>(st.cfg.queue_share
+                                                         * static_cast<double>(st.cfg.queue_size)));
+    if (i != st.requesters.end() && i->second.queued >= share) {
+      fail(self, *q,
+           make_error(error_code::overloaded, "this client already has "
+                                                + std::to_string(i->second.queued)
+                                                + " requests waiting (its share of the queue); "
+                                                  "retry later"));
+      return;
+    }
+  }
+  q->key = place_of(self, *q, is_retry);
+  if (!q->req.session.empty()) {
+    if (is_retry || st.queue.empty()) {
+      route(self, std::move(q));
+    } else {
+      // Behind earlier requests, which may be of the same session.
+      enqueue(self, std::move(q));
+      try_dispatch(self);
+    }
+    return;
+  }
+  // Fast path: nothing waits, a worker has room.
+  if (st.queue.empty() && q->not_before <= self->clock().now()) {
+    auto target = pick_worker(self);
+    if (target != no_slot) {
+      note_turn(self, *q);
+      // Bounded however many requesters come and go.
+      if (st.requesters.size() > 2 * st.cfg.queue_size + 64)
+        prune_requesters(st, true);
+      dispatch(self, *q, target);
+      return;
+    }
+  }
+  enqueue(self, std::move(q));
+  try_dispatch(self);
+}
+
+void route(self_ptr self, queued_ptr q) {
+  auto& st = self->state;
+  auto candidate = pick_worker(self);
+  // Routing is a round trip to the affinity actor; the candidate is only
+  // used if the session is new.
+  self->request(st.affinity, caf::infinite, route_atom::value, q->req.session, candidate)
+    .then(
+      [self, q](uint32_t slot, uint32_t incarnation) mutable {
+        auto& st = self->state;
+        if (auto err = refusal(st)) {
+          fail(self, *q, std::move(err));
+          return;
+        }
+        if (slot != no_slot) {
+          // The incarnation that holds the state, as the affinity knows it:
+          // if that worker died meanwhile, try_dispatch reports session_lost
+          // instead of running the request on its successor.
+          if (st.slots[slot].incarnation != incarnation) {
+            fail(self, *q,
+                 make_error(error_code::session_lost,
+                            "session '" + q->req.session + "' was lost: its worker was replaced"));
+            return;
+          }
+          q->slot = slot;
+          q->incarnation = incarnation;
+          q->routed = true;
+        }
+        // Back in line at its place of admission: behind what came before
+        // it (its own session's earlier requests included), ahead of the rest.
+        enqueue(self, std::move(q));
+        try_dispatch(self);
+      },
+      [self, q](caf::error& err) { fail(self, *q, std::move(err)); });
+}
+
+// -- life cycle of workers ----------------------------------------------------
+
+uint32_t slot_of(const std::string& id) {
+  return static_cast<uint32_t>(std::stoul(id) - 1);
+}
+
+void deliver_ready_if_all(self_ptr self);
+
+pool_stats make_stats(self_ptr self) {
+  auto& st = self->state;
+  pool_stats result;
+  for (size_t i = 0; i < st.slots.size(); ++i) {
+    auto& s = st.slots[i];
+    result.workers.push_back(worker_stats{static_cast<uint32_t>(i + 1), s.pid, to_cstr(s.state),
+                                          s.in_flight, s.served, s.restarts, s.started_at_ms});
+  }
+  result.state = st.failed     ? "restarting"
+                 : st.stopping ? "stopping"
+                 : st.started  ? "serving"
+                               : "starting";
+  result.queue = st.queue.size();
+  for (size_t i = 0; i < st.replies.size(); ++i)
+    if (st.replies[i] > 0)
+      result.replies[i == 0 ? std::string{"ok"} : to_string(static_cast<error_code>(i))] =
+        st.replies[i];
+  result.retries = st.retries;
+  result.requeued = st.requeued;
+  result.restarts = st.restarts;
+  result.recycled = st.recycled;
+  auto lat = st.latencies;
+  if (!lat.empty()) {
+    std::sort(lat.begin(), lat.end());
+    auto pct = [&](double p) {
+      auto idx = static_cast<size_t>(p * static_cast<double>(lat.size() - 1));
+      return static_cast<double>(lat[idx]) / 1000.0;
+    };
+    result.p50_us = pct(0.50);
+    result.p90_us = pct(0.90);
+    result.p99_us = pct(0.99);
+  }
+  return result;
+}
+
+void deliver_ready_if_all(self_ptr self) {
+  auto& st = self->state;
+  if (st.started && st.ready_waiters.empty())
+    return;
+  for (auto& s : st.slots)
+    if (s.state != slot_state::ready)
+      return;
+  st.started = true;
+  auto stats = make_stats(self);
+  for (auto& rp : st.ready_waiters)
+    rp.deliver(stats);
+  st.ready_waiters.clear();
+}
+
+void recycle_now(self_ptr self, uint32_t slot) {
+  auto& st = self->state;
+  auto& s = st.slots[slot];
+  if (s.recycling)
+    return;
+  s.recycling = true;
+  ++st.recycled;
+  log().info("pool: recycling worker {} (pid {}) after {} requests", slot + 1, s.pid,
+             s.dispatched);
+  self->request(st.sup, caf::infinite, terminate_child_atom::value, std::to_string(slot + 1))
+    .then([](bool) {}, [slot](caf::error& err) {
+      log().warn("pool: could not recycle worker {}: {}", slot + 1, to_string_readable(err));
+    });
+}
+
+void maybe_recycle(self_ptr self, uint32_t slot) {
+  auto& st = self->state;
+  auto& s = st.slots[slot];
+  if (s.state == slot_state::ready) {
+    bool too_many = st.cfg.max_requests > 0 && s.dispatched >= st.cfg.max_requests;
+    bool too_old = st.cfg.max_age.count() > 0
+                   && self->clock().now() - s.started >= st.cfg.max_age;
+    if (too_many || too_old)
+      s.state = slot_state::draining;
+  }
+  if (s.state == slot_state::draining && s.in_flight == 0)
+    recycle_now(self, slot);
+}
+
+// Tells the supervisor that the worker in `slot` proved itself, so that its
+// death does not count toward restart intensity. Why these conditions: a
+// worker that answered a request and stayed up for healthy_after was fixed by
+// its restart; one that dies right after its hello (or never says it) was
+// not, and restarting it again and again is what intensity exists to stop.
+// `excuse` skips the conditions: the worker recycles itself on purpose.
+void prove(self_ptr self, uint32_t slot, bool excuse = false) {
+  auto& st = self->state;
+  auto& s = st.slots[slot];
+  if (s.proven || !s.handle)
+    return;
+  if (!excuse) {
+    if (!s.served_ok || (s.state != slot_state::ready && s.state != slot_state::draining)
+        || self->clock().now() - s.ready_at < st.cfg.healthy_after)
+      return;
+  }
+  s.proven = true;
+  self->send(st.sup, child_healthy_atom::value, std::to_string(slot + 1),
+             caf::actor_cast<caf::actor>(s.handle));
+}
+
+/// Whether a done report with `code` means the worker itself answered.
+bool answered_by_worker(error_code code) {
+  switch (code) {
+    case error_code::none:
+    case error_code::bad_request:
+    case error_code::unknown_command:
+    case error_code::python_error:
+      return true;
+    default:
+      return false;
+  }
+}
+
+void fail_all_queued(self_ptr self, const caf::error& err) {
+  auto& st = self->state;
+  while (!st.queue.empty()) {
+    auto q = take(self, st.queue.begin());
+    fail(self, *q, err);
+  }
+}
+
+void on_supervisor_down(self_ptr self, const caf::error& reason) {
+  auto& st = self->state;
+  if (st.stopping) {
+    log().info("pool: all workers stopped");
+    if (st.affinity)
+      self->send_exit(st.affinity, caf::exit_reason::user_shutdown);
+    self->quit(st.stop_reason);
+    return;
+  }
+  std::string cause;
+  if (reason && reason.category() == supervisor_error_category
+      && reason.code() == static_cast<uint8_t>(supervisor_error::max_restart_intensity))
+    cause = "more than " + std::to_string(st.cfg.max_restarts) + " worker restarts within "
+            + std::to_string(
+              std::chrono::duration_cast<std::chrono::milliseconds>(st.cfg.restart_period).count())
+            + " ms";
+  else
+    cause = "its worker supervisor stopped ("
+            + (reason ? self->system().render(reason) : std::string{"normal"}) + ")";
+  if (!st.last_failure.empty())
+    cause += "; last failure: " + st.last_failure;
+  log().error("the pool gave up: {}", cause);
+  st.failed = true;
+  st.stopping = true; // no restarts, no dispatch: nothing runs any more
+  auto err = unavailable_error("the pool gave up, " + cause);
+  fail_all_queued(self, err);
+  for (auto& rp : st.ready_waiters)
+    rp.deliver(err);
+  st.ready_waiters.clear();
+  // The keeper learns the sessions that die with this pool, so that they
+  // answer session_lost (not "new session") once a new pool serves.
+  auto report = [self, cause](std::vector<std::string> ids) {
+    auto& st = self->state;
+    if (st.affinity)
+      self->send_exit(st.affinity, caf::exit_reason::user_shutdown);
+    st.affinity = nullptr;
+    caf::send_as(caf::actor_cast<caf::actor>(self), st.keeper, pool_failed_atom::value, cause,
+                 std::move(ids));
+  };
+  if (!st.affinity) {
+    report({});
+    return;
+  }
+  self->request(st.affinity, std::chrono::seconds(2), sessions_atom::value)
+    .then([report](std::vector<std::string>& ids) { report(std::move(ids)); },
+          [report](caf::error&) { report({}); });
+}
+
+// A request handed back by a dying worker: a retry (`attempt`: it ran, or
+// may have, and counts toward max_attempts, after a back-off) or a requeue
+// (it never started there). Either way it keeps what is left of its deadline
+// and goes ahead of new arrivals.
+caf::result<payload> readmit(self_ptr self, execute req, bool attempt) {
+  auto& st = self->state;
+  auto rp = self->make_response_promise<payload>();
+  auto q = std::make_shared<queued>();
+  q->rp = rp;
+  if (attempt) {
+    ++req.attempts;
+    ++st.retries;
+  } else {
+    ++st.requeued;
+  }
+  if (auto err = refusal(st)) {
+    fail(self, *q, std::move(err));
+    return rp;
+  }
+  if (attempt && req.attempts >= st.cfg.max_attempts) {
+    fail(self, *q,
+         make_error(error_code::worker_crashed, "workers died during all "
+                                                  + std::to_string(req.attempts)
+                                                  + " attempts of this idempotent request"));
+    return rp;
+  }
+  auto now = self->clock().now();
+  q->deadline = deadline_of(self, req);
+  // Back-off: a request that keeps killing workers must not do so at full speed.
+  if (attempt)
+    q->not_before = now + st.cfg.retry_backoff * (1u << std::min<uint32_t>(req.attempts - 1, 4));
+  q->req = std::move(req);
+  admit(self, std::move(q), true);
+  return rp;
+}
+
+pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor keeper,
+                                  std::vector<std::string> lost_sessions) {
+  auto& st = self->state;
+  st.cfg = std::move(cfg);
+  st.keeper = std::move(keeper);
+  st.slots.resize(st.cfg.size);
+  st.latencies.reserve(latency_window);
+  st.affinity = spawn_session_affinity(self->system(), st.cfg.session);
+  if (!lost_sessions.empty())
+    self->send(st.affinity, sessions_lost_atom::value, std::move(lost_sessions));
+  // The worker template: every child is one backend worker reporting here.
+  child_spec worker_spec;
+  worker_spec.id = "worker";
+  worker_spec.restart = restart_type::permanent;
+  worker_spec.shutdown = shutdown_spec::after(st.cfg.shutdown_timeout);
+  auto listener = caf::actor_cast<worker_listener_actor>(self);
+  auto incarnations = std::make_shared<uint64_t>(0);
+  worker_spec.start = [cfg = st.cfg, listener, incarnations](caf::actor_system& sys,
+                                                              const std::string& id) {
+    auto slot_id = static_cast<uint32_t>(std::stoul(id));
+    if (cfg.backend == backend_kind::mock) {
+      auto mc = cfg.mock;
+      mc.id = slot_id;
+      mc.seed = cfg.mock.seed * 1000003 + (*incarnations)++;
+      mc.listener = listener;
+      return caf::actor_cast<caf::actor>(spawn_mock_worker(sys, mc));
+    }
+    auto wc = cfg.worker;
+    wc.id = slot_id;
+    wc.listener = listener;
+    return caf::actor_cast<caf::actor>(spawn_python_worker(sys, wc));
+  };
+  supervisor_flags flags;
+  flags.strategy = supervision_strategy::simple_one_for_one;
+  flags.max_restarts = st.cfg.max_restarts;
+  flags.period = st.cfg.restart_period;
+  flags.backoff = st.cfg.backoff;
+  flags.name = "pool supervisor";
+  flags.observer = caf::actor_cast<caf::actor>(self);
+  st.sup = spawn_supervisor(self->system(), flags, {worker_spec});
+  self->monitor(st.sup);
+  // However the pool ends (even killed, which skips the exit handler), its
+  // supervisor, and so every worker, and the affinity actor end with it.
+  self->attach_functor([sup = st.sup, aff = st.affinity](const caf::error&) {
+    caf::anon_send_exit(sup, caf::exit_reason::kill);
+    caf::anon_send_exit(aff, caf::exit_reason::kill);
+  });
+  // All workers start at once; their Python start-ups overlap.
+  for (size_t i = 0; i < st.slots.size(); ++i) {
+    st.slots[i].state = slot_state::starting;
+    self->request(st.sup, caf::infinite, start_child_atom::value, std::to_string(i + 1))
+      .then([](caf::actor&) {}, [i](caf::error& err) {
+        log().error("pool: cannot start worker {}: {}", i + 1, to_string_readable(err));
+      });
+  }
+  if (st.cfg.max_age.count() > 0)
+    self->delayed_send(self, st.cfg.max_age / 4, age_tick_atom::value);
+  self->set_down_handler([self](caf::down_msg& dm) {
+    auto& st = self->state;
+    if (dm.source == st.sup.address()) {
+      on_supervisor_down(self, dm.reason);
+      return;
+    }
+    // A requester went away: its queued requests give up their places.
+    st.requesters.erase(dm.source);
+    for (auto i = st.queue.begin(); i != st.queue.end();) {
+      if (i->second->requester == dm.source)
+        i = st.queue.erase(i);
+      else
+        ++i;
+    }
+  });
+  self->set_exit_handler([self](caf::exit_msg& msg) {
+    auto& st = self->state;
+    if (st.failed) {
+      // Nothing runs any more (the supervisor gave up); the keeper is done
+      // with this core.
+      self->quit(msg.reason);
+      return;
+    }
+    if (st.stopping)
+      return;
+    log().info("pool: stopping ({})", msg.reason ? self->system().render(msg.reason) : "normal");
+    st.stopping = true;
+    st.stop_reason = msg.reason;
+    fail_all_queued(self, make_error(error_code::shutting_down, "the pool is stopping"));
+    for (auto& rp : st.ready_waiters)
+      rp.deliver(make_error(error_code::shutting_down, "the pool is stopping"));
+    st.ready_waiters.clear();
+    self->send_exit(st.sup, caf::exit_reason::user_shutdown);
+  });
+  return {
+    [self](execute& req) -> caf::result<payload> {
+      auto& st = self->state;
+      auto rp = self->make_response_promise<payload>();
+      auto q = std::make_shared<queued>();
+      q->rp = rp;
+      if (auto err = refusal(st)) {
+        fail(self, *q, std::move(err));
+        return rp;
+      }
+      if (auto err = check_session_id(st, req.session)) {
+        fail(self, *q, std::move(err));
+        return rp;
+      }
+      q->deadline = deadline_of(self, req);
+      q->req = std::move(req);
+      admit(self, std::move(q), false);
+      return rp;
+    },
+    [self](retry_atom, execute& req) { return readmit(self, std::move(req), true); },
+    [self](requeue_atom, execute& req) { return readmit(self, std::move(req), false); },
+    [self](done_atom, uint64_t worker, uint8_t code, int64_t ns, const std::string& session) {
+      auto& st = self->state;
+      count_reply(self, static_cast<error_code>(code));
+      if (st.latencies.size() < latency_window)
+        st.latencies.push_back(ns);
+      else
+        st.latencies[st.latency_pos++ % latency_window] = ns;
+      for (uint32_t i = 0; i < st.slots.size(); ++i) {
+        auto& s = st.slots[i];
+        if (s.actor != worker)
+          continue;
+        if (s.in_flight > 0)
+          --s.in_flight;
+        if (!session.empty()) {
+          auto j = s.running_sessions.find(session);
+          if (j != s.running_sessions.end() && --j->second == 0)
+            s.running_sessions.erase(j);
+        }
+        ++s.served;
+        if (!s.served_ok && answered_by_worker(static_cast<error_code>(code))) {
+          s.served_ok = true;
+          prove(self, i);
+        }
+        maybe_recycle(self, i);
+        break;
+      }
+      try_dispatch(self);
+    },
+    [self](dying_atom, uint64_t worker, bool deliberate) {
+      // Learned before the supervisor's report: stop dispatching there now.
+      // A worker recycling itself (a timeout) did not crash: excused before
+      // this answer lets it quit, so the supervisor hears of it first.
+      auto& st = self->state;
+      for (uint32_t i = 0; i < st.slots.size(); ++i) {
+        auto& s = st.slots[i];
+        if (s.actor != worker)
+          continue;
+        if (deliberate)
+          prove(self, i, true);
+        s.state = slot_state::down;
+        s.in_flight = 0;
+        s.running_sessions.clear();
+      }
+      return true;
+    },
+    [self](health_atom) -> caf::result<bool> {
+      auto& st = self->state;
+      if (auto err = refusal(st))
+        return err;
+      // Healthy only while some worker can take a request: during a storm
+      // every worker may be restarting at once, and then no request can run.
+      for (auto& s : st.slots)
+        if (s.state == slot_state::ready || s.state == slot_state::draining)
+          return true;
+      return make_error(error_code::unavailable,
+                        "no worker can serve right now: all " + std::to_string(st.slots.size())
+                          + " workers are (re)starting; retry later");
+    },
+    [self](proven_tick_atom, uint32_t slot, uint32_t incarnation) {
+      if (slot < self->state.slots.size() && self->state.slots[slot].incarnation == incarnation)
+        prove(self, slot);
+    },
+    [self](ready_atom) -> caf::result<pool_stats> {
+      if (self->state.failed)
+        return unavailable_error("the pool gave up and is being restarted");
+      auto rp = self->make_response_promise<pool_stats>();
+      self->state.ready_waiters.push_back(rp);
+      deliver_ready_if_all(self);
+      return rp;
+    },
+    [self](status_atom) -> caf::result<pool_stats> {
+      auto rp = self->make_response_promise<pool_stats>();
+      auto stats = make_stats(self);
+      if (!self->state.affinity)
+        return stats;
+      self->request(self->state.affinity, caf::infinite, status_atom::value)
+        .then(
+          [rp, stats](affinity_stats& as) mutable {
+            stats.sessions = as.sessions;
+            rp.deliver(std::move(stats));
+          },
+          [rp, stats](caf::error&) mutable { rp.deliver(std::move(stats)); });
+      return rp;
+    },
+    [self](end_session_atom, std::string& id) -> caf::result<bool> {
+      if (!self->state.affinity)
+        return unavailable_error("the pool gave up and is being restarted");
+      if (auto err = check_session_id(self->state, id))
+        return err;
+      return self->delegate(self->state.affinity, end_session_atom::value, std::move(id));
+    },
+    [self](configure_atom, caf::timespan timeout) -> caf::result<caf::timespan> {
+      auto& st = self->state;
+      auto previous = st.cfg.session.timeout;
+      st.cfg.session.timeout = timeout;
+      if (!st.affinity)
+        return previous;
+      return self->delegate(st.affinity, configure_atom::value, timeout);
+    },
+    [self](child_up_atom, std::string& id, caf::actor& hdl) {
+      auto& st = self->state;
+      auto slot = slot_of(id);
+      if (slot >= st.slots.size())
+        return;
+      auto& s = st.slots[slot];
+      s.handle = caf::actor_cast<worker_actor>(hdl);
+      s.actor = hdl.id();
+      s.state = slot_state::starting;
+      s.in_flight = 0;
+      s.running_sessions.clear();
+      s.dispatched = 0;
+      s.pid = 0;
+      s.recycling = false;
+      s.served_ok = false;
+      s.proven = false;
+      ++s.incarnation;
+      s.started = self->clock().now();
+      s.started_at_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                          std::chrono::system_clock::now().time_since_epoch())
+                          .count();
+      auto actor = s.actor;
+      self->request(s.handle, caf::infinite, ready_atom::value)
+        .then(
+          [self, slot, actor](worker_status& ws) {
+            auto& st = self->state;
+            auto& s = st.slots[slot];
+            if (s.actor != actor || s.state != slot_state::starting)
+              return;
+            s.state = slot_state::ready;
+            s.pid = ws.pid;
+            s.ready_at = self->clock().now();
+            self->delayed_send(self, st.cfg.healthy_after, proven_tick_atom::value, slot,
+                               s.incarnation);
+            self->send(st.affinity, worker_up_atom::value, slot, s.incarnation, s.handle);
+            deliver_ready_if_all(self);
+            try_dispatch(self);
+          },
+          [](caf::error&) {
+            // The worker failed to start; its exit reaches us as child_down.
+          });
+    },
+    [self](child_down_atom, std::string& id, caf::error& reason) {
+      auto& st = self->state;
+      auto slot = slot_of(id);
+      if (slot >= st.slots.size())
+        return;
+      auto& s = st.slots[slot];
+      bool recycling = s.recycling;
+      s.state = slot_state::down;
+      s.handle = nullptr;
+      s.actor = 0;
+      s.in_flight = 0;
+      s.running_sessions.clear();
+      s.pid = 0;
+      ++s.incarnation;
+      self->send(st.affinity, worker_down_atom::value, slot);
+      auto info = info_of(reason);
+      // A worker the supervisor stopped (giving up, shutting down) did not
+      // fail: keep the failure that led there.
+      bool stopped = reason && reason.category() == caf::atom("exit");
+      if (reason && !stopped && !recycling && !st.stopping) {
+        st.last_failure = reason.category() == error_category && !info.message.empty()
+                            ? info.message
+                            : "worker " + id + ": " + self->system().render(reason);
+        if (!info.traceback.empty())
+          st.last_failure += "\n" + info.traceback;
+      }
+      // Requests routed to this worker's sessions cannot be served any more.
+      for (auto i = st.queue.begin(); i != st.queue.end();) {
+        auto& q = *i->second;
+        if (q.routed && q.slot == slot) {
+          fail(self, q,
+               make_error(error_code::session_lost,
+                          "session '" + q.req.session + "' was lost: worker " + id + " died"));
+          take(self, i++);
+        } else {
+          ++i;
+        }
+      }
+      if (st.stopping)
+        return;
+      if (recycling) {
+        self->request(st.sup, caf::infinite, start_child_atom::value, id)
+          .then([](caf::actor&) {}, [id](caf::error& err) {
+            log().error("pool: cannot restart recycled worker {}: {}", id,
+                        to_string_readable(err));
+          });
+      } else {
+        ++s.restarts;
+        ++st.restarts;
+      }
+    },
+    [self](sweep_atom) {
+      auto& st = self->state;
+      st.sweep_armed = false;
+      auto now = self->clock().now();
+      for (auto i = st.queue.begin(); i != st.queue.end();) {
+        if (i->second->deadline <= now) {
+          auto q = take(self, i++);
+          fail(self, *q,
+               make_error(error_code::timeout, "request waited in the queue past its deadline"));
+        } else {
+          ++i;
+        }
+      }
+      try_dispatch(self); // retries whose back-off has passed
+      prune_requesters(st, false);
+      // A session whose latest place is before everything waiting has no
+      // request left in the queue.
+      for (auto i = st.session_tail.begin(); i != st.session_tail.end();) {
+        if (st.queue.empty() || i->second < st.queue.begin()->first)
+          i = st.session_tail.erase(i);
+        else
+          ++i;
+      }
+      if (!st.queue.empty()) {
+        st.sweep_armed = true;
+        self->delayed_send(self, sweep_interval, sweep_atom::value);
+      }
+    },
+    [self](age_tick_atom) {
+      auto& st = self->state;
+      for (uint32_t i = 0; i < st.slots.size(); ++i)
+        maybe_recycle(self, i);
+      if (!st.stopping && !st.failed)
+        self->delayed_send(self, st.cfg.max_age / 4, age_tick_atom::value);
+    },
+  };
+}
+
+} // namespace
+
+pool_actor spawn_pool_core(caf::actor_system& sys, pool_config cfg, caf::actor keeper,
+                           std::vector<std::string> lost_sessions) {
+  return sys.spawn(pool_fun, std::move(cfg), std::move(keeper), std::move(lost_sessions));
+}
+
+} // namespace pyvisor

@@ -1,0 +1,199 @@
+// The worker pool: what users talk to.
+//
+// A pool owns a simple_one_for_one supervisor (supervision/) whose children
+// are workers of one backend (real Python processes or the in-process mock)
+// and a session-affinity actor. Requests flow: caller -> pool -> (affinity,
+// for session requests) -> worker, and the worker answers the caller
+// directly: the pool delegates each request and learns of its completion
+// from the worker's done report, so it never sits on the reply path.
+//
+// Guarantees:
+// - Workers start concurrently; ready_atom is answered once all said hello.
+// - Dispatch goes to the least-loaded ready worker, at most max_in_flight
+//   requests per worker; beyond that requests wait in a bounded queue. A full
+//   queue fails a request at once with `overloaded`, and so does a requester
+//   already holding its share of the queue (queue_share); a request still queued
+//   at its deadline fails with `timeout`; a requester that terminated loses
+//   its queued requests (they no longer hold places).
+// - A worker's death fails its in-flight requests with `worker_crashed`,
+//   except idempotent ones, which are retried on another worker after a short
+//   back-off (retry_backoff, doubling), at most max_attempts times:
+//   at-least-once for idempotent requests, at-most-once for all others.
+//   Requests that provably never started on the dead worker are requeued
+//   instead, idempotent or not (see request_ledger.hpp, docs/protocol.md).
+// - Sessions: the first request naming a session binds it to a worker; later
+//   ones go to that worker (mode strict: they wait for it; mode hint: they
+//   may run elsewhere when the owner is busy, without the owner's state).
+//   Expiry, session_expired and session_lost: see session_affinity.hpp.
+// - Recycling after max_requests requests or max_age: the worker gets no new
+//   requests, finishes what it has, and is replaced; no request fails (its
+//   sessions are lost, as with any replacement).
+// - Restart intensity counts what restarting does not fix: a worker that said
+//   hello, answered a request and stayed up for `healthy_after` proved that
+//   its restart fixed it, and its death does not count (nor does a deliberate
+//   recycle: a timeout, max_requests, max_age). A user module that does not
+//   import, or a worker that dies right after every hello, still exhausts
+//   the intensity (max_restarts within restart_period).
+// - Escalation reaches the top: spawn_pool returns a *keeper* (see
+//   pool_keeper.hpp) that owns the working pool. When the pool's supervisor
+//   gives up, the pool logs the cause once with the Python traceback, fails
+//   what waits with `unavailable` and the keeper restarts the whole pool
+//   (supervisor, workers, session affinity) after `restart.backoff`, for as
+//   long as it lives; meanwhile requests fail at once with `unavailable`,
+//   health_atom answers `unavailable`, status_atom still answers (state
+//   "restarting" and the cause), and sessions of the lost pool answer
+//   `session_lost` once it is back. A pool that never became ready at its
+//   first start (a broken configuration) is not restarted: the keeper quits
+//   with the cause, as does any give-up with restart.enabled = false.
+// - The handle never dies under a caller: every error a caller receives is a
+//   pyvisor error (never CAF's request_receiver_down). An exit message stops
+//   the pool gracefully.
+
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "caf/fwd.hpp"
+#include "caf/meta/type_name.hpp"
+#include "caf/replies_to.hpp"
+#include "caf/timespan.hpp"
+#include "caf/typed_actor.hpp"
+
+#include "pyvisor/mock_worker.hpp"
+#include "pyvisor/session_affinity.hpp"
+#include "pyvisor/worker.hpp"
+#include "pyvisor/worker_actor.hpp"
+#include "pyvisor/supervisor.hpp"
+
+namespace pyvisor {
+
+enum class backend_kind : uint8_t { python, mock };
+
+enum class affinity_mode : uint8_t { strict, hint };
+
+/// What the keeper does when the pool gives up (see pool_keeper.hpp).
+struct pool_restart_policy {
+  /// Restart the pool (true) or quit with the cause (false), so that a
+  /// process manager can restart the whole process.
+  bool enabled = true;
+  /// Delay before each restart: 1 s, doubling per give-up in a row up to
+  /// 30 s, +-10 %; a pool that served for reset_after starts over at 1 s.
+  backoff_policy backoff{std::chrono::seconds(1), 2.0, std::chrono::seconds(30), 0.1,
+                         std::chrono::seconds(60)};
+};
+
+struct pool_config {
+  /// Number of workers.
+  size_t size = 2;
+  backend_kind backend = backend_kind::python;
+  /// Template of each Python worker (id and listener are set by the pool).
+  worker_config worker;
+  /// Template of each mock worker (id, seed and listener set by the pool).
+  mock_config mock;
+  /// Requests in flight per worker.
+  uint32_t max_in_flight = 4;
+  /// Requests waiting for a worker; more fail with `overloaded`.
+  size_t queue_size = 1024;
+  /// Share of the queue one requester (one connection) may hold, so that a
+  /// burst from one client cannot crowd out everyone else.
+  double queue_share = 0.5;
+  /// Deadline of a request that names none (queueing plus execution).
+  caf::timespan request_timeout = std::chrono::seconds(30);
+  /// Attempts of an idempotent request whose worker died (first one included).
+  uint32_t max_attempts = 3;
+  /// Delay before the first retry; it doubles for each further one (at most
+  /// 16x). Queued requests are swept every 10 ms, so delays round up to that.
+  caf::timespan retry_backoff = std::chrono::milliseconds(10);
+  /// Recycle a worker after this many requests (0: never).
+  uint64_t max_requests = 0;
+  /// Recycle a worker after this long (0: never).
+  caf::timespan max_age{0};
+  session_settings session;
+  affinity_mode mode = affinity_mode::strict;
+  /// Restart intensity of the worker supervisor: more than max_restarts
+  /// counted restarts within restart_period make the pool give up.
+  size_t max_restarts = 10;
+  caf::timespan restart_period = std::chrono::seconds(10);
+  /// A worker that answered a request and has been ready this long proved
+  /// itself: its death no longer counts toward intensity.
+  caf::timespan healthy_after = std::chrono::milliseconds(50);
+  /// What happens when the pool gives up anyway.
+  pool_restart_policy restart;
+  backoff_policy backoff;
+  /// Time a worker gets to stop before it is killed.
+  caf::timespan shutdown_timeout = std::chrono::seconds(5);
+};
+
+/// One worker in pool_stats.
+struct worker_stats {
+  uint32_t id = 0;
+  int64_t pid = 0;
+  /// "starting", "ready", "draining" or "down".
+  std::string state;
+  uint32_t in_flight = 0;
+  uint64_t served = 0;
+  uint64_t restarts = 0;
+  /// Unix time in milliseconds at which this incarnation started.
+  int64_t started_at = 0;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, worker_stats& x) {
+  return f(caf::meta::type_name("pyvisor::worker_stats"), x.id, x.pid, x.state, x.in_flight,
+           x.served, x.restarts, x.started_at);
+}
+
+struct pool_stats {
+  /// "starting", "serving", "restarting" or "stopping".
+  std::string state;
+  /// Why the pool last gave up (empty: never), with the Python traceback.
+  std::string last_failure;
+  /// How often the keeper restarted the whole pool.
+  uint64_t pool_restarts = 0;
+  std::vector<worker_stats> workers;
+  uint64_t queue = 0;
+  uint64_t sessions = 0;
+  /// Replies by outcome: "ok" and each error code name.
+  std::map<std::string, uint64_t> replies;
+  uint64_t retries = 0;
+  /// Requests handed back by a dying worker on which they never started.
+  uint64_t requeued = 0;
+  uint64_t restarts = 0;
+  uint64_t recycled = 0;
+  /// Worker service time percentiles over recent requests, microseconds.
+  double p50_us = 0;
+  double p90_us = 0;
+  double p99_us = 0;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, pool_stats& x) {
+  return f(caf::meta::type_name("pyvisor::pool_stats"), x.state, x.last_failure, x.pool_restarts,
+           x.workers, x.queue, x.sessions, x.replies, x.retries, x.requeued, x.restarts, x.recycled,
+           x.p50_us, x.p90_us, x.p99_us);
+}
+
+using pool_actor = caf::typed_actor<
+  caf::replies_to<execute>::with<payload>,
+  /// Answered once every worker is ready (or with the failure).
+  caf::replies_to<ready_atom>::with<pool_stats>,
+  caf::replies_to<status_atom>::with<pool_stats>,
+  /// true while the pool can serve (it is not restarting and some worker is
+  /// ready), else the error `unavailable` (health checks, RPC `ping`).
+  caf::replies_to<health_atom>::with<bool>,
+  caf::replies_to<end_session_atom, std::string>::with<bool>,
+  /// Sets the session idle timeout at run time; replies with the previous one.
+  caf::replies_to<configure_atom, caf::timespan>::with<caf::timespan>>;
+
+/// Spawns a pool behind its keeper (the handle stays valid across restarts).
+pool_actor spawn_pool(caf::actor_system& sys, pool_config cfg);
+
+/// Registers the pool's and its parts' message types (includes
+/// add_message_types and add_supervisor_types).
+void add_pool_types(caf::actor_system_config& cfg);
+
+} // namespace pyvisor

@@ -1,0 +1,487 @@
+#include "actors/process/python_process.hpp"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/syscall.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <future>
+
+#include <spdlog/logger.h>
+
+#include "messages/log.hpp"
+
+extern char** environ;
+
+namespace pyvisor {
+
+namespace {
+
+constexpr size_t stderr_tail_lines = 20;
+
+void close_fd(int& fd) {
+  if (fd >= 0) {
+    ::close(fd);
+    fd = -1;
+  }
+}
+
+void set_nonblocking(int fd) {
+  auto flags = fcntl(fd, F_GETFL);
+  fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+}
+
+std::once_flag sigpipe_once;
+
+// Splits a byte stream into lines and logs each, tagged.
+struct line_logger {
+  std::string buf;
+
+  template <class OnLine>
+  void feed(const char* data, size_t size, OnLine&& on_line) {
+    buf.append(data, size);
+    size_t start = 0;
+    for (auto nl = buf.find('\n'); nl != std::string::npos; nl = buf.find('\n', start)) {
+      on_line(buf.substr(start, nl - start));
+      start = nl + 1;
+    }
+    buf.erase(0, start);
+    // A child that never writes a newline must not grow the buffer forever.
+    if (buf.size() > 64 * 1024) {
+      on_line(buf);
+      buf.clear();
+    }
+  }
+
+  template <class OnLine>
+  void flush(OnLine&& on_line) {
+    if (!buf.empty())
+      on_line(buf);
+    buf.clear();
+  }
+};
+
+} // namespace
+
+std::string exit_status::describe() const {
+  if (signal != 0) {
+    auto name = sigabbrev_np(signal);
+    return "killed by signal " + std::to_string(signal) + " (SIG"
+           + (name ? name : "?") + ")";
+  }
+  return "exit code " + std::to_string(code);
+}
+
+python_process::python_process(process_options opts, process_callbacks cbs)
+  : opts_(std::move(opts)), cbs_(std::move(cbs)) {
+  // nop
+}
+
+python_process::~python_process() {
+  // Only reached once the I/O thread has finished (it holds a reference), but
+  // possibly on that very thread, which cannot join itself.
+  if (thread_.joinable()) {
+    if (thread_.get_id() == std::this_thread::get_id())
+      thread_.detach();
+    else
+      thread_.join();
+  }
+  close_fd(wake_fd_);
+}
+
+std::shared_ptr<python_process> python_process::start(process_options opts,
+                                                      process_callbacks cbs,
+                                                      std::string& error) {
+  std::call_once(sigpipe_once, [] { ::signal(SIGPIPE, SIG_IGN); });
+  std::shared_ptr<python_process> self{new python_process(std::move(opts), std::move(cbs))};
+  std::promise<std::string> started;
+  auto result = started.get_future();
+  // The thread keeps its object alive until it ends, so that an owner that
+  // lets go from inside a callback cannot pull the object from under it.
+  self->thread_ = std::thread{[self, &started]() mutable {
+    self->run(&started);
+    self = nullptr;
+  }};
+  error = result.get();
+  if (!error.empty()) {
+    self->thread_.join();
+    return nullptr;
+  }
+  return self;
+}
+
+std::string python_process::spawn() {
+  int req[2] = {-1, -1};
+  int rep[2] = {-1, -1};
+  int out[2] = {-1, -1};
+  int err[2] = {-1, -1};
+  int status[2] = {-1, -1};
+  auto fail = [&](const char* what) {
+    auto msg = std::string{what} + ": " + std::strerror(errno);
+    for (int* p : {req, rep, out, err, status}) {
+      close_fd(p[0]);
+      close_fd(p[1]);
+    }
+    return msg;
+  };
+  if (pipe2(req, O_CLOEXEC) != 0 || pipe2(rep, O_CLOEXEC) != 0 || pipe2(out, O_CLOEXEC) != 0
+      || pipe2(err, O_CLOEXEC) != 0 || pipe2(status, O_CLOEXEC) != 0)
+    return fail("cannot create pipes");
+  // Everything the child needs is prepared before fork: between fork and exec
+  // only async-signal-safe calls are allowed in a multi-threaded process.
+  std::vector<std::string> argv_store;
+  argv_store.push_back(opts_.python);
+  argv_store.insert(argv_store.end(), opts_.args.begin(), opts_.args.end());
+  std::vector<char*> argv;
+  for (auto& a : argv_store)
+    argv.push_back(a.data());
+  argv.push_back(nullptr);
+  std::vector<char*> envp;
+  for (char** e = environ; *e != nullptr; ++e)
+    envp.push_back(*e);
+  std::vector<std::string> env_store = opts_.env;
+  for (auto& e : env_store)
+    envp.push_back(e.data());
+  envp.push_back(nullptr);
+  auto parent = getpid();
+  int devnull = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  auto pid = fork();
+  if (pid < 0) {
+    close_fd(devnull);
+    return fail("fork failed");
+  }
+  if (pid == 0) {
+    // Child. Die with the forking thread; catch a parent that died already.
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent)
+      _exit(127);
+    sigset_t all;
+    sigemptyset(&all);
+    sigprocmask(SIG_SETMASK, &all, nullptr);
+    ::signal(SIGPIPE, SIG_DFL);
+    // Signals meant for the node's process group (Ctrl-C in a terminal, a
+    // supervisor signalling the group) must not reach the workers: the node
+    // decides when they stop. Own process group, and SIGINT ignored (kept
+    // across exec) for good measure.
+    setpgid(0, 0);
+    ::signal(SIGINT, SIG_IGN);
+    // Move the fds above the targets first: a pipe end may already sit at 3
+    // or 4, and dup2 onto itself would keep O_CLOEXEC.
+    int fds[5] = {devnull, out[1], err[1], req[0], rep[1]};
+    for (auto& fd : fds)
+      fd = fcntl(fd, F_DUPFD_CLOEXEC, 10);
+    for (int target = 0; target < 5; ++target)
+      if (dup2(fds[target], target) < 0)
+        _exit(126);
+    // Nothing else of the host (sockets, other workers' pipes) leaks into the
+    // child; the status pipe is O_CLOEXEC and closes itself on exec.
+    close_range(5, ~0U, CLOSE_RANGE_CLOEXEC);
+    execvpe(argv[0], argv.data(), envp.data());
+    int e = errno;
+    [[maybe_unused]] auto n = write(status[1], &e, sizeof(e));
+    _exit(127);
+  }
+  close_fd(devnull);
+  close_fd(status[1]);
+  close_fd(req[0]);
+  close_fd(rep[1]);
+  close_fd(out[1]);
+  close_fd(err[1]);
+  int child_errno = 0;
+  ssize_t n;
+  do {
+    n = read(status[0], &child_errno, sizeof(child_errno));
+  } while (n < 0 && errno == EINTR);
+  close_fd(status[0]);
+  if (n == sizeof(child_errno)) {
+    int st;
+    waitpid(pid, &st, 0);
+    for (int* fd : {&req[1], &rep[0], &out[0], &err[0]})
+      close_fd(*fd);
+    return "cannot execute Python interpreter '" + opts_.python
+           + "': " + std::strerror(child_errno);
+  }
+  pid_ = pid;
+  // glibc 2.36's <sys/pidfd.h> lacks C linkage for C++, so call the kernel
+  // directly; without pidfd support the loop falls back to polling waitpid.
+  pidfd_ = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
+  req_w_ = req[1];
+  rep_r_ = rep[0];
+  out_r_ = out[0];
+  err_r_ = err[0];
+  for (int fd : {req_w_, rep_r_, out_r_, err_r_})
+    set_nonblocking(fd);
+  return {};
+}
+
+void python_process::run(std::promise<std::string>* started) {
+  wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  auto error = spawn();
+  auto ok = error.empty();
+  started->set_value(std::move(error));
+  if (!ok) {
+    close_fd(wake_fd_);
+    return;
+  }
+  wire::frame_reader reader{opts_.max_frame_size};
+  bool protocol_broken = false;
+  line_logger out_lines;
+  line_logger err_lines;
+  using clock = std::chrono::steady_clock;
+  clock::time_point term_at = clock::time_point::max();
+  clock::time_point kill_at = clock::time_point::max();
+  bool term_sent = false;
+  auto log_out = [this](const std::string& line) {
+    log().info("[{} pid {}] stdout: {}", opts_.tag, pid_, line);
+  };
+  auto log_err = [this](const std::string& line) {
+    log().warn("[{} pid {}] stderr: {}", opts_.tag, pid_, line);
+    std::lock_guard<std::mutex> guard{mtx_};
+    stderr_tail_.push_back(line);
+    if (stderr_tail_.size() > stderr_tail_lines)
+      stderr_tail_.pop_front();
+  };
+  char buf[65536];
+  // Reads what is available on `fd`; returns false on EOF or error.
+  auto drain = [&](int& fd, auto&& consume) {
+    for (;;) {
+      auto n = read(fd, buf, sizeof(buf));
+      if (n > 0) {
+        consume(buf, static_cast<size_t>(n));
+        continue;
+      }
+      if (n < 0 && errno == EINTR)
+        continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        return true;
+      close_fd(fd);
+      return false;
+    }
+  };
+  auto on_reply_bytes = [&](const char* data, size_t size) {
+    if (protocol_broken)
+      return;
+    std::vector<wire::frame> frames;
+    auto ok = reader.feed(data, size, [&](wire::frame&& f) { frames.push_back(std::move(f)); });
+    // Valid frames that preceded a broken one are still delivered first.
+    if (!frames.empty() && cbs_.on_frames)
+      cbs_.on_frames(std::move(frames));
+    if (!ok) {
+      protocol_broken = true;
+      if (cbs_.on_protocol_error)
+        cbs_.on_protocol_error(reader.error());
+    }
+  };
+  auto on_out = [&](const char* d, size_t n) { out_lines.feed(d, n, log_out); };
+  auto on_err = [&](const char* d, size_t n) { err_lines.feed(d, n, log_err); };
+  for (;;) {
+    bool closing;
+    bool want_write;
+    {
+      std::lock_guard<std::mutex> guard{mtx_};
+      closing = closing_;
+      flush_locked();
+      if (stop_requested_ && term_at == clock::time_point::max()) {
+        term_at = clock::now() + stop_grace_;
+        kill_at = term_at + stop_grace_;
+      }
+      // Closing the request pipe once everything queued is written gives
+      // the worker EOF after it has read (and answered) all requests.
+      if (stop_requested_ && outbox_.empty())
+        close_fd(req_w_);
+      want_write = !outbox_.empty() && req_w_ >= 0;
+    }
+    if (closing) {
+      signal(SIGKILL);
+      kill_at = clock::now();
+    }
+    auto now = clock::now();
+    if (now >= term_at && !term_sent) {
+      signal(SIGTERM);
+      term_sent = true;
+    }
+    if (now >= kill_at)
+      signal(SIGKILL);
+    pollfd fds[6];
+    nfds_t nfds = 0;
+    auto add = [&](int fd, short events) {
+      if (fd >= 0)
+        fds[nfds++] = pollfd{fd, events, 0};
+    };
+    add(wake_fd_, POLLIN);
+    add(pidfd_, POLLIN);
+    add(rep_r_, POLLIN);
+    add(out_r_, POLLIN);
+    add(err_r_, POLLIN);
+    int write_fd = -1;
+    if (want_write) {
+      std::lock_guard<std::mutex> guard{mtx_};
+      write_fd = req_w_;
+    }
+    if (write_fd >= 0)
+      add(write_fd, POLLOUT);
+    int timeout = -1;
+    auto next = term_sent ? kill_at : std::min(term_at, kill_at);
+    if (next != clock::time_point::max() && next > now)
+      timeout = static_cast<int>(
+        std::chrono::duration_cast<std::chrono::milliseconds>(next - now).count() + 1);
+    else if (next <= now)
+      timeout = 10;
+    if (pidfd_ < 0 && rep_r_ < 0)
+      timeout = 10; // no pidfd: poll waitpid below
+    auto rc = poll(fds, nfds, timeout);
+    if (rc < 0 && errno != EINTR)
+      break;
+    uint64_t ignored;
+    [[maybe_unused]] auto n = read(wake_fd_, &ignored, sizeof(ignored));
+    // Order matters: read replies before looking at the pidfd so that every
+    // frame the child wrote before dying is delivered before on_exit.
+    if (rep_r_ >= 0)
+      drain(rep_r_, on_reply_bytes);
+    if (out_r_ >= 0)
+      drain(out_r_, on_out);
+    if (err_r_ >= 0)
+      drain(err_r_, on_err);
+    {
+      std::lock_guard<std::mutex> guard{mtx_};
+      flush_locked();
+    }
+    // Has the child exited?
+    int st = 0;
+    pid_t reaped;
+    {
+      std::lock_guard<std::mutex> guard{mtx_};
+      reaped = waitpid(pid_, &st, WNOHANG);
+      if (reaped == pid_)
+        reaped_ = true;
+    }
+    if (reaped == pid_) {
+      // Whatever user code started in the worker's process group (os.fork,
+      // subprocess, multiprocessing) ends with the worker. Processes that
+      // left the group (setsid) are not covered.
+      ::kill(-pid_, SIGKILL);
+      // Collect the last bytes still sitting in the pipes.
+      if (rep_r_ >= 0)
+        drain(rep_r_, on_reply_bytes);
+      if (out_r_ >= 0)
+        drain(out_r_, on_out);
+      if (err_r_ >= 0)
+        drain(err_r_, on_err);
+      out_lines.flush(log_out);
+      err_lines.flush(log_err);
+      exit_status status;
+      if (WIFEXITED(st))
+        status.code = WEXITSTATUS(st);
+      else if (WIFSIGNALED(st))
+        status.signal = WTERMSIG(st);
+      if (cbs_.on_exit)
+        cbs_.on_exit(status);
+      break;
+    }
+  }
+  {
+    std::lock_guard<std::mutex> guard{mtx_};
+    close_fd(req_w_);
+  }
+  for (int* fd : {&rep_r_, &out_r_, &err_r_, &pidfd_})
+    close_fd(*fd);
+}
+
+void python_process::flush_locked() {
+  while (!outbox_.empty()) {
+    if (req_w_ < 0) {
+      outbox_.clear();
+      front_written_ = 0;
+      return;
+    }
+    auto& front = outbox_.front();
+    auto w = write(req_w_, front.data() + front_written_, front.size() - front_written_);
+    if (w > 0) {
+      front_written_ += static_cast<size_t>(w);
+      if (front_written_ == front.size()) {
+        outbox_.pop_front();
+        front_written_ = 0;
+      }
+      continue;
+    }
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+      return; // the I/O thread finishes once the pipe has room
+    // EPIPE: the child closed its end; its exit will be reported.
+    close_fd(req_w_);
+  }
+}
+
+void python_process::wake() {
+  uint64_t one = 1;
+  if (wake_fd_ >= 0)
+    [[maybe_unused]] auto n = write(wake_fd_, &one, sizeof(one));
+}
+
+void python_process::send(std::vector<char> bytes) {
+  bool pending;
+  {
+    std::lock_guard<std::mutex> guard{mtx_};
+    if (stop_requested_ || reaped_)
+      return;
+    outbox_.push_back(std::move(bytes));
+    // Write right away from the caller's thread (the fd is non-blocking):
+    // waking the I/O thread for every request would cost a thread hop.
+    flush_locked();
+    pending = !outbox_.empty();
+  }
+  if (pending)
+    wake();
+}
+
+void python_process::stop(std::chrono::milliseconds grace) {
+  {
+    std::lock_guard<std::mutex> guard{mtx_};
+    if (stop_requested_)
+      return;
+    stop_requested_ = true;
+    stop_grace_ = grace;
+  }
+  wake();
+}
+
+void python_process::signal(int sig) {
+  std::lock_guard<std::mutex> guard{mtx_};
+  if (!reaped_ && pid_ > 0)
+    ::kill(pid_, sig);
+}
+
+void python_process::close() {
+  if (!thread_.joinable())
+    return;
+  {
+    std::lock_guard<std::mutex> guard{mtx_};
+    closing_ = true;
+  }
+  wake();
+  if (thread_.get_id() == std::this_thread::get_id()) {
+    // Called from a callback: the loop sees closing_ and ends by itself.
+    return;
+  }
+  thread_.join();
+  cbs_ = process_callbacks{};
+}
+
+std::string python_process::stderr_tail() const {
+  std::lock_guard<std::mutex> guard{mtx_};
+  std::string result;
+  for (const auto& line : stderr_tail_) {
+    result += line;
+    result += '\n';
+  }
+  return result;
+}
+
+} // namespace pyvisor

@@ -1,0 +1,276 @@
+#include "pyvisor/mock_worker.hpp"
+
+#include <map>
+#include <random>
+#include <unordered_map>
+
+#include "caf/actor_system.hpp"
+#include "caf/stateful_actor.hpp"
+#include "caf/typed_event_based_actor.hpp"
+
+#include "actors/worker/request_ledger.hpp"
+#include "messages/log.hpp"
+
+namespace pyvisor {
+
+namespace {
+
+using mock_reply_atom = caf::atom_constant<caf::atom("mk_reply")>;
+using mock_ready_atom = caf::atom_constant<caf::atom("mk_ready")>;
+using mock_timeout_atom = caf::atom_constant<caf::atom("mk_tmo")>;
+
+using mock_impl = worker_actor::extend<caf::reacts_to<mock_reply_atom, uint64_t>,
+                                       caf::reacts_to<mock_ready_atom>,
+                                       caf::reacts_to<mock_timeout_atom, uint64_t>>;
+
+struct mock_state {
+  mock_config cfg;
+  std::unique_ptr<request_ledger> ledger;
+  worker_status status;
+  /// Results computed on arrival, delivered when their latency has passed.
+  std::unordered_map<uint64_t, caf::expected<payload>> results;
+  std::map<std::string, std::map<std::string, payload>> sessions;
+  std::mt19937_64 rng;
+  caf::error stop_reason;
+
+  static inline const char* name = "pyvisor.mock_worker";
+};
+
+using self_ptr = mock_impl::stateful_pointer<mock_state>;
+
+
+caf::error bad_request(std::string msg) {
+  return make_error(error_code::bad_request, std::move(msg), "BadRequest", "");
+}
+
+// Reads {key: str, value: any} style arguments.
+struct map_args {
+  msgpack::object_handle handle;
+  std::map<std::string, msgpack::object> fields;
+};
+
+caf::expected<map_args> read_map(const payload& args) {
+  map_args result;
+  try {
+    result.handle = msgpack::unpack(args.bytes.data(), args.bytes.size());
+    if (result.handle.get().type != msgpack::type::MAP)
+      return bad_request("expected a map");
+    result.fields = result.handle.get().as<std::map<std::string, msgpack::object>>();
+  } catch (const std::exception& e) {
+    return bad_request(std::string{"cannot read args: "} + e.what());
+  }
+  return result;
+}
+
+/// What the mock does with a request: a result, or a behaviour.
+enum class action { reply, crash, hang };
+
+action run_command(self_ptr self, const execute& req, caf::expected<payload>& result,
+                   caf::timespan& extra_delay) {
+  auto& st = self->state;
+  const auto& cmd = req.command;
+  auto session = [&]() -> std::map<std::string, payload>* {
+    if (req.session.empty())
+      return nullptr;
+    return &st.sessions[req.session];
+  };
+  if (cmd == "ping") {
+    result = pack(std::string{"pong"});
+  } else if (cmd == "echo") {
+    result = req.args;
+  } else if (cmd == "worker.info") {
+    msgpack::sbuffer buf;
+    msgpack::packer<msgpack::sbuffer> pk{buf};
+    pk.pack_map(5);
+    pk.pack(std::string{"pid"});
+    pk.pack(0);
+    pk.pack(std::string{"python"});
+    pk.pack(std::string{"mock"});
+    pk.pack(std::string{"sessions"});
+    pk.pack(st.sessions.size());
+    pk.pack(std::string{"served"});
+    pk.pack(st.ledger->served());
+    pk.pack(std::string{"rss"});
+    pk.pack(0);
+    result = payload{std::vector<char>(buf.data(), buf.data() + buf.size())};
+  } else if (cmd == "session.put" || cmd == "session.get" || cmd == "session.keys"
+             || cmd == "session.drop") {
+    auto state = session();
+    if (state == nullptr) {
+      result = bad_request("this command needs a session");
+      return action::reply;
+    }
+    if (cmd == "session.keys") {
+      std::vector<std::string> keys;
+      for (auto& kv : *state)
+        keys.push_back(kv.first);
+      result = pack(keys);
+    } else if (cmd == "session.drop") {
+      result = pack(st.sessions.erase(req.session) > 0);
+    } else {
+      auto args = read_map(req.args);
+      if (!args) {
+        result = args.error();
+        return action::reply;
+      }
+      auto key = args->fields.find("key");
+      if (key == args->fields.end() || key->second.type != msgpack::type::STR) {
+        result = bad_request("expected a map with a string 'key'");
+        return action::reply;
+      }
+      auto k = key->second.as<std::string>();
+      if (cmd == "session.get") {
+        auto i = state->find(k);
+        result = i == state->end() ? payload{} : i->second;
+      } else {
+        auto value = args->fields.find("value");
+        if (value == args->fields.end()) {
+          result = bad_request("expected a map with 'key' and 'value'");
+          return action::reply;
+        }
+        (*state)[k] = pack(value->second);
+        result = payload{};
+      }
+    }
+  } else if (cmd == "sleep") {
+    auto args = read_map(req.args);
+    auto ms = args ? args->fields.find("ms") : decltype(args->fields.end()){};
+    if (!args || ms == args->fields.end()) {
+      result = bad_request("expected {ms: number}");
+      return action::reply;
+    }
+    extra_delay = std::chrono::milliseconds(ms->second.as<int64_t>());
+    result = pack(ms->second);
+  } else if (cmd == "crash") {
+    return action::crash;
+  } else if (cmd == "hang") {
+    return action::hang;
+  } else if (cmd == "raise") {
+    result = make_error(error_code::python_error, "ValueError: raised on request", "ValueError",
+                        "Traceback (most recent call last):\n  (mock)\nValueError: raised on request\n");
+  } else {
+    result = make_error(error_code::unknown_command,
+                        "no command '" + cmd + "' in this worker", "UnknownCommand", "");
+  }
+  return action::reply;
+}
+
+mock_impl::behavior_type mock_fun(self_ptr self, mock_config cfg) {
+  auto& st = self->state;
+  st.cfg = std::move(cfg);
+  st.ledger = std::make_unique<request_ledger>(self, st.cfg.listener);
+  st.rng.seed(st.cfg.seed);
+  st.status.id = st.cfg.id;
+  st.status.python = "mock";
+  st.status.commands = {"crash", "echo",         "hang",        "ping",        "raise",
+                        "session.drop", "session.get", "session.keys", "session.put", "sleep",
+                        "worker.info"};
+  if (st.cfg.startup_delay.count() > 0)
+    self->delayed_send(self, st.cfg.startup_delay, mock_ready_atom::value);
+  else
+    self->send(self, mock_ready_atom::value);
+  self->set_exit_handler([self](caf::exit_msg& msg) {
+    auto& st = self->state;
+    if (st.status.phase == worker_phase::stopping)
+      return;
+    st.status.phase = worker_phase::stopping;
+    st.stop_reason = std::move(msg.reason);
+    if (st.ledger->in_flight() == 0)
+      st.ledger->retire(self, make_error(error_code::shutting_down, "mock worker stopped"),
+                        std::move(st.stop_reason));
+  });
+  return {
+    [self](execute& req) -> caf::result<payload> {
+      auto& st = self->state;
+      if (auto answer = st.ledger->screen(self, req, st.status.phase, st.cfg.id))
+        return std::move(*answer);
+      std::uniform_real_distribution<double> unit{0.0, 1.0};
+      auto dice = unit(st.rng);
+      caf::expected<payload> result{payload{}};
+      caf::timespan extra{0};
+      auto act = run_command(self, req, result, extra);
+      if (act == action::reply) {
+        if (dice < st.cfg.crash_rate)
+          act = action::crash;
+        else if (dice < st.cfg.crash_rate + st.cfg.hang_rate)
+          act = action::hang;
+        else if (dice < st.cfg.crash_rate + st.cfg.hang_rate + st.cfg.error_rate)
+          result = make_error(error_code::python_error, "RuntimeError: injected by the mock",
+                              "RuntimeError", "");
+      }
+      auto rp = self->make_response_promise<payload>();
+      auto id = st.ledger->next_id();
+      if (req.timeout.count() <= 0)
+        req.timeout = st.cfg.request_timeout;
+      auto timeout = request_ledger::attempt_limit(req, st.cfg.attempt_timeout);
+      st.ledger->add(id, req, rp);
+      if (act == action::crash) {
+        auto err = make_error(error_code::worker_crashed,
+                              "mock worker " + std::to_string(st.cfg.id) + " crashed");
+        st.ledger->retire(self, err, err);
+        return rp;
+      }
+      caf::timespan delay{0};
+      if (act != action::hang) {
+        std::uniform_int_distribution<caf::timespan::rep> lat{
+          st.cfg.latency_min.count(),
+          std::max(st.cfg.latency_min.count(), st.cfg.latency_max.count())};
+        delay = caf::timespan{lat(st.rng)} + extra;
+        if (delay.count() <= 0) {
+          // Answered at once: no timers at all.
+          st.ledger->complete(id, std::move(result));
+          return rp;
+        }
+      }
+      self->delayed_send(self, timeout, mock_timeout_atom::value, id);
+      if (act == action::hang)
+        return rp;
+      st.results.emplace(id, std::move(result));
+      self->delayed_send(self, delay, mock_reply_atom::value, id);
+      return rp;
+    },
+    [self](ready_atom) { return self->state.ledger->await_ready(self, self->state.status); },
+    [self](status_atom) { return self->state.ledger->snapshot(self->state.status); },
+    [self](drop_session_atom, std::string& session) { self->state.sessions.erase(session); },
+    [self](mock_reply_atom, uint64_t id) {
+      auto& st = self->state;
+      auto i = st.results.find(id);
+      if (i == st.results.end())
+        return;
+      auto result = std::move(i->second);
+      st.results.erase(i);
+      st.ledger->complete(id, std::move(result));
+      if (st.status.phase == worker_phase::stopping && st.ledger->in_flight() == 0)
+        st.ledger->retire(self, make_error(error_code::shutting_down, "mock worker stopped"),
+                          std::move(st.stop_reason));
+    },
+    [self](mock_ready_atom) {
+      auto& st = self->state;
+      if (st.status.phase != worker_phase::starting)
+        return;
+      st.status.phase = worker_phase::ready;
+      st.ledger->announce_ready(st.status);
+    },
+    [self](mock_timeout_atom, uint64_t id) {
+      auto& st = self->state;
+      auto e = st.ledger->find(id);
+      if (e == nullptr)
+        return;
+      auto msg = "mock worker " + std::to_string(st.cfg.id) + ": request " + std::to_string(id)
+                 + " ('" + e->request.command + "') timed out; recycling the worker";
+      st.ledger->retire(self,
+                        make_error(error_code::worker_crashed,
+                                   "mock worker recycled after a timeout"),
+                        make_error(error_code::timeout, msg), true, {id},
+                        make_error(error_code::timeout, msg));
+    },
+  };
+}
+
+} // namespace
+
+worker_actor spawn_mock_worker(caf::actor_system& sys, mock_config cfg) {
+  return sys.spawn(mock_fun, std::move(cfg));
+}
+
+} // namespace pyvisor

@@ -1,0 +1,50 @@
+// The in-process mock worker: worker_actor without Python.
+//
+// For actor-level tests (pyvisor's own and users'): it answers the built-in
+// commands (ping, echo, worker.info, session.put/get/keys/drop) and the
+// misbehaving ones of pyvisor.testing (sleep, crash, hang, raise) like a real
+// worker, 10-100x faster and on CAF's clock, so a test coordinator drives it
+// deterministically. Faults can also be injected at random: per request, with
+// the given probabilities, it replies with python_error, dies (failing its
+// in-flight requests with worker_crashed, idempotent ones handed back to its
+// listener), or hangs (the request times out and the mock quits with
+// `timeout`, exactly as a real worker is recycled). Latency is uniform in
+// [latency_min, latency_max]. The same seed gives the same behaviour.
+//
+// Unknown commands fail with unknown_command; a hung or slow reply is
+// delivered through CAF timers, never by blocking.
+
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+
+#include "caf/fwd.hpp"
+#include "caf/timespan.hpp"
+
+#include "pyvisor/worker_actor.hpp"
+
+namespace pyvisor {
+
+struct mock_config {
+  uint32_t id = 0;
+  caf::timespan latency_min{0};
+  caf::timespan latency_max{0};
+  /// Probability that a request fails with python_error.
+  double error_rate = 0;
+  /// Probability that a request makes the worker die.
+  double crash_rate = 0;
+  /// Probability that a request never gets an answer (then times out).
+  double hang_rate = 0;
+  uint64_t seed = 1;
+  /// Time from spawn to ready.
+  caf::timespan startup_delay{0};
+  caf::timespan request_timeout = std::chrono::seconds(30);
+  /// As worker_config::attempt_timeout.
+  caf::timespan attempt_timeout{0};
+  worker_listener_actor listener;
+};
+
+worker_actor spawn_mock_worker(caf::actor_system& sys, mock_config cfg);
+
+} // namespace pyvisor

@@ -1,0 +1,430 @@
+// pyvisor::request_ledger: the bookkeeping shared by every worker backend
+// (the Python worker and the in-process mock): requests in flight and callers
+// waiting for the worker to become ready, so that both backends keep the same
+// promises to callers and to the pool.
+//
+// Guarantees: every request added is answered exactly once: by complete(),
+// by fail() or, when the worker dies, by fail_all(), which hands idempotent
+// requests back to the listener (the pool) for a retry on another worker
+// (delegation keeps the original requester, so the reply still goes straight
+// to it) and fails the rest. Each answer is reported to the listener as
+// (done_atom, worker id, code, service time) so the pool can count load and
+// outcomes without sitting on the reply path; the report is sent before the
+// answer, so that whatever the caller asks the pool after its reply (stats)
+// already reflects it.
+
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "caf/local_actor.hpp"
+#include "caf/result.hpp"
+#include "caf/send.hpp"
+#include "caf/typed_response_promise.hpp"
+
+#include "pyvisor/worker_actor.hpp"
+
+namespace pyvisor {
+
+class request_ledger {
+public:
+  struct entry {
+    caf::typed_response_promise<payload> promise;
+    /// For idempotent requests the whole request (to retry it); otherwise
+    /// only its command name (for messages).
+    execute request;
+    /// Sent by the worker itself (e.g. drop session); nobody waits for it.
+    bool internal = false;
+    caf::actor_clock::time_point started;
+    /// When this attempt times out (see attempt_limit).
+    caf::actor_clock::time_point deadline;
+  };
+
+  request_ledger(caf::local_actor* self, worker_listener_actor listener)
+    : self_(self), listener_(std::move(listener)) {
+    // nop
+  }
+
+  /// Returns a fresh request id (for the wire frame, before add()).
+  uint64_t next_id() noexcept {
+    return next_id_++;
+  }
+
+  /// Records request `id`; moves the whole request in when a listener may
+  /// get it back (a retry, or a requeue of a request that never started).
+  void add(uint64_t id, execute& req, caf::typed_response_promise<payload> promise) {
+    entry e;
+    e.promise = std::move(promise);
+    e.request.command = req.command;
+    e.request.idempotent = req.idempotent;
+    e.request.session = req.session;
+    e.request.timeout = req.timeout;
+    if (listener_) {
+      e.request = std::move(req);
+    }
+    e.started = self_->clock().now();
+    e.deadline = e.started + req.timeout;
+    entries_.emplace(id, std::move(e));
+    ++external_;
+  }
+
+  /// Records request `id` with a per-attempt limit shorter than its deadline.
+  void add(uint64_t id, execute& req, caf::typed_response_promise<payload> promise,
+           caf::timespan attempt_timeout) {
+    auto limit = attempt_limit(req, attempt_timeout);
+    add(id, req, std::move(promise));
+    entries_.at(id).deadline = entries_.at(id).started + limit;
+  }
+
+  /// The oldest request still in flight (by id, i.e. pipe order), or 0.
+  uint64_t oldest() const {
+    uint64_t result = 0;
+    for (auto& kv : entries_)
+      if (!kv.second.internal && (result == 0 || kv.first < result))
+        result = kv.first;
+    return result;
+  }
+
+  /// Ids of requests whose attempt deadline has passed.
+  std::vector<uint64_t> overdue() const {
+    std::vector<uint64_t> result;
+    auto now = self_->clock().now();
+    for (auto& kv : entries_)
+      if (!kv.second.internal && kv.second.deadline <= now)
+        result.push_back(kv.first);
+    return result;
+  }
+
+  bool empty() const noexcept {
+    return entries_.empty();
+  }
+
+  uint64_t add_internal(std::string command) {
+    auto id = next_id_++;
+    entry e;
+    e.request.command = std::move(command);
+    e.internal = true;
+    e.started = self_->clock().now();
+    entries_.emplace(id, std::move(e));
+    return id;
+  }
+
+  entry* find(uint64_t id) {
+    auto i = entries_.find(id);
+    return i == entries_.end() ? nullptr : &i->second;
+  }
+
+  /// Answers request `id` with `result`; returns false for unknown ids.
+  bool complete(uint64_t id, caf::expected<payload> result) {
+    auto found = take(id);
+    if (!found)
+      return false;
+    auto& e = *found;
+    if (e.internal)
+      return true;
+    ++served_;
+    // The listener hears first, so that a caller who asks for stats after
+    // its reply sees the request counted (and no longer in flight).
+    report(e, result ? error_code::none : code_of(result.error()));
+    if (result)
+      e.promise.deliver(std::move(*result));
+    else
+      e.promise.deliver(result.error());
+    return true;
+  }
+
+  /// The worker is going away: idempotent requests go back to the listener
+  /// for a retry elsewhere, session requests fail with session_lost (their
+  /// state died with the worker), all others fail with `err`.
+  void fail_all(const caf::error& err) {
+    for (auto& kv : entries_)
+      if (!kv.second.internal)
+        give_up(kv.second, err);
+    entries_.clear();
+    external_ = 0;
+  }
+
+  /// Request `id` ran out of time on this (now suspect) worker: an
+  /// idempotent request with time left is handed back for a retry elsewhere;
+  /// otherwise it fails with `err` (session_lost for a session request, as
+  /// the worker is recycled with its state). Returns false for unknown ids.
+  bool expire(uint64_t id, const caf::error& err) {
+    auto found = take(id);
+    if (!found)
+      return false;
+    auto& e = *found;
+    if (e.internal)
+      return true;
+    give_up(e, err);
+    return true;
+  }
+
+  /// The deadline to arm for a request: its own, or the shorter per-attempt
+  /// limit for idempotent requests (a retry can then still succeed in time).
+  static caf::timespan attempt_limit(const execute& req, caf::timespan attempt_timeout) {
+    if (req.idempotent && attempt_timeout.count() > 0 && attempt_timeout < req.timeout)
+      return attempt_timeout;
+    return req.timeout;
+  }
+
+  /// Ends the worker instead of a plain quit: answers everything in flight
+  /// (idempotent requests go back to the listener), tells the listener that
+  /// this worker is gone and quits with `reason` once it has acknowledged
+  /// (or after a few seconds without answer). Meanwhile refuse() answers
+  /// requests the listener dispatched before it learned of the death.
+  /// `deliberate`: the worker recycles itself (a timeout), it did not crash.
+  /// `late`: requests that outlived their deadline here; they are expired
+  /// (expire() with `late_error`) only after the listener was told, so that
+  /// a caller who hears of its timeout cannot send its next request to this
+  /// worker before the listener knows it is gone.
+  /// `settle_later`: the requests still in flight are not failed now but by
+  /// settle_sequential(), which the worker calls once its process is gone and
+  /// every reply it wrote was read; the worker quits after both that and the
+  /// listener's answer.
+  template <class Self>
+  void retire(Self* self, const caf::error& for_requests, caf::error reason,
+              bool deliberate = false, const std::vector<uint64_t>& late = {},
+              const caf::error& late_error = {}, bool settle_later = false) {
+    if (retiring_)
+      return;
+    retiring_ = true;
+    retire_error_ = for_requests;
+    settled_ = !settle_later;
+    exit_reason_ = reason;
+    for (auto& rp : ready_waiters_)
+      rp.deliver(reason ? reason : for_requests);
+    ready_waiters_.clear();
+    if (!listener_) {
+      acked_ = true;
+      for (auto id : late)
+        expire(id, late_error);
+      if (settled_) {
+        fail_all(for_requests);
+        self->quit(std::move(reason));
+      }
+      return;
+    }
+    // The notice goes out before the retries, so the listener stops
+    // dispatching here before it re-dispatches them.
+    auto acked = [self, this] {
+      acked_ = true;
+      if (settled_)
+        self->quit(exit_reason_);
+    };
+    self->request(listener_, std::chrono::seconds(5), dying_atom::value,
+                  static_cast<uint64_t>(self->id()), deliberate)
+      .then([acked](bool) { acked(); }, [acked](caf::error&) { acked(); });
+    for (auto id : late)
+      expire(id, late_error);
+    if (settled_)
+      fail_all(for_requests);
+  }
+
+  /// Whether retire() waits for settle_sequential().
+  bool awaiting_settle() const noexcept {
+    return retiring_ && !settled_;
+  }
+
+  /// Settles what is still in flight on a worker that runs its requests one
+  /// at a time in pipe order (the Python worker; docs/protocol.md), once its
+  /// process is gone and every reply it wrote has been read. Of those
+  /// requests only the oldest can have started (the others wait behind it
+  /// in the pipe); it is given up with `err` (retried if idempotent). All
+  /// others provably never started: they are handed back
+  /// to the listener (requeue_atom) to run elsewhere, idempotent or not;
+  /// session requests fail with session_lost, as their state is gone.
+  /// `may_have_started`: how many of the oldest requests are given up (0, 1,
+  /// or all of them when the worker cannot tell).
+  template <class Self>
+  void settle_sequential(Self* self, const caf::error& err, size_t may_have_started) {
+    std::vector<uint64_t> ids;
+    for (auto& kv : entries_)
+      if (!kv.second.internal)
+        ids.push_back(kv.first);
+    std::sort(ids.begin(), ids.end());
+    for (size_t i = 0; i < ids.size(); ++i) {
+      auto e = take(ids[i]);
+      if (i < may_have_started)
+        give_up(*e, err);
+      else
+        requeue(*e, err);
+    }
+    entries_.clear();
+    external_ = 0;
+    if (!settled_) {
+      settled_ = true;
+      if (acked_)
+        self->quit(exit_reason_);
+    }
+  }
+
+  bool retiring() const noexcept {
+    return retiring_;
+  }
+
+  /// The checks every backend makes before it accepts a request: a retiring
+  /// worker refuses it (see refuse), a stopping one answers shutting_down,
+  /// arguments that are not one msgpack value get bad_request. Returns that
+  /// answer, or nothing when the request may run.
+  template <class Self>
+  std::optional<caf::result<payload>> screen(Self* self, execute& req, worker_phase phase,
+                                             uint32_t worker_id) {
+    if (retiring_) {
+      auto rp = self->template make_response_promise<payload>();
+      refuse(req, rp);
+      return caf::result<payload>{rp};
+    }
+    if (phase == worker_phase::stopping)
+      return caf::result<payload>{make_error(
+        error_code::shutting_down, "worker " + std::to_string(worker_id) + " is stopping")};
+    if (!is_valid_msgpack(req.args))
+      return caf::result<payload>{
+        make_error(error_code::bad_request, "args are not exactly one msgpack value")};
+    return std::nullopt;
+  }
+
+  /// Answers a request that reached a retiring worker: it never started
+  /// here, so it goes back to the listener to run elsewhere, idempotent or
+  /// not (a session request fails: its state is gone).
+  void refuse(execute& req, caf::typed_response_promise<payload> promise) {
+    if (listener_ && req.session.empty()) {
+      promise.delegate(listener_, requeue_atom::value, std::move(req));
+      return;
+    }
+    promise.deliver(for_request(req, retire_error_));
+  }
+
+  /// Requests awaited by callers (internal ones excluded).
+  uint32_t in_flight() const noexcept {
+    return external_;
+  }
+
+  uint64_t served() const noexcept {
+    return served_;
+  }
+
+  const worker_listener_actor& listener() const noexcept {
+    return listener_;
+  }
+
+  /// The worker's status with the ledger's counts filled in.
+  worker_status snapshot(worker_status status) const {
+    status.in_flight = in_flight();
+    status.served = served();
+    return status;
+  }
+
+  /// Answers a ready_atom request now if `status` is ready, else once
+  /// announce_ready() runs (or with the error the worker dies of).
+  template <class Self>
+  caf::result<worker_status> await_ready(Self* self, const worker_status& status) {
+    if (status.phase == worker_phase::ready)
+      return snapshot(status);
+    auto rp = self->template make_response_promise<worker_status>();
+    ready_waiters_.push_back(rp);
+    return rp;
+  }
+
+  void announce_ready(const worker_status& status) {
+    for (auto& rp : ready_waiters_)
+      rp.deliver(snapshot(status));
+    ready_waiters_.clear();
+  }
+
+private:
+  std::optional<entry> take(uint64_t id) {
+    auto i = entries_.find(id);
+    if (i == entries_.end())
+      return std::nullopt;
+    std::optional<entry> result{std::move(i->second)};
+    entries_.erase(i);
+    if (!result->internal)
+      --external_;
+    return result;
+  }
+
+  // This worker cannot answer `e`: an idempotent request goes back to the
+  // listener for another attempt (not reported as done: the pool counts it
+  // as a retry), any other fails with `err` (or session_lost).
+  void give_up(entry& e, const caf::error& err) {
+    // The caller's deadline is absolute: another attempt gets only what is
+    // left of it (the pool turns the remainder back into a deadline).
+    auto elapsed = self_->clock().now() - e.started;
+    if (elapsed >= e.request.timeout)
+      e.request.idempotent = false; // no time left for another attempt
+    else
+      e.request.timeout -= std::chrono::duration_cast<caf::timespan>(elapsed);
+    if (e.request.idempotent && listener_) {
+      e.promise.delegate(listener_, retry_atom::value, std::move(e.request));
+      return;
+    }
+    auto final_err = for_request(e.request, err);
+    report(e, code_of(final_err));
+    e.promise.deliver(final_err);
+  }
+
+  // `e` never started on this worker: it runs elsewhere with what is left of
+  // its deadline (not an attempt: it did not run), unless it names a session
+  // (whose state is gone) or has no listener to go back to.
+  void requeue(entry& e, const caf::error& err) {
+    if (!listener_ || !e.request.session.empty()) {
+      give_up(e, err);
+      return;
+    }
+    auto elapsed = self_->clock().now() - e.started;
+    if (elapsed >= e.request.timeout) {
+      auto timeout = make_error(error_code::timeout,
+                                "the deadline passed while the request waited on a worker "
+                                "that was recycled");
+      report(e, error_code::timeout);
+      e.promise.deliver(timeout);
+      return;
+    }
+    e.request.timeout -= std::chrono::duration_cast<caf::timespan>(elapsed);
+    e.promise.delegate(listener_, requeue_atom::value, std::move(e.request));
+  }
+
+  // A session request whose worker goes away has lost its state: say so,
+  // whatever killed the worker.
+  static caf::error for_request(const execute& req, const caf::error& err) {
+    if (req.session.empty())
+      return err;
+    auto code = code_of(err);
+    if (code == error_code::session_lost || code == error_code::shutting_down)
+      return err;
+    return make_error(error_code::session_lost,
+                      "session '" + req.session + "' was lost with its worker: "
+                        + to_string_readable(err));
+  }
+
+  void report(const entry& e, error_code code) {
+    if (!listener_)
+      return;
+    auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(self_->clock().now() - e.started)
+                .count();
+    caf::anon_send(listener_, done_atom::value, static_cast<uint64_t>(self_->id()),
+                   static_cast<uint8_t>(code), static_cast<int64_t>(ns), e.request.session);
+  }
+
+  caf::local_actor* self_;
+  worker_listener_actor listener_;
+  std::unordered_map<uint64_t, entry> entries_;
+  uint64_t next_id_ = 1;
+  uint32_t external_ = 0;
+  uint64_t served_ = 0;
+  bool retiring_ = false;
+  /// With retire(settle_later): the listener answered / settle_sequential ran.
+  bool acked_ = false;
+  bool settled_ = true;
+  caf::error exit_reason_;
+  caf::error retire_error_;
+  std::vector<caf::typed_response_promise<worker_status>> ready_waiters_;
+};
+
+} // namespace pyvisor

@@ -1,0 +1,403 @@
+#include "pyvisor/worker.hpp"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <limits>
+#include <set>
+
+#include <spdlog/logger.h>
+
+#include "caf/actor_cast.hpp"
+#include "caf/actor_system.hpp"
+#include "caf/allowed_unsafe_message_type.hpp"
+#include "caf/event_based_actor.hpp"
+#include "caf/stateful_actor.hpp"
+#include "caf/typed_event_based_actor.hpp"
+
+#include "actors/process/python_process.hpp"
+#include "actors/worker/request_ledger.hpp"
+#include "messages/log.hpp"
+
+namespace pyvisor {
+
+namespace {
+
+using frame_atom = caf::atom_constant<caf::atom("pv_frame")>;
+using exited_atom = caf::atom_constant<caf::atom("pv_exited")>;
+using broken_atom = caf::atom_constant<caf::atom("pv_broken")>;
+using sweep_atom = caf::atom_constant<caf::atom("pv_sweep")>;
+using start_timeout_atom = caf::atom_constant<caf::atom("pv_starttm")>;
+using settle_timeout_atom = caf::atom_constant<caf::atom("pv_settle")>;
+
+// Frames cross from the I/O thread to the actor in batches (all frames of one
+// read) behind a shared pointer: the actor moves the result bytes out instead
+// of copying them, and the type needs no serialization (it stays in-process).
+using frame_ptr = std::shared_ptr<std::vector<wire::frame>>;
+
+} // namespace
+} // namespace pyvisor
+
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(pyvisor::frame_ptr)
+
+namespace pyvisor {
+namespace {
+
+// The actor's full interface: the public contract plus what its own I/O
+// thread and timers send it.
+using worker_impl = worker_actor::extend<
+  caf::reacts_to<frame_atom, frame_ptr>, caf::reacts_to<exited_atom, int, int>,
+  caf::reacts_to<broken_atom, std::string>, caf::reacts_to<sweep_atom>,
+  caf::reacts_to<start_timeout_atom>, caf::reacts_to<settle_timeout_atom>>;
+
+/// How long a recycled worker waits for its killed process to be reaped
+/// before it settles its requests without knowing which ones started.
+constexpr auto settle_limit = std::chrono::seconds(2);
+
+/// Granularity of request deadlines: a timeout fires at most this late.
+constexpr auto sweep_interval = std::chrono::milliseconds(10);
+
+struct worker_state {
+  worker_config cfg;
+  std::shared_ptr<python_process> proc;
+  worker_status status;
+  std::unique_ptr<request_ledger> ledger;
+  bool sweep_armed = false;
+  std::chrono::steady_clock::time_point spawned_at;
+  caf::error stop_reason;
+  /// Requests answered `timeout` by a recycle whose reply has not arrived:
+  /// the oldest of them was running when the process was killed.
+  std::set<uint64_t> expired_unanswered;
+
+  static inline const char* name = "pyvisor.worker";
+};
+
+using self_ptr = worker_impl::stateful_pointer<worker_state>;
+
+std::string tag_of(const worker_state& st) {
+  return "worker " + std::to_string(st.cfg.id) + " (pid " + std::to_string(st.status.pid) + ")";
+}
+
+worker_status snapshot(const worker_state& st) {
+  return st.ledger->snapshot(st.status);
+}
+
+// Fails everything outstanding and terminates. `for_requests` goes to the
+// in-flight requests, `reason` becomes the exit reason.
+void terminate(self_ptr self, const caf::error& for_requests, caf::error reason) {
+  auto& st = self->state;
+  if (st.ledger->retiring())
+    return;
+  if (st.proc)
+    st.proc->signal(SIGKILL);
+  st.ledger->retire(self, for_requests, std::move(reason));
+}
+
+std::string describe_startup_exit(const worker_state& st, const exit_status& es) {
+  // The worker exits with 3 when the interpreter lacks msgpack (see
+  // python/pyvisor/worker.py); say so plainly, naming interpreter and fix.
+  if (es.code == 3)
+    return "interpreter '" + st.cfg.python
+           + "' has no msgpack module: install python3-msgpack (apt-get install "
+             "python3-msgpack) and use /usr/bin/python3, or set pool.python to an "
+             "interpreter with msgpack";
+  auto msg = "exited during start-up: " + es.describe();
+  auto tail = st.proc ? st.proc->stderr_tail() : std::string{};
+  if (!tail.empty())
+    msg += "; stderr:\n" + tail;
+  return msg;
+}
+
+caf::expected<payload> result_of(wire::frame& f) {
+  if (f.ok)
+    return payload{std::move(f.result)};
+  auto code = error_code::python_error;
+  if (!f.error.code.empty() && !from_string(f.error.code, code))
+    code = error_code::python_error;
+  auto msg = f.error.type.empty() || code != error_code::python_error
+               ? f.error.message
+               : f.error.type + ": " + f.error.message;
+  return make_error(code, std::move(msg), f.error.type, f.error.traceback);
+}
+
+// The process is gone and every reply it wrote has been read: settle what is
+// still in flight. The Python worker runs requests one at a time in pipe
+// order, so the oldest unanswered request is the only one that can have
+// started; if that one was already answered `timeout` (expired_unanswered),
+// none of the rest did.
+void settle(self_ptr self, const caf::error& err) {
+  auto& st = self->state;
+  auto oldest = st.ledger->oldest();
+  size_t started = 1;
+  if (!st.expired_unanswered.empty() && (oldest == 0 || *st.expired_unanswered.begin() < oldest))
+    started = 0;
+  st.ledger->settle_sequential(self, err, started);
+}
+
+void on_frame(self_ptr self, wire::frame& f) {
+  auto& st = self->state;
+  if (f.type == wire::frame_type::hello) {
+    // Asked to stop while it was starting: its hello changes nothing (and
+    // is no protocol violation).
+    if (st.status.phase == worker_phase::stopping)
+      return;
+    if (st.status.phase != worker_phase::starting) {
+      terminate(self, make_error(error_code::protocol_error, tag_of(st) + ": second hello frame"),
+                make_error(error_code::protocol_error, "second hello frame"));
+      return;
+    }
+    if (!f.ok) {
+      auto msg = tag_of(st) + " failed to start: " + f.error.message;
+      // One line here; whoever gives up on the worker (the pool) reports the
+      // traceback once instead of once per restart.
+      log().info("{}", msg);
+      auto err = make_error(error_code::python_error, msg, f.error.type, f.error.traceback);
+      terminate(self, err, err);
+      return;
+    }
+    st.status.phase = worker_phase::ready;
+    st.status.python = f.python;
+    st.status.commands = f.commands;
+    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                std::chrono::steady_clock::now() - st.spawned_at)
+                .count();
+    log().info("{} ready in {} ms (Python {}, {} commands)", tag_of(st), ms, f.python,
+                 f.commands.size());
+    st.ledger->announce_ready(st.status);
+    return;
+  }
+  if (!st.ledger->complete(f.id, result_of(f))) {
+    auto msg = tag_of(st) + " replied to unknown request id " + std::to_string(f.id);
+    log().error("{}: protocol error, stopping it", msg);
+    auto err = make_error(error_code::protocol_error, msg);
+    terminate(self, err, err);
+  }
+}
+
+worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
+  auto& st = self->state;
+  st.cfg = std::move(cfg);
+  st.ledger = std::make_unique<request_ledger>(self, st.cfg.listener);
+  st.status.id = st.cfg.id;
+  st.spawned_at = std::chrono::steady_clock::now();
+  // Start the process.
+  process_options opts;
+  opts.python = st.cfg.python;
+  // -c rather than -m: runpy costs a few milliseconds of every start-up.
+  opts.args = {"-c", "import sys; from pyvisor.worker import main; sys.exit(main())",
+               "--in-fd", "3", "--out-fd", "4"};
+  for (const auto& m : st.cfg.modules) {
+    opts.args.emplace_back("--module");
+    opts.args.push_back(m);
+  }
+  std::string pythonpath;
+  for (const auto& p : st.cfg.python_path)
+    pythonpath += p + ":";
+  pythonpath += default_python_dir();
+  if (auto existing = getenv("PYTHONPATH"); existing && *existing)
+    pythonpath += std::string{":"} + existing;
+  opts.env = {"PYTHONPATH=" + pythonpath, "PYTHONUNBUFFERED=1"};
+  opts.tag = "worker " + std::to_string(st.cfg.id);
+  opts.max_frame_size = st.cfg.max_frame_size;
+  // The callbacks hold a weak handle: a worker that nobody references any
+  // more is destroyed, and its process with it.
+  auto weak = self->address();
+  auto send_to_self = [weak](auto&&... xs) {
+    if (auto hdl = caf::actor_cast<caf::actor>(weak))
+      caf::anon_send(hdl, std::forward<decltype(xs)>(xs)...);
+  };
+  process_callbacks cbs;
+  cbs.on_frames = [send_to_self](std::vector<wire::frame>&& fs) {
+    send_to_self(frame_atom::value, std::make_shared<std::vector<wire::frame>>(std::move(fs)));
+  };
+  cbs.on_protocol_error = [send_to_self](std::string reason) {
+    send_to_self(broken_atom::value, std::move(reason));
+  };
+  cbs.on_exit = [send_to_self](exit_status es) {
+    send_to_self(exited_atom::value, es.code, es.signal);
+  };
+  std::string error;
+  st.proc = python_process::start(std::move(opts), std::move(cbs), error);
+  if (!st.proc) {
+    log().error("worker {}: {}", st.cfg.id, error);
+    auto err = make_error(error_code::worker_crashed, error);
+    self->quit(err);
+    return worker_impl::behavior_type::make_empty_behavior();
+  }
+  st.status.pid = st.proc->pid();
+  self->attach_functor([proc = st.proc] { proc->close(); });
+  self->delayed_send(self, st.cfg.startup_timeout, start_timeout_atom::value);
+  self->set_exit_handler([self](caf::exit_msg& msg) {
+    auto& st = self->state;
+    if (st.status.phase == worker_phase::stopping)
+      return;
+    st.status.phase = worker_phase::stopping;
+    st.stop_reason = std::move(msg.reason);
+    log().info("{} stopping", tag_of(st));
+    st.proc->stop(std::chrono::duration_cast<std::chrono::milliseconds>(st.cfg.stop_grace));
+  });
+  return {
+    [self](execute& req) -> caf::result<payload> {
+      auto& st = self->state;
+      if (auto answer = st.ledger->screen(self, req, st.status.phase, st.cfg.id))
+        return std::move(*answer);
+      auto id = st.ledger->next_id();
+      std::vector<char> frame;
+      frame.reserve(req.args.bytes.size() + req.command.size() + req.session.size() + 48);
+      wire::append_request(frame, id, req.command, req.args.bytes, req.session);
+      if (frame.size() - 4 > st.cfg.max_frame_size)
+        return make_error(error_code::bad_request,
+                          "request of " + std::to_string(frame.size()) + " bytes exceeds the "
+                            + std::to_string(st.cfg.max_frame_size) + "-byte frame limit");
+      st.proc->send(std::move(frame));
+      auto rp = self->make_response_promise<payload>();
+      if (req.timeout.count() <= 0)
+        req.timeout = st.cfg.request_timeout;
+      st.ledger->add(id, req, rp, st.cfg.attempt_timeout);
+      // One sweep timer while anything is in flight instead of one timer per
+      // request: CAF's clock wakes a thread for every timer it schedules.
+      if (!st.sweep_armed) {
+        st.sweep_armed = true;
+        self->delayed_send(self, sweep_interval, sweep_atom::value);
+      }
+      return rp;
+    },
+    [self](ready_atom) { return self->state.ledger->await_ready(self, self->state.status); },
+    [self](status_atom) -> worker_status { return snapshot(self->state); },
+    [self](drop_session_atom, std::string& session) {
+      auto& st = self->state;
+      if (st.status.phase == worker_phase::stopping || session.empty())
+        return;
+      auto id = st.ledger->add_internal("session.drop");
+      std::vector<char> frame;
+      wire::append_request(frame, id, "session.drop", payload{}.bytes, session);
+      st.proc->send(std::move(frame));
+    },
+    [self](frame_atom, frame_ptr& fs) {
+      auto& st = self->state;
+      for (auto& f : *fs) {
+        if (st.ledger->awaiting_settle()) {
+          // Recycled, process killed: the replies it wrote before dying
+          // still count, and tell which requests it had finished.
+          if (f.type == wire::frame_type::hello)
+            continue;
+          if (st.expired_unanswered.erase(f.id) == 0)
+            st.ledger->complete(f.id, result_of(f));
+          continue;
+        }
+        if (st.ledger->retiring())
+          return;
+        on_frame(self, f);
+      }
+    },
+    [self](broken_atom, std::string& reason) {
+      auto& st = self->state;
+      auto msg = tag_of(st) + " broke the protocol: " + reason;
+      log().error("{}; stopping it", msg);
+      auto err = make_error(error_code::protocol_error, msg);
+      terminate(self, err, err);
+    },
+    [self](exited_atom, int code, int sig) {
+      auto& st = self->state;
+      exit_status es{code, sig};
+      if (st.ledger->awaiting_settle()) {
+        settle(self, make_error(error_code::worker_crashed,
+                                tag_of(st) + " recycled after another request timed out"));
+        return;
+      }
+      if (st.ledger->retiring())
+        return; // killed by this actor on purpose; the reason is known
+      if (st.status.phase == worker_phase::stopping) {
+        log().info("{} stopped: {}", tag_of(st), es.describe());
+        terminate(self,
+                  make_error(error_code::shutting_down, tag_of(st) + " stopped: " + es.describe()),
+                  std::move(st.stop_reason));
+        return;
+      }
+      auto msg = tag_of(st) + " "
+                 + (st.status.phase == worker_phase::starting ? describe_startup_exit(st, es)
+                                                              : "exited: " + es.describe());
+      log().error("{}", msg);
+      auto err = make_error(error_code::worker_crashed, msg);
+      if (st.status.phase != worker_phase::ready) {
+        terminate(self, err, err);
+        return;
+      }
+      // Every reply it wrote was read before this notice: requests waiting
+      // behind the one it died on never started and run elsewhere.
+      st.ledger->retire(self, err, err, false, {}, {}, true);
+      settle(self, err);
+    },
+    [self](sweep_atom) {
+      auto& st = self->state;
+      st.sweep_armed = false;
+      auto overdue = st.ledger->overdue();
+      if (!overdue.empty()) {
+        auto id = overdue.front();
+        auto e = st.ledger->find(id);
+        auto msg = tag_of(st) + ": request " + std::to_string(id) + " ('" + e->request.command
+                   + "') timed out; recycling the worker";
+        log().warn("{}", msg);
+        // The caller hears `timeout` at once; what else is in flight is
+        // settled once the killed process is reaped and its last replies
+        // are read (see settle): the requests that never started run
+        // elsewhere instead of failing.
+        st.expired_unanswered.insert(overdue.begin(), overdue.end());
+        if (st.proc)
+          st.proc->signal(SIGKILL);
+        st.ledger->retire(self,
+                          make_error(error_code::worker_crashed,
+                                     tag_of(st) + " recycled after another request timed out"),
+                          make_error(error_code::timeout, msg), true, overdue,
+                          make_error(error_code::timeout, msg), true);
+        self->delayed_send(self, settle_limit, settle_timeout_atom::value);
+        return;
+      }
+      if (!st.ledger->empty()) {
+        st.sweep_armed = true;
+        self->delayed_send(self, sweep_interval, sweep_atom::value);
+      }
+    },
+    [self](settle_timeout_atom) {
+      auto& st = self->state;
+      if (!st.ledger->awaiting_settle())
+        return;
+      log().warn("{}: killed process not reaped within {} ms; failing what it held", tag_of(st),
+                 std::chrono::duration_cast<std::chrono::milliseconds>(settle_limit).count());
+      // Without the exit notice it is unknown what started: give all up.
+      st.ledger->settle_sequential(
+        self,
+        make_error(error_code::worker_crashed,
+                   tag_of(st) + " recycled after another request timed out"),
+        std::numeric_limits<size_t>::max());
+    },
+    [self](start_timeout_atom) {
+      auto& st = self->state;
+      if (st.status.phase != worker_phase::starting)
+        return;
+      auto msg = tag_of(st) + " did not announce itself within the start-up timeout";
+      log().error("{}", msg);
+      auto err = make_error(error_code::timeout, msg);
+      terminate(self, err, err);
+    },
+  };
+}
+
+} // namespace
+
+std::string default_python_dir() {
+  if (auto env = getenv("PYVISOR_PYTHON_DIR"); env && *env)
+    return env;
+  // Prefer the source tree while developing; fall back to the installed copy.
+  std::string build_dir = PYVISOR_PYTHON_DIR_BUILD;
+  if (access((build_dir + "/pyvisor/worker.py").c_str(), R_OK) == 0)
+    return build_dir;
+  return PYVISOR_PYTHON_DIR_INSTALL;
+}
+
+worker_actor spawn_python_worker(caf::actor_system& sys, worker_config cfg) {
+  return sys.spawn(worker_fun, std::move(cfg));
+}
+
+} // namespace pyvisor

@@ -1,0 +1,72 @@
+// The Python worker actor: one actor owns one Python process.
+//
+// It implements worker_actor (messages/worker_actor.hpp) over the pipe
+// protocol (docs/protocol.md). Guarantees:
+// - Never blocks a scheduler thread: all pipe I/O runs on the process's own
+//   I/O thread (actors/process/python_process.hpp), which hands decoded frames over.
+// - Requests may be pipelined; replies are matched by id and delivered
+//   straight to each requester.
+// - Ready only after the hello frame; `ready_atom` requests are answered then
+//   (or with the start-up error).
+// - A request that exceeds its deadline fails with `timeout` and the worker is
+//   recycled at once: its process is killed and the actor quits with reason
+//   `timeout`, so a late reply can never reach the next caller. Its other
+//   in-flight requests fail with `worker_crashed`. An idempotent request may
+//   have a shorter per-attempt limit (attempt_timeout); past it, it goes
+//   back to the listener for a retry while its deadline still allows.
+// - Process death fails every in-flight request with `worker_crashed`
+//   (naming exit code or signal) and the actor quits with that error; a
+//   protocol violation does the same with `protocol_error`. Requests that
+//   named a session fail with `session_lost` instead (the state died too),
+//   and idempotent ones are handed back for a retry (request_ledger.hpp).
+// - An exit message (e.g. a supervisor's user_shutdown) stops the worker
+//   gracefully: no new requests, queued ones are answered, the process gets
+//   EOF, then SIGTERM and SIGKILL after `stop_grace` each.
+// - The process dies with the actor, whatever ends it.
+
+#pragma once
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include "caf/fwd.hpp"
+#include "caf/timespan.hpp"
+
+#include "pyvisor/wire_limits.hpp"
+#include "pyvisor/worker_actor.hpp"
+
+namespace pyvisor {
+
+/// Settings of one Python worker.
+struct worker_config {
+  /// Id used in logs and status (pool slot).
+  uint32_t id = 0;
+  /// Interpreter; Debian's /usr/bin/python3 has python3-msgpack.
+  std::string python = "/usr/bin/python3";
+  /// User modules imported at start-up (they register commands).
+  std::vector<std::string> modules;
+  /// Extra import paths, searched before the pyvisor package's directory.
+  std::vector<std::string> python_path;
+  caf::timespan startup_timeout = std::chrono::seconds(10);
+  /// Default deadline of a request that names none.
+  caf::timespan request_timeout = std::chrono::seconds(30);
+  /// Limit of one attempt of an idempotent request (0: its whole deadline).
+  /// A worker that exceeds it is recycled and the request retried elsewhere.
+  caf::timespan attempt_timeout{0};
+  /// Grace between EOF, SIGTERM and SIGKILL when stopping.
+  caf::timespan stop_grace = std::chrono::seconds(2);
+  size_t max_frame_size = wire::default_max_frame_size;
+  /// Optional: told of every completed request and handed idempotent
+  /// requests for a retry when the worker dies (the pool sets itself).
+  worker_listener_actor listener;
+};
+
+/// Directory holding the `pyvisor` Python package: $PYVISOR_PYTHON_DIR if
+/// set, else the build tree's or the installed copy.
+std::string default_python_dir();
+
+/// Spawns a worker actor that starts a Python process.
+worker_actor spawn_python_worker(caf::actor_system& sys, worker_config cfg);
+
+} // namespace pyvisor

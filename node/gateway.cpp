@@ -1,0 +1,589 @@
+#include "node/gateway.hpp"
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <optional>
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include "caf/actor_system.hpp"
+#include "caf/io/broker.hpp"
+#include "caf/io/middleman.hpp"
+#include "caf/scoped_actor.hpp"
+
+#include "node/rpc_framer.hpp"
+#include "node/rpc_request.hpp"
+#include "messages/log.hpp"
+#include "pyvisor/payload.hpp"
+
+namespace pyvisor {
+
+namespace {
+
+using port_atom = caf::atom_constant<caf::atom("gw_port")>;
+
+using packer = msgpack::packer<detail::vector_writer>;
+
+void pack_str(packer& pk, std::string_view s) {
+  pk.pack_str(static_cast<uint32_t>(s.size()));
+  pk.pack_str_body(s.data(), static_cast<uint32_t>(s.size()));
+}
+
+struct rpc_error {
+  std::string code;
+  std::string message;
+  std::string type;
+  std::string details;
+};
+
+rpc_error to_rpc_error(const caf::error& err) {
+  auto info = info_of(err);
+  return {to_string(info.code), info.message, info.python_type, info.traceback};
+}
+
+// -- one connection -------------------------------------------------------------
+
+/// What all connections of one gateway share. Connection brokers run in the
+/// middleman's I/O thread today; the counters are atomic so that this stays
+/// correct if they ever run elsewhere.
+struct gateway_shared {
+  gateway_config cfg;
+  std::atomic<size_t> buffered_input{0};
+};
+
+using gateway_shared_ptr = std::shared_ptr<gateway_shared>;
+
+struct connection_state {
+  pool_actor pool;
+  gateway_shared_ptr shared;
+  /// The connection as CAF accepted it: read from only.
+  caf::io::connection_handle in;
+  /// A second descriptor of the same socket, written to only. CAF 0.17
+  /// drops a connection's scribe (and with it everything still to be
+  /// written) when a read returns EOF, so a client that half-closes after
+  /// sending would lose its replies; the writing end outlives that.
+  caf::io::connection_handle out;
+  rpc_framer framer;
+  /// Bytes of this connection counted in shared->buffered_input.
+  size_t held = 0;
+  /// Complete messages taken from the input so far; the message timer
+  /// armed for `armed_for` fires only if none completed meanwhile.
+  uint64_t completed = 0;
+  uint64_t armed_for = std::numeric_limits<uint64_t>::max();
+  /// Response bytes handed to CAF and not yet written to the socket.
+  size_t pending_output = 0;
+  bool reading = true;
+  bool closed = false;
+  size_t in_flight = 0;
+  bool draining = false;
+  std::vector<caf::response_promise> drain_waiters;
+
+  explicit connection_state(const gateway_config& cfg) : framer(cfg.max_message_size) {
+    // nop
+  }
+};
+
+using conn_ptr = std::shared_ptr<connection_state>;
+
+using message_timeout_atom = caf::atom_constant<caf::atom("gw_msg_to")>;
+
+/// Counts what the framer holds now toward the gateway-wide input cap.
+void account(connection_state& st) {
+  auto now = st.framer.buffered();
+  if (now >= st.held)
+    st.shared->buffered_input += now - st.held;
+  else
+    st.shared->buffered_input -= st.held - now;
+  st.held = now;
+}
+
+/// Cuts the connection off at once (both ends); what is owed is dropped.
+void close_connection(caf::io::broker* self, connection_state& st, const std::string& why) {
+  if (st.closed)
+    return;
+  st.closed = true;
+  if (!why.empty())
+    log().warn("rpc: closing a connection: {}", why);
+  self->quit();
+}
+
+/// Closes the connection once input has ended and every reply it is owed
+/// has been written out.
+void finish_if_done(caf::io::broker* self, connection_state& st) {
+  if (st.reading || st.in_flight > 0 || st.pending_output > 0)
+    return;
+  // Quitting closes both ends; nothing is left to write, so the reading
+  // end's FIN (CAF shuts the socket down on close) cannot cut a reply.
+  close_connection(self, st, "");
+}
+
+/// Results from this size on are handed to CAF's write buffer instead of
+/// copied into it when possible (see write_response).
+constexpr size_t large_result = size_t{1} << 20;
+
+void write_response(caf::io::broker* self, connection_state& st, uint32_t msgid,
+                    const rpc_error* err, std::vector<char>* result) {
+  if (st.closed)
+    return;
+  auto& out = self->wr_buf(st.out);
+  auto before = out.size();
+  detail::vector_writer w{out};
+  packer pk{w};
+  pk.pack_array(4);
+  pk.pack_uint8(1);
+  pk.pack_uint32(msgid);
+  if (err != nullptr) {
+    size_t n = 2 + (err->type.empty() ? 0 : 1) + (err->details.empty() ? 0 : 1);
+    pk.pack_map(static_cast<uint32_t>(n));
+    pack_str(pk, "code");
+    pack_str(pk, err->code);
+    pack_str(pk, "message");
+    pack_str(pk, err->message);
+    if (!err->type.empty()) {
+      pack_str(pk, "type");
+      pack_str(pk, err->type);
+    }
+    if (!err->details.empty()) {
+      pack_str(pk, "details");
+      pack_str(pk, err->details);
+    }
+    pk.pack_nil();
+  } else {
+    pk.pack_nil();
+  }
+  st.pending_output += out.size() - before;
+  if (result != nullptr) {
+    // The result's bytes as the worker produced them, never re-encoded. A
+    // large one is not copied on the I/O thread (which every connection
+    // shares): once the header is handed to the socket, CAF's write buffer
+    // is usually empty and simply takes the result's memory.
+    auto size = result->size();
+    if (size >= large_result)
+      self->flush(st.out);
+    auto& rest = self->wr_buf(st.out);
+    if (size >= large_result && rest.empty()) {
+      rest.swap(*result);
+    } else {
+      rest.reserve(rest.size() + size);
+      rest.insert(rest.end(), result->begin(), result->end());
+    }
+    st.pending_output += size;
+  }
+  self->flush(st.out);
+  if (st.pending_output > st.shared->cfg.max_pending_output)
+    close_connection(self, st,
+                     "the client left more than "
+                       + std::to_string(st.shared->cfg.max_pending_output)
+                       + " bytes of responses unread (rpc.max-pending-output)");
+}
+
+void respond_error(caf::io::broker* self, connection_state& st, uint32_t msgid, rpc_error err) {
+  write_response(self, st, msgid, &err, nullptr);
+}
+
+/// Writes the response to `msgid`; `result` may be taken (moved from).
+void respond(caf::io::broker* self, connection_state& st, uint32_t msgid,
+             std::vector<char>&& result) {
+  write_response(self, st, msgid, nullptr, &result);
+}
+
+/// Input on this connection cannot go on: answers `msgid` (if any) with `code`, stops reading and releases what was
+/// buffered; the connection closes once its replies are out.
+void stop_reading(caf::io::broker* self, connection_state& st, std::optional<uint32_t> msgid,
+                  const char* code, const std::string& why) {
+  if (!st.reading || st.closed)
+    return;
+  log().warn("rpc: no more input taken from a connection ({} replies still owed): {}",
+             st.in_flight, why);
+  if (msgid)
+    respond_error(self, st, *msgid, {code, why, "", ""});
+  st.reading = false;
+  self->halt(st.in);
+  st.framer = rpc_framer{0};
+  account(st);
+  finish_if_done(self, st);
+}
+
+void finished_one(caf::io::broker* self, const conn_ptr& st) {
+  if (--st->in_flight == 0 && st->draining) {
+    for (auto& rp : st->drain_waiters)
+      rp.deliver(true);
+    st->drain_waiters.clear();
+  }
+  finish_if_done(self, *st);
+}
+
+/// Sends a request to the pool and writes its outcome as the response to
+/// `msgid` (none for a notification); `encode` turns the result into bytes
+/// (and may take them from it).
+template <class Result, class Encode, class... Ts>
+void forward(caf::io::broker* self, conn_ptr st, uint32_t msgid, bool notification,
+             Encode encode, Ts&&... xs) {
+  ++st->in_flight;
+  self->request(st->pool, caf::infinite, std::forward<Ts>(xs)...)
+    .then(
+      [self, st, msgid, notification, encode](Result& result) {
+        if (!notification)
+          respond(self, *st, msgid, encode(result));
+        finished_one(self, st);
+      },
+      [self, st, msgid, notification](caf::error& err) {
+        if (!notification)
+          respond_error(self, *st, msgid, to_rpc_error(err));
+        finished_one(self, st);
+      });
+}
+
+std::vector<char> pack_stats(const pool_stats& s) {
+  std::vector<char> out;
+  detail::vector_writer w{out};
+  packer pk{w};
+  pk.pack_map(12);
+  pack_str(pk, "state");
+  pack_str(pk, s.state);
+  pack_str(pk, "last_failure");
+  pack_str(pk, s.last_failure);
+  pack_str(pk, "pool_restarts");
+  pk.pack(s.pool_restarts);
+  pack_str(pk, "workers");
+  pk.pack_array(static_cast<uint32_t>(s.workers.size()));
+  for (auto& ws : s.workers) {
+    pk.pack_map(7);
+    pack_str(pk, "id");
+    pk.pack(ws.id);
+    pack_str(pk, "pid");
+    pk.pack(ws.pid);
+    pack_str(pk, "state");
+    pack_str(pk, ws.state);
+    pack_str(pk, "in_flight");
+    pk.pack(ws.in_flight);
+    pack_str(pk, "served");
+    pk.pack(ws.served);
+    pack_str(pk, "restarts");
+    pk.pack(ws.restarts);
+    pack_str(pk, "started_at");
+    pk.pack(ws.started_at);
+  }
+  pack_str(pk, "sessions");
+  pk.pack(s.sessions);
+  pack_str(pk, "queue");
+  pk.pack(s.queue);
+  pack_str(pk, "replies");
+  pk.pack(s.replies);
+  pack_str(pk, "restarts");
+  pk.pack(s.restarts);
+  pack_str(pk, "retries");
+  pk.pack(s.retries);
+  pack_str(pk, "requeued");
+  pk.pack(s.requeued);
+  pack_str(pk, "recycled");
+  pk.pack(s.recycled);
+  pack_str(pk, "latency_us");
+  pk.pack_map(3);
+  pack_str(pk, "p50");
+  pk.pack(s.p50_us);
+  pack_str(pk, "p90");
+  pk.pack(s.p90_us);
+  pack_str(pk, "p99");
+  pk.pack(s.p99_us);
+  return out;
+}
+
+/// Handles one complete message [0, end) of the buffer. Returns false when
+/// the connection must be closed (no msgid to answer to).
+bool handle_message(caf::io::broker* self, conn_ptr st, const char* data, size_t size) {
+  using verdict = rpc_message::verdict;
+  auto m = decode_rpc_message(data, size);
+  switch (m.what) {
+    case verdict::close:
+      return false;
+    case verdict::ignore:
+      return true;
+    case verdict::reject:
+      respond_error(self, *st, m.msgid, {"bad_request", std::move(m.error), "", ""});
+      return true;
+    case verdict::call:
+      break;
+  }
+  auto msgid = m.msgid;
+  auto notification = m.notification;
+  if (st->draining) {
+    if (!notification)
+      respond_error(self, *st, msgid, {"shutting_down", "the node is shutting down", "", ""});
+    return true;
+  }
+  if (m.method == "ping") {
+    // "pong" only while the pool can serve: a health check must be able to
+    // tell a node that listens from one that works.
+    forward<bool>(self, st, msgid, notification,
+                  [](bool) { return pack(std::string{"pong"}).bytes; }, health_atom::value);
+  } else if (m.method == "execute") {
+    forward<payload>(self, st, msgid, notification,
+                     [](payload& result) { return std::move(result.bytes); },
+                     std::move(m.request));
+  } else if (m.method == "session.end") {
+    forward<bool>(self, st, msgid, notification, [](bool) { return pack(true).bytes; },
+                  end_session_atom::value, std::move(m.session_id));
+  } else if (m.method == "stats") {
+    forward<pool_stats>(self, st, msgid, notification,
+                        [](const pool_stats& x) { return pack_stats(x); }, status_atom::value);
+  } else if (!notification) {
+    respond_error(self, *st, msgid,
+                  {"unknown_method",
+                   "no method '" + m.method + "' (known: ping, execute, session.end, stats)", "",
+                   ""});
+  }
+  return true;
+}
+
+/// The msgid of the message the input stopped in, if it can be read.
+std::optional<uint32_t> current_msgid(const connection_state& st) {
+  return read_msgid(st.framer.pending_data(), st.framer.pending_size());
+}
+
+/// Takes every complete message out of the input and handles it; stops
+/// reading when the input cannot go on.
+void consume_input(caf::io::broker* self, const conn_ptr& st) {
+  using status = rpc_framer::status;
+  auto& cfg = st->shared->cfg;
+  for (;;) {
+    switch (st->framer.next()) {
+      case status::message:
+        ++st->completed;
+        if (!handle_message(self, st, st->framer.data(), st->framer.size())) {
+          stop_reading(self, *st, std::nullopt, "bad_request",
+                       "malformed message without a readable msgid");
+          return;
+        }
+        if (!st->reading || st->closed)
+          return;
+        continue;
+      case status::too_large:
+      case status::malformed:
+        stop_reading(self, *st, current_msgid(*st), "bad_request", st->framer.error());
+        return;
+      case status::need_more:
+        break;
+    }
+    break;
+  }
+  account(*st);
+  if (!st->framer.in_message())
+    return;
+  if (st->shared->buffered_input > cfg.max_buffered_input) {
+    stop_reading(self, *st, current_msgid(*st), "overloaded",
+                 "the node holds more than " + std::to_string(cfg.max_buffered_input)
+                   + " bytes of unfinished messages across its connections"
+                     " (rpc.max-buffered-input); retry later");
+    return;
+  }
+  if (st->armed_for != st->completed) {
+    // One timer per message, not per read.
+    st->armed_for = st->completed;
+    self->delayed_send(self, cfg.message_timeout, message_timeout_atom::value, st->completed);
+  }
+}
+
+caf::behavior connection(caf::io::broker* self, caf::io::connection_handle hdl, pool_actor pool,
+                         gateway_shared_ptr shared) {
+  auto st = std::make_shared<connection_state>(shared->cfg);
+  st->pool = std::move(pool);
+  st->shared = std::move(shared);
+  st->in = hdl;
+  self->attach_functor([st](const caf::error&) {
+    st->framer = rpc_framer{0};
+    account(*st);
+  });
+  // The writing end: a duplicate of the socket's descriptor (CAF 0.17's
+  // default multiplexer names a connection by its descriptor).
+  auto fd = ::fcntl(static_cast<int>(hdl.id()), F_DUPFD_CLOEXEC, 0);
+  if (fd < 0) {
+    log().warn("rpc: refusing a connection: cannot duplicate its socket ({})",
+               std::strerror(errno));
+    self->quit();
+    return {};
+  }
+  auto out = self->add_scribe(fd);
+  st->out = out;
+  self->configure_read(hdl, caf::io::receive_policy::at_most(65536));
+  // Reports how much of what we wrote is still waiting for the socket.
+  self->ack_writes(st->out, true);
+  return {
+    [self, st](const caf::io::new_data_msg& msg) {
+      if (!st->reading)
+        return;
+      st->framer.append(msg.buf.data(), msg.buf.size());
+      consume_input(self, st);
+    },
+    [self, st](message_timeout_atom, uint64_t armed_for) {
+      if (st->reading && st->framer.in_message() && st->completed == armed_for)
+        stop_reading(self, *st, current_msgid(*st), "bad_request",
+                     "message not complete after "
+                       + std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                          st->shared->cfg.message_timeout)
+                                          .count())
+                       + " ms (rpc.message-timeout)");
+    },
+    [self, st](const caf::io::data_transferred_msg& msg) {
+      st->pending_output = msg.remaining;
+      finish_if_done(self, *st);
+    },
+    [self, st](const caf::io::connection_closed_msg& msg) {
+      if (msg.handle == st->out) {
+        // Writing failed: the client is gone, nobody reads the replies.
+        close_connection(self, *st, "");
+        return;
+      }
+      // End of input (a close or a half-close): the replies still owed are
+      // delivered on the writing end before the connection closes.
+      if (st->framer.in_message())
+        log().info("rpc: a client closed its connection in the middle of a message");
+      st->reading = false;
+      st->framer = rpc_framer{0};
+      account(*st);
+      finish_if_done(self, *st);
+    },
+    [self, st](drain_atom) {
+      // Answered now or by finished_one once the last request completes.
+      auto rp = self->make_response_promise();
+      st->draining = true;
+      if (st->in_flight == 0)
+        rp.deliver(true);
+      else
+        st->drain_waiters.push_back(rp);
+    },
+  };
+}
+
+// -- the acceptor ---------------------------------------------------------------
+
+struct acceptor_state {
+  std::vector<caf::actor> connections;
+  /// Connections refused for max_connections since the last warning.
+  size_t refused = 0;
+  std::chrono::steady_clock::time_point last_warning;
+  caf::io::accept_handle doorman;
+  uint16_t port = 0;
+  caf::error bind_error;
+  bool draining = false;
+};
+
+caf::behavior acceptor(caf::io::broker* self, pool_actor pool, gateway_config cfg) {
+  auto st = std::make_shared<acceptor_state>();
+  auto shared = std::make_shared<gateway_shared>();
+  shared->cfg = cfg;
+  auto res = self->add_tcp_doorman(cfg.port, cfg.host.c_str(), true);
+  if (!res) {
+    st->bind_error = res.error();
+  } else {
+    st->doorman = res->first;
+    st->port = res->second;
+  }
+  // However the acceptor ends, its connections end with it.
+  self->attach_functor([st](const caf::error&) {
+    for (auto& c : st->connections)
+      caf::anon_send_exit(c, caf::exit_reason::kill);
+  });
+  self->set_down_handler([st](caf::down_msg& dm) {
+    auto& cs = st->connections;
+    cs.erase(std::remove_if(cs.begin(), cs.end(),
+                            [&](const caf::actor& a) { return a.address() == dm.source; }),
+             cs.end());
+  });
+  return {
+    [self, st, pool, shared](const caf::io::new_connection_msg& msg) {
+      if (st->draining) {
+        self->close(msg.handle);
+        return;
+      }
+      if (st->connections.size() >= shared->cfg.max_connections) {
+        // Accepted and closed at once: the client learns immediately, and
+        // the listening socket never stays readable (a busy loop).
+        self->close(msg.handle);
+        ++st->refused;
+        auto now = std::chrono::steady_clock::now();
+        if (st->refused == 1 || now - st->last_warning > std::chrono::seconds(10)) {
+          log().warn("rpc: refused {} connection(s): {} are open (rpc.max-connections)",
+                     st->refused, st->connections.size());
+          st->refused = 0;
+          st->last_warning = now;
+        }
+        return;
+      }
+      auto c = self->fork(connection, msg.handle, pool, shared);
+      self->monitor(c);
+      st->connections.push_back(c);
+    },
+    [st](port_atom) -> caf::result<uint16_t> {
+      if (st->bind_error)
+        return st->bind_error;
+      return st->port;
+    },
+    [self, st](drain_atom) {
+      auto rp = self->make_response_promise();
+      st->draining = true;
+      self->close(st->doorman);
+      if (st->connections.empty()) {
+        rp.deliver(true);
+        return;
+      }
+      auto pending = std::make_shared<size_t>(st->connections.size());
+      for (auto& c : st->connections)
+        self->request(c, caf::infinite, drain_atom::value)
+          .then([rp, pending](bool) mutable {
+            if (--*pending == 0)
+              rp.deliver(true);
+          },
+                [rp, pending](caf::error&) mutable {
+                  if (--*pending == 0)
+                    rp.deliver(true);
+                });
+    },
+  };
+}
+
+} // namespace
+
+caf::expected<std::pair<caf::actor, uint16_t>> spawn_gateway(caf::actor_system& sys,
+                                                            pool_actor pool,
+                                                            gateway_config cfg) {
+  // Past the descriptor limit, accept() fails and CAF's doorman retries it
+  // in a busy loop: serve only as many connections as descriptors allow.
+  rlimit lim{};
+  if (::getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur != RLIM_INFINITY) {
+    size_t open_now = 0;
+    if (auto* d = ::opendir("/proc/self/fd")) {
+      while (::readdir(d) != nullptr)
+        ++open_now;
+      ::closedir(d);
+    }
+    // Headroom for workers started later (pipes, pidfds) and CAF itself.
+    size_t reserve = open_now + 256;
+    size_t allowed = lim.rlim_cur > reserve ? (lim.rlim_cur - reserve) / 2 : 0;
+    if (cfg.max_connections > allowed) {
+      log().warn("rpc.max-connections={} needs about {} file descriptors, the limit is {} "
+                 "(ulimit -n, LimitNOFILE): serving at most {} connections",
+                 cfg.max_connections, 2 * cfg.max_connections + reserve, lim.rlim_cur,
+                 allowed);
+      cfg.max_connections = allowed;
+    }
+  }
+  auto gw = sys.middleman().spawn_broker(acceptor, std::move(pool), cfg);
+  caf::scoped_actor self{sys};
+  caf::expected<std::pair<caf::actor, uint16_t>> result{caf::error{}};
+  self->request(gw, std::chrono::seconds(10), port_atom::value)
+    .receive([&](uint16_t port) { result = std::make_pair(gw, port); },
+             [&](caf::error& err) { result = std::move(err); });
+  if (!result)
+    caf::anon_send_exit(gw, caf::exit_reason::kill);
+  return result;
+}
+
+} // namespace pyvisor

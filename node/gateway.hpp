@@ -1,0 +1,77 @@
+// The network gateway: MessagePack-RPC over TCP in front of a pool.
+//
+// One CAF broker accepts connections; each connection gets its own broker,
+// so a slow or stalled client never blocks another. Requests
+// ([0, msgid, method, params]) are dispatched as they arrive and answered as
+// they complete ([1, msgid, error, result]), in any order; notifications
+// ([2, method, params]) run without a response. Methods:
+//   ping                        -> "pong" (unavailable while the pool cannot serve)
+//   execute [cmd, args(, opts)] -> the command's result; opts: session (str),
+//                                  timeout_ms (int), idempotent (bool)
+//   session.end [id]            -> true
+//   stats                       -> map (workers, sessions, queue, replies, ...)
+// Errors are maps {code, message} plus `details` (a Python traceback) and
+// `type` where useful; code is a runtime error code, or unknown_method /
+// bad_request for RPC misuse.
+//
+// Input is framed by a streaming parser (rpc_framer): how TCP cut it never
+// matters, and each byte is parsed once. When a connection's input cannot go
+// on - not msgpack, a message over max_message_size, a message that did not
+// complete within message_timeout, the node's input buffers full - the node
+// answers the message's msgid (when it can be read) with a clear error,
+// stops reading, delivers every reply still owed on that connection, then
+// closes it. Nothing already accepted is dropped; the same holds when a
+// client half-closes after sending. Only a client that leaves more than
+// max_pending_output bytes of responses unread is cut off at once.
+//
+// Limits that protect the node from any one client: max_connections (more
+// are accepted and closed at once, logged; never a busy accept loop),
+// max_buffered_input across all connections, message_timeout.
+// Command arguments are cut out of the RPC message as raw bytes and results
+// are spliced into the response: neither is decoded and re-encoded here.
+
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <utility>
+
+#include "caf/actor.hpp"
+#include "caf/expected.hpp"
+#include "caf/fwd.hpp"
+#include "caf/timespan.hpp"
+
+#include "pyvisor/pool.hpp"
+
+namespace pyvisor {
+
+struct gateway_config {
+  std::string host = "127.0.0.1";
+  /// 0 lets the OS pick a free port (see the returned port).
+  uint16_t port = 7400;
+  size_t max_message_size = size_t{64} << 20;
+  /// Response bytes a client may leave unread before the node closes its
+  /// connection (a client that never reads must not exhaust the node's memory).
+  size_t max_pending_output = size_t{64} << 20;
+  /// Open connections; more are accepted and closed at once. Each costs two
+  /// file descriptors (reading and writing ends, see gateway.cpp), so
+  /// spawn_gateway lowers it to what RLIMIT_NOFILE allows, with a warning.
+  size_t max_connections = 1024;
+  /// Bytes of unfinished messages held across all connections; a
+  /// connection whose message would pass it is answered `overloaded`.
+  size_t max_buffered_input = size_t{256} << 20;
+  /// Time a message may take from its first byte to its last.
+  caf::timespan message_timeout = std::chrono::seconds(60);
+};
+
+/// Asks the gateway to stop accepting, refuse new requests with
+/// shutting_down, and answer (true) once no request is in flight.
+using drain_atom = caf::atom_constant<caf::atom("gw_drain")>;
+
+/// Starts the gateway; returns the acceptor actor and the bound port, or the
+/// reason binding failed.
+caf::expected<std::pair<caf::actor, uint16_t>> spawn_gateway(caf::actor_system& sys,
+                                                            pool_actor pool,
+                                                            gateway_config cfg);
+
+} // namespace pyvisor

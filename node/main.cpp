@@ -1,0 +1,219 @@
+// pyvisor-node: a supervised Python worker pool served over MessagePack-RPC.
+//
+// Start-up: read the configuration (configs/node.ini by default), start the
+// pool, wait until every worker said hello, then listen on rpc.host:rpc.port
+// and, if publish.port is set, publish the pool to CAF applications. Once
+// listening it prints one line to stdout, "pyvisor-node listening on
+// HOST:PORT", so that scripts (and tests using rpc.port=0) can find it.
+//
+// SIGTERM / SIGINT: stop accepting connections and new requests, let the
+// requests in flight finish (up to node.shutdown-timeout), stop the workers
+// (each is asked first and killed after pool.shutdown-timeout), exit 0.
+// The pool behind the endpoint is kept by its keeper (actors/pool/pool_keeper.hpp),
+// which restarts it when it gives up; with node.on-pool-failure=exit the
+// keeper quits instead and the node exits with status 3 (exit_pool_failed) so
+// that a service manager restarts it. A pool that cannot start at all at
+// start-up makes the node exit with status 1.
+// A SIGKILLed node leaves no Python process behind: workers carry a
+// parent-death signal (see actors/process/python_process.hpp).
+
+#include <signal.h>
+#include <sys/resource.h>
+
+#include <chrono>
+#include <iostream>
+#include <thread>
+
+#include <spdlog/sinks/basic_file_sink.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include "caf/actor_system.hpp"
+#include "caf/exit_reason.hpp"
+#include "caf/io/middleman.hpp"
+#include "caf/scoped_actor.hpp"
+
+#include "node/gateway.hpp"
+#include "node/node_config.hpp"
+#include "pyvisor/pool.hpp"
+#include "messages/log.hpp"
+
+namespace {
+
+using namespace pyvisor;
+
+/// Exit status when the pool gave up and node.on-pool-failure=exit.
+constexpr int exit_pool_failed = 3;
+
+using signal_atom = caf::atom_constant<caf::atom("nd_signal")>;
+
+int wait_for_signal() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  int sig = 0;
+  sigwait(&set, &sig);
+  return sig;
+}
+
+// Registers the "pyvisor" logger with the configured destination and level
+// before any component asks for it.
+void setup_logging(const node_config& cfg) {
+  std::shared_ptr<spdlog::logger> logger;
+  if (cfg.log_file.empty())
+    logger = spdlog::stderr_color_mt("pyvisor");
+  else
+    logger = spdlog::basic_logger_mt("pyvisor", cfg.log_file);
+  logger->set_level(spdlog::level::from_str(cfg.log_level));
+  logger->flush_on(spdlog::level::info);
+}
+
+/// A server's descriptor limit is the hard one: the soft default (often
+/// 1024) would cap connections far below what the machine can serve.
+void raise_descriptor_limit() {
+  rlimit lim{};
+  if (::getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur < lim.rlim_max) {
+    lim.rlim_cur = lim.rlim_max;
+    if (::setrlimit(RLIMIT_NOFILE, &lim) != 0)
+      log().warn("could not raise the file descriptor limit to {}", lim.rlim_max);
+  }
+}
+
+bool stop_within(caf::scoped_actor& self, const caf::actor& who, caf::exit_reason reason,
+                 caf::timespan limit) {
+  bool stopped = false;
+  self->monitor(who);
+  self->send_exit(who, reason);
+  self->receive([&](caf::down_msg&) { stopped = true; }, caf::after(limit) >> [] {});
+  return stopped;
+}
+
+int run(caf::actor_system& sys, const node_config& cfg) {
+  caf::scoped_actor self{sys};
+  log().info("pyvisor-node starting: config {}, {} {} workers ({})",
+             cfg.config_file_used.empty() ? "built-in defaults" : cfg.config_file_used,
+             cfg.pool_size, cfg.pool_backend, cfg.pool_python);
+  auto t0 = std::chrono::steady_clock::now();
+  auto pool = spawn_pool(sys, cfg.make_pool_config());
+  auto pool_actor_handle = caf::actor_cast<caf::actor>(pool);
+  bool ready = false;
+  self->request(pool, cfg.pool_startup_timeout * 3 + std::chrono::seconds(5), ready_atom::value)
+    .receive(
+      [&](pool_stats& st) {
+        ready = true;
+        auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                    std::chrono::steady_clock::now() - t0)
+                    .count();
+        std::string pids;
+        for (auto& w : st.workers)
+          pids += (pids.empty() ? "" : ", ") + std::to_string(w.pid);
+        log().info("pool ready: {} workers in {} ms (pids {})", st.workers.size(), ms, pids);
+      },
+      [&](caf::error& err) {
+        // The pool logged the cause with its Python traceback already.
+        auto msg = info_of(err).message;
+        log().error("the pool failed to start: {}", msg.substr(0, msg.find('\n')));
+      });
+  if (!ready) {
+    stop_within(self, pool_actor_handle, caf::exit_reason::user_shutdown, cfg.node_shutdown_timeout);
+    return 1;
+  }
+  auto gw = spawn_gateway(sys, pool, cfg.make_gateway_config());
+  if (!gw) {
+    log().error("cannot listen on {}:{} (rpc.host, rpc.port): {}", cfg.rpc_host, cfg.rpc_port,
+                sys.render(gw.error()));
+    stop_within(self, pool_actor_handle, caf::exit_reason::user_shutdown, cfg.node_shutdown_timeout);
+    return 1;
+  }
+  auto [gateway, port] = *gw;
+  log().info("listening for MessagePack-RPC on {}:{}", cfg.rpc_host, port);
+  if (cfg.publish_port != 0) {
+    auto published = sys.middleman().publish(pool, cfg.publish_port, cfg.publish_host.c_str(), true);
+    if (!published) {
+      log().error("cannot publish the pool on {}:{} (publish.host, publish.port): {}",
+                  cfg.publish_host, cfg.publish_port, sys.render(published.error()));
+      stop_within(self, gateway, caf::exit_reason::kill, std::chrono::seconds(1));
+      stop_within(self, pool_actor_handle, caf::exit_reason::user_shutdown,
+                  cfg.node_shutdown_timeout);
+      return 1;
+    }
+    log().info("pool published for CAF applications on {}:{}", cfg.publish_host, *published);
+  }
+  std::cout << "pyvisor-node listening on " << cfg.rpc_host << ":" << port << std::endl;
+  // Wait for a stop signal or for the pool's keeper to give up (only with
+  // node.on-pool-failure=exit does it ever quit on its own).
+  self->monitor(pool);
+  std::thread signal_waiter{[hdl = caf::actor_cast<caf::actor>(self)] {
+    caf::anon_send(hdl, signal_atom::value, wait_for_signal());
+  }};
+  int sig = 0;
+  caf::error pool_down;
+  bool pool_gone = false;
+  self->receive([&](signal_atom, int s) { sig = s; },
+                [&](caf::down_msg& dm) {
+                  pool_gone = true;
+                  pool_down = dm.reason;
+                });
+  if (pool_gone) {
+    // Wake the waiter with a signal of its own (blocked everywhere, so only
+    // its sigwait takes it).
+    pthread_kill(signal_waiter.native_handle(), SIGTERM);
+    signal_waiter.join();
+    self->receive([](signal_atom, int) {}, caf::after(std::chrono::seconds(1)) >> [] {});
+    // With on-pool-failure=restart the keeper never quits on its own: if it
+    // is gone anyway, nothing serves any more, and exiting is all that helps.
+    log().error("{} ({}); exiting with status {}",
+                cfg.node_on_pool_failure == "exit"
+                  ? "the pool gave up and node.on-pool-failure=exit"
+                  : "the pool's keeper stopped unexpectedly",
+                pool_down ? to_string_readable(pool_down) : std::string{"normal"},
+                exit_pool_failed);
+    stop_within(self, gateway, caf::exit_reason::kill, std::chrono::seconds(2));
+    return exit_pool_failed;
+  }
+  signal_waiter.join();
+  log().info("received {}, shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+  // 1. No new connections or requests; in-flight ones finish.
+  bool drained = false;
+  self->request(gateway, cfg.node_shutdown_timeout, drain_atom::value)
+    .receive([&](bool) { drained = true; },
+             [&](caf::error&) {
+               log().warn("requests still in flight after node.shutdown-timeout; stopping anyway");
+             });
+  if (drained)
+    log().info("all in-flight requests completed");
+  // 2. Workers: asked to stop, killed after pool.shutdown-timeout.
+  if (!stop_within(self, pool_actor_handle, caf::exit_reason::user_shutdown,
+                   cfg.pool_shutdown_timeout * 2 + std::chrono::seconds(1)))
+    log().warn("the pool did not stop in time");
+  // 3. Connections.
+  stop_within(self, gateway, caf::exit_reason::kill, std::chrono::seconds(2));
+  log().info("pyvisor-node stopped");
+  return 0;
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+  // Only the main thread's sigwait sees the stop signals: block them before
+  // CAF starts its threads (children get an empty mask again).
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  pyvisor::node_config cfg;
+  auto problem = cfg.read(argc, argv);
+  if (cfg.cli_helptext_printed)
+    return 0;
+  if (!problem.empty()) {
+    std::cerr << "pyvisor-node: " << problem << std::endl;
+    return 1;
+  }
+  setup_logging(cfg);
+  raise_descriptor_limit();
+  cfg.load<caf::io::middleman>();
+  caf::actor_system sys{cfg};
+  return run(sys, cfg);
+}

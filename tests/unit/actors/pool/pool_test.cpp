@@ -1,0 +1,526 @@
+// Unit tests of the pool with in-process mock workers on the deterministic
+// test coordinator: no Python, no sleeps; mock latencies run on the test clock.
+#include <map>
+
+#include "support/test_coordinator_fixture.hpp"
+
+#include "caf/send.hpp"
+
+#include "pyvisor/pool.hpp"
+
+using namespace pyvisor;
+using namespace std::chrono_literals;
+
+namespace {
+
+using sleep_args = std::map<std::string, int>;
+
+pool_config mock_pool(size_t size, uint32_t max_in_flight, caf::timespan latency) {
+  pool_config cfg;
+  cfg.size = size;
+  cfg.backend = backend_kind::mock;
+  cfg.mock.latency_min = latency;
+  cfg.mock.latency_max = latency;
+  cfg.max_in_flight = max_in_flight;
+  cfg.backoff = backoff_policy::none();
+  cfg.session = session_settings{200ms, 50ms, 1s};
+  return cfg;
+}
+
+struct fixture : test::test_coordinator_fixture {
+  pool_actor pool;
+
+  void start(pool_config cfg) {
+    pool = spawn_pool(sys, std::move(cfg));
+    run();
+    auto st = ask<pool_stats>(pool, ready_atom::value);
+    REQUIRE(!st.workers.empty());
+  }
+
+  ~fixture() {
+    if (pool)
+      caf::anon_send_exit(pool, caf::exit_reason::kill);
+    run();
+  }
+
+  pool_stats stats() {
+    return ask<pool_stats>(pool, status_atom::value);
+  }
+
+  std::vector<uint32_t> in_flight() {
+    std::vector<uint32_t> result;
+    for (auto& w : stats().workers)
+      result.push_back(w.in_flight);
+    return result;
+  }
+
+  /// Collects every reply that has arrived so far.
+  std::vector<caf::expected<payload>> replies() {
+    std::vector<caf::expected<payload>> result;
+    bool more = true;
+    while (more)
+      self->receive([&](payload& p) { result.emplace_back(std::move(p)); },
+                    [&](caf::error& e) { result.emplace_back(std::move(e)); },
+                    caf::after(0s) >> [&] { more = false; });
+    return result;
+  }
+
+  caf::expected<payload> call(execute req) {
+    self->send(pool, std::move(req));
+    run();
+    auto r = replies();
+    REQUIRE(r.size() == 1);
+    return std::move(r.front());
+  }
+};
+
+size_t count_code(const std::vector<caf::expected<payload>>& rs, error_code code) {
+  size_t n = 0;
+  for (auto& r : rs)
+    if ((code == error_code::none && r) || (!r && code_of(r.error()) == code))
+      ++n;
+  return n;
+}
+
+} // namespace
+
+TEST_CASE_METHOD(fixture, "requests go to the least-loaded worker", "[unit][pool]") {
+  start(mock_pool(3, 2, 100ms));
+  for (int i = 0; i < 3; ++i)
+    self->send(pool, make_execute("ping"));
+  run();
+  CHECK(in_flight() == std::vector<uint32_t>{1, 1, 1});
+  for (int i = 0; i < 2; ++i)
+    self->send(pool, make_execute("ping"));
+  run();
+  auto loads = in_flight();
+  CHECK(std::count(loads.begin(), loads.end(), 2u) == 2);
+  CHECK(std::count(loads.begin(), loads.end(), 1u) == 1);
+  advance(100ms);
+  auto rs = replies();
+  CHECK(rs.size() == 5);
+  CHECK(count_code(rs, error_code::none) == 5);
+  CHECK(in_flight() == std::vector<uint32_t>{0, 0, 0});
+  CHECK(stats().replies.at("ok") == 5);
+}
+
+TEST_CASE_METHOD(fixture, "a full queue answers overloaded at once", "[unit][pool]") {
+  auto cfg = mock_pool(1, 1, 1s);
+  cfg.queue_size = 2;
+  cfg.queue_share = 1.0;
+  start(cfg);
+  for (int i = 0; i < 4; ++i)
+    self->send(pool, make_execute("ping"));
+  run();
+  // One runs, two wait, the fourth is refused without waiting.
+  auto early = replies();
+  REQUIRE(early.size() == 1);
+  CHECK(code_of(early.front().error()) == error_code::overloaded);
+  CHECK(stats().queue == 2);
+  advance(1s);
+  advance(1s);
+  advance(1s);
+  CHECK(count_code(replies(), error_code::none) == 3);
+}
+
+TEST_CASE_METHOD(fixture, "one requester cannot take more than its share of the queue",
+                 "[unit][pool]") {
+  auto cfg = mock_pool(1, 1, 1s);
+  cfg.queue_size = 4;
+  cfg.queue_share = 0.5;
+  start(cfg);
+  for (int i = 0; i < 5; ++i)
+    self->send(pool, make_execute("ping")); // 1 runs, 2 wait, 2 refused
+  run();
+  auto refused = replies();
+  CHECK(count_code(refused, error_code::overloaded) == 2);
+  caf::scoped_actor other{sys};
+  other->send(pool, make_execute("ping")); // still has room: queued
+  run();
+  CHECK(stats().queue == 3);
+  for (int i = 0; i < 4; ++i)
+    advance(1s);
+  CHECK(count_code(replies(), error_code::none) == 3);
+  bool answered = false;
+  other->receive([&](payload&) { answered = true; }, caf::after(0s) >> [] {});
+  CHECK(answered);
+}
+
+TEST_CASE_METHOD(fixture, "a request waiting past its deadline times out", "[unit][pool]") {
+  start(mock_pool(1, 1, 1s));
+  self->send(pool, make_execute("ping"));
+  auto req = make_execute("ping");
+  req.timeout = 300ms;
+  self->send(pool, req);
+  run();
+  for (int i = 0; i < 29; ++i)
+    advance(10ms); // t = 290 ms: not yet
+  CHECK(replies().empty());
+  // Queue deadlines are swept every 10 ms: due at 300 ms, answered by 310 ms.
+  advance(10ms);
+  advance(10ms);
+  auto rs = replies();
+  REQUIRE(rs.size() == 1);
+  CHECK(code_of(rs.front().error()) == error_code::timeout);
+  CHECK(stats().queue == 0);
+  advance(700ms);
+  CHECK(count_code(replies(), error_code::none) == 1);
+}
+
+TEST_CASE_METHOD(fixture, "a requester that is gone no longer holds a queue place",
+                 "[unit][pool]") {
+  auto cfg = mock_pool(1, 1, 1s);
+  cfg.queue_size = 1;
+  start(cfg);
+  self->send(pool, make_execute("ping")); // occupies the worker
+  {
+    caf::scoped_actor gone{sys};
+    gone->send(pool, make_execute("ping")); // takes the only queue place
+    run();
+    CHECK(stats().queue == 1);
+  }
+  run(); // the pool sees the requester's down message
+  CHECK(stats().queue == 0);
+  self->send(pool, make_execute("ping"));
+  run();
+  CHECK(replies().empty()); // queued, not refused
+  advance(1s);
+  advance(1s);
+  CHECK(count_code(replies(), error_code::none) == 2);
+}
+
+TEST_CASE_METHOD(fixture, "only idempotent requests are retried when their worker dies",
+                 "[unit][pool]") {
+  start(mock_pool(1, 8, 100ms));
+  auto idem = make_execute("echo", std::string{"again"});
+  idem.idempotent = true;
+  auto once = make_execute("echo", std::string{"once"});
+  self->send(pool, idem);
+  self->send(pool, once);
+  self->send(pool, make_execute("crash"));
+  run();
+  // The crash fails itself and the non-idempotent request at once; the
+  // idempotent one runs again on the restarted worker.
+  auto rs = replies();
+  CHECK(count_code(rs, error_code::worker_crashed) == 2);
+  // Retry back-off (10 ms, swept every 10 ms), then 100 ms of mock latency.
+  advance(10ms);
+  CHECK(replies().empty());
+  for (int i = 0; i < 11; ++i)
+    advance(10ms);
+  auto retried = replies();
+  REQUIRE(retried.size() == 1);
+  REQUIRE(retried.front());
+  CHECK(*unpack<std::string>(*retried.front()) == "again");
+  auto st = stats();
+  CHECK(st.retries == 1);
+  CHECK(st.restarts == 1);
+}
+
+TEST_CASE_METHOD(fixture, "idempotent retries are bounded", "[unit][pool]") {
+  auto cfg = mock_pool(1, 8, 0ms);
+  cfg.max_attempts = 3;
+  start(cfg);
+  auto crash = make_execute("crash");
+  crash.idempotent = true;
+  self->send(pool, crash);
+  run();
+  for (int i = 0; i < 10; ++i)
+    advance(10ms); // back-offs of 10 and 20 ms between the attempts
+  auto rs = replies();
+  REQUIRE(rs.size() == 1);
+  CHECK(code_of(rs.front().error()) == error_code::worker_crashed);
+  CHECK(stats().retries == 3);
+}
+
+TEST_CASE_METHOD(fixture, "workers are recycled without failing requests", "[unit][pool]") {
+  auto cfg = mock_pool(1, 2, 10ms);
+  cfg.max_requests = 3;
+  start(cfg);
+  for (int i = 0; i < 10; ++i)
+    self->send(pool, make_execute("ping"));
+  run();
+  for (int i = 0; i < 20; ++i)
+    advance(10ms);
+  auto rs = replies();
+  CHECK(rs.size() == 10);
+  CHECK(count_code(rs, error_code::none) == 10);
+  auto st = stats();
+  CHECK(st.recycled >= 3);
+  CHECK(st.restarts == 0);
+}
+
+TEST_CASE_METHOD(fixture, "session requests stick to the worker that holds the state",
+                 "[unit][pool]") {
+  start(mock_pool(3, 4, 0ms));
+  using kv = std::map<std::string, std::string>;
+  for (int s = 0; s < 6; ++s) {
+    auto id = "s" + std::to_string(s);
+    REQUIRE(call(make_execute("session.put", kv{{"key", "k"}, {"value", id}}, id)));
+  }
+  for (int round = 0; round < 3; ++round)
+    for (int s = 0; s < 6; ++s) {
+      auto id = "s" + std::to_string(s);
+      auto r = call(make_execute("session.get", kv{{"key", "k"}}, id));
+      REQUIRE(r);
+      CHECK(*unpack<std::string>(*r) == id);
+    }
+  // The sessions were spread over the workers, not all on one.
+  size_t busy = 0;
+  for (auto& w : stats().workers)
+    busy += w.served > 0 ? 1 : 0;
+  CHECK(busy == 3);
+  CHECK(stats().sessions == 6);
+}
+
+TEST_CASE_METHOD(fixture, "a session whose worker died reports session_lost", "[unit][pool]") {
+  start(mock_pool(2, 4, 0ms));
+  using kv = std::map<std::string, std::string>;
+  REQUIRE(call(make_execute("session.put", kv{{"key", "k"}, {"value", "v"}}, "s1")));
+  // Crash the session's own worker through the session.
+  auto crashed = call(make_execute("crash", msgpack::type::nil_t{}, "s1"));
+  REQUIRE_FALSE(crashed);
+  CHECK(code_of(crashed.error()) == error_code::session_lost); // its state died too
+  auto r = call(make_execute("session.get", kv{{"key", "k"}}, "s1"));
+  REQUIRE_FALSE(r);
+  CHECK(code_of(r.error()) == error_code::session_lost);
+  // Stateless work still succeeds.
+  CHECK(call(make_execute("ping")));
+}
+
+TEST_CASE_METHOD(fixture, "session expiry is configured through the pool", "[unit][pool]") {
+  start(mock_pool(1, 4, 0ms));
+  REQUIRE(call(make_execute("ping", msgpack::type::nil_t{}, "s1")));
+  advance(150ms);
+  REQUIRE(call(make_execute("ping", msgpack::type::nil_t{}, "s1")));
+  advance(250ms);
+  auto r = call(make_execute("ping", msgpack::type::nil_t{}, "s1"));
+  REQUIRE_FALSE(r);
+  CHECK(code_of(r.error()) == error_code::session_expired);
+  CHECK(ask<caf::timespan>(pool, configure_atom::value, caf::timespan{1s}) == 200ms);
+  CHECK(ask<bool>(pool, end_session_atom::value, std::string{"s1"}));
+  REQUIRE(call(make_execute("ping", msgpack::type::nil_t{}, "s1")));
+  advance(500ms);
+  CHECK(call(make_execute("ping", msgpack::type::nil_t{}, "s1")));
+}
+
+TEST_CASE_METHOD(fixture, "a hung worker costs only its own request", "[unit][pool]") {
+  start(mock_pool(2, 4, 10ms));
+  auto hang = make_execute("hang");
+  hang.timeout = 500ms;
+  self->send(pool, hang);
+  run();
+  for (int i = 0; i < 5; ++i) {
+    self->send(pool, make_execute("ping"));
+    run();
+    advance(10ms);
+  }
+  auto rs = replies();
+  CHECK(count_code(rs, error_code::none) == 5);
+  advance(500ms);
+  auto late = replies();
+  REQUIRE(late.size() == 1);
+  CHECK(code_of(late.front().error()) == error_code::timeout);
+  CHECK(stats().restarts == 1); // the hung worker was recycled
+}
+
+TEST_CASE_METHOD(fixture, "an idempotent request stuck on a hung worker is retried in time",
+                 "[unit][pool]") {
+  auto cfg = mock_pool(2, 4, 10ms);
+  cfg.mock.attempt_timeout = 200ms;
+  start(cfg);
+  auto hang = make_execute("hang");
+  hang.idempotent = true;
+  hang.timeout = 1s;
+  self->send(pool, hang); // hangs on every worker it reaches
+  run();
+  advance(200ms); // first attempt times out; the worker is recycled, retry
+  CHECK(replies().empty());
+  CHECK(stats().retries == 1);
+  for (int i = 0; i < 60; ++i)
+    advance(10ms); // two more attempts of 200 ms each, after back-offs
+  auto rs = replies();
+  REQUIRE(rs.size() == 1);
+  CHECK(code_of(rs.front().error()) == error_code::worker_crashed);
+  CHECK(stats().restarts == 3);
+}
+
+TEST_CASE_METHOD(fixture, "hint mode runs a session request elsewhere when its owner is busy",
+                 "[unit][pool]") {
+  using kv = std::map<std::string, std::string>;
+  for (auto mode : {affinity_mode::strict, affinity_mode::hint}) {
+    INFO((mode == affinity_mode::hint ? "hint" : "strict"));
+    auto cfg = mock_pool(2, 1, 100ms);
+    cfg.mode = mode;
+    cfg.session.timeout = 10s;
+    start(cfg);
+    // New sessions go to the least-loaded worker, ties in turn: s1 and s3
+    // share a worker, s2 has the other.
+    for (auto id : {"s1", "s2", "s3"}) {
+      self->send(pool, make_execute("ping", msgpack::type::nil_t{}, id));
+      run();
+      advance(100ms);
+      REQUIRE(replies().size() == 1);
+    }
+    // Keep s1's owner busy with s3's work, then ask for s1.
+    self->send(pool, make_execute("sleep", std::map<std::string, int>{{"ms", 500}}, "s3"));
+    run();
+    self->send(pool, make_execute("session.get", kv{{"key", "k"}}, "s1"));
+    run();
+    advance(100ms);
+    auto early = replies();
+    if (mode == affinity_mode::hint) {
+      // Served by the other worker at once (without the owner's state).
+      REQUIRE(early.size() == 1);
+      CHECK(early.front());
+    } else {
+      CHECK(early.empty()); // waits for the owner
+    }
+    for (int i = 0; i < 6; ++i)
+      advance(100ms);
+    CHECK(replies().size() == (mode == affinity_mode::hint ? 1u : 2u));
+    caf::anon_send_exit(pool, caf::exit_reason::kill);
+    run();
+    pool = nullptr;
+  }
+}
+
+TEST_CASE_METHOD(fixture, "hint mode never runs a session's request beside its earlier one",
+                 "[unit][pool][order]") {
+  // The owner is busy with the session's own request: the next one waits
+  // for it instead of overtaking it on the idle worker.
+  auto cfg = mock_pool(2, 1, 0ms);
+  cfg.mode = affinity_mode::hint;
+  start(cfg);
+  self->send(pool, make_execute("sleep", std::map<std::string, int>{{"ms", 300}}, "s1"));
+  run();
+  self->send(pool, make_execute("echo", std::string{"second"}, "s1"));
+  run();
+  advance(100ms);
+  CHECK(replies().empty());
+  advance(200ms);
+  auto done = replies();
+  REQUIRE(done.size() == 2);
+  REQUIRE(done[0]);
+  CHECK(*unpack<int>(*done[0]) == 300);
+  REQUIRE(done[1]);
+  CHECK(*unpack<std::string>(*done[1]) == "second");
+}
+
+TEST_CASE_METHOD(fixture, "a graceful stop refuses new work and ends the pool", "[unit][pool]") {
+  start(mock_pool(2, 4, 100ms));
+  self->send(pool, make_execute("ping"));
+  run();
+  watch(pool);
+  self->send_exit(pool, caf::exit_reason::user_shutdown);
+  run();
+  advance(100ms);
+  auto rs = replies();
+  CHECK(count_code(rs, error_code::none) == 1); // in flight: completed
+  auto down = next_down();
+  REQUIRE(down);
+  CHECK(*down == caf::exit_reason::user_shutdown);
+  pool = nullptr;
+}
+
+TEST_CASE_METHOD(fixture, "queued requests of one session run in the order they were sent",
+                 "[unit][pool][order]") {
+  auto cfg = mock_pool(1, 1, 10ms);
+  for (auto mode : {affinity_mode::strict, affinity_mode::hint}) {
+    CAPTURE(static_cast<int>(mode));
+    cfg.mode = mode;
+    start(cfg);
+    // One worker, one request at a time: 29 of the 30 wait in the queue
+    // and each is routed (an asynchronous round trip) before it runs.
+    for (int i = 0; i < 30; ++i)
+      self->send(pool, make_execute("echo", i, "line-counter"));
+    run();
+    std::vector<int> order;
+    for (int step = 0; step < 40 && order.size() < 30; ++step) {
+      advance(10ms);
+      for (auto& r : replies()) {
+        REQUIRE(r);
+        order.push_back(*unpack<int>(*r));
+      }
+    }
+    std::vector<int> expected(30);
+    for (int i = 0; i < 30; ++i)
+      expected[i] = i;
+    CHECK(order == expected);
+    caf::anon_send_exit(pool, caf::exit_reason::kill);
+    run();
+  }
+}
+
+TEST_CASE_METHOD(fixture, "a retried request keeps the caller's deadline", "[unit][pool][deadline]") {
+  // One worker running two at a time; an idempotent request with a 100 ms
+  // deadline has run 60 ms when its worker crashes. Its retry may use only
+  // the 40 ms left: it must be answered (with timeout) by 100 ms plus the
+  // sweep granularity, not run its full 80 ms again on the new worker.
+  auto cfg = mock_pool(1, 2, 0ms);
+  start(cfg);
+  auto req = make_execute("sleep", std::map<std::string, int>{{"ms", 80}});
+  req.idempotent = true;
+  req.timeout = 100ms;
+  self->send(pool, req);
+  run();
+  advance(60ms);
+  auto crash = make_execute("crash");
+  self->send(pool, crash);
+  run();
+  auto early = replies(); // the crash request itself
+  REQUIRE(early.size() == 1);
+  CHECK(code_of(early.front().error()) == error_code::worker_crashed);
+  std::vector<caf::expected<payload>> late;
+  caf::timespan waited = 60ms;
+  while (late.empty() && waited < 300ms) {
+    advance(5ms);
+    waited += 5ms;
+    late = replies();
+  }
+  REQUIRE(late.size() == 1);
+  REQUIRE(!late.front());
+  CHECK(code_of(late.front().error()) == error_code::timeout);
+  CHECK(waited <= 100ms + 20ms); // deadline plus the worker's and the pool's sweeps
+}
+
+TEST_CASE_METHOD(fixture, "requesters with waiting work take turns", "[unit][pool][fairness]") {
+  // One worker, one request at a time, 10 ms each. Requester A queues six,
+  // then B queues two: B must not wait for A's whole backlog.
+  start(mock_pool(1, 1, 10ms));
+  for (int i = 0; i < 6; ++i)
+    self->send(pool, make_execute("echo", std::string{"a"} + std::to_string(i)));
+  run();
+  caf::scoped_actor other{sys};
+  for (int i = 0; i < 2; ++i)
+    other->send(pool, make_execute("echo", std::string{"b"} + std::to_string(i)));
+  run();
+  std::vector<std::string> order;
+  for (int step = 0; step < 12 && order.size() < 8; ++step) {
+    advance(10ms);
+    for (auto& r : replies()) {
+      REQUIRE(r);
+      order.push_back(*unpack<std::string>(*r));
+    }
+    other->receive([&](payload& p) { order.push_back(*unpack<std::string>(p)); },
+                   caf::after(0s) >> [] {});
+  }
+  CHECK(order == std::vector<std::string>{"a0", "b0", "a1", "b1", "a2", "a3", "a4", "a5"});
+}
+
+TEST_CASE_METHOD(fixture, "a session id longer than the limit is a bad request",
+                 "[unit][pool]") {
+  auto cfg = mock_pool(1, 1, 0ms);
+  cfg.session.max_id_size = 8;
+  start(cfg);
+  auto r = call(make_execute("echo", 1, std::string(9, 's')));
+  REQUIRE_FALSE(r);
+  CHECK(code_of(r.error()) == error_code::bad_request);
+  CHECK(call(make_execute("echo", 1, std::string(8, 's'))));
+  self->send(pool, end_session_atom::value, std::string(9, 's'));
+  run();
+  caf::error end;
+  self->receive([&](bool) {}, [&](caf::error& e) { end = std::move(e); },
+                caf::after(0s) >> [] { FAIL("no reply"); });
+  CHECK(code_of(end) == error_code::bad_request);
+}
