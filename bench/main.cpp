@@ -55,7 +55,7 @@ struct bench_config : caf::actor_system_config {
 
   bench_config() {
     add_pool_types(*this);
-    set("scheduler.policy", caf::atom("sharing")); // as the node does
+    use_sharing_scheduler(*this); // as the node does
 
     opt_group{custom_options_, "global"}
       .add(quick, "quick", "tiny counts: proves the tool works, measures little")

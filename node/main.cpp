@@ -93,12 +93,12 @@ int run(caf::actor_system& sys, const node_config& cfg) {
   caf::scoped_actor self{sys};
   log().info("pyvisor-node starting: config {}, {} {} workers ({})",
              cfg.config_file_used.empty() ? "built-in defaults" : cfg.config_file_used,
-             cfg.pool_size, cfg.pool_backend, cfg.pool_python);
+             cfg.pool.size, cfg.pool_backend, cfg.pool.worker.python);
   auto t0 = std::chrono::steady_clock::now();
   auto pool = spawn_pool(sys, cfg.make_pool_config());
   auto pool_actor_handle = caf::actor_cast<caf::actor>(pool);
   bool ready = false;
-  self->request(pool, cfg.pool_startup_timeout * 3 + std::chrono::seconds(5), ready_atom::value)
+  self->request(pool, cfg.pool.worker.startup_timeout * 3 + std::chrono::seconds(5), ready_atom::value)
     .receive(
       [&](pool_stats& st) {
         ready = true;
@@ -119,15 +119,15 @@ int run(caf::actor_system& sys, const node_config& cfg) {
     stop_within(self, pool_actor_handle, caf::exit_reason::user_shutdown, cfg.node_shutdown_timeout);
     return 1;
   }
-  auto gw = spawn_gateway(sys, pool, cfg.make_gateway_config());
+  auto gw = spawn_gateway(sys, pool, cfg.rpc);
   if (!gw) {
-    log().error("cannot listen on {}:{} (rpc.host, rpc.port): {}", cfg.rpc_host, cfg.rpc_port,
+    log().error("cannot listen on {}:{} (rpc.host, rpc.port): {}", cfg.rpc.host, cfg.rpc.port,
                 sys.render(gw.error()));
     stop_within(self, pool_actor_handle, caf::exit_reason::user_shutdown, cfg.node_shutdown_timeout);
     return 1;
   }
   auto [gateway, port] = *gw;
-  log().info("listening for MessagePack-RPC on {}:{}", cfg.rpc_host, port);
+  log().info("listening for MessagePack-RPC on {}:{}", cfg.rpc.host, port);
   if (cfg.publish_port != 0) {
     auto published = sys.middleman().publish(pool, cfg.publish_port, cfg.publish_host.c_str(), true);
     if (!published) {
@@ -140,7 +140,7 @@ int run(caf::actor_system& sys, const node_config& cfg) {
     }
     log().info("pool published for CAF applications on {}:{}", cfg.publish_host, *published);
   }
-  std::cout << "pyvisor-node listening on " << cfg.rpc_host << ":" << port << std::endl;
+  std::cout << "pyvisor-node listening on " << cfg.rpc.host << ":" << port << std::endl;
   // Wait for a stop signal or for the pool's keeper to give up (only with
   // node.on-pool-failure=exit does it ever quit on its own).
   self->monitor(pool);
@@ -185,7 +185,7 @@ int run(caf::actor_system& sys, const node_config& cfg) {
     log().info("all in-flight requests completed");
   // 2. Workers: asked to stop, killed after pool.shutdown-timeout.
   if (!stop_within(self, pool_actor_handle, caf::exit_reason::user_shutdown,
-                   cfg.pool_shutdown_timeout * 2 + std::chrono::seconds(1)))
+                   cfg.pool.shutdown_timeout * 2 + std::chrono::seconds(1)))
     log().warn("the pool did not stop in time");
   // 3. Connections.
   stop_within(self, gateway, caf::exit_reason::kill, std::chrono::seconds(2));

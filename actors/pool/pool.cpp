@@ -22,6 +22,10 @@
 
 namespace pyvisor {
 
+void use_sharing_scheduler(caf::actor_system_config& cfg) {
+  cfg.set("scheduler.policy", caf::atom("sharing"));
+}
+
 void add_pool_types(caf::actor_system_config& cfg) {
   add_message_types(cfg);
   add_supervisor_types(cfg);
@@ -753,12 +757,17 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
     if (cfg.backend == backend_kind::mock) {
       auto mc = cfg.mock;
       mc.id = slot_id;
+      mc.request_timeout = cfg.request_timeout;
+      mc.attempt_timeout = cfg.attempt_timeout;
       mc.seed = cfg.mock.seed * 1000003 + (*incarnations)++;
       mc.listener = listener;
       return caf::actor_cast<caf::actor>(spawn_mock_worker(sys, mc));
     }
     auto wc = cfg.worker;
     wc.id = slot_id;
+    wc.request_timeout = cfg.request_timeout;
+    wc.attempt_timeout = cfg.attempt_timeout;
+    wc.stop_grace = cfg.shutdown_timeout / 2;
     wc.listener = listener;
     return caf::actor_cast<caf::actor>(spawn_python_worker(sys, wc));
   };

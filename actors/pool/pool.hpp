@@ -90,9 +90,12 @@ struct pool_config {
   /// Number of workers.
   size_t size = 2;
   backend_kind backend = backend_kind::python;
-  /// Template of each Python worker (id and listener are set by the pool).
+  /// Template of each Python worker. The pool sets its id and listener, and
+  /// from its own fields request_timeout, attempt_timeout and stop_grace
+  /// (half of shutdown_timeout): those are set here, once, for both backends.
   worker_config worker;
-  /// Template of each mock worker (id, seed and listener set by the pool).
+  /// Template of each mock worker (id, seed, listener and the timeouts as
+  /// for `worker`).
   mock_config mock;
   /// Requests in flight per worker.
   uint32_t max_in_flight = 4;
@@ -103,6 +106,10 @@ struct pool_config {
   double queue_share = 0.5;
   /// Deadline of a request that names none (queueing plus execution).
   caf::timespan request_timeout = std::chrono::seconds(30);
+  /// Limit of one attempt of an idempotent request (0: its whole deadline):
+  /// past it, its worker counts as hung, is recycled, and the request is
+  /// retried while its deadline allows.
+  caf::timespan attempt_timeout = std::chrono::seconds(5);
   /// Attempts of an idempotent request whose worker died (first one included).
   uint32_t max_attempts = 3;
   /// Delay before the first retry; it doubles for each further one (at most
@@ -195,5 +202,13 @@ pool_actor spawn_pool(caf::actor_system& sys, pool_config cfg);
 /// Registers the pool's and its parts' message types (includes
 /// add_message_types and add_supervisor_types).
 void add_pool_types(caf::actor_system_config& cfg);
+
+/// Selects CAF's `sharing` scheduler (one shared queue; idle threads wake at
+/// once) instead of the default work stealing, which polls with sleeps and
+/// costs each actor hop of a request tens of microseconds on a quiet system.
+/// pyvisor-node runs with it (measured in README "Benchmarks"); call it on
+/// your actor_system_config before constructing the actor system. An
+/// explicit --scheduler.policy on the command line still wins.
+void use_sharing_scheduler(caf::actor_system_config& cfg);
 
 } // namespace pyvisor

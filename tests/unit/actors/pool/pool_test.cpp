@@ -327,7 +327,7 @@ TEST_CASE_METHOD(fixture, "a hung worker costs only its own request", "[unit][po
 TEST_CASE_METHOD(fixture, "an idempotent request stuck on a hung worker is retried in time",
                  "[unit][pool]") {
   auto cfg = mock_pool(2, 4, 10ms);
-  cfg.mock.attempt_timeout = 200ms;
+  cfg.attempt_timeout = 200ms;
   start(cfg);
   auto hang = make_execute("hang");
   hang.idempotent = true;
