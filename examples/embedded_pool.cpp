@@ -16,6 +16,7 @@
 int main(int argc, char** argv) {
   caf::actor_system_config cfg;
   pyvisor::add_pool_types(cfg);
+  pyvisor::use_sharing_scheduler(cfg);
   caf::actor_system sys{cfg};
   pyvisor::pool_config pc;
   pc.size = 2;
