@@ -1,5 +1,6 @@
 #include "pyvisor/mock_worker.hpp"
 
+#include <algorithm>
 #include <map>
 #include <random>
 #include <unordered_map>
@@ -74,7 +75,17 @@ action run_command(self_ptr self, const execute& req, caf::expected<payload>& re
       return nullptr;
     return &st.sessions[req.session];
   };
-  if (cmd == "ping") {
+  if (auto user = st.cfg.commands.find(cmd); user != st.cfg.commands.end()) {
+    try {
+      result = user->second.run ? user->second.run(req.args, req.session)
+                                : caf::expected<payload>{payload{}};
+    } catch (const std::exception& e) {
+      // What an exception in a Python command gives.
+      result = make_error(error_code::python_error, std::string{"C++ exception: "} + e.what(),
+                          "Exception", "");
+    }
+    extra_delay = user->second.latency;
+  } else if (cmd == "ping") {
     result = pack(std::string{"pong"});
   } else if (cmd == "echo") {
     result = req.args;
@@ -139,8 +150,20 @@ action run_command(self_ptr self, const execute& req, caf::expected<payload>& re
       result = bad_request("expected {ms: number}");
       return action::reply;
     }
-    extra_delay = std::chrono::milliseconds(ms->second.as<int64_t>());
-    result = pack(ms->second);
+    // A number, as the Python command takes it (int or float).
+    const auto& v = ms->second;
+    double millis = 0;
+    if (v.type == msgpack::type::POSITIVE_INTEGER || v.type == msgpack::type::NEGATIVE_INTEGER)
+      millis = static_cast<double>(v.as<int64_t>());
+    else if (v.type == msgpack::type::FLOAT32 || v.type == msgpack::type::FLOAT64)
+      millis = v.as<double>();
+    else {
+      result = bad_request("expected {ms: number}");
+      return action::reply;
+    }
+    extra_delay = std::chrono::duration_cast<caf::timespan>(
+      std::chrono::duration<double, std::milli>(std::max(0.0, millis)));
+    result = pack(v);
   } else if (cmd == "crash") {
     return action::crash;
   } else if (cmd == "hang") {
@@ -165,6 +188,10 @@ mock_impl::behavior_type mock_fun(self_ptr self, mock_config cfg) {
   st.status.commands = {"crash", "echo",         "hang",        "ping",        "raise",
                         "session.drop", "session.get", "session.keys", "session.put", "sleep",
                         "worker.info"};
+  for (auto& kv : st.cfg.commands)
+    if (std::find(st.status.commands.begin(), st.status.commands.end(), kv.first)
+        == st.status.commands.end())
+      st.status.commands.push_back(kv.first);
   if (st.cfg.startup_delay.count() > 0)
     self->delayed_send(self, st.cfg.startup_delay, mock_ready_atom::value);
   else

@@ -11,6 +11,12 @@
 // `timeout`, exactly as a real worker is recycled). Latency is uniform in
 // [latency_min, latency_max]. The same seed gives the same behaviour.
 //
+// A test registers its own commands on it (`mock_config::commands`): C++
+// callables that take the request's args (and session) and return a result
+// or an error, with an optional latency of their own, so an actor test of
+// user code can stand in for the user's Python commands. They shadow the
+// built-ins of the same name.
+//
 // Unknown commands fail with unknown_command; a hung or slow reply is
 // delivered through CAF timers, never by blocking.
 
@@ -18,13 +24,27 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
 
+#include "caf/expected.hpp"
 #include "caf/fwd.hpp"
 #include "caf/timespan.hpp"
 
 #include "pyvisor/worker_actor.hpp"
 
 namespace pyvisor {
+
+/// A command a test registers on the mock: args (msgpack bytes, e.g. read
+/// with pyvisor::unpack) and the request's session id (empty for none) in,
+/// a result (e.g. pyvisor::pack(value)) or an error out (make_error with
+/// any error_code; python_error for what a Python exception would give).
+struct mock_command {
+  std::function<caf::expected<payload>(const payload& args, const std::string& session)> run;
+  /// Added to the mock's own latency for this command.
+  caf::timespan latency{0};
+};
 
 struct mock_config {
   uint32_t id = 0;
@@ -42,6 +62,8 @@ struct mock_config {
   caf::timespan request_timeout = std::chrono::seconds(30);
   /// As worker_config::attempt_timeout.
   caf::timespan attempt_timeout{0};
+  /// The test's own commands, by name (see mock_command).
+  std::map<std::string, mock_command> commands;
   worker_listener_actor listener;
 };
 
