@@ -250,14 +250,20 @@ void finish_terminate_waiters(self_ptr self, const std::string& id) {
   w.erase(range.first, range.second);
 }
 
-// Stops the next child in the stop queue; runs after_stop when none is left.
+// Stops the children in the stop queue, one at a time in queue order (as
+// OTP does for static children); the dynamic children of a simple_one_for_one
+// supervisor that shuts down are all told at once and stopped concurrently,
+// as OTP does, so that stopping N workers takes one shutdown timeout, not N.
+// Runs after_stop when none is left.
 void stop_next(self_ptr self) {
   auto& st = self->state;
-  while (!st.stop_queue.empty()) {
-    auto id = st.stop_queue.front();
-    auto c = find(self, id);
+  bool all_at_once = st.terminating
+                     && st.flags.strategy == supervision_strategy::simple_one_for_one;
+  bool waiting = false;
+  for (auto i = st.stop_queue.begin(); i != st.stop_queue.end();) {
+    auto c = find(self, *i);
     if (c == nullptr || c->state == child_state::stopped) {
-      st.stop_queue.pop_front();
+      i = st.stop_queue.erase(i);
       continue;
     }
     if (c->state == child_state::restarting || !c->handle) {
@@ -265,21 +271,27 @@ void stop_next(self_ptr self) {
       ++c->gen;
       c->state = child_state::stopped;
       c->handle = nullptr;
-      st.stop_queue.pop_front();
+      i = st.stop_queue.erase(i);
       continue;
     }
-    if (c->state == child_state::stopping)
-      return; // its down message will resume the queue
-    c->state = child_state::stopping;
-    if (c->spec.shutdown.brutal_kill) {
-      self->send_exit(c->handle, caf::exit_reason::kill);
-    } else {
-      self->send_exit(c->handle, caf::exit_reason::user_shutdown);
-      self->delayed_send(self, c->spec.shutdown.timeout, kill_timer_atom::value, c->spec.id,
-                         c->gen);
+    if (c->state != child_state::stopping) {
+      c->state = child_state::stopping;
+      if (c->spec.shutdown.brutal_kill) {
+        self->send_exit(c->handle, caf::exit_reason::kill);
+      } else {
+        self->send_exit(c->handle, caf::exit_reason::user_shutdown);
+        self->delayed_send(self, c->spec.shutdown.timeout, kill_timer_atom::value, c->spec.id,
+                           c->gen);
+      }
     }
-    return;
+    // Its down message resumes the queue.
+    waiting = true;
+    if (!all_at_once)
+      return;
+    ++i;
   }
+  if (waiting)
+    return;
   if (st.after_stop) {
     auto f = std::move(st.after_stop);
     st.after_stop = nullptr;
@@ -363,8 +375,8 @@ void handle_child_exit(self_ptr self, child_rec& c, const caf::error& reason) {
     if (c.dynamic || c.spec.restart == restart_type::temporary)
       erase_child(self, id);
     finish_terminate_waiters(self, id);
-    if (!st.stop_queue.empty() && st.stop_queue.front() == id)
-      st.stop_queue.pop_front();
+    auto& q = st.stop_queue;
+    q.erase(std::remove(q.begin(), q.end(), id), q.end());
     stop_next(self);
     return;
   }

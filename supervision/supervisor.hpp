@@ -6,7 +6,8 @@
 // their restart type, a restart intensity and a back-off policy. It knows
 // nothing of Python; the worker pool is just one user.
 //
-// Semantics (as OTP's supervisor, see design notes for the deviations):
+// Semantics (as OTP's supervisor; the deviations are marked below: proven
+// children, back-off, and shutdown of simple_one_for_one children):
 // - Exit kinds: normal (empty reason or exit_reason::normal), shutdown
 //   (exit_reason::user_shutdown), killed (exit_reason::kill), abnormal
 //   (anything else, e.g. an exception = sec::runtime_error, a pyvisor error).
@@ -36,7 +37,9 @@
 //   and its count starts over. A zero initial delay never waits.
 // - Shutdown (an exit message to the supervisor, or giving up): children stop
 //   one by one in reverse start order, each with its shutdown spec
-//   (brutal_kill, or user_shutdown then kill after the timeout); then the
+//   (brutal_kill, or user_shutdown then kill after the timeout); the dynamic
+//   children of simple_one_for_one stop all at once, concurrently (as in
+//   OTP), so a pool of N workers stops within one shutdown timeout; then the
 //   supervisor quits. If the supervisor itself is killed, it still kills its
 //   children on the way out.
 // - Every start, exit (with reason), restart and give-up is logged and

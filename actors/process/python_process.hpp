@@ -7,11 +7,15 @@
 //   child's stdout and stderr are read line by line and logged through
 //   spdlog, tagged with the worker and pid, so user prints never touch the
 //   protocol. Its stdin is /dev/null.
-// - No blocking call ever runs on the caller's thread except start(), which
-//   waits for exec to succeed or fail (about a millisecond). send() writes
-//   what the non-blocking pipe takes at once and leaves the rest to the I/O
-//   thread, so a stopped (SIGSTOP) child can never stall a CAF scheduler
-//   thread, and the common case costs no thread hop.
+// - Two calls block the caller's thread, briefly and boundedly: start(),
+//   which waits for exec to succeed or fail (about a millisecond), and
+//   close(), which SIGKILLs the child and joins the I/O thread once the child
+//   is reaped (a kill and a waitpid: milliseconds, even for a SIGSTOPped
+//   child). The worker actor calls close() from its attach functor, i.e. on
+//   the scheduler thread that ends it. send() writes what the non-blocking
+//   pipe takes at once and leaves the rest to the I/O thread, so a stopped
+//   child can never stall a CAF scheduler thread, and the common case costs
+//   no thread hop.
 // - The child cannot outlive its host: it is forked from the I/O thread with
 //   PR_SET_PDEATHSIG = SIGKILL. Linux sends that signal when the *thread* that
 //   forked exits, not the process, which is why the fork happens on the I/O
@@ -78,7 +82,8 @@ struct process_options {
   std::vector<std::string> env;
   /// Tag for log lines, e.g. "worker 3".
   std::string tag = "worker";
-  /// Largest frame body accepted from the child.
+  /// Largest frame body accepted from the child (the worker actor applies
+  /// the same bound to what it sends).
   size_t max_frame_size = wire::default_max_frame_size;
 };
 

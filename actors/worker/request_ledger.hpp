@@ -3,11 +3,13 @@
 // waiting for the worker to become ready, so that both backends keep the same
 // promises to callers and to the pool.
 //
-// Guarantees: every request added is answered exactly once: by complete(),
-// by fail() or, when the worker dies, by fail_all(), which hands idempotent
-// requests back to the listener (the pool) for a retry on another worker
+// Guarantees: every request added is answered exactly once: by complete()
+// (its reply), expire() (its deadline passed), or, when the worker dies or is
+// recycled, by retire() / fail_all() and settle_sequential(): idempotent
+// requests go back to the listener (the pool) for a retry on another worker,
+// requests that provably never started are requeued there, the rest fail
 // (delegation keeps the original requester, so the reply still goes straight
-// to it) and fails the rest. Each answer is reported to the listener as
+// to it). Each answer is reported to the listener as
 // (done_atom, worker id, code, service time) so the pool can count load and
 // outcomes without sitting on the reply path; the report is sent before the
 // answer, so that whatever the caller asks the pool after its reply (stats)

@@ -56,6 +56,8 @@ struct worker_config {
   caf::timespan attempt_timeout{0};
   /// Grace between EOF, SIGTERM and SIGKILL when stopping.
   caf::timespan stop_grace = std::chrono::seconds(2);
+  /// Largest frame body in either direction: a request whose frame would be
+  /// larger is refused with bad_request, a larger reply is a protocol error.
   size_t max_frame_size = wire::default_max_frame_size;
   /// Optional: told of every completed request and handed idempotent
   /// requests for a retry when the worker dies (the pool sets itself).

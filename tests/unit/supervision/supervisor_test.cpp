@@ -367,6 +367,27 @@ TEST_CASE_METHOD(fixture, "a child that ignores shutdown is killed after its tim
   CHECK(*second == caf::exit_reason::user_shutdown);
 }
 
+TEST_CASE_METHOD(fixture, "simple_one_for_one children stop concurrently on shutdown",
+                 "[unit][supervisor]") {
+  // Three stubborn dynamic children with a 2 s shutdown timeout each: as in
+  // OTP they are all told at once, so the supervisor is down after 2 s, not 6.
+  child_options stubborn{nullptr, true};
+  auto sup = spawn_sup(flags(supervision_strategy::simple_one_for_one),
+                       {spec("template", restart_type::permanent, stubborn,
+                             shutdown_spec::after(2s))});
+  for (auto id : {"w1", "w2", "w3"})
+    ask<caf::actor>(sup, start_child_atom::value, std::string{id});
+  watch(sup);
+  self->send_exit(sup, caf::exit_reason::user_shutdown);
+  run();
+  advance(1999ms);
+  CHECK_FALSE(next_down());
+  advance(1ms);
+  auto down = next_down();
+  REQUIRE(down);
+  CHECK(*down == caf::exit_reason::user_shutdown);
+}
+
 TEST_CASE_METHOD(fixture, "brutal_kill stops a child at once", "[unit][supervisor]") {
   child_options stubborn{nullptr, true};
   auto sup = spawn_sup(flags(supervision_strategy::one_for_one),
