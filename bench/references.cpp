@@ -254,8 +254,7 @@ rpc_client::~rpc_client() {
     close(fd_);
 }
 
-void rpc_client::send_echo(const std::vector<char>& payload) {
-  msgpack::sbuffer buf;
+void rpc_client::send_echo_head(msgpack::sbuffer& buf) {
   msgpack::packer<msgpack::sbuffer> pk{buf};
   pk.pack_array(4);
   pk.pack(0);
@@ -263,7 +262,12 @@ void rpc_client::send_echo(const std::vector<char>& payload) {
   pk.pack(std::string{"execute"});
   pk.pack_array(2);
   pk.pack(std::string{"echo"});
-  pk.pack(payload);
+}
+
+void rpc_client::send_echo(const std::vector<char>& payload) {
+  msgpack::sbuffer buf;
+  send_echo_head(buf);
+  msgpack::packer<msgpack::sbuffer>{buf}.pack(payload);
   write_all(fd_, buf.data(), buf.size());
 }
 
@@ -294,13 +298,7 @@ void rpc_client::echo(const std::vector<char>& payload) {
 
 msgpack::object_handle rpc_client::echo_packed(const std::vector<char>& arg) {
   msgpack::sbuffer buf;
-  msgpack::packer<msgpack::sbuffer> pk{buf};
-  pk.pack_array(4);
-  pk.pack(0);
-  pk.pack(next_id_++);
-  pk.pack(std::string{"execute"});
-  pk.pack_array(2);
-  pk.pack(std::string{"echo"});
+  send_echo_head(buf);
   write_all(fd_, buf.data(), buf.size());
   write_all(fd_, arg.data(), arg.size());
   return read_response();

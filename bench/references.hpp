@@ -88,6 +88,8 @@ public:
   double pipelined(const std::vector<char>& payload, size_t count, size_t window);
 
 private:
+  /// Packs [0, msgid, "execute", ["echo", - the argument follows.
+  void send_echo_head(msgpack::sbuffer& buf);
   void send_echo(const std::vector<char>& payload);
   msgpack::object_handle read_response();
 

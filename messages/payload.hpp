@@ -13,6 +13,7 @@
 #pragma once
 
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <msgpack.hpp>
@@ -55,6 +56,13 @@ struct vector_writer {
     out.insert(out.end(), data, data + size);
   }
 };
+
+/// Packs a string without building a std::string (keys, names).
+template <class Packer>
+void pack_str(Packer& pk, std::string_view s) {
+  pk.pack_str(static_cast<uint32_t>(s.size()));
+  pk.pack_str_body(s.data(), static_cast<uint32_t>(s.size()));
+}
 
 } // namespace detail
 

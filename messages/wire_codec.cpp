@@ -26,10 +26,7 @@ void end_frame(std::vector<char>& out, size_t pos) {
   out[pos + 3] = static_cast<char>(len & 0xff);
 }
 
-void pack_str(packer& pk, std::string_view s) {
-  pk.pack_str(static_cast<uint32_t>(s.size()));
-  pk.pack_str_body(s.data(), static_cast<uint32_t>(s.size()));
-}
+using pyvisor::detail::pack_str;
 
 std::string as_string(const msgpack::object& o) {
   if (o.type == msgpack::type::NIL)

@@ -31,10 +31,7 @@ using port_atom = caf::atom_constant<caf::atom("gw_port")>;
 
 using packer = msgpack::packer<detail::vector_writer>;
 
-void pack_str(packer& pk, std::string_view s) {
-  pk.pack_str(static_cast<uint32_t>(s.size()));
-  pk.pack_str_body(s.data(), static_cast<uint32_t>(s.size()));
-}
+using detail::pack_str;
 
 struct rpc_error {
   std::string code;
