@@ -33,12 +33,17 @@ using packer = msgpack::packer<detail::vector_writer>;
 
 using detail::pack_str;
 
+/// An error as the RPC protocol carries it ({code, message, type, details}).
 struct rpc_error {
   std::string code;
   std::string message;
   std::string type;
   std::string details;
 };
+
+rpc_error rpc_error_of(error_code code, std::string message) {
+  return {to_string(code), std::move(message), "", ""};
+}
 
 rpc_error to_rpc_error(const caf::error& err) {
   auto info = info_of(err);
@@ -194,13 +199,13 @@ void respond(caf::io::broker* self, connection_state& st, uint32_t msgid,
 /// Input on this connection cannot go on: answers `msgid` (if any) with `code`, stops reading and releases what was
 /// buffered; the connection closes once its replies are out.
 void stop_reading(caf::io::broker* self, connection_state& st, std::optional<uint32_t> msgid,
-                  const char* code, const std::string& why) {
+                  error_code code, const std::string& why) {
   if (!st.reading || st.closed)
     return;
   log().warn("rpc: no more input taken from a connection ({} replies still owed): {}",
              st.in_flight, why);
   if (msgid)
-    respond_error(self, st, *msgid, {code, why, "", ""});
+    respond_error(self, st, *msgid, rpc_error_of(code, why));
   st.reading = false;
   self->halt(st.in);
   st.framer = rpc_framer{0};
@@ -304,7 +309,7 @@ bool handle_message(caf::io::broker* self, conn_ptr st, const char* data, size_t
     case verdict::ignore:
       return true;
     case verdict::reject:
-      respond_error(self, *st, m.msgid, {"bad_request", std::move(m.error), "", ""});
+      respond_error(self, *st, m.msgid, rpc_error_of(error_code::bad_request, std::move(m.error)));
       return true;
     case verdict::call:
       break;
@@ -313,7 +318,8 @@ bool handle_message(caf::io::broker* self, conn_ptr st, const char* data, size_t
   auto notification = m.notification;
   if (st->draining) {
     if (!notification)
-      respond_error(self, *st, msgid, {"shutting_down", "the node is shutting down", "", ""});
+      respond_error(self, *st, msgid,
+                    rpc_error_of(error_code::shutting_down, "the node is shutting down"));
     return true;
   }
   if (m.method == "ping") {
@@ -333,9 +339,9 @@ bool handle_message(caf::io::broker* self, conn_ptr st, const char* data, size_t
                         [](const pool_stats& x) { return pack_stats(x); }, status_atom::value);
   } else if (!notification) {
     respond_error(self, *st, msgid,
-                  {"unknown_method",
-                   "no method '" + m.method + "' (known: ping, execute, session.end, stats)", "",
-                   ""});
+                  rpc_error_of(error_code::unknown_method,
+                               "no method '" + m.method
+                                 + "' (known: ping, execute, session.end, stats)"));
   }
   return true;
 }
@@ -355,7 +361,7 @@ void consume_input(caf::io::broker* self, const conn_ptr& st) {
       case status::message:
         ++st->completed;
         if (!handle_message(self, st, st->framer.data(), st->framer.size())) {
-          stop_reading(self, *st, std::nullopt, "bad_request",
+          stop_reading(self, *st, std::nullopt, error_code::bad_request,
                        "malformed message without a readable msgid");
           return;
         }
@@ -364,7 +370,7 @@ void consume_input(caf::io::broker* self, const conn_ptr& st) {
         continue;
       case status::too_large:
       case status::malformed:
-        stop_reading(self, *st, current_msgid(*st), "bad_request", st->framer.error());
+        stop_reading(self, *st, current_msgid(*st), error_code::bad_request, st->framer.error());
         return;
       case status::need_more:
         break;
@@ -375,7 +381,7 @@ void consume_input(caf::io::broker* self, const conn_ptr& st) {
   if (!st->framer.in_message())
     return;
   if (st->shared->buffered_input > cfg.max_buffered_input) {
-    stop_reading(self, *st, current_msgid(*st), "overloaded",
+    stop_reading(self, *st, current_msgid(*st), error_code::overloaded,
                  "the node holds more than " + std::to_string(cfg.max_buffered_input)
                    + " bytes of unfinished messages across its connections"
                      " (rpc.max-buffered-input); retry later");
@@ -421,7 +427,7 @@ caf::behavior connection(caf::io::broker* self, caf::io::connection_handle hdl, 
     },
     [self, st](message_timeout_atom, uint64_t armed_for) {
       if (st->reading && st->framer.in_message() && st->completed == armed_for)
-        stop_reading(self, *st, current_msgid(*st), "bad_request",
+        stop_reading(self, *st, current_msgid(*st), error_code::bad_request,
                      "message not complete after "
                        + std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(
                                           st->shared->cfg.message_timeout)
