@@ -9,23 +9,50 @@ namespace pyvisor {
 
 namespace {
 
-constexpr std::array<std::string_view, 13> names{{
-  "none", "bad_request", "unknown_command", "python_error", "worker_crashed",
-  "timeout", "session_expired", "session_lost", "overloaded", "shutting_down",
-  "protocol_error", "unknown_method", "unavailable",
+struct named_code {
+  error_code code;
+  std::string_view name;
+};
+
+/// The wire names, one per code, in enum order.
+constexpr std::array<named_code, error_code_count> table{{
+  {error_code::none, "none"},
+  {error_code::bad_request, "bad_request"},
+  {error_code::unknown_command, "unknown_command"},
+  {error_code::python_error, "python_error"},
+  {error_code::worker_crashed, "worker_crashed"},
+  {error_code::timeout, "timeout"},
+  {error_code::session_expired, "session_expired"},
+  {error_code::session_lost, "session_lost"},
+  {error_code::overloaded, "overloaded"},
+  {error_code::shutting_down, "shutting_down"},
+  {error_code::protocol_error, "protocol_error"},
+  {error_code::unknown_method, "unknown_method"},
+  {error_code::unavailable, "unavailable"},
 }};
+
+constexpr bool in_enum_order() {
+  for (size_t i = 0; i < table.size(); ++i)
+    if (static_cast<size_t>(table[i].code) != i || table[i].name.empty())
+      return false;
+  return true;
+}
+
+// A code added to the enum without a name here fails the build (the array
+// would have an empty last entry), as does a table out of order.
+static_assert(in_enum_order(), "error_code names must follow the enum, one per code");
 
 } // namespace
 
 std::string_view name_of(error_code x) noexcept {
   auto i = static_cast<size_t>(x);
-  return i < names.size() ? names[i] : std::string_view{"invalid"};
+  return i < table.size() ? table[i].name : std::string_view{"invalid"};
 }
 
 bool from_string(std::string_view name, error_code& x) noexcept {
-  for (size_t i = 0; i < names.size(); ++i)
-    if (names[i] == name) {
-      x = static_cast<error_code>(i);
+  for (const auto& entry : table)
+    if (entry.name == name) {
+      x = entry.code;
       return true;
     }
   return false;

@@ -49,7 +49,12 @@ enum class error_code : uint8_t {
   unknown_method,
   /// No pool can serve now (it is restarting after giving up); retry later.
   unavailable,
+  // Add new codes above this line, and their names to error_code.cpp's
+  // table (a static_assert there checks both).
 };
+
+/// Number of error codes, none included (the last one + 1).
+constexpr size_t error_code_count = static_cast<size_t>(error_code::unavailable) + 1;
 
 /// The category atom under which pyvisor errors travel in caf::error.
 constexpr caf::atom_value error_category = caf::atom("pyvisor");

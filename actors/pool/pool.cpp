@@ -156,7 +156,7 @@ struct pool_state {
   std::unordered_map<std::string, queue_key> session_tail;
   std::vector<caf::typed_response_promise<pool_stats>> ready_waiters;
   /// Replies by outcome, indexed by error_code (none = ok).
-  std::array<uint64_t, 16> replies{};
+  std::array<uint64_t, error_code_count> replies{};
   uint64_t retries = 0;
   uint64_t requeued = 0;
   uint64_t restarts = 0;
