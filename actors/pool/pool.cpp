@@ -69,6 +69,20 @@ const char* to_cstr(slot_state x) {
   }
 }
 
+// Worker slots and the supervisor's children: slot i (0-based) holds child
+// "i + 1", and i + 1 is the worker's id in logs, stats and the protocol.
+uint32_t slot_of(const std::string& child_id) {
+  return static_cast<uint32_t>(std::stoul(child_id) - 1);
+}
+
+uint32_t worker_id_of(uint32_t slot) {
+  return slot + 1;
+}
+
+std::string child_id_of(uint32_t slot) {
+  return std::to_string(worker_id_of(slot));
+}
+
 struct slot_rec {
   worker_actor handle;
   caf::actor_id actor = 0;
@@ -524,10 +538,6 @@ void route(self_ptr self, queued_ptr q) {
 
 // -- life cycle of workers ----------------------------------------------------
 
-uint32_t slot_of(const std::string& id) {
-  return static_cast<uint32_t>(std::stoul(id) - 1);
-}
-
 void deliver_ready_if_all(self_ptr self);
 
 pool_stats make_stats(self_ptr self) {
@@ -535,7 +545,8 @@ pool_stats make_stats(self_ptr self) {
   pool_stats result;
   for (size_t i = 0; i < st.slots.size(); ++i) {
     auto& s = st.slots[i];
-    result.workers.push_back(worker_stats{static_cast<uint32_t>(i + 1), s.pid, to_cstr(s.state),
+    result.workers.push_back(worker_stats{worker_id_of(static_cast<uint32_t>(i)), s.pid,
+                                          to_cstr(s.state),
                                           s.in_flight, s.served, s.restarts, s.started_at_ms});
   }
   result.state = st.failed     ? "restarting"
@@ -586,11 +597,11 @@ void recycle_now(self_ptr self, uint32_t slot) {
     return;
   s.recycling = true;
   ++st.recycled;
-  log().info("pool: recycling worker {} (pid {}) after {} requests", slot + 1, s.pid,
+  log().info("pool: recycling worker {} (pid {}) after {} requests", worker_id_of(slot), s.pid,
              s.dispatched);
-  self->request(st.sup, caf::infinite, terminate_child_atom::value, std::to_string(slot + 1))
+  self->request(st.sup, caf::infinite, terminate_child_atom::value, child_id_of(slot))
     .then([](bool) {}, [slot](caf::error& err) {
-      log().warn("pool: could not recycle worker {}: {}", slot + 1, to_string_readable(err));
+      log().warn("pool: could not recycle worker {}: {}", worker_id_of(slot), to_string_readable(err));
     });
 }
 
@@ -625,7 +636,7 @@ void prove(self_ptr self, uint32_t slot, bool excuse = false) {
       return;
   }
   s.proven = true;
-  self->send(st.sup, child_healthy_atom::value, std::to_string(slot + 1),
+  self->send(st.sup, child_healthy_atom::value, child_id_of(slot),
              caf::actor_cast<caf::actor>(s.handle));
 }
 
@@ -753,7 +764,7 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
   auto incarnations = std::make_shared<uint64_t>(0);
   worker_spec.start = [cfg = st.cfg, listener, incarnations](caf::actor_system& sys,
                                                               const std::string& id) {
-    auto slot_id = static_cast<uint32_t>(std::stoul(id));
+    auto slot_id = worker_id_of(slot_of(id));
     if (cfg.backend == backend_kind::mock) {
       auto mc = cfg.mock;
       mc.id = slot_id;
@@ -789,7 +800,8 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
   // All workers start at once; their Python start-ups overlap.
   for (size_t i = 0; i < st.slots.size(); ++i) {
     st.slots[i].state = slot_state::starting;
-    self->request(st.sup, caf::infinite, start_child_atom::value, std::to_string(i + 1))
+    self->request(st.sup, caf::infinite, start_child_atom::value,
+                  child_id_of(static_cast<uint32_t>(i)))
       .then([](caf::actor&) {}, [i](caf::error& err) {
         log().error("pool: cannot start worker {}: {}", i + 1, to_string_readable(err));
       });
