@@ -601,7 +601,8 @@ void recycle_now(self_ptr self, uint32_t slot) {
              s.dispatched);
   self->request(st.sup, caf::infinite, terminate_child_atom::value, child_id_of(slot))
     .then([](bool) {}, [slot](caf::error& err) {
-      log().warn("pool: could not recycle worker {}: {}", worker_id_of(slot), to_string_readable(err));
+      log().warn("pool: could not recycle worker {}: {}", worker_id_of(slot),
+                 to_string_readable(err));
     });
 }
 
@@ -803,7 +804,8 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
     self->request(st.sup, caf::infinite, start_child_atom::value,
                   child_id_of(static_cast<uint32_t>(i)))
       .then([](caf::actor&) {}, [i](caf::error& err) {
-        log().error("pool: cannot start worker {}: {}", i + 1, to_string_readable(err));
+        log().error("pool: cannot start worker {}: {}", worker_id_of(static_cast<uint32_t>(i)),
+                    to_string_readable(err));
       });
   }
   if (st.cfg.max_age.count() > 0)
