@@ -71,6 +71,10 @@ caf::error make_error(error_code x, std::string message) {
                     caf::make_message(std::move(message))};
 }
 
+caf::error session_lost_error(const std::string& session, const std::string& why) {
+  return make_error(error_code::session_lost, "session '" + session + "' was lost: " + why);
+}
+
 caf::error make_error(error_code x, std::string message, std::string python_type,
                       std::string traceback) {
   return caf::error{static_cast<uint8_t>(x), error_category,

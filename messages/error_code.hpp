@@ -73,6 +73,10 @@ caf::error make_error(error_code x);
 /// Makes a pyvisor error with a human-readable message.
 caf::error make_error(error_code x, std::string message);
 
+/// session_lost for `session`, worded one way wherever it is noticed:
+/// "session 'ID' was lost: WHY" (WHY names what happened to its worker).
+caf::error session_lost_error(const std::string& session, const std::string& why);
+
 /// Makes a python_error (or another code a Python worker reported) with the
 /// exception type and traceback as context.
 caf::error make_error(error_code x, std::string message, std::string python_type,

@@ -401,8 +401,7 @@ void try_dispatch(self_ptr self) {
       auto& s = st.slots[q.slot];
       if (s.incarnation != q.incarnation) {
         fail(self, q,
-             make_error(error_code::session_lost,
-                        "session '" + q.req.session + "' was lost: its worker was replaced"));
+             session_lost_error(q.req.session, "its worker was replaced"));
         take(self, i++);
         continue;
       }
@@ -520,8 +519,7 @@ void route(self_ptr self, queued_ptr q) {
           // instead of running the request on its successor.
           if (st.slots[slot].incarnation != incarnation) {
             fail(self, *q,
-                 make_error(error_code::session_lost,
-                            "session '" + q->req.session + "' was lost: its worker was replaced"));
+                 session_lost_error(q->req.session, "its worker was replaced"));
             return;
           }
           q->slot = slot;
@@ -1037,8 +1035,7 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
         auto& q = *i->second;
         if (q.routed && q.slot == slot) {
           fail(self, q,
-               make_error(error_code::session_lost,
-                          "session '" + q.req.session + "' was lost: worker " + id + " died"));
+               session_lost_error(q.req.session, "worker " + id + " died"));
           take(self, i++);
         } else {
           ++i;

@@ -124,9 +124,8 @@ session_affinity_actor spawn_session_affinity(caf::actor_system& sys, session_se
             st.sessions.erase(*e);
             remember(self, id, tombstone::lost, now);
             ++st.stats.lost;
-            return make_error(error_code::session_lost,
-                              "session '" + id + "' was lost: its worker (slot "
-                                + std::to_string(b.slot) + ") died");
+            return session_lost_error(id, "its worker (slot " + std::to_string(b.slot)
+                                            + ") died");
           }
           st.sessions.touch(*e, now);
           return {b.slot, b.incarnation};
@@ -135,8 +134,7 @@ session_affinity_actor spawn_session_affinity(caf::actor_system& sys, session_se
           if (now - r->stamp <= st.settings.remember.count()) {
             if (r->value == tombstone::expired)
               return make_error(error_code::session_expired, "session '" + id + "' expired");
-            return make_error(error_code::session_lost,
-                              "session '" + id + "' was lost when its worker died");
+            return session_lost_error(id, "its worker died");
           }
           st.remembered.erase(*r);
         }

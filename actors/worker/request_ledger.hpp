@@ -400,9 +400,7 @@ private:
     auto code = code_of(err);
     if (code == error_code::session_lost || code == error_code::shutting_down)
       return err;
-    return make_error(error_code::session_lost,
-                      "session '" + req.session + "' was lost with its worker: "
-                        + to_string_readable(err));
+    return session_lost_error(req.session, "its worker failed: " + to_string_readable(err));
   }
 
   void report(const entry& e, error_code code) {
