@@ -712,6 +712,12 @@ void on_supervisor_down(self_ptr self, const caf::error& reason) {
 // may have, and counts toward max_attempts, after a back-off) or a requeue
 // (it never started there). Either way it keeps what is left of its deadline
 // and goes ahead of new arrivals.
+/// The back-off of idempotent retries: retry_backoff, doubling per attempt,
+/// at most 16 times it, no jitter (the supervisor's policy type).
+backoff_policy retry_backoff(const pool_config& cfg) {
+  return backoff_policy{cfg.retry_backoff, 2.0, cfg.retry_backoff * 16, 0.0, caf::timespan{0}};
+}
+
 caf::result<payload> readmit(self_ptr self, execute req, bool attempt) {
   auto& st = self->state;
   auto rp = self->make_response_promise<payload>();
@@ -738,7 +744,7 @@ caf::result<payload> readmit(self_ptr self, execute req, bool attempt) {
   q->deadline = deadline_of(self, req);
   // Back-off: a request that keeps killing workers must not do so at full speed.
   if (attempt)
-    q->not_before = now + st.cfg.retry_backoff * (1u << std::min<uint32_t>(req.attempts - 1, 4));
+    q->not_before = now + retry_backoff(st.cfg).delay(req.attempts, 0.0);
   q->req = std::move(req);
   admit(self, std::move(q), true);
   return rp;
