@@ -75,10 +75,15 @@ struct connection_state {
   rpc_framer framer;
   /// Bytes of this connection counted in shared->buffered_input.
   size_t held = 0;
-  /// Complete messages taken from the input so far; the message timer
-  /// armed for `armed_for` fires only if none completed meanwhile.
+  /// Complete messages taken from the input so far.
   uint64_t completed = 0;
-  uint64_t armed_for = std::numeric_limits<uint64_t>::max();
+  /// The unfinished message (the one after `partial_after` completed ones)
+  /// began arriving at `partial_since`; one timer per connection checks it
+  /// against message_timeout (a timer per message would pile up: CAF keeps
+  /// each until it fires).
+  uint64_t partial_after = std::numeric_limits<uint64_t>::max();
+  caf::actor_clock::time_point partial_since;
+  bool timer_pending = false;
   /// Response bytes handed to CAF and not yet written to the socket.
   size_t pending_output = 0;
   bool reading = true;
@@ -387,11 +392,35 @@ void consume_input(caf::io::broker* self, const conn_ptr& st) {
                      " (rpc.max-buffered-input); retry later");
     return;
   }
-  if (st->armed_for != st->completed) {
-    // One timer per message, not per read.
-    st->armed_for = st->completed;
-    self->delayed_send(self, cfg.message_timeout, message_timeout_atom::value, st->completed);
+  if (st->partial_after != st->completed) {
+    // A new unfinished message: it began with this read.
+    st->partial_after = st->completed;
+    st->partial_since = self->clock().now();
   }
+  if (!st->timer_pending) {
+    st->timer_pending = true;
+    self->delayed_send(self, cfg.message_timeout, message_timeout_atom::value);
+  }
+}
+
+/// The message timer: stops reading if the unfinished message has taken
+/// longer than message_timeout, else waits for what is left of it.
+void check_message_timeout(caf::io::broker* self, const conn_ptr& st) {
+  st->timer_pending = false;
+  if (!st->reading || !st->framer.in_message() || st->partial_after != st->completed)
+    return; // nothing unfinished now; the next one arms the timer again
+  auto timeout = st->shared->cfg.message_timeout;
+  auto elapsed = self->clock().now() - st->partial_since;
+  if (elapsed < timeout) {
+    st->timer_pending = true;
+    self->delayed_send(self, timeout - elapsed, message_timeout_atom::value);
+    return;
+  }
+  stop_reading(self, *st, current_msgid(*st), error_code::bad_request,
+               "message not complete after "
+                 + std::to_string(
+                   std::chrono::duration_cast<std::chrono::milliseconds>(timeout).count())
+                 + " ms (rpc.message-timeout)");
 }
 
 caf::behavior connection(caf::io::broker* self, caf::io::connection_handle hdl, pool_actor pool,
@@ -425,15 +454,7 @@ caf::behavior connection(caf::io::broker* self, caf::io::connection_handle hdl, 
       st->framer.append(msg.buf.data(), msg.buf.size());
       consume_input(self, st);
     },
-    [self, st](message_timeout_atom, uint64_t armed_for) {
-      if (st->reading && st->framer.in_message() && st->completed == armed_for)
-        stop_reading(self, *st, current_msgid(*st), error_code::bad_request,
-                     "message not complete after "
-                       + std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                          st->shared->cfg.message_timeout)
-                                          .count())
-                       + " ms (rpc.message-timeout)");
-    },
+    [self, st](message_timeout_atom) { check_message_timeout(self, st); },
     [self, st](const caf::io::data_transferred_msg& msg) {
       st->pending_output = msg.remaining;
       finish_if_done(self, *st);

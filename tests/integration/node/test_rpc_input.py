@@ -148,6 +148,28 @@ class MessageLimitsTest(RpcInputTest):
         self.assertIn("message-timeout", got[7][0]["message"])
         self.assertServes()
 
+    def test_a_stream_of_split_messages_is_never_timed_out(self):
+        # 1.5 s of pipelined messages, each cut across two sends: every one
+        # completes quickly, so none hits the 500 ms message timeout even
+        # though some message is always unfinished at a read's end.
+        rpc = Rpc(self.node.port)
+        self.socks.append(rpc.sock)
+        rpc.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sent = []
+        carry = b""
+        t = time.time()
+        i = 0
+        while time.time() - t < 1.5:
+            i += 1
+            msg = packed(i, "execute", ["echo", i])
+            rpc.sock.sendall(carry + msg[:3])
+            carry = msg[3:]
+            sent.append(i)
+            time.sleep(0.01)
+        rpc.sock.sendall(carry)
+        for i in sent:
+            self.assertEqual(rpc.wait(i), (None, i))
+
     def test_an_idle_connection_is_not_timed_out(self):
         rpc = Rpc(self.node.port)
         self.socks.append(rpc.sock)
