@@ -3,8 +3,8 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
-#include <new>
 #include <exception>
+#include <new>
 
 #include <msgpack.hpp>
 
@@ -135,6 +135,16 @@ struct rpc_framer::impl : msgpack::detail::context<rpc_framer::impl> {
     return v;
   }
 
+  /// Drops the messages already taken: what moves is at most the part of
+  /// the unfinished message that followed them, so the cost stays linear;
+  /// a large block is given back once empty.
+  void compact() {
+    buf.erase_front(begin);
+    off -= begin;
+    begin = 0;
+    buf.shrink_if_empty();
+  }
+
   status fail(status s, std::string why) {
     failed = true;
     failure = s;
@@ -157,14 +167,8 @@ void rpc_framer::append(const char* data, size_t n) {
   auto& d = *impl_;
   if (d.failed || n == 0)
     return;
-  if (d.begin > 0) {
-    // Drop the messages already taken; what moves is at most the part of
-    // the unfinished message that followed them, so the cost stays linear.
-    d.buf.erase_front(d.begin);
-    d.off -= d.begin;
-    d.begin = 0;
-    d.buf.shrink_if_empty();
-  }
+  if (d.begin > 0)
+    d.compact();
   d.buf.append(data, n);
 }
 
@@ -172,13 +176,8 @@ rpc_framer::status rpc_framer::next() {
   auto& d = *impl_;
   if (d.failed)
     return d.failure;
-  if (d.begin == d.buf.size() && d.begin > 0) {
-    // Everything taken (the last message is no longer needed): start over,
-    // and give memory back after a large message.
-    d.buf.erase_front(d.begin);
-    d.off = d.begin = 0;
-    d.buf.shrink_if_empty();
-  }
+  if (d.begin == d.buf.size() && d.begin > 0)
+    d.compact(); // everything taken: the last message is no longer needed
   if (d.off == d.buf.size())
     return status::need_more;
   // Never parse past the limit: a message that has not ended within
@@ -198,7 +197,7 @@ rpc_framer::status rpc_framer::next() {
       d.begin = d.off;
       return status::message;
     case msgpack::PARSE_CONTINUE:
-      if (limit < d.buf.size() || d.buf.size() - d.begin > d.v.max_size)
+      if (limit < d.buf.size())
         return d.fail(status::too_large,
                       "message exceeds rpc.max-message-size (" + std::to_string(d.v.max_size)
                         + " bytes) and is not complete");
@@ -227,15 +226,11 @@ size_t rpc_framer::buffered() const noexcept {
 }
 
 bool rpc_framer::in_message() const noexcept {
-  return impl_->buf.size() > impl_->begin;
+  return buffered() > 0;
 }
 
 const char* rpc_framer::pending_data() const noexcept {
   return impl_->buf.data() + impl_->begin;
-}
-
-size_t rpc_framer::pending_size() const noexcept {
-  return impl_->buf.size() - impl_->begin;
 }
 
 } // namespace pyvisor

@@ -68,9 +68,8 @@ public:
   bool in_message() const noexcept;
 
   /// The start of the current (unfinished or failed) message, e.g. to read
-  /// a msgid from it.
+  /// a msgid from it; buffered() bytes long.
   const char* pending_data() const noexcept;
-  size_t pending_size() const noexcept;
 
 private:
   struct impl;

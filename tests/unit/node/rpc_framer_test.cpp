@@ -130,7 +130,7 @@ TEST_CASE("a message over the limit is too large, however it arrives", "[unit][r
   rpc_framer f{limit};
   f.append(msg.data(), msg.size());
   REQUIRE(f.next() == status::too_large);
-  auto id = read_msgid(f.pending_data(), f.pending_size());
+  auto id = read_msgid(f.pending_data(), f.buffered());
   REQUIRE(id.has_value());
   CHECK(*id == 9);
 }
