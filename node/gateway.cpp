@@ -111,6 +111,14 @@ void account(connection_state& st) {
   st.held = now;
 }
 
+/// Input ends on this connection: whatever it buffered is freed and no
+/// longer counts toward the gateway-wide cap.
+void release_input(connection_state& st) {
+  st.reading = false;
+  st.framer = rpc_framer{0};
+  account(st);
+}
+
 /// Cuts the connection off at once (both ends); what is owed is dropped.
 void close_connection(caf::io::broker* self, connection_state& st, const std::string& why) {
   if (st.closed)
@@ -211,10 +219,8 @@ void stop_reading(caf::io::broker* self, connection_state& st, std::optional<uin
              st.in_flight, why);
   if (msgid)
     respond_error(self, st, *msgid, rpc_error_of(code, why));
-  st.reading = false;
   self->halt(st.in);
-  st.framer = rpc_framer{0};
-  account(st);
+  release_input(st);
   finish_if_done(self, st);
 }
 
@@ -353,7 +359,7 @@ bool handle_message(caf::io::broker* self, conn_ptr st, const char* data, size_t
 
 /// The msgid of the message the input stopped in, if it can be read.
 std::optional<uint32_t> current_msgid(const connection_state& st) {
-  return read_msgid(st.framer.pending_data(), st.framer.pending_size());
+  return read_msgid(st.framer.pending_data(), st.framer.buffered());
 }
 
 /// Takes every complete message out of the input and handles it; stops
@@ -430,8 +436,7 @@ caf::behavior connection(caf::io::broker* self, caf::io::connection_handle hdl, 
   st->shared = std::move(shared);
   st->in = hdl;
   self->attach_functor([st](const caf::error&) {
-    st->framer = rpc_framer{0};
-    account(*st);
+    release_input(*st);
   });
   // The writing end: a duplicate of the socket's descriptor (CAF 0.17's
   // default multiplexer names a connection by its descriptor).
@@ -469,9 +474,7 @@ caf::behavior connection(caf::io::broker* self, caf::io::connection_handle hdl, 
       // delivered on the writing end before the connection closes.
       if (st->framer.in_message())
         log().info("rpc: a client closed its connection in the middle of a message");
-      st->reading = false;
-      st->framer = rpc_framer{0};
-      account(*st);
+      release_input(*st);
       finish_if_done(self, *st);
     },
     [self, st](drain_atom) {

@@ -210,11 +210,14 @@ void fail(self_ptr self, queued& q, caf::error err) {
 
 // -- requester bookkeeping -------------------------------------------------------
 
+/// Who sent the request: the original caller, kept through delegation.
+caf::actor_addr requester_of(queued& q) {
+  return caf::actor_cast<caf::actor_addr>(static_cast<caf::response_promise&>(q.rp).source());
+}
+
 void track(self_ptr self, queued& q) {
-  auto src = static_cast<caf::response_promise&>(q.rp).source();
-  if (!src)
+  if (!q.requester)
     return;
-  q.requester = caf::actor_cast<caf::actor_addr>(src);
   auto& r = self->state.requesters[q.requester];
   if (r.queued++ == 0)
     self->monitor(q.requester);
@@ -341,10 +344,9 @@ void enqueue(self_ptr self, queued_ptr q) {
 void note_turn(self_ptr self, queued& q) {
   auto& st = self->state;
   st.round = std::max(st.round, q.key.round);
-  auto src = static_cast<caf::response_promise&>(q.rp).source();
-  if (!src)
+  if (!q.requester)
     return;
-  auto& r = st.requesters[caf::actor_cast<caf::actor_addr>(src)];
+  auto& r = st.requesters[q.requester];
   r.last_round = std::max(r.last_round, q.key.round);
 }
 
@@ -433,12 +435,8 @@ queue_key place_of(self_ptr self, queued& q, bool is_retry) {
   if (is_retry)
     return {front_round, st.next_front--};
   auto round = st.round;
-  auto src = static_cast<caf::response_promise&>(q.rp).source();
-  if (src) {
-    auto i = st.requesters.find(caf::actor_cast<caf::actor_addr>(src));
-    if (i != st.requesters.end())
-      round = std::max(round, i->second.last_round + 1);
-  }
+  if (auto i = st.requesters.find(q.requester); i != st.requesters.end())
+    round = std::max(round, i->second.last_round + 1);
   queue_key key{round, st.next_back++};
   if (!q.req.session.empty()) {
     auto& tail = st.session_tail[q.req.session];
@@ -451,6 +449,7 @@ queue_key place_of(self_ptr self, queued& q, bool is_retry) {
 
 void admit(self_ptr self, queued_ptr q, bool is_retry) {
   auto& st = self->state;
+  q->requester = requester_of(*q);
   if (!is_retry && st.queue.size() >= st.cfg.queue_size) {
     fail(self, *q,
          make_error(error_code::overloaded, "the pool's queue is full ("
@@ -460,8 +459,7 @@ void admit(self_ptr self, queued_ptr q, bool is_retry) {
   }
   if (!is_retry && !st.queue.empty()) {
     // Fair share: one requester may not hold more than its part of the queue.
-    auto src = static_cast<caf::response_promise&>(q->rp).source();
-    auto i = src ? st.requesters.find(caf::actor_cast<caf::actor_addr>(src)) : st.requesters.end();
+    auto i = st.requesters.find(q->requester);
     auto share = std::max<size_t>(1, static_cast<size_t>(st.cfg.queue_share
                                                          * static_cast<double>(st.cfg.queue_size)));
     if (i != st.requesters.end() && i->second.queued >= share) {
