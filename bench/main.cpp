@@ -358,7 +358,7 @@ void recovery(caf::actor_system& sys, const bench_config& cfg, report& r) {
     for (;;) {
       auto st = p.stats();
       auto& w = st.workers[0];
-      if (w.state == "ready" && w.pid != victim && w.pid != 0)
+      if (w.state == worker_phase::ready && w.pid != victim && w.pid != 0)
         break;
       std::this_thread::sleep_for(1ms); // polling must not steal the CPU it measures
     }

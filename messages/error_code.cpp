@@ -1,21 +1,16 @@
 #include "pyvisor/error_code.hpp"
 
-#include <array>
-
 #include "caf/message.hpp"
 #include "caf/sec.hpp"
+
+#include "pyvisor/names.hpp"
 
 namespace pyvisor {
 
 namespace {
 
-struct named_code {
-  error_code code;
-  std::string_view name;
-};
-
 /// The wire names, one per code, in enum order.
-constexpr std::array<named_code, error_code_count> table{{
+constexpr name_table<error_code, error_code_count> names{{{
   {error_code::none, "none"},
   {error_code::bad_request, "bad_request"},
   {error_code::unknown_command, "unknown_command"},
@@ -29,33 +24,20 @@ constexpr std::array<named_code, error_code_count> table{{
   {error_code::protocol_error, "protocol_error"},
   {error_code::unknown_method, "unknown_method"},
   {error_code::unavailable, "unavailable"},
-}};
-
-constexpr bool in_enum_order() {
-  for (size_t i = 0; i < table.size(); ++i)
-    if (static_cast<size_t>(table[i].code) != i || table[i].name.empty())
-      return false;
-  return true;
-}
+}}};
 
 // A code added to the enum without a name here fails the build (the array
 // would have an empty last entry), as does a table out of order.
-static_assert(in_enum_order(), "error_code names must follow the enum, one per code");
+static_assert(names.complete(), "error_code names must follow the enum, one per code");
 
 } // namespace
 
 std::string_view name_of(error_code x) noexcept {
-  auto i = static_cast<size_t>(x);
-  return i < table.size() ? table[i].name : std::string_view{"invalid"};
+  return names.name(x);
 }
 
 bool from_string(std::string_view name, error_code& x) noexcept {
-  for (const auto& entry : table)
-    if (entry.name == name) {
-      x = entry.code;
-      return true;
-    }
-  return false;
+  return names.parse(name, x);
 }
 
 std::string to_string(error_code x) {

@@ -11,11 +11,13 @@
 #include <chrono>
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "caf/meta/type_name.hpp"
 #include "caf/timespan.hpp"
 
+#include "pyvisor/names.hpp"
 #include "pyvisor/payload.hpp"
 
 namespace pyvisor {
@@ -72,10 +74,30 @@ inline execute make_execute(std::string command) {
   return result;
 }
 
-/// The life-cycle phase of a worker.
-enum class worker_phase : uint8_t { starting, ready, stopping };
+/// The life cycle of a worker: one vocabulary for what a worker reports of
+/// itself (worker_status::phase: starting, ready, stopping) and for what the
+/// pool reports of its slot (worker_stats::state: also down, between
+/// incarnations, and draining, being recycled once its requests finish).
+enum class worker_phase : uint8_t {
+  down,
+  starting,
+  ready,
+  draining,
+  stopping,
+  // Add new phases above this line and their names to registry.cpp's table.
+};
+
+constexpr size_t worker_phase_count = static_cast<size_t>(worker_phase::stopping) + 1;
+
+/// "down", "starting", "ready", "draining" or "stopping".
+std::string_view name_of(worker_phase x) noexcept;
+
+bool from_string(std::string_view name, worker_phase& x) noexcept;
 
 std::string to_string(worker_phase x);
+
+template <>
+struct is_named_enum<worker_phase> : std::true_type {};
 
 /// A snapshot of one worker.
 struct worker_status {

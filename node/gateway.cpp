@@ -254,60 +254,6 @@ void forward(caf::io::broker* self, conn_ptr st, uint32_t msgid, bool notificati
       });
 }
 
-std::vector<char> pack_stats(const pool_stats& s) {
-  std::vector<char> out;
-  detail::vector_writer w{out};
-  packer pk{w};
-  pk.pack_map(12);
-  pack_str(pk, "state");
-  pack_str(pk, s.state);
-  pack_str(pk, "last_failure");
-  pack_str(pk, s.last_failure);
-  pack_str(pk, "pool_restarts");
-  pk.pack(s.pool_restarts);
-  pack_str(pk, "workers");
-  pk.pack_array(static_cast<uint32_t>(s.workers.size()));
-  for (auto& ws : s.workers) {
-    pk.pack_map(7);
-    pack_str(pk, "id");
-    pk.pack(ws.id);
-    pack_str(pk, "pid");
-    pk.pack(ws.pid);
-    pack_str(pk, "state");
-    pack_str(pk, ws.state);
-    pack_str(pk, "in_flight");
-    pk.pack(ws.in_flight);
-    pack_str(pk, "served");
-    pk.pack(ws.served);
-    pack_str(pk, "restarts");
-    pk.pack(ws.restarts);
-    pack_str(pk, "started_at");
-    pk.pack(ws.started_at);
-  }
-  pack_str(pk, "sessions");
-  pk.pack(s.sessions);
-  pack_str(pk, "queue");
-  pk.pack(s.queue);
-  pack_str(pk, "replies");
-  pk.pack(s.replies);
-  pack_str(pk, "restarts");
-  pk.pack(s.restarts);
-  pack_str(pk, "retries");
-  pk.pack(s.retries);
-  pack_str(pk, "requeued");
-  pk.pack(s.requeued);
-  pack_str(pk, "recycled");
-  pk.pack(s.recycled);
-  pack_str(pk, "latency_us");
-  pk.pack_map(3);
-  pack_str(pk, "p50");
-  pk.pack(s.p50_us);
-  pack_str(pk, "p90");
-  pk.pack(s.p90_us);
-  pack_str(pk, "p99");
-  pk.pack(s.p99_us);
-  return out;
-}
 
 /// Handles one complete message [0, end) of the buffer. Returns false when
 /// the connection must be closed (no msgid to answer to).
@@ -347,7 +293,7 @@ bool handle_message(caf::io::broker* self, conn_ptr st, const char* data, size_t
                   end_session_atom::value, std::move(m.session_id));
   } else if (m.method == "stats") {
     forward<pool_stats>(self, st, msgid, notification,
-                        [](const pool_stats& x) { return pack_stats(x); }, status_atom::value);
+                        [](const pool_stats& x) { return pack(x).bytes; }, status_atom::value);
   } else if (!notification) {
     respond_error(self, *st, msgid,
                   rpc_error_of(error_code::unknown_method,

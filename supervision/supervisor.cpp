@@ -17,6 +17,7 @@
 #include "caf/typed_event_based_actor.hpp"
 
 #include "messages/log.hpp"
+#include "pyvisor/names.hpp"
 
 namespace pyvisor {
 
@@ -41,6 +42,31 @@ std::string to_string(supervisor_error x) {
       return "bad_child";
   }
   return "invalid";
+}
+
+namespace {
+
+constexpr name_table<child_state, child_state_count> state_names{{{
+  {child_state::running, "running"},
+  {child_state::restarting, "restarting"},
+  {child_state::stopping, "stopping"},
+  {child_state::stopped, "stopped"},
+}}};
+
+static_assert(state_names.complete(), "child_state names must follow the enum, one per state");
+
+} // namespace
+
+std::string_view name_of(child_state x) noexcept {
+  return state_names.name(x);
+}
+
+bool from_string(std::string_view name, child_state& x) noexcept {
+  return state_names.parse(name, x);
+}
+
+std::string to_string(child_state x) {
+  return std::string{name_of(x)};
 }
 
 std::string to_string(restart_type x) {
@@ -104,20 +130,6 @@ using supervisor_impl = supervisor_actor::extend<
   caf::reacts_to<restart_atom, uint64_t>, caf::reacts_to<kill_timer_atom, std::string, uint64_t>,
   caf::reacts_to<start_failed_atom, std::string, uint64_t>>;
 
-enum class child_state { running, restarting, stopping, stopped };
-
-const char* to_cstr(child_state x) {
-  switch (x) {
-    case child_state::running:
-      return "running";
-    case child_state::restarting:
-      return "restarting";
-    case child_state::stopping:
-      return "stopping";
-    default:
-      return "stopped";
-  }
-}
 
 enum class exit_kind { normal, shutdown, killed, abnormal };
 
@@ -489,7 +501,7 @@ supervisor_impl::behavior_type supervisor_fun(self_ptr self, supervisor_flags fl
     [self](which_children_atom) {
       std::vector<child_info> result;
       for (auto& c : *self->state.children)
-        result.push_back(child_info{c.spec.id, c.handle, to_cstr(c.state), c.restarts, c.dynamic});
+        result.push_back(child_info{c.spec.id, c.handle, c.state, c.restarts, c.dynamic});
       return result;
     },
     [self](count_children_atom) {

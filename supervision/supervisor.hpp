@@ -52,6 +52,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "caf/actor.hpp"
@@ -154,13 +155,32 @@ struct supervisor_flags {
   caf::actor observer;
 };
 
+/// Where a child is in its life cycle.
+enum class child_state : uint8_t {
+  running,
+  /// Exited; it starts again after its back-off.
+  restarting,
+  /// Asked to stop; waiting for its exit (or its shutdown timeout).
+  stopping,
+  stopped,
+  // Add new states above this line and their names to supervisor.cpp's table.
+};
+
+constexpr size_t child_state_count = static_cast<size_t>(child_state::stopped) + 1;
+
+/// "running", "restarting", "stopping" or "stopped".
+std::string_view name_of(child_state x) noexcept;
+
+bool from_string(std::string_view name, child_state& x) noexcept;
+
+std::string to_string(child_state x);
+
 /// A row of which_children.
 struct child_info {
   std::string id;
   /// Invalid while the child is restarting or stopped.
   caf::actor handle;
-  /// "running", "restarting", "stopping" or "stopped".
-  std::string state;
+  child_state state = child_state::stopped;
   uint64_t restarts = 0;
   bool dynamic = false;
 };

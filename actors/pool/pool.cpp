@@ -54,21 +54,6 @@ using pool_impl = pool_actor::extend_with<worker_listener_actor>::extend<
   caf::reacts_to<sweep_atom>, caf::reacts_to<age_tick_atom>,
   caf::reacts_to<proven_tick_atom, uint32_t, uint32_t>>;
 
-enum class slot_state { down, starting, ready, draining };
-
-const char* to_cstr(slot_state x) {
-  switch (x) {
-    case slot_state::starting:
-      return "starting";
-    case slot_state::ready:
-      return "ready";
-    case slot_state::draining:
-      return "draining";
-    default:
-      return "down";
-  }
-}
-
 // Worker slots and the supervisor's children: slot i (0-based) holds child
 // "i + 1", and i + 1 is the worker's id in logs, stats and the protocol.
 uint32_t slot_of(const std::string& child_id) {
@@ -86,7 +71,7 @@ std::string child_id_of(uint32_t slot) {
 struct slot_rec {
   worker_actor handle;
   caf::actor_id actor = 0;
-  slot_state state = slot_state::down;
+  worker_phase state = worker_phase::down;
   uint32_t in_flight = 0;
   /// Requests dispatched to the current incarnation.
   uint64_t dispatched = 0;
@@ -144,7 +129,7 @@ struct queued {
 
 using queued_ptr = std::shared_ptr<queued>;
 
-struct pool_state {
+struct core_state {
   pool_config cfg;
   supervisor_actor sup;
   session_affinity_actor affinity;
@@ -193,7 +178,7 @@ struct pool_state {
   static inline const char* name = "pyvisor.pool";
 };
 
-using self_ptr = pool_impl::stateful_pointer<pool_state>;
+using self_ptr = pool_impl::stateful_pointer<core_state>;
 
 constexpr size_t latency_window = 4096;
 
@@ -240,8 +225,8 @@ void untrack(self_ptr self, const queued& q) {
 
 // -- worker selection ---------------------------------------------------------------
 
-bool accepts(const pool_state& st, const slot_rec& s) {
-  return s.state == slot_state::ready && s.in_flight < st.cfg.max_in_flight;
+bool accepts(const core_state& st, const slot_rec& s) {
+  return s.state == worker_phase::ready && s.in_flight < st.cfg.max_in_flight;
 }
 
 /// The least-loaded ready worker with room, or no_slot. Ties rotate.
@@ -264,10 +249,10 @@ uint32_t pick_worker(self_ptr self) {
 
 /// Whether some worker could take a request now: a new one (ready workers
 /// only), or, with `draining`, one of a session a draining worker still holds.
-bool has_room(const pool_state& st, bool draining = false) {
+bool has_room(const core_state& st, bool draining = false) {
   return std::any_of(st.slots.begin(), st.slots.end(), [&](const slot_rec& s) {
     return accepts(st, s)
-           || (draining && s.state == slot_state::draining && s.in_flight < st.cfg.max_in_flight);
+           || (draining && s.state == worker_phase::draining && s.in_flight < st.cfg.max_in_flight);
   });
 }
 
@@ -297,7 +282,7 @@ caf::error unavailable_error(const std::string& why) {
 
 /// Why this pool takes no request now (it gave up, or it is stopping), or
 /// an empty error when it does.
-caf::error refusal(const pool_state& st) {
+caf::error refusal(const core_state& st) {
   if (st.failed)
     return unavailable_error("the pool gave up and is being restarted");
   if (st.stopping)
@@ -307,7 +292,7 @@ caf::error refusal(const pool_state& st) {
 
 /// A session id longer than session.max-id-size is refused before it costs
 /// anything (ids are kept by the node and by a worker while they live).
-caf::error check_session_id(const pool_state& st, const std::string& id) {
+caf::error check_session_id(const core_state& st, const std::string& id) {
   if (id.size() <= st.cfg.session.max_id_size)
     return caf::error{};
   return make_error(error_code::bad_request,
@@ -353,7 +338,7 @@ void note_turn(self_ptr self, queued& q) {
 /// Forgets requesters whose last turn no longer matters (everything they
 /// sent has left the queue and the rounds have moved past them); `all`
 /// forgets every requester without waiting requests.
-void prune_requesters(pool_state& st, bool all) {
+void prune_requesters(core_state& st, bool all) {
   for (auto i = st.requesters.begin(); i != st.requesters.end();) {
     if (i->second.queued == 0 && (all || i->second.last_round < st.round))
       i = st.requesters.erase(i);
@@ -370,7 +355,7 @@ queued_ptr take(self_ptr self, std::map<queue_key, queued_ptr>::iterator i) {
 }
 
 /// Whether a request of `session` is in flight on any worker (hint mode).
-bool session_running(const pool_state& st, const std::string& session) {
+bool session_running(const core_state& st, const std::string& session) {
   return std::any_of(st.slots.begin(), st.slots.end(), [&](const slot_rec& s) {
     return s.running_sessions.count(session) > 0;
   });
@@ -408,11 +393,11 @@ void try_dispatch(self_ptr self) {
         continue;
       }
       // A draining worker still serves the sessions it holds.
-      bool owner_has_room = (s.state == slot_state::ready || s.state == slot_state::draining)
+      bool owner_has_room = (s.state == worker_phase::ready || s.state == worker_phase::draining)
                             && s.in_flight < st.cfg.max_in_flight;
       if (owner_has_room)
         target = q.slot;
-      else if (st.cfg.mode == affinity_mode::hint && s.state == slot_state::ready
+      else if (st.cfg.mode == affinity_mode::hint && s.state == worker_phase::ready
                && !session_running(st, q.req.session))
         target = pick_worker(self);
     } else {
@@ -542,13 +527,13 @@ pool_stats make_stats(self_ptr self) {
   for (size_t i = 0; i < st.slots.size(); ++i) {
     auto& s = st.slots[i];
     result.workers.push_back(worker_stats{worker_id_of(static_cast<uint32_t>(i)), s.pid,
-                                          to_cstr(s.state),
-                                          s.in_flight, s.served, s.restarts, s.started_at_ms});
+                                          s.state, s.in_flight, s.served, s.restarts,
+                                          s.started_at_ms});
   }
-  result.state = st.failed     ? "restarting"
-                 : st.stopping ? "stopping"
-                 : st.started  ? "serving"
-                               : "starting";
+  result.state = st.failed     ? pool_state::restarting
+                 : st.stopping ? pool_state::stopping
+                 : st.started  ? pool_state::serving
+                               : pool_state::starting;
   result.queue = st.queue.size();
   for (size_t i = 0; i < st.replies.size(); ++i)
     if (st.replies[i] > 0)
@@ -565,9 +550,7 @@ pool_stats make_stats(self_ptr self) {
       auto idx = static_cast<size_t>(p * static_cast<double>(lat.size() - 1));
       return static_cast<double>(lat[idx]) / 1000.0;
     };
-    result.p50_us = pct(0.50);
-    result.p90_us = pct(0.90);
-    result.p99_us = pct(0.99);
+    result.latency_us = {pct(0.50), pct(0.90), pct(0.99)};
   }
   return result;
 }
@@ -577,7 +560,7 @@ void deliver_ready_if_all(self_ptr self) {
   if (st.started && st.ready_waiters.empty())
     return;
   for (auto& s : st.slots)
-    if (s.state != slot_state::ready)
+    if (s.state != worker_phase::ready)
       return;
   st.started = true;
   auto stats = make_stats(self);
@@ -605,14 +588,14 @@ void recycle_now(self_ptr self, uint32_t slot) {
 void maybe_recycle(self_ptr self, uint32_t slot) {
   auto& st = self->state;
   auto& s = st.slots[slot];
-  if (s.state == slot_state::ready) {
+  if (s.state == worker_phase::ready) {
     bool too_many = st.cfg.max_requests > 0 && s.dispatched >= st.cfg.max_requests;
     bool too_old = st.cfg.max_age.count() > 0
                    && self->clock().now() - s.started >= st.cfg.max_age;
     if (too_many || too_old)
-      s.state = slot_state::draining;
+      s.state = worker_phase::draining;
   }
-  if (s.state == slot_state::draining && s.in_flight == 0)
+  if (s.state == worker_phase::draining && s.in_flight == 0)
     recycle_now(self, slot);
 }
 
@@ -628,7 +611,7 @@ void prove(self_ptr self, uint32_t slot, bool excuse = false) {
   if (s.proven || !s.handle)
     return;
   if (!excuse) {
-    if (!s.served_ok || (s.state != slot_state::ready && s.state != slot_state::draining)
+    if (!s.served_ok || (s.state != worker_phase::ready && s.state != worker_phase::draining)
         || self->clock().now() - s.ready_at < st.cfg.healthy_after)
       return;
   }
@@ -802,7 +785,7 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
   });
   // All workers start at once; their Python start-ups overlap.
   for (size_t i = 0; i < st.slots.size(); ++i) {
-    st.slots[i].state = slot_state::starting;
+    st.slots[i].state = worker_phase::starting;
     self->request(st.sup, caf::infinite, start_child_atom::value,
                   child_id_of(static_cast<uint32_t>(i)))
       .then([](caf::actor&) {}, [i](caf::error& err) {
@@ -906,7 +889,7 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
           continue;
         if (deliberate)
           prove(self, i, true);
-        s.state = slot_state::down;
+        s.state = worker_phase::down;
         s.in_flight = 0;
         s.running_sessions.clear();
       }
@@ -919,7 +902,7 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
       // Healthy only while some worker can take a request: during a storm
       // every worker may be restarting at once, and then no request can run.
       for (auto& s : st.slots)
-        if (s.state == slot_state::ready || s.state == slot_state::draining)
+        if (s.state == worker_phase::ready || s.state == worker_phase::draining)
           return true;
       return make_error(error_code::unavailable,
                         "no worker can serve right now: all " + std::to_string(st.slots.size())
@@ -974,7 +957,7 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
       auto& s = st.slots[slot];
       s.handle = caf::actor_cast<worker_actor>(hdl);
       s.actor = hdl.id();
-      s.state = slot_state::starting;
+      s.state = worker_phase::starting;
       s.in_flight = 0;
       s.running_sessions.clear();
       s.dispatched = 0;
@@ -993,9 +976,9 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
           [self, slot, actor](worker_status& ws) {
             auto& st = self->state;
             auto& s = st.slots[slot];
-            if (s.actor != actor || s.state != slot_state::starting)
+            if (s.actor != actor || s.state != worker_phase::starting)
               return;
-            s.state = slot_state::ready;
+            s.state = worker_phase::ready;
             s.pid = ws.pid;
             s.ready_at = self->clock().now();
             self->delayed_send(self, st.cfg.healthy_after, proven_tick_atom::value, slot,
@@ -1015,7 +998,7 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
         return;
       auto& s = st.slots[slot];
       bool recycling = s.recycling;
-      s.state = slot_state::down;
+      s.state = worker_phase::down;
       s.handle = nullptr;
       s.actor = 0;
       s.in_flight = 0;

@@ -135,17 +135,20 @@ struct pool_config {
   caf::timespan shutdown_timeout = std::chrono::seconds(5);
 };
 
-/// One worker in pool_stats.
+/// One worker in pool_stats (and in the RPC `stats` reply: every member
+/// travels under its own name, the enums as their names).
 struct worker_stats {
   uint32_t id = 0;
   int64_t pid = 0;
-  /// "starting", "ready", "draining" or "down".
-  std::string state;
+  /// down, starting, ready or draining (stopping while the pool stops).
+  worker_phase state = worker_phase::down;
   uint32_t in_flight = 0;
   uint64_t served = 0;
   uint64_t restarts = 0;
   /// Unix time in milliseconds at which this incarnation started.
   int64_t started_at = 0;
+
+  MSGPACK_DEFINE_MAP(id, pid, state, in_flight, served, restarts, started_at);
 };
 
 template <class Inspector>
@@ -154,9 +157,46 @@ typename Inspector::result_type inspect(Inspector& f, worker_stats& x) {
            x.served, x.restarts, x.started_at);
 }
 
+/// The pool as a whole.
+enum class pool_state : uint8_t {
+  /// Its workers are starting (first start, or after a restart).
+  starting,
+  serving,
+  /// It gave up and its keeper restarts it after a back-off.
+  restarting,
+  stopping,
+  // Add new states above this line and their names to pool_keeper.cpp's table.
+};
+
+constexpr size_t pool_state_count = static_cast<size_t>(pool_state::stopping) + 1;
+
+/// "starting", "serving", "restarting" or "stopping".
+std::string_view name_of(pool_state x) noexcept;
+
+bool from_string(std::string_view name, pool_state& x) noexcept;
+
+std::string to_string(pool_state x);
+
+template <>
+struct is_named_enum<pool_state> : std::true_type {};
+
+/// Worker service time percentiles over recent requests, microseconds.
+struct latency_percentiles {
+  double p50 = 0;
+  double p90 = 0;
+  double p99 = 0;
+
+  MSGPACK_DEFINE_MAP(p50, p90, p99);
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, latency_percentiles& x) {
+  return f(caf::meta::type_name("pyvisor::latency_percentiles"), x.p50, x.p90, x.p99);
+}
+
+/// The pool's status; the RPC `stats` reply is this record as a msgpack map.
 struct pool_stats {
-  /// "starting", "serving", "restarting" or "stopping".
-  std::string state;
+  pool_state state = pool_state::starting;
   /// Why the pool last gave up (empty: never), with the Python traceback.
   std::string last_failure;
   /// How often the keeper restarted the whole pool.
@@ -171,17 +211,17 @@ struct pool_stats {
   uint64_t requeued = 0;
   uint64_t restarts = 0;
   uint64_t recycled = 0;
-  /// Worker service time percentiles over recent requests, microseconds.
-  double p50_us = 0;
-  double p90_us = 0;
-  double p99_us = 0;
+  latency_percentiles latency_us;
+
+  MSGPACK_DEFINE_MAP(state, last_failure, pool_restarts, workers, queue, sessions, replies,
+                     retries, requeued, restarts, recycled, latency_us);
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, pool_stats& x) {
   return f(caf::meta::type_name("pyvisor::pool_stats"), x.state, x.last_failure, x.pool_restarts,
            x.workers, x.queue, x.sessions, x.replies, x.retries, x.requeued, x.restarts, x.recycled,
-           x.p50_us, x.p90_us, x.p99_us);
+           x.latency_us);
 }
 
 using pool_actor = caf::typed_actor<

@@ -25,20 +25,14 @@ using keeper_impl = pool_actor::extend<
   caf::reacts_to<pool_failed_atom, std::string, std::vector<std::string>>,
   caf::reacts_to<restart_pool_atom, uint64_t>>;
 
-enum class phase { starting, serving, restarting, stopping };
+constexpr name_table<pool_state, pool_state_count> state_names{{{
+  {pool_state::starting, "starting"},
+  {pool_state::serving, "serving"},
+  {pool_state::restarting, "restarting"},
+  {pool_state::stopping, "stopping"},
+}}};
 
-const char* to_cstr(phase x) {
-  switch (x) {
-    case phase::starting:
-      return "starting";
-    case phase::serving:
-      return "serving";
-    case phase::restarting:
-      return "restarting";
-    default:
-      return "stopping";
-  }
-}
+static_assert(state_names.complete(), "pool_state names must follow the enum, one per state");
 
 struct keeper_state {
   pool_config cfg;
@@ -46,7 +40,7 @@ struct keeper_state {
   /// The same handle for the clean-up functor, which may run after the
   /// state is gone.
   std::shared_ptr<pool_actor> current = std::make_shared<pool_actor>();
-  phase now = phase::starting;
+  pool_state now = pool_state::starting;
   /// Bumped with every core; replies and timers of older ones are ignored.
   uint64_t generation = 0;
   caf::actor_clock::time_point serving_since;
@@ -69,9 +63,9 @@ using self_ptr = keeper_impl::stateful_pointer<keeper_state>;
 caf::error not_serving(self_ptr self) {
   auto& st = self->state;
   switch (st.now) {
-    case phase::starting:
+    case pool_state::starting:
       return make_error(error_code::unavailable, "no worker can serve yet: the pool is starting");
-    case phase::restarting:
+    case pool_state::restarting:
       return make_error(error_code::unavailable,
                         "no worker can serve: the pool is restarting after it gave up ("
                           + st.last_failure + "); retry later");
@@ -82,7 +76,7 @@ caf::error not_serving(self_ptr self) {
 
 void stamp(self_ptr self, pool_stats& stats) {
   auto& st = self->state;
-  stats.state = to_cstr(st.now);
+  stats.state = st.now;
   stats.last_failure = st.last_failure;
   stats.pool_restarts = st.pool_restarts;
 }
@@ -107,11 +101,11 @@ void start_core(self_ptr self) {
     .then(
       [self, gen](pool_stats& stats) {
         auto& st = self->state;
-        if (gen != st.generation || st.now == phase::stopping)
+        if (gen != st.generation || st.now == pool_state::stopping)
           return;
-        if (st.now == phase::restarting)
+        if (st.now == pool_state::restarting)
           log().info("pool restarted: {} workers ready; serving again", stats.workers.size());
-        st.now = phase::serving;
+        st.now = pool_state::serving;
         st.serving_since = self->clock().now();
         stamp(self, stats);
         for (auto& rp : st.ready_waiters)
@@ -125,7 +119,7 @@ void start_core(self_ptr self) {
 
 void quit_with(self_ptr self, caf::error reason) {
   auto& st = self->state;
-  st.now = phase::stopping;
+  st.now = pool_state::stopping;
   for (auto& rp : st.ready_waiters)
     rp.deliver(reason);
   st.ready_waiters.clear();
@@ -136,8 +130,8 @@ void quit_with(self_ptr self, caf::error reason) {
 void on_core_failed(self_ptr self, std::string cause, std::vector<std::string> sessions) {
   auto& st = self->state;
   auto now = self->clock().now();
-  bool ever_served = st.now == phase::serving || st.pool_restarts > 0;
-  bool was_serving = st.now == phase::serving;
+  bool ever_served = st.now == pool_state::serving || st.pool_restarts > 0;
+  bool was_serving = st.now == pool_state::serving;
   if (st.core) {
     self->demonitor(st.core.address());
     // Sent after the last delegated request: the core answers all of them
@@ -168,7 +162,7 @@ void on_core_failed(self_ptr self, std::string cause, std::vector<std::string> s
   ++st.consecutive;
   std::uniform_real_distribution<double> unit{-1.0, 1.0};
   auto delay = policy.delay(st.consecutive, unit(st.rng));
-  st.now = phase::restarting;
+  st.now = pool_state::restarting;
   ++st.pool_restarts;
   log().warn("restarting the whole pool in {} ms (give-up {} in a row)",
              std::chrono::duration_cast<std::chrono::milliseconds>(delay).count(),
@@ -188,7 +182,7 @@ keeper_impl::behavior_type keeper_fun(self_ptr self, pool_config cfg) {
     auto& st = self->state;
     if (!st.core || dm.source != st.core.address())
       return;
-    if (st.now == phase::stopping) {
+    if (st.now == pool_state::stopping) {
       st.core = nullptr;
       self->quit(st.stop_reason);
       return;
@@ -201,9 +195,9 @@ keeper_impl::behavior_type keeper_fun(self_ptr self, pool_config cfg) {
   });
   self->set_exit_handler([self](caf::exit_msg& msg) {
     auto& st = self->state;
-    if (st.now == phase::stopping)
+    if (st.now == pool_state::stopping)
       return;
-    st.now = phase::stopping;
+    st.now = pool_state::stopping;
     st.stop_reason = msg.reason;
     for (auto& rp : st.ready_waiters)
       rp.deliver(make_error(error_code::shutting_down, "the pool is stopping"));
@@ -217,15 +211,15 @@ keeper_impl::behavior_type keeper_fun(self_ptr self, pool_config cfg) {
   return {
     [self](execute& req) -> caf::result<payload> {
       auto& st = self->state;
-      if (st.now == phase::serving || st.now == phase::starting)
+      if (st.now == pool_state::serving || st.now == pool_state::starting)
         return self->delegate(st.core, std::move(req));
       return not_serving(self);
     },
     [self](ready_atom) -> caf::result<pool_stats> {
       auto& st = self->state;
-      if (st.now == phase::serving || st.now == phase::starting)
+      if (st.now == pool_state::serving || st.now == pool_state::starting)
         return self->delegate(st.core, ready_atom::value);
-      if (st.now == phase::stopping)
+      if (st.now == pool_state::stopping)
         return not_serving(self);
       auto rp = self->make_response_promise<pool_stats>();
       st.ready_waiters.push_back(rp);
@@ -254,13 +248,13 @@ keeper_impl::behavior_type keeper_fun(self_ptr self, pool_config cfg) {
     },
     [self](health_atom) -> caf::result<bool> {
       // Serving: the pool itself says whether a worker can take a request.
-      if (self->state.now == phase::serving)
+      if (self->state.now == pool_state::serving)
         return self->delegate(self->state.core, health_atom::value);
       return not_serving(self);
     },
     [self](end_session_atom, std::string& id) -> caf::result<bool> {
       auto& st = self->state;
-      if (st.now == phase::serving || st.now == phase::starting)
+      if (st.now == pool_state::serving || st.now == pool_state::starting)
         return self->delegate(st.core, end_session_atom::value, std::move(id));
       return not_serving(self);
     },
@@ -269,14 +263,14 @@ keeper_impl::behavior_type keeper_fun(self_ptr self, pool_config cfg) {
       auto& st = self->state;
       auto previous = st.cfg.session.timeout;
       st.cfg.session.timeout = timeout;
-      if (st.core && st.now != phase::stopping)
+      if (st.core && st.now != pool_state::stopping)
         return self->delegate(st.core, configure_atom::value, timeout);
       return previous;
     },
     [self](pool_failed_atom, std::string& cause, std::vector<std::string>& sessions) {
       auto& st = self->state;
       if (!st.core || self->current_sender() != caf::actor_cast<caf::strong_actor_ptr>(st.core)
-          || st.now == phase::stopping)
+          || st.now == pool_state::stopping)
         return;
       on_core_failed(self, std::move(cause), std::move(sessions));
     },
@@ -285,7 +279,7 @@ keeper_impl::behavior_type keeper_fun(self_ptr self, pool_config cfg) {
       // Only the keeper's own timer restarts a pool (the handle may be
       // published to other nodes).
       if (self->current_sender() != self->ctrl() || generation != st.generation
-          || st.now != phase::restarting)
+          || st.now != pool_state::restarting)
         return;
       log().info("starting a new pool (restart {})", st.pool_restarts);
       start_core(self);
@@ -294,6 +288,18 @@ keeper_impl::behavior_type keeper_fun(self_ptr self, pool_config cfg) {
 }
 
 } // namespace
+
+std::string_view name_of(pool_state x) noexcept {
+  return state_names.name(x);
+}
+
+bool from_string(std::string_view name, pool_state& x) noexcept {
+  return state_names.parse(name, x);
+}
+
+std::string to_string(pool_state x) {
+  return std::string{name_of(x)};
+}
 
 pool_actor spawn_pool_keeper(caf::actor_system& sys, pool_config cfg) {
   return sys.spawn(keeper_fun, std::move(cfg));

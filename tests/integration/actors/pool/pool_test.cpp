@@ -98,11 +98,11 @@ TEST_CASE_METHOD(pool_fixture, "a SIGKILLed worker comes back with a new pid and
   pool_stats now;
   for (int i = 0; i < 200; ++i) {
     now = stats();
-    if (now.workers[0].state == "ready" && now.workers[0].pid != victim)
+    if (now.workers[0].state == worker_phase::ready && now.workers[0].pid != victim)
       break;
     std::this_thread::sleep_for(10ms);
   }
-  CHECK(now.workers[0].state == "ready");
+  CHECK(now.workers[0].state == worker_phase::ready);
   CHECK(now.workers[0].pid != victim);
   CHECK(now.workers[0].restarts == 1);
   for (int i = 0; i < 10; ++i)

@@ -85,7 +85,7 @@ TEST_CASE("a published pool that gives up answers unavailable to remote callers"
   REQUIRE(!during);
   CHECK(code_of(during.error()) == error_code::unavailable);
   CHECK(during.error().category() == error_category); // a pyvisor error, not CAF's
-  CHECK(stats(self, *remote).state == "restarting");
+  CHECK(stats(self, *remote).state == pool_state::restarting);
   bool healthy = true;
   self->request(*remote, 10s, health_atom::value)
     .receive([&](bool) {}, [&](caf::error& err) {

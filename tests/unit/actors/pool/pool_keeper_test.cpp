@@ -75,12 +75,12 @@ TEST_CASE_METHOD(fixture, "a pool that gives up is restarted and unavailable mea
                  "[unit][pool][keeper]") {
   start(crashing_pool(2));
   CHECK(call<bool>(health_atom::value) == caf::expected<bool>{true});
-  CHECK(stats().state == "serving");
+  CHECK(stats().state == pool_state::serving);
   // Three unproven crashes exceed an intensity of 2: the pool gives up.
   for (int i = 0; i < 3; ++i)
     crash_one();
   auto st = stats();
-  CHECK(st.state == "restarting");
+  CHECK(st.state == pool_state::restarting);
   CHECK(st.pool_restarts == 1);
   CHECK(st.last_failure.find("more than 2 worker restarts") != std::string::npos);
   for (auto r : {call<bool>(health_atom::value).error(),
@@ -91,10 +91,10 @@ TEST_CASE_METHOD(fixture, "a pool that gives up is restarted and unavailable mea
   }
   // Not before the back-off...
   advance(900ms);
-  CHECK(stats().state == "restarting");
+  CHECK(stats().state == pool_state::restarting);
   // ...but right after it: a new pool serves.
   advance(100ms);
-  CHECK(stats().state == "serving");
+  CHECK(stats().state == pool_state::serving);
   CHECK(call<bool>(health_atom::value) == caf::expected<bool>{true});
   auto r = call<payload>(make_execute("echo", 7));
   REQUIRE(r);
@@ -107,13 +107,13 @@ TEST_CASE_METHOD(fixture, "give-ups in a row back off longer, a served pool star
   crash_one(); // intensity 0: the first unproven crash gives up
   CHECK(stats().pool_restarts == 1);
   advance(1s);
-  REQUIRE(stats().state == "serving");
+  REQUIRE(stats().state == pool_state::serving);
   crash_one(); // again, without having served for reset_after: 2 s now
   CHECK(stats().pool_restarts == 2);
   advance(1s);
-  CHECK(stats().state == "restarting");
+  CHECK(stats().state == pool_state::restarting);
   advance(1s);
-  CHECK(stats().state == "serving");
+  CHECK(stats().state == pool_state::serving);
 }
 
 TEST_CASE_METHOD(fixture, "a ready waiter during a restart is answered once the pool serves",
@@ -126,7 +126,7 @@ TEST_CASE_METHOD(fixture, "a ready waiter during a restart is answered once the 
   self->receive([&](pool_stats&) { answered = true; }, caf::after(0s) >> [] {});
   CHECK(!answered);
   advance(1s);
-  self->receive([&](pool_stats& st) { answered = st.state == "serving"; },
+  self->receive([&](pool_stats& st) { answered = st.state == pool_state::serving; },
                 caf::after(0s) >> [] {});
   CHECK(answered);
 }
@@ -142,7 +142,7 @@ TEST_CASE_METHOD(fixture, "proven workers do not count toward restart intensity"
     crash_one();
   }
   auto st = stats();
-  CHECK(st.state == "serving");
+  CHECK(st.state == pool_state::serving);
   CHECK(st.pool_restarts == 0);
   CHECK(st.restarts == 6);
 }
@@ -157,7 +157,7 @@ TEST_CASE_METHOD(fixture, "a worker that dies before it proved itself still coun
     advance(10ms);
     crash_one();
   }
-  CHECK(stats().state == "restarting");
+  CHECK(stats().state == pool_state::restarting);
 }
 
 TEST_CASE_METHOD(fixture, "timeouts recycle workers without counting as crashes",
@@ -176,7 +176,7 @@ TEST_CASE_METHOD(fixture, "timeouts recycle workers without counting as crashes"
     CHECK(timed_out);
   }
   auto st = stats();
-  CHECK(st.state == "serving");
+  CHECK(st.state == pool_state::serving);
   CHECK(st.pool_restarts == 0);
 }
 
@@ -225,7 +225,7 @@ TEST_CASE_METHOD(fixture, "health is unavailable while every worker is restartin
   auto down = call<bool>(health_atom::value);
   REQUIRE(!down);
   CHECK(code_of(down.error()) == error_code::unavailable);
-  CHECK(stats().state == "serving"); // the pool did not give up
+  CHECK(stats().state == pool_state::serving); // the pool did not give up
   advance(100ms);
   CHECK(call<bool>(health_atom::value) == caf::expected<bool>{true});
 }
