@@ -13,7 +13,10 @@
 
 #pragma once
 
+#include <chrono>
+
 #include "caf/replies_to.hpp"
+#include "caf/timespan.hpp"
 #include "caf/typed_actor.hpp"
 
 #include "pyvisor/atoms.hpp"
@@ -45,6 +48,25 @@ using worker_listener_actor = caf::typed_actor<
   caf::replies_to<retry_atom, execute>::with<payload>,
   caf::replies_to<requeue_atom, execute>::with<payload>,
   caf::replies_to<dying_atom, uint64_t, bool>::with<bool>>;
+
+/// What every worker backend is configured with; a pool sets these for each
+/// worker it starts (from pool_config), whatever the backend.
+struct worker_settings {
+  /// Id used in logs and status (the pool's slot number, from 1).
+  uint32_t id = 0;
+  /// Default deadline of a request that names none.
+  caf::timespan request_timeout = std::chrono::seconds(30);
+  /// Limit of one attempt of an idempotent request (0: its whole deadline).
+  /// A worker that exceeds it is recycled and the request retried elsewhere.
+  caf::timespan attempt_timeout{0};
+  /// How long a stopping worker may take to finish what it holds: the Python
+  /// worker gets this between EOF, SIGTERM and SIGKILL each, the mock this
+  /// in all; what is still unanswered then fails with shutting_down.
+  caf::timespan stop_grace = std::chrono::seconds(2);
+  /// Optional: told of every completed request and handed idempotent
+  /// requests for a retry when the worker dies (the pool sets itself).
+  worker_listener_actor listener;
+};
 
 using worker_actor = caf::typed_actor<
   caf::replies_to<execute>::with<payload>,

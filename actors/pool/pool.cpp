@@ -17,6 +17,7 @@
 #include "caf/stateful_actor.hpp"
 #include "caf/typed_event_based_actor.hpp"
 
+#include "actors/sweep_timer.hpp"
 #include "messages/log.hpp"
 #include "pyvisor/registry.hpp"
 
@@ -40,10 +41,6 @@ void add_pool_types(caf::actor_system_config& cfg) {
 
 namespace {
 
-using sweep_atom = caf::atom_constant<caf::atom("pl_sweep")>;
-
-/// Granularity of queue deadlines: a queued request times out at most this late.
-constexpr auto sweep_interval = std::chrono::milliseconds(10);
 using age_tick_atom = caf::atom_constant<caf::atom("pl_agetick")>;
 /// Timer: (slot, incarnation) has been ready for healthy_after.
 using proven_tick_atom = caf::atom_constant<caf::atom("pl_proven")>;
@@ -163,7 +160,8 @@ struct core_state {
   std::vector<int64_t> latencies;
   size_t latency_pos = 0;
   size_t rr = 0;
-  bool sweep_armed = false;
+  /// Watches the queue's deadlines and back-offs while anything waits.
+  sweep_timer sweep;
   bool stopping = false;
   /// The supervisor gave up; everything is answered `unavailable` until the
   /// keeper stops this core.
@@ -316,12 +314,7 @@ void enqueue(self_ptr self, queued_ptr q) {
   auto key = q->key;
   track(self, *q);
   st.queue.emplace(key, std::move(q));
-  // One sweep timer while anything waits, not one timer per request: CAF's
-  // clock wakes a thread for every timer it schedules.
-  if (!st.sweep_armed) {
-    st.sweep_armed = true;
-    self->delayed_send(self, sweep_interval, sweep_atom::value);
-  }
+  st.sweep.arm(self);
 }
 
 /// A request is dispatched: its requester has had its turn in that round
@@ -750,22 +743,20 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
   auto incarnations = std::make_shared<uint64_t>(0);
   worker_spec.start = [cfg = st.cfg, listener, incarnations](caf::actor_system& sys,
                                                               const std::string& id) {
-    auto slot_id = worker_id_of(slot_of(id));
+    worker_settings common;
+    common.id = worker_id_of(slot_of(id));
+    common.request_timeout = cfg.request_timeout;
+    common.attempt_timeout = cfg.attempt_timeout;
+    common.stop_grace = cfg.shutdown_timeout / 2;
+    common.listener = listener;
     if (cfg.backend == backend_kind::mock) {
       auto mc = cfg.mock;
-      mc.id = slot_id;
-      mc.request_timeout = cfg.request_timeout;
-      mc.attempt_timeout = cfg.attempt_timeout;
+      static_cast<worker_settings&>(mc) = common;
       mc.seed = cfg.mock.seed * 1000003 + (*incarnations)++;
-      mc.listener = listener;
       return caf::actor_cast<caf::actor>(spawn_mock_worker(sys, mc));
     }
     auto wc = cfg.worker;
-    wc.id = slot_id;
-    wc.request_timeout = cfg.request_timeout;
-    wc.attempt_timeout = cfg.attempt_timeout;
-    wc.stop_grace = cfg.shutdown_timeout / 2;
-    wc.listener = listener;
+    static_cast<worker_settings&>(wc) = common;
     return caf::actor_cast<caf::actor>(spawn_python_worker(sys, wc));
   };
   supervisor_flags flags;
@@ -1043,7 +1034,7 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
     },
     [self](sweep_atom) {
       auto& st = self->state;
-      st.sweep_armed = false;
+      st.sweep.fired();
       auto now = self->clock().now();
       for (auto i = st.queue.begin(); i != st.queue.end();) {
         if (i->second->deadline <= now) {
@@ -1064,10 +1055,8 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
         else
           ++i;
       }
-      if (!st.queue.empty()) {
-        st.sweep_armed = true;
-        self->delayed_send(self, sweep_interval, sweep_atom::value);
-      }
+      if (!st.queue.empty())
+        st.sweep.arm(self);
     },
     [self](age_tick_atom) {
       auto& st = self->state;

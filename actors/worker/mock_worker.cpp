@@ -18,11 +18,11 @@ namespace {
 
 using mock_reply_atom = caf::atom_constant<caf::atom("mk_reply")>;
 using mock_ready_atom = caf::atom_constant<caf::atom("mk_ready")>;
-using mock_timeout_atom = caf::atom_constant<caf::atom("mk_tmo")>;
+using mock_stop_timeout_atom = caf::atom_constant<caf::atom("mk_stoptm")>;
 
 using mock_impl = worker_actor::extend<caf::reacts_to<mock_reply_atom, uint64_t>,
-                                       caf::reacts_to<mock_ready_atom>,
-                                       caf::reacts_to<mock_timeout_atom, uint64_t>>;
+                                       caf::reacts_to<mock_ready_atom>, caf::reacts_to<sweep_atom>,
+                                       caf::reacts_to<mock_stop_timeout_atom>>;
 
 struct mock_state {
   mock_config cfg;
@@ -32,12 +32,15 @@ struct mock_state {
   std::unordered_map<uint64_t, caf::expected<payload>> results;
   std::map<std::string, std::map<std::string, payload>> sessions;
   std::mt19937_64 rng;
-  caf::error stop_reason;
 
   static inline const char* name = "pyvisor.mock_worker";
 };
 
 using self_ptr = mock_impl::stateful_pointer<mock_state>;
+
+std::string tag_of(const mock_state& st) {
+  return "mock worker " + std::to_string(st.cfg.id);
+}
 
 
 caf::error bad_request(std::string msg) {
@@ -181,7 +184,7 @@ action run_command(self_ptr self, const execute& req, caf::expected<payload>& re
 mock_impl::behavior_type mock_fun(self_ptr self, mock_config cfg) {
   auto& st = self->state;
   st.cfg = std::move(cfg);
-  st.ledger = std::make_unique<request_ledger>(self, st.cfg.listener);
+  st.ledger = std::make_unique<request_ledger>(self, st.cfg);
   st.rng.seed(st.cfg.seed);
   st.status.id = st.cfg.id;
   st.status.python = "mock";
@@ -196,15 +199,14 @@ mock_impl::behavior_type mock_fun(self_ptr self, mock_config cfg) {
     self->delayed_send(self, st.cfg.startup_delay, mock_ready_atom::value);
   else
     self->send(self, mock_ready_atom::value);
-  self->set_exit_handler([self](caf::exit_msg& msg) {
+  // Stopping, as the Python worker does: what is in flight may finish
+  // within the stop grace; then the mock quits.
+  st.ledger->stop_on_exit(self, st.status, [self] {
     auto& st = self->state;
-    if (st.status.phase == worker_phase::stopping)
-      return;
-    st.status.phase = worker_phase::stopping;
-    st.stop_reason = std::move(msg.reason);
     if (st.ledger->in_flight() == 0)
-      st.ledger->retire(self, make_error(error_code::shutting_down, "mock worker stopped"),
-                        std::move(st.stop_reason));
+      st.ledger->finish_stop(self, tag_of(st) + " stopped");
+    else
+      self->delayed_send(self, st.cfg.stop_grace, mock_stop_timeout_atom::value);
   });
   return {
     [self](execute& req) -> caf::result<payload> {
@@ -227,31 +229,23 @@ mock_impl::behavior_type mock_fun(self_ptr self, mock_config cfg) {
       }
       auto rp = self->make_response_promise<payload>();
       auto id = st.ledger->next_id();
-      if (req.timeout.count() <= 0)
-        req.timeout = st.cfg.request_timeout;
-      auto timeout = request_ledger::attempt_limit(req, st.cfg.attempt_timeout);
-      st.ledger->add(id, req, rp);
+      st.ledger->add(self, id, req, rp);
       if (act == action::crash) {
-        auto err = make_error(error_code::worker_crashed,
-                              "mock worker " + std::to_string(st.cfg.id) + " crashed");
+        auto err = make_error(error_code::worker_crashed, tag_of(st) + " crashed");
         st.ledger->retire(self, err, err);
         return rp;
       }
-      caf::timespan delay{0};
-      if (act != action::hang) {
-        std::uniform_int_distribution<caf::timespan::rep> lat{
-          st.cfg.latency_min.count(),
-          std::max(st.cfg.latency_min.count(), st.cfg.latency_max.count())};
-        delay = caf::timespan{lat(st.rng)} + extra;
-        if (delay.count() <= 0) {
-          // Answered at once: no timers at all.
-          st.ledger->complete(id, std::move(result));
-          return rp;
-        }
-      }
-      self->delayed_send(self, timeout, mock_timeout_atom::value, id);
       if (act == action::hang)
+        return rp; // the deadline sweep answers it
+      std::uniform_int_distribution<caf::timespan::rep> lat{
+        st.cfg.latency_min.count(),
+        std::max(st.cfg.latency_min.count(), st.cfg.latency_max.count())};
+      auto delay = caf::timespan{lat(st.rng)} + extra;
+      if (delay.count() <= 0) {
+        // Answered at once: no timer.
+        st.ledger->complete(id, std::move(result));
         return rp;
+      }
       st.results.emplace(id, std::move(result));
       self->delayed_send(self, delay, mock_reply_atom::value, id);
       return rp;
@@ -268,8 +262,7 @@ mock_impl::behavior_type mock_fun(self_ptr self, mock_config cfg) {
       st.results.erase(i);
       st.ledger->complete(id, std::move(result));
       if (st.status.phase == worker_phase::stopping && st.ledger->in_flight() == 0)
-        st.ledger->retire(self, make_error(error_code::shutting_down, "mock worker stopped"),
-                          std::move(st.stop_reason));
+        st.ledger->finish_stop(self, tag_of(st) + " stopped");
     },
     [self](mock_ready_atom) {
       auto& st = self->state;
@@ -278,18 +271,20 @@ mock_impl::behavior_type mock_fun(self_ptr self, mock_config cfg) {
       st.status.phase = worker_phase::ready;
       st.ledger->announce_ready(st.status);
     },
-    [self](mock_timeout_atom, uint64_t id) {
+    [self](sweep_atom) {
       auto& st = self->state;
-      auto e = st.ledger->find(id);
-      if (e == nullptr)
-        return;
-      auto msg = "mock worker " + std::to_string(st.cfg.id) + ": request " + std::to_string(id)
-                 + " ('" + e->request.command + "') timed out; recycling the worker";
-      st.ledger->retire(self,
-                        make_error(error_code::worker_crashed,
-                                   "mock worker recycled after a timeout"),
-                        make_error(error_code::timeout, msg), true, {id},
-                        make_error(error_code::timeout, msg));
+      // Nothing runs the overdue requests but timers: dropping their
+      // results is the mock's kill, and what else is in flight is given up
+      // at once (the mock runs requests concurrently: any may have started).
+      st.ledger->sweep(self, tag_of(st), [self](const std::vector<uint64_t>& overdue) {
+        for (auto id : overdue)
+          self->state.results.erase(id);
+        return false;
+      });
+    },
+    [self](mock_stop_timeout_atom) {
+      auto& st = self->state;
+      st.ledger->finish_stop(self, tag_of(st) + " stopped before it finished its requests");
     },
   };
 }

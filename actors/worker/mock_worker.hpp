@@ -46,8 +46,9 @@ struct mock_command {
   caf::timespan latency{0};
 };
 
-struct mock_config {
-  uint32_t id = 0;
+/// Settings of one mock worker (worker_settings: id, deadlines, stop grace,
+/// listener).
+struct mock_config : worker_settings {
   caf::timespan latency_min{0};
   caf::timespan latency_max{0};
   /// Probability that a request fails with python_error.
@@ -59,12 +60,8 @@ struct mock_config {
   uint64_t seed = 1;
   /// Time from spawn to ready.
   caf::timespan startup_delay{0};
-  caf::timespan request_timeout = std::chrono::seconds(30);
-  /// As worker_config::attempt_timeout.
-  caf::timespan attempt_timeout{0};
   /// The test's own commands, by name (see mock_command).
   std::map<std::string, mock_command> commands;
-  worker_listener_actor listener;
 };
 
 worker_actor spawn_mock_worker(caf::actor_system& sys, mock_config cfg);

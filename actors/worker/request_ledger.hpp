@@ -1,19 +1,24 @@
-// pyvisor::request_ledger: the bookkeeping shared by every worker backend
-// (the Python worker and the in-process mock): requests in flight and callers
-// waiting for the worker to become ready, so that both backends keep the same
-// promises to callers and to the pool.
+// pyvisor::request_ledger: the bookkeeping and the decisions shared by every
+// worker backend (the Python worker and the in-process mock): requests in
+// flight, their deadlines, callers waiting for the worker to become ready,
+// stopping and retiring. Both backends keep the same promises to callers and
+// to the pool because they run this code; a backend only says how it runs a
+// request and what stopping or recycling means for what executes them.
 //
 // Guarantees: every request added is answered exactly once: by complete()
-// (its reply), expire() (its deadline passed), or, when the worker dies or is
-// recycled, by retire() / fail_all() and settle_sequential(): idempotent
-// requests go back to the listener (the pool) for a retry on another worker,
-// requests that provably never started are requeued there, the rest fail
-// (delegation keeps the original requester, so the reply still goes straight
-// to it). Each answer is reported to the listener as
+// (its reply), by the deadline sweep (sweep(): the first request past its
+// deadline fails with `timeout` and the worker is recycled), or, when the
+// worker dies, stops or is recycled, by retire() and settle_sequential():
+// idempotent requests go back to the listener (the pool) for a retry on
+// another worker, requests that provably never started are requeued there,
+// the rest fail (delegation keeps the original requester, so the reply still
+// goes straight to it). Each answer is reported to the listener as
 // (done_atom, worker id, code, service time) so the pool can count load and
 // outcomes without sitting on the reply path; the report is sent before the
 // answer, so that whatever the caller asks the pool after its reply (stats)
 // already reflects it.
+//
+// The ledger lives in its actor's state and is used from that actor only.
 
 #pragma once
 
@@ -30,6 +35,8 @@
 #include "caf/send.hpp"
 #include "caf/typed_response_promise.hpp"
 
+#include "actors/sweep_timer.hpp"
+#include "messages/log.hpp"
 #include "pyvisor/worker_actor.hpp"
 
 namespace pyvisor {
@@ -48,8 +55,11 @@ public:
     caf::actor_clock::time_point deadline;
   };
 
-  request_ledger(caf::local_actor* self, worker_listener_actor listener)
-    : self_(self), listener_(std::move(listener)) {
+  request_ledger(caf::local_actor* self, const worker_settings& cfg)
+    : self_(self),
+      listener_(cfg.listener),
+      request_timeout_(cfg.request_timeout),
+      attempt_timeout_(cfg.attempt_timeout) {
     // nop
   }
 
@@ -58,30 +68,28 @@ public:
     return next_id_++;
   }
 
-  /// Records request `id`; moves the whole request in when a listener may
-  /// get it back (a retry, or a requeue of a request that never started).
-  void add(uint64_t id, execute& req, caf::typed_response_promise<payload> promise) {
+  /// Records request `id` and watches its deadline: its own timeout (the
+  /// default one if it names none), or the shorter per-attempt limit for
+  /// idempotent requests (a retry can then still succeed in time). Moves the
+  /// whole request in when a listener may get it back (a retry, or a requeue
+  /// of a request that never started).
+  template <class Self>
+  void add(Self* self, uint64_t id, execute& req, caf::typed_response_promise<payload> promise) {
+    if (req.timeout.count() <= 0)
+      req.timeout = request_timeout_;
     entry e;
     e.promise = std::move(promise);
+    e.started = self_->clock().now();
+    e.deadline = e.started + attempt_limit(req);
     e.request.command = req.command;
     e.request.idempotent = req.idempotent;
     e.request.session = req.session;
     e.request.timeout = req.timeout;
-    if (listener_) {
+    if (listener_)
       e.request = std::move(req);
-    }
-    e.started = self_->clock().now();
-    e.deadline = e.started + req.timeout;
     entries_.emplace(id, std::move(e));
     ++external_;
-  }
-
-  /// Records request `id` with a per-attempt limit shorter than its deadline.
-  void add(uint64_t id, execute& req, caf::typed_response_promise<payload> promise,
-           caf::timespan attempt_timeout) {
-    auto limit = attempt_limit(req, attempt_timeout);
-    add(id, req, std::move(promise));
-    entries_.at(id).deadline = entries_.at(id).started + limit;
+    sweep_.arm(self);
   }
 
   /// The oldest request still in flight (by id, i.e. pipe order), or 0.
@@ -167,12 +175,57 @@ public:
     return true;
   }
 
-  /// The deadline to arm for a request: its own, or the shorter per-attempt
-  /// limit for idempotent requests (a retry can then still succeed in time).
-  static caf::timespan attempt_limit(const execute& req, caf::timespan attempt_timeout) {
-    if (req.idempotent && attempt_timeout.count() > 0 && attempt_timeout < req.timeout)
-      return attempt_timeout;
-    return req.timeout;
+  /// The deadline sweep (call it on sweep_atom). When a request is past its
+  /// deadline the worker counts as hung: `recycle(overdue ids)` stops what
+  /// runs them (the Python worker kills its process) and returns whether
+  /// the requests still in flight are settled later by settle_sequential()
+  /// (true) or given up now; then the overdue requests fail with `timeout`
+  /// and the worker retires (deliberately: a recycle, not a crash). `tag`
+  /// names the worker in messages. A retiring worker sweeps no more.
+  template <class Self, class Recycle>
+  void sweep(Self* self, const std::string& tag, Recycle recycle) {
+    sweep_.fired();
+    if (retiring_)
+      return; // what is left is settled by the retirement under way
+    auto late = overdue();
+    if (late.empty()) {
+      if (!empty())
+        sweep_.arm(self);
+      return;
+    }
+    auto msg = tag + ": request " + std::to_string(late.front()) + " ('"
+               + find(late.front())->request.command + "') timed out; recycling the worker";
+    log().warn("{}", msg);
+    bool settle_later = recycle(late);
+    auto timeout = make_error(error_code::timeout, msg);
+    retire(self,
+           make_error(error_code::worker_crashed, tag + " recycled after another request timed out"),
+           timeout, true, late, timeout, settle_later);
+  }
+
+  /// Installs the stop both backends share as `self`'s exit handler: the
+  /// first exit message (a supervisor's shutdown) moves `status` to
+  /// stopping, so that screen() answers new requests with shutting_down,
+  /// keeps the message's reason and calls `drain()`, which lets what is in
+  /// flight finish (the Python worker closes its process's input). The
+  /// backend ends the stop with finish_stop() once it has drained (or its
+  /// stop grace ran out).
+  template <class Self, class Drain>
+  void stop_on_exit(Self* self, worker_status& status, Drain drain) {
+    self->set_exit_handler([this, &status, drain](caf::exit_msg& msg) {
+      if (status.phase == worker_phase::stopping)
+        return;
+      status.phase = worker_phase::stopping;
+      stop_reason_ = std::move(msg.reason);
+      drain();
+    });
+  }
+
+  /// Ends a stop: what is still in flight fails with shutting_down (`why`)
+  /// and the worker quits with the exit message's reason.
+  template <class Self>
+  void finish_stop(Self* self, const std::string& why) {
+    retire(self, make_error(error_code::shutting_down, why), std::move(stop_reason_));
   }
 
   /// Ends the worker instead of a plain quit: answers everything in flight
@@ -340,6 +393,12 @@ public:
   }
 
 private:
+  caf::timespan attempt_limit(const execute& req) const {
+    if (req.idempotent && attempt_timeout_.count() > 0 && attempt_timeout_ < req.timeout)
+      return attempt_timeout_;
+    return req.timeout;
+  }
+
   std::optional<entry> take(uint64_t id) {
     auto i = entries_.find(id);
     if (i == entries_.end())
@@ -414,6 +473,10 @@ private:
 
   caf::local_actor* self_;
   worker_listener_actor listener_;
+  caf::timespan request_timeout_;
+  caf::timespan attempt_timeout_;
+  sweep_timer sweep_;
+  caf::error stop_reason_;
   std::unordered_map<uint64_t, entry> entries_;
   uint64_t next_id_ = 1;
   uint32_t external_ = 0;

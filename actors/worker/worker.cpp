@@ -27,7 +27,6 @@ namespace {
 using frame_atom = caf::atom_constant<caf::atom("pv_frame")>;
 using exited_atom = caf::atom_constant<caf::atom("pv_exited")>;
 using broken_atom = caf::atom_constant<caf::atom("pv_broken")>;
-using sweep_atom = caf::atom_constant<caf::atom("pv_sweep")>;
 using start_timeout_atom = caf::atom_constant<caf::atom("pv_starttm")>;
 using settle_timeout_atom = caf::atom_constant<caf::atom("pv_settle")>;
 
@@ -55,17 +54,12 @@ using worker_impl = worker_actor::extend<
 /// before it settles its requests without knowing which ones started.
 constexpr auto settle_limit = std::chrono::seconds(2);
 
-/// Granularity of request deadlines: a timeout fires at most this late.
-constexpr auto sweep_interval = std::chrono::milliseconds(10);
-
 struct worker_state {
   worker_config cfg;
   std::shared_ptr<python_process> proc;
   worker_status status;
   std::unique_ptr<request_ledger> ledger;
-  bool sweep_armed = false;
   std::chrono::steady_clock::time_point spawned_at;
-  caf::error stop_reason;
   /// Requests answered `timeout` by a recycle whose reply has not arrived:
   /// the oldest of them was running when the process was killed.
   std::set<uint64_t> expired_unanswered;
@@ -178,7 +172,7 @@ void on_frame(self_ptr self, wire::frame& f) {
 worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
   auto& st = self->state;
   st.cfg = std::move(cfg);
-  st.ledger = std::make_unique<request_ledger>(self, st.cfg.listener);
+  st.ledger = std::make_unique<request_ledger>(self, st.cfg);
   st.status.id = st.cfg.id;
   st.spawned_at = std::chrono::steady_clock::now();
   // Start the process.
@@ -228,12 +222,10 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
   st.status.pid = st.proc->pid();
   self->attach_functor([proc = st.proc] { proc->close(); });
   self->delayed_send(self, st.cfg.startup_timeout, start_timeout_atom::value);
-  self->set_exit_handler([self](caf::exit_msg& msg) {
+  // Stopping: the process gets EOF, finishes what it holds and exits (or
+  // is killed after the grace); its exit notice ends the stop.
+  st.ledger->stop_on_exit(self, st.status, [self] {
     auto& st = self->state;
-    if (st.status.phase == worker_phase::stopping)
-      return;
-    st.status.phase = worker_phase::stopping;
-    st.stop_reason = std::move(msg.reason);
     log().info("{} stopping", tag_of(st));
     st.proc->stop(std::chrono::duration_cast<std::chrono::milliseconds>(st.cfg.stop_grace));
   });
@@ -252,15 +244,7 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
                             + std::to_string(st.cfg.max_frame_size) + "-byte frame limit");
       st.proc->send(std::move(frame));
       auto rp = self->make_response_promise<payload>();
-      if (req.timeout.count() <= 0)
-        req.timeout = st.cfg.request_timeout;
-      st.ledger->add(id, req, rp, st.cfg.attempt_timeout);
-      // One sweep timer while anything is in flight instead of one timer per
-      // request: CAF's clock wakes a thread for every timer it schedules.
-      if (!st.sweep_armed) {
-        st.sweep_armed = true;
-        self->delayed_send(self, sweep_interval, sweep_atom::value);
-      }
+      st.ledger->add(self, id, req, rp);
       return rp;
     },
     [self](ready_atom) { return self->state.ledger->await_ready(self, self->state.status); },
@@ -310,9 +294,7 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
         return; // killed by this actor on purpose; the reason is known
       if (st.status.phase == worker_phase::stopping) {
         log().info("{} stopped: {}", tag_of(st), es.describe());
-        terminate(self,
-                  make_error(error_code::shutting_down, tag_of(st) + " stopped: " + es.describe()),
-                  std::move(st.stop_reason));
+        st.ledger->finish_stop(self, tag_of(st) + " stopped: " + es.describe());
         return;
       }
       auto msg = tag_of(st) + " "
@@ -331,33 +313,18 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
     },
     [self](sweep_atom) {
       auto& st = self->state;
-      st.sweep_armed = false;
-      auto overdue = st.ledger->overdue();
-      if (!overdue.empty()) {
-        auto id = overdue.front();
-        auto e = st.ledger->find(id);
-        auto msg = tag_of(st) + ": request " + std::to_string(id) + " ('" + e->request.command
-                   + "') timed out; recycling the worker";
-        log().warn("{}", msg);
+      st.ledger->sweep(self, tag_of(st), [self](const std::vector<uint64_t>& overdue) {
         // The caller hears `timeout` at once; what else is in flight is
         // settled once the killed process is reaped and its last replies
         // are read (see settle): the requests that never started run
         // elsewhere instead of failing.
+        auto& st = self->state;
         st.expired_unanswered.insert(overdue.begin(), overdue.end());
         if (st.proc)
           st.proc->signal(SIGKILL);
-        st.ledger->retire(self,
-                          make_error(error_code::worker_crashed,
-                                     tag_of(st) + " recycled after another request timed out"),
-                          make_error(error_code::timeout, msg), true, overdue,
-                          make_error(error_code::timeout, msg), true);
         self->delayed_send(self, settle_limit, settle_timeout_atom::value);
-        return;
-      }
-      if (!st.ledger->empty()) {
-        st.sweep_armed = true;
-        self->delayed_send(self, sweep_interval, sweep_atom::value);
-      }
+        return true;
+      });
     },
     [self](settle_timeout_atom) {
       auto& st = self->state;

@@ -38,10 +38,9 @@
 
 namespace pyvisor {
 
-/// Settings of one Python worker.
-struct worker_config {
-  /// Id used in logs and status (pool slot).
-  uint32_t id = 0;
+/// Settings of one Python worker (worker_settings: id, deadlines, stop
+/// grace, listener).
+struct worker_config : worker_settings {
   /// Interpreter; Debian's /usr/bin/python3 has python3-msgpack.
   std::string python = "/usr/bin/python3";
   /// User modules imported at start-up (they register commands).
@@ -49,19 +48,9 @@ struct worker_config {
   /// Extra import paths, searched before the pyvisor package's directory.
   std::vector<std::string> python_path;
   caf::timespan startup_timeout = std::chrono::seconds(10);
-  /// Default deadline of a request that names none.
-  caf::timespan request_timeout = std::chrono::seconds(30);
-  /// Limit of one attempt of an idempotent request (0: its whole deadline).
-  /// A worker that exceeds it is recycled and the request retried elsewhere.
-  caf::timespan attempt_timeout{0};
-  /// Grace between EOF, SIGTERM and SIGKILL when stopping.
-  caf::timespan stop_grace = std::chrono::seconds(2);
   /// Largest frame body in either direction: a request whose frame would be
   /// larger is refused with bad_request, a larger reply is a protocol error.
   size_t max_frame_size = wire::default_max_frame_size;
-  /// Optional: told of every completed request and handed idempotent
-  /// requests for a retry when the worker dies (the pool sets itself).
-  worker_listener_actor listener;
 };
 
 /// Directory holding the `pyvisor` Python package: $PYVISOR_PYTHON_DIR if

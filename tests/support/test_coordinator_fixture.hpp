@@ -9,7 +9,9 @@
 #include "caf/actor_system_config.hpp"
 #include "caf/scheduler/test_coordinator.hpp"
 #include "caf/scoped_actor.hpp"
+#include "caf/sec.hpp"
 
+#include "pyvisor/payload.hpp"
 #include "pyvisor/registry.hpp"
 #include "pyvisor/supervisor.hpp"
 
@@ -57,6 +59,20 @@ struct test_coordinator_fixture {
                   caf::after(std::chrono::seconds(0)) >> [&] { FAIL("no reply"); });
     REQUIRE(got);
     return result;
+  }
+
+  /// The reply `who` has received (a payload or an error), or the CAF error
+  /// request_timeout when nothing has arrived yet. Never waits.
+  static caf::expected<payload> next_reply(caf::scoped_actor& who) {
+    caf::expected<payload> result{caf::make_error(caf::sec::request_timeout)};
+    who->receive([&](payload& p) { result = std::move(p); },
+                 [&](caf::error& e) { result = std::move(e); },
+                 caf::after(std::chrono::seconds(0)) >> [] {});
+    return result;
+  }
+
+  caf::expected<payload> next_reply() {
+    return next_reply(self);
   }
 
   /// Monitors `hdl` so that next_down() sees its exit.

@@ -50,24 +50,6 @@ struct fixture : test::test_coordinator_fixture {
       caf::anon_send_exit(worker, caf::exit_reason::kill);
     run();
   }
-
-  caf::expected<payload> next_reply() {
-    caf::expected<payload> result{caf::error{}};
-    bool got = false;
-    self->receive(
-      [&](payload& p) {
-        result = std::move(p);
-        got = true;
-      },
-      [&](caf::error& e) {
-        result = std::move(e);
-        got = true;
-      },
-      caf::after(0s) >> [] {});
-    if (!got)
-      return caf::make_error(caf::sec::request_timeout); // "nothing yet"
-    return result;
-  }
 };
 
 } // namespace

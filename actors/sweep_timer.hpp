@@ -1,0 +1,47 @@
+// pyvisor::sweep_timer: the one periodic timer an actor keeps while it has
+// deadlines to watch (the pool's queue, a worker's requests in flight),
+// instead of one timer per deadline: CAF's clock wakes a thread for every
+// timer it schedules, and per-request timers pile up under load.
+//
+// Guarantees: at most one sweep_atom is pending per owner; the owner arms the
+// timer whenever it starts watching something and calls fired() first thing
+// in its sweep_atom handler, then re-arms while anything is left. A deadline
+// is therefore noticed at most one interval late. The owner's actor type must
+// react to sweep_atom; the timer is part of its state and needs no cleanup
+// (a pending sweep_atom to a dead actor is dropped).
+
+#pragma once
+
+#include <chrono>
+
+#include "caf/atom.hpp"
+#include "caf/timespan.hpp"
+
+namespace pyvisor {
+
+using sweep_atom = caf::atom_constant<caf::atom("pv_sweep")>;
+
+class sweep_timer {
+public:
+  /// Granularity of deadlines: a deadline fires at most this late.
+  static constexpr caf::timespan interval = std::chrono::milliseconds(10);
+
+  /// Schedules a sweep_atom to `self` unless one is pending.
+  template <class Self>
+  void arm(Self* self) {
+    if (armed_)
+      return;
+    armed_ = true;
+    self->delayed_send(self, interval, sweep_atom::value);
+  }
+
+  /// The pending sweep_atom arrived: the next arm() schedules another.
+  void fired() noexcept {
+    armed_ = false;
+  }
+
+private:
+  bool armed_ = false;
+};
+
+} // namespace pyvisor
