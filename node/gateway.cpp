@@ -18,6 +18,7 @@
 #include "caf/io/middleman.hpp"
 #include "caf/scoped_actor.hpp"
 
+#include "node/drain_gate.hpp"
 #include "node/rpc_framer.hpp"
 #include "node/rpc_request.hpp"
 #include "messages/log.hpp"
@@ -88,9 +89,8 @@ struct connection_state {
   size_t pending_output = 0;
   bool reading = true;
   bool closed = false;
-  size_t in_flight = 0;
-  bool draining = false;
-  std::vector<caf::response_promise> drain_waiters;
+  /// Requests sent to the pool and not yet answered; closed by drain_atom.
+  drain_gate requests;
 
   explicit connection_state(const gateway_config& cfg) : framer(cfg.max_message_size) {
     // nop
@@ -132,7 +132,7 @@ void close_connection(caf::io::broker* self, connection_state& st, const std::st
 /// Closes the connection once input has ended and every reply it is owed
 /// has been written out.
 void finish_if_done(caf::io::broker* self, connection_state& st) {
-  if (st.reading || st.in_flight > 0 || st.pending_output > 0)
+  if (st.reading || st.requests.in_flight() > 0 || st.pending_output > 0)
     return;
   // Quitting closes both ends; nothing is left to write, so the reading
   // end's FIN (CAF shuts the socket down on close) cannot cut a reply.
@@ -216,7 +216,7 @@ void stop_reading(caf::io::broker* self, connection_state& st, std::optional<uin
   if (!st.reading || st.closed)
     return;
   log().warn("rpc: no more input taken from a connection ({} replies still owed): {}",
-             st.in_flight, why);
+             st.requests.in_flight(), why);
   if (msgid)
     respond_error(self, st, *msgid, rpc_error_of(code, why));
   self->halt(st.in);
@@ -225,11 +225,7 @@ void stop_reading(caf::io::broker* self, connection_state& st, std::optional<uin
 }
 
 void finished_one(caf::io::broker* self, const conn_ptr& st) {
-  if (--st->in_flight == 0 && st->draining) {
-    for (auto& rp : st->drain_waiters)
-      rp.deliver(true);
-    st->drain_waiters.clear();
-  }
+  st->requests.leave();
   finish_if_done(self, *st);
 }
 
@@ -239,7 +235,7 @@ void finished_one(caf::io::broker* self, const conn_ptr& st) {
 template <class Result, class Encode, class... Ts>
 void forward(caf::io::broker* self, conn_ptr st, uint32_t msgid, bool notification,
              Encode encode, Ts&&... xs) {
-  ++st->in_flight;
+  st->requests.enter();
   self->request(st->pool, caf::infinite, std::forward<Ts>(xs)...)
     .then(
       [self, st, msgid, notification, encode](Result& result) {
@@ -273,7 +269,7 @@ bool handle_message(caf::io::broker* self, conn_ptr st, const char* data, size_t
   }
   auto msgid = m.msgid;
   auto notification = m.notification;
-  if (st->draining) {
+  if (st->requests.closed()) {
     if (!notification)
       respond_error(self, *st, msgid,
                     rpc_error_of(error_code::shutting_down, "the node is shutting down"));
@@ -425,12 +421,7 @@ caf::behavior connection(caf::io::broker* self, caf::io::connection_handle hdl, 
     },
     [self, st](drain_atom) {
       // Answered now or by finished_one once the last request completes.
-      auto rp = self->make_response_promise();
-      st->draining = true;
-      if (st->in_flight == 0)
-        rp.deliver(true);
-      else
-        st->drain_waiters.push_back(rp);
+      st->requests.close(self->make_response_promise());
     },
   };
 }
@@ -445,7 +436,8 @@ struct acceptor_state {
   caf::io::accept_handle doorman;
   uint16_t port = 0;
   caf::error bind_error;
-  bool draining = false;
+  /// Connections still draining; closed by drain_atom.
+  drain_gate connection_drains;
 };
 
 caf::behavior acceptor(caf::io::broker* self, pool_actor pool, gateway_config cfg) {
@@ -472,7 +464,7 @@ caf::behavior acceptor(caf::io::broker* self, pool_actor pool, gateway_config cf
   });
   return {
     [self, st, pool, shared](const caf::io::new_connection_msg& msg) {
-      if (st->draining) {
+      if (st->connection_drains.closed()) {
         self->close(msg.handle);
         return;
       }
@@ -500,24 +492,15 @@ caf::behavior acceptor(caf::io::broker* self, pool_actor pool, gateway_config cf
       return st->port;
     },
     [self, st](drain_atom) {
-      auto rp = self->make_response_promise();
-      st->draining = true;
       self->close(st->doorman);
-      if (st->connections.empty()) {
-        rp.deliver(true);
-        return;
-      }
-      auto pending = std::make_shared<size_t>(st->connections.size());
-      for (auto& c : st->connections)
+      // A connection that ends meanwhile (error) has nothing left to drain.
+      for (auto& c : st->connections) {
+        st->connection_drains.enter();
         self->request(c, caf::infinite, drain_atom::value)
-          .then([rp, pending](bool) mutable {
-            if (--*pending == 0)
-              rp.deliver(true);
-          },
-                [rp, pending](caf::error&) mutable {
-                  if (--*pending == 0)
-                    rp.deliver(true);
-                });
+          .then([st](bool) { st->connection_drains.leave(); },
+                [st](caf::error&) { st->connection_drains.leave(); });
+      }
+      st->connection_drains.close(self->make_response_promise());
     },
   };
 }

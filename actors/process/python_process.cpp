@@ -280,6 +280,16 @@ void python_process::run(std::promise<std::string>* started) {
   };
   auto on_out = [&](const char* d, size_t n) { out_lines.feed(d, n, log_out); };
   auto on_err = [&](const char* d, size_t n) { err_lines.feed(d, n, log_err); };
+  // Replies first: every frame the child wrote before dying is delivered
+  // before on_exit.
+  auto drain_pipes = [&] {
+    if (rep_r_ >= 0)
+      drain(rep_r_, on_reply_bytes);
+    if (out_r_ >= 0)
+      drain(out_r_, on_out);
+    if (err_r_ >= 0)
+      drain(err_r_, on_err);
+  };
   for (;;) {
     bool closing;
     bool want_write;
@@ -340,14 +350,8 @@ void python_process::run(std::promise<std::string>* started) {
       break;
     uint64_t ignored;
     [[maybe_unused]] auto n = read(wake_fd_, &ignored, sizeof(ignored));
-    // Order matters: read replies before looking at the pidfd so that every
-    // frame the child wrote before dying is delivered before on_exit.
-    if (rep_r_ >= 0)
-      drain(rep_r_, on_reply_bytes);
-    if (out_r_ >= 0)
-      drain(out_r_, on_out);
-    if (err_r_ >= 0)
-      drain(err_r_, on_err);
+    // Order matters: read the pipes before looking at the pidfd.
+    drain_pipes();
     {
       std::lock_guard<std::mutex> guard{mtx_};
       flush_locked();
@@ -367,12 +371,7 @@ void python_process::run(std::promise<std::string>* started) {
       // left the group (setsid) are not covered.
       ::kill(-pid_, SIGKILL);
       // Collect the last bytes still sitting in the pipes.
-      if (rep_r_ >= 0)
-        drain(rep_r_, on_reply_bytes);
-      if (out_r_ >= 0)
-        drain(out_r_, on_out);
-      if (err_r_ >= 0)
-        drain(err_r_, on_err);
+      drain_pipes();
       out_lines.flush(log_out);
       err_lines.flush(log_err);
       exit_status status;
