@@ -3,46 +3,7 @@
 #include "caf/message.hpp"
 #include "caf/sec.hpp"
 
-#include "pyvisor/names.hpp"
-
 namespace pyvisor {
-
-namespace {
-
-/// The wire names, one per code, in enum order.
-constexpr name_table<error_code, error_code_count> names{{{
-  {error_code::none, "none"},
-  {error_code::bad_request, "bad_request"},
-  {error_code::unknown_command, "unknown_command"},
-  {error_code::python_error, "python_error"},
-  {error_code::worker_crashed, "worker_crashed"},
-  {error_code::timeout, "timeout"},
-  {error_code::session_expired, "session_expired"},
-  {error_code::session_lost, "session_lost"},
-  {error_code::overloaded, "overloaded"},
-  {error_code::shutting_down, "shutting_down"},
-  {error_code::protocol_error, "protocol_error"},
-  {error_code::unknown_method, "unknown_method"},
-  {error_code::unavailable, "unavailable"},
-}}};
-
-// A code added to the enum without a name here fails the build (the array
-// would have an empty last entry), as does a table out of order.
-static_assert(names.complete(), "error_code names must follow the enum, one per code");
-
-} // namespace
-
-std::string_view name_of(error_code x) noexcept {
-  return names.name(x);
-}
-
-bool from_string(std::string_view name, error_code& x) noexcept {
-  return names.parse(name, x);
-}
-
-std::string to_string(error_code x) {
-  return std::string{name_of(x)};
-}
 
 caf::error make_error(error_code x) {
   return caf::error{static_cast<uint8_t>(x), error_category};

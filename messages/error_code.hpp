@@ -20,6 +20,8 @@
 #include "caf/atom.hpp"
 #include "caf/error.hpp"
 
+#include "pyvisor/names.hpp"
+
 namespace pyvisor {
 
 enum class error_code : uint8_t {
@@ -49,23 +51,35 @@ enum class error_code : uint8_t {
   unknown_method,
   /// No pool can serve now (it is restarting after giving up); retry later.
   unavailable,
-  // Add new codes above this line, and their names to error_code.cpp's
-  // table (a static_assert there checks both).
+  // Add new codes above this line, and their names to the table below
+  // (name_of checks both).
 };
 
 /// Number of error codes, none included (the last one + 1).
 constexpr size_t error_code_count = static_cast<size_t>(error_code::unavailable) + 1;
 
+/// The wire names (name_of, from_string, to_string; names.hpp).
+template <>
+struct enum_names<error_code> {
+  static constexpr name_table<error_code, error_code_count> table{{{
+    {error_code::none, "none"},
+    {error_code::bad_request, "bad_request"},
+    {error_code::unknown_command, "unknown_command"},
+    {error_code::python_error, "python_error"},
+    {error_code::worker_crashed, "worker_crashed"},
+    {error_code::timeout, "timeout"},
+    {error_code::session_expired, "session_expired"},
+    {error_code::session_lost, "session_lost"},
+    {error_code::overloaded, "overloaded"},
+    {error_code::shutting_down, "shutting_down"},
+    {error_code::protocol_error, "protocol_error"},
+    {error_code::unknown_method, "unknown_method"},
+    {error_code::unavailable, "unavailable"},
+  }}};
+};
+
 /// The category atom under which pyvisor errors travel in caf::error.
 constexpr caf::atom_value error_category = caf::atom("pyvisor");
-
-/// Returns the wire name of `x`, e.g. "python_error".
-std::string_view name_of(error_code x) noexcept;
-
-/// Parses a wire name; returns false for unknown names.
-bool from_string(std::string_view name, error_code& x) noexcept;
-
-std::string to_string(error_code x);
 
 /// Makes a pyvisor error without further context (enables `caf::error e = error_code::timeout`).
 caf::error make_error(error_code x);

@@ -84,20 +84,21 @@ enum class worker_phase : uint8_t {
   ready,
   draining,
   stopping,
-  // Add new phases above this line and their names to registry.cpp's table.
+  // Add new phases above this line and their names to the table below.
 };
 
 constexpr size_t worker_phase_count = static_cast<size_t>(worker_phase::stopping) + 1;
 
-/// "down", "starting", "ready", "draining" or "stopping".
-std::string_view name_of(worker_phase x) noexcept;
-
-bool from_string(std::string_view name, worker_phase& x) noexcept;
-
-std::string to_string(worker_phase x);
-
 template <>
-struct is_named_enum<worker_phase> : std::true_type {};
+struct enum_names<worker_phase> {
+  static constexpr name_table<worker_phase, worker_phase_count> table{{{
+    {worker_phase::down, "down"},
+    {worker_phase::starting, "starting"},
+    {worker_phase::ready, "ready"},
+    {worker_phase::draining, "draining"},
+    {worker_phase::stopping, "stopping"},
+  }}};
+};
 
 /// A snapshot of one worker.
 struct worker_status {

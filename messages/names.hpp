@@ -1,31 +1,23 @@
 // pyvisor names: every enum that crosses an interface (error codes, worker
-// phases, pool and child states) has one checked name table, and travels as
-// its name wherever it leaves C++ (stats over RPC, logs).
+// phases, pool and child states) has one checked name table, next to the
+// enum, and travels as its name wherever it leaves C++ (stats over RPC, logs).
 //
-// A table lists {value, name} in enum order, one entry per value; its owner
-// checks it at compile time with `static_assert(table.complete())`, so an
-// enumerator added without a name, or a table out of order, fails the build.
-// An enum opts into the msgpack adaptors below by specialising
-// is_named_enum next to its name_of / from_string: msgpack-c then writes it
-// as its name (e.g. "ready") and reads it back from that name only.
+// An enum opts in by specialising enum_names with its table, listing
+// {value, name} in enum order, one entry per value (N = last value + 1).
+// name_of / from_string / to_string then work for it, and check the table at
+// compile time: an entry missing, out of order or named twice fails the
+// build. payload.hpp adds msgpack-c adaptors that write such an enum as its
+// name (e.g. "ready") and read it back from that name only.
 
 #pragma once
 
 #include <array>
 #include <cstddef>
+#include <string>
 #include <string_view>
 #include <type_traits>
 
-#include <msgpack.hpp>
-
-#include "pyvisor/payload.hpp"
-
 namespace pyvisor {
-
-/// Specialise as std::true_type for an enum E that has
-/// `std::string_view name_of(E)` and `bool from_string(std::string_view, E&)`.
-template <class E>
-struct is_named_enum : std::false_type {};
 
 template <class E>
 struct enum_name {
@@ -49,47 +41,44 @@ struct name_table {
     }
     return true;
   }
-
-  constexpr std::string_view name(E x) const noexcept {
-    auto i = static_cast<size_t>(x);
-    return i < N ? entries[i].name : std::string_view{"invalid"};
-  }
-
-  constexpr bool parse(std::string_view name, E& x) const noexcept {
-    for (const auto& entry : entries)
-      if (entry.name == name) {
-        x = entry.value;
-        return true;
-      }
-    return false;
-  }
 };
+
+/// Specialise for an enum E with `static constexpr name_table<E, N> table`.
+template <class E>
+struct enum_names {};
+
+template <class E, class = void>
+struct is_named_enum : std::false_type {};
+
+template <class E>
+struct is_named_enum<E, std::void_t<decltype(enum_names<E>::table)>> : std::true_type {};
+
+template <class E>
+using if_named_enum = std::enable_if_t<is_named_enum<E>::value>;
+
+/// The name of `x`, or "invalid" for a value outside the enum.
+template <class E, class = if_named_enum<E>>
+constexpr std::string_view name_of(E x) noexcept {
+  constexpr const auto& table = enum_names<E>::table;
+  static_assert(table.complete(), "an enum's name table must list every value once, in order");
+  auto i = static_cast<size_t>(x);
+  return i < table.entries.size() ? table.entries[i].name : std::string_view{"invalid"};
+}
+
+/// Parses a name; returns false (leaving `x` alone) for unknown names.
+template <class E, class = if_named_enum<E>>
+constexpr bool from_string(std::string_view name, E& x) noexcept {
+  for (const auto& entry : enum_names<E>::table.entries)
+    if (entry.name == name) {
+      x = entry.value;
+      return true;
+    }
+  return false;
+}
+
+template <class E, class = if_named_enum<E>>
+std::string to_string(E x) {
+  return std::string{name_of(x)};
+}
 
 } // namespace pyvisor
-
-namespace msgpack {
-MSGPACK_API_VERSION_NAMESPACE(MSGPACK_DEFAULT_API_NS) {
-namespace adaptor {
-
-template <class E>
-struct pack<E, std::enable_if_t<pyvisor::is_named_enum<E>::value>> {
-  template <class Stream>
-  msgpack::packer<Stream>& operator()(msgpack::packer<Stream>& pk, E x) const {
-    pyvisor::detail::pack_str(pk, name_of(x));
-    return pk;
-  }
-};
-
-template <class E>
-struct convert<E, std::enable_if_t<pyvisor::is_named_enum<E>::value>> {
-  const msgpack::object& operator()(const msgpack::object& obj, E& x) const {
-    if (obj.type != msgpack::type::STR
-        || !from_string(std::string_view{obj.via.str.ptr, obj.via.str.size}, x))
-      throw msgpack::type_error();
-    return obj;
-  }
-};
-
-} // namespace adaptor
-} // MSGPACK_API_VERSION_NAMESPACE
-} // namespace msgpack

@@ -8,7 +8,8 @@
 // bytes are cut out of Python's frame without being decoded and re-encoded.
 //
 // A default-constructed payload holds msgpack nil (one byte, 0xc0), so a
-// payload is always a valid msgpack value.
+// payload is always a valid msgpack value. pyvisor's named enums (names.hpp)
+// pack as their names.
 
 #pragma once
 
@@ -92,3 +93,31 @@ caf::expected<T> unpack(const payload& x) {
 bool is_valid_msgpack(const payload& x) noexcept;
 
 } // namespace pyvisor
+
+namespace msgpack {
+MSGPACK_API_VERSION_NAMESPACE(MSGPACK_DEFAULT_API_NS) {
+namespace adaptor {
+
+/// A named enum (names.hpp) travels as its name.
+template <class E>
+struct pack<E, pyvisor::if_named_enum<E>> {
+  template <class Stream>
+  msgpack::packer<Stream>& operator()(msgpack::packer<Stream>& pk, E x) const {
+    pyvisor::detail::pack_str(pk, pyvisor::name_of(x));
+    return pk;
+  }
+};
+
+template <class E>
+struct convert<E, pyvisor::if_named_enum<E>> {
+  const msgpack::object& operator()(const msgpack::object& obj, E& x) const {
+    if (obj.type != msgpack::type::STR
+        || !pyvisor::from_string(std::string_view{obj.via.str.ptr, obj.via.str.size}, x))
+      throw msgpack::type_error();
+    return obj;
+  }
+};
+
+} // namespace adaptor
+} // MSGPACK_API_VERSION_NAMESPACE
+} // namespace msgpack

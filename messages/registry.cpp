@@ -6,32 +6,6 @@
 
 namespace pyvisor {
 
-namespace {
-
-constexpr name_table<worker_phase, worker_phase_count> phase_names{{{
-  {worker_phase::down, "down"},
-  {worker_phase::starting, "starting"},
-  {worker_phase::ready, "ready"},
-  {worker_phase::draining, "draining"},
-  {worker_phase::stopping, "stopping"},
-}}};
-
-static_assert(phase_names.complete(), "worker_phase names must follow the enum, one per phase");
-
-} // namespace
-
-std::string_view name_of(worker_phase x) noexcept {
-  return phase_names.name(x);
-}
-
-bool from_string(std::string_view name, worker_phase& x) noexcept {
-  return phase_names.parse(name, x);
-}
-
-std::string to_string(worker_phase x) {
-  return std::string{name_of(x)};
-}
-
 void add_message_types(caf::actor_system_config& cfg) {
   cfg.add_message_type<payload>("pyvisor::payload");
   cfg.add_message_type<execute>("pyvisor::execute");

@@ -52,6 +52,20 @@ void read_error(const msgpack::object& o, remote_error& err) {
   }
 }
 
+// A reply frame is {id, ok, result | error}: this packs all but the last
+// value.
+void pack_reply_head(packer& pk, uint64_t id, bool ok) {
+  pk.pack_map(3);
+  pack_str(pk, "id");
+  pk.pack_uint64(id);
+  pack_str(pk, "ok");
+  if (ok)
+    pk.pack_true();
+  else
+    pk.pack_false();
+  pack_str(pk, ok ? "result" : "error");
+}
+
 } // namespace
 
 void append_request(std::vector<char>& out, uint64_t id, std::string_view cmd,
@@ -81,12 +95,7 @@ void append_reply(std::vector<char>& out, uint64_t id, const std::vector<char>& 
   auto pos = begin_frame(out);
   pyvisor::detail::vector_writer w{out};
   packer pk{w};
-  pk.pack_map(3);
-  pack_str(pk, "id");
-  pk.pack_uint64(id);
-  pack_str(pk, "ok");
-  pk.pack_true();
-  pack_str(pk, "result");
+  pack_reply_head(pk, id, true);
   out.insert(out.end(), result.begin(), result.end());
   end_frame(out, pos);
 }
@@ -95,12 +104,7 @@ void append_error_reply(std::vector<char>& out, uint64_t id, const remote_error&
   auto pos = begin_frame(out);
   pyvisor::detail::vector_writer w{out};
   packer pk{w};
-  pk.pack_map(3);
-  pack_str(pk, "id");
-  pk.pack_uint64(id);
-  pack_str(pk, "ok");
-  pk.pack_false();
-  pack_str(pk, "error");
+  pack_reply_head(pk, id, false);
   pk.pack_map(4);
   pack_str(pk, "code");
   pack_str(pk, err.code);

@@ -17,7 +17,6 @@
 #include "caf/typed_event_based_actor.hpp"
 
 #include "messages/log.hpp"
-#include "pyvisor/names.hpp"
 
 namespace pyvisor {
 
@@ -42,31 +41,6 @@ std::string to_string(supervisor_error x) {
       return "bad_child";
   }
   return "invalid";
-}
-
-namespace {
-
-constexpr name_table<child_state, child_state_count> state_names{{{
-  {child_state::running, "running"},
-  {child_state::restarting, "restarting"},
-  {child_state::stopping, "stopping"},
-  {child_state::stopped, "stopped"},
-}}};
-
-static_assert(state_names.complete(), "child_state names must follow the enum, one per state");
-
-} // namespace
-
-std::string_view name_of(child_state x) noexcept {
-  return state_names.name(x);
-}
-
-bool from_string(std::string_view name, child_state& x) noexcept {
-  return state_names.parse(name, x);
-}
-
-std::string to_string(child_state x) {
-  return std::string{name_of(x)};
 }
 
 std::string to_string(restart_type x) {

@@ -63,6 +63,8 @@
 #include "caf/timespan.hpp"
 #include "caf/typed_actor.hpp"
 
+#include "pyvisor/names.hpp"
+
 namespace pyvisor {
 
 enum class restart_type : uint8_t { permanent, transient, temporary };
@@ -163,17 +165,20 @@ enum class child_state : uint8_t {
   /// Asked to stop; waiting for its exit (or its shutdown timeout).
   stopping,
   stopped,
-  // Add new states above this line and their names to supervisor.cpp's table.
+  // Add new states above this line and their names to the table below.
 };
 
 constexpr size_t child_state_count = static_cast<size_t>(child_state::stopped) + 1;
 
-/// "running", "restarting", "stopping" or "stopped".
-std::string_view name_of(child_state x) noexcept;
-
-bool from_string(std::string_view name, child_state& x) noexcept;
-
-std::string to_string(child_state x);
+template <>
+struct enum_names<child_state> {
+  static constexpr name_table<child_state, child_state_count> table{{{
+    {child_state::running, "running"},
+    {child_state::restarting, "restarting"},
+    {child_state::stopping, "stopping"},
+    {child_state::stopped, "stopped"},
+  }}};
+};
 
 /// A row of which_children.
 struct child_info {

@@ -165,20 +165,20 @@ enum class pool_state : uint8_t {
   /// It gave up and its keeper restarts it after a back-off.
   restarting,
   stopping,
-  // Add new states above this line and their names to pool_keeper.cpp's table.
+  // Add new states above this line and their names to the table below.
 };
 
 constexpr size_t pool_state_count = static_cast<size_t>(pool_state::stopping) + 1;
 
-/// "starting", "serving", "restarting" or "stopping".
-std::string_view name_of(pool_state x) noexcept;
-
-bool from_string(std::string_view name, pool_state& x) noexcept;
-
-std::string to_string(pool_state x);
-
 template <>
-struct is_named_enum<pool_state> : std::true_type {};
+struct enum_names<pool_state> {
+  static constexpr name_table<pool_state, pool_state_count> table{{{
+    {pool_state::starting, "starting"},
+    {pool_state::serving, "serving"},
+    {pool_state::restarting, "restarting"},
+    {pool_state::stopping, "stopping"},
+  }}};
+};
 
 /// Worker service time percentiles over recent requests, microseconds.
 struct latency_percentiles {

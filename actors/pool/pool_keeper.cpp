@@ -25,14 +25,6 @@ using keeper_impl = pool_actor::extend<
   caf::reacts_to<pool_failed_atom, std::string, std::vector<std::string>>,
   caf::reacts_to<restart_pool_atom, uint64_t>>;
 
-constexpr name_table<pool_state, pool_state_count> state_names{{{
-  {pool_state::starting, "starting"},
-  {pool_state::serving, "serving"},
-  {pool_state::restarting, "restarting"},
-  {pool_state::stopping, "stopping"},
-}}};
-
-static_assert(state_names.complete(), "pool_state names must follow the enum, one per state");
 
 struct keeper_state {
   pool_config cfg;
@@ -288,18 +280,6 @@ keeper_impl::behavior_type keeper_fun(self_ptr self, pool_config cfg) {
 }
 
 } // namespace
-
-std::string_view name_of(pool_state x) noexcept {
-  return state_names.name(x);
-}
-
-bool from_string(std::string_view name, pool_state& x) noexcept {
-  return state_names.parse(name, x);
-}
-
-std::string to_string(pool_state x) {
-  return std::string{name_of(x)};
-}
 
 pool_actor spawn_pool_keeper(caf::actor_system& sys, pool_config cfg) {
   return sys.spawn(keeper_fun, std::move(cfg));

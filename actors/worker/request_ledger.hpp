@@ -132,21 +132,16 @@ public:
 
   /// Answers request `id` with `result`; returns false for unknown ids.
   bool complete(uint64_t id, caf::expected<payload> result) {
-    auto found = take(id);
-    if (!found)
-      return false;
-    auto& e = *found;
-    if (e.internal)
-      return true;
-    ++served_;
-    // The listener hears first, so that a caller who asks for stats after
-    // its reply sees the request counted (and no longer in flight).
-    report(e, result ? error_code::none : code_of(result.error()));
-    if (result)
-      e.promise.deliver(std::move(*result));
-    else
-      e.promise.deliver(result.error());
-    return true;
+    return answer(id, [&](entry& e) {
+      ++served_;
+      // The listener hears first, so that a caller who asks for stats after
+      // its reply sees the request counted (and no longer in flight).
+      report(e, result ? error_code::none : code_of(result.error()));
+      if (result)
+        e.promise.deliver(std::move(*result));
+      else
+        e.promise.deliver(result.error());
+    });
   }
 
   /// The worker is going away: idempotent requests go back to the listener
@@ -165,14 +160,7 @@ public:
   /// otherwise it fails with `err` (session_lost for a session request, as
   /// the worker is recycled with its state). Returns false for unknown ids.
   bool expire(uint64_t id, const caf::error& err) {
-    auto found = take(id);
-    if (!found)
-      return false;
-    auto& e = *found;
-    if (e.internal)
-      return true;
-    give_up(e, err);
-    return true;
+    return answer(id, [&](entry& e) { give_up(e, err); });
   }
 
   /// The deadline sweep (call it on sweep_atom). When a request is past its
@@ -397,6 +385,18 @@ private:
     if (req.idempotent && attempt_timeout_.count() > 0 && attempt_timeout_ < req.timeout)
       return attempt_timeout_;
     return req.timeout;
+  }
+
+  // Takes request `id` out and lets `f` answer it (internal requests have
+  // nobody to answer); false for unknown ids.
+  template <class F>
+  bool answer(uint64_t id, F f) {
+    auto found = take(id);
+    if (!found)
+      return false;
+    if (!found->internal)
+      f(*found);
+    return true;
   }
 
   std::optional<entry> take(uint64_t id) {
