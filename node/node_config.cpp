@@ -25,6 +25,7 @@ const char* name_of(affinity_mode x) {
 
 node_config::node_config()
   : pool_backend(name_of(pool.backend)),
+    pool_start_method(name_of(pool.start)),
     session_mode(name_of(pool.mode)),
     node_on_pool_failure(pool.restart.enabled ? "restart" : "exit") {
   add_pool_types(*this);
@@ -33,6 +34,9 @@ node_config::node_config()
   opt_group{custom_options_, "pool"}
     .add(pool.size, "size", "number of Python workers")
     .add(pool_backend, "backend", "python (real processes) or mock (in-process, for tests)")
+    .add(pool_start_method, "start-method",
+         "fork-server (one template imports the modules once and forks every worker) or "
+         "spawn (every worker starts its own interpreter)")
     .add(w.python, "python", "Python interpreter; needs the msgpack module")
     .add(w.modules, "modules", "user modules every worker imports, e.g. [\"my_commands\"]")
     .add(w.python_path, "python-path", "extra import paths for the workers")
@@ -190,6 +194,9 @@ std::string node_config::validate() const {
     return "invalid value for 'session.max-sessions': must be > 0";
   if (pool.session.max_id_size == 0)
     return "invalid value for 'session.max-id-size': must be > 0";
+  if (start_method m; !from_string(pool_start_method, m))
+    return "invalid value for 'pool.start-method': \"" + pool_start_method
+           + "\" (fork-server or spawn)";
   if (session_mode != "strict" && session_mode != "hint")
     return "invalid value for 'session.mode': \"" + session_mode + "\" (strict or hint)";
   if (rpc.max_message_size < 1024)
@@ -223,6 +230,7 @@ pool_config node_config::make_pool_config() const {
   auto cfg = pool;
   cfg.backend = pool_backend == "mock" ? backend_kind::mock : backend_kind::python;
   cfg.mode = session_mode == "hint" ? affinity_mode::hint : affinity_mode::strict;
+  from_string(pool_start_method, cfg.start); // checked by validate()
   cfg.restart.enabled = node_on_pool_failure == "restart";
   return cfg;
 }

@@ -29,6 +29,7 @@ struct node_config : caf::actor_system_config {
   // Keys whose values are names of an enum, read as text (CAF 0.17 options
   // take no enums); their defaults are taken from `pool` at construction.
   std::string pool_backend;
+  std::string pool_start_method;
   std::string session_mode;
   std::string node_on_pool_failure;
   // [publish]

@@ -17,6 +17,8 @@
 #include "caf/stateful_actor.hpp"
 #include "caf/typed_event_based_actor.hpp"
 
+#include "actors/fork_server/fork_server.hpp"
+#include "actors/fork_server/template_actor.hpp"
 #include "actors/sweep_timer.hpp"
 #include "messages/log.hpp"
 #include "pyvisor/registry.hpp"
@@ -129,6 +131,10 @@ using queued_ptr = std::shared_ptr<queued>;
 struct core_state {
   pool_config cfg;
   supervisor_actor sup;
+  /// Start method fork-server: the template's supervisor and the channel
+  /// the workers are forked through.
+  supervisor_actor template_sup;
+  std::shared_ptr<fork_channel> forks;
   session_affinity_actor affinity;
   std::vector<slot_rec> slots;
   /// Ordered by queue_key; retries before everything else.
@@ -634,8 +640,12 @@ void fail_all_queued(self_ptr self, const caf::error& err) {
   }
 }
 
+void give_up(self_ptr self, std::string cause);
+
 void on_supervisor_down(self_ptr self, const caf::error& reason) {
   auto& st = self->state;
+  if (st.failed)
+    return; // gave up already (its template failed); the keeper ends this core
   if (st.stopping) {
     log().info("pool: all workers stopped");
     if (st.affinity)
@@ -643,16 +653,26 @@ void on_supervisor_down(self_ptr self, const caf::error& reason) {
     self->quit(st.stop_reason);
     return;
   }
-  std::string cause;
   if (reason && reason.category() == supervisor_error_category
       && reason.code() == static_cast<uint8_t>(supervisor_error::max_restart_intensity))
-    cause = "more than " + std::to_string(st.cfg.max_restarts) + " worker restarts within "
-            + std::to_string(
-              std::chrono::duration_cast<std::chrono::milliseconds>(st.cfg.restart_period).count())
-            + " ms";
+    give_up(self, "more than " + std::to_string(st.cfg.max_restarts) + " worker restarts within "
+                    + std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                       st.cfg.restart_period)
+                                       .count())
+                    + " ms");
   else
-    cause = "its worker supervisor stopped ("
-            + (reason ? self->system().render(reason) : std::string{"normal"}) + ")";
+    give_up(self, "its worker supervisor stopped ("
+                    + (reason ? self->system().render(reason) : std::string{"normal"}) + ")");
+}
+
+// The pool cannot serve any more (`cause`): it fails what waits and reports
+// to its keeper, which restarts it with back-off (or ends the node).
+void give_up(self_ptr self, std::string cause) {
+  auto& st = self->state;
+  if (st.failed)
+    return;
+  if (st.forks)
+    st.forks->close();
   if (!st.last_failure.empty())
     cause += "; last failure: " + st.last_failure;
   log().error("the pool gave up: {}", cause);
@@ -724,6 +744,31 @@ caf::result<payload> readmit(self_ptr self, execute req, bool attempt) {
   return rp;
 }
 
+// Start method fork-server: the template runs under a supervisor of its own
+// (the pool's intensity and back-off); workers are forked through `forks`
+// and wait for a template while none is ready.
+void start_template(self_ptr self) {
+  auto& st = self->state;
+  st.forks = std::make_shared<fork_channel>();
+  child_spec spec;
+  spec.id = "template";
+  spec.restart = restart_type::permanent;
+  spec.shutdown = shutdown_spec::after(st.cfg.shutdown_timeout);
+  auto wc = st.cfg.worker;
+  wc.stop_grace = st.cfg.shutdown_timeout / 2;
+  spec.start = [wc, forks = st.forks](caf::actor_system& sys, const std::string&) {
+    return spawn_template(sys, wc, forks);
+  };
+  supervisor_flags flags;
+  flags.strategy = supervision_strategy::one_for_one;
+  flags.max_restarts = st.cfg.max_restarts;
+  flags.period = st.cfg.restart_period;
+  flags.backoff = st.cfg.backoff;
+  flags.name = "template supervisor";
+  st.template_sup = spawn_supervisor(self->system(), flags, {spec});
+  self->monitor(st.template_sup);
+}
+
 pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor keeper,
                                   std::vector<std::string> lost_sessions) {
   auto& st = self->state;
@@ -741,8 +786,10 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
   worker_spec.shutdown = shutdown_spec::after(st.cfg.shutdown_timeout);
   auto listener = caf::actor_cast<worker_listener_actor>(self);
   auto incarnations = std::make_shared<uint64_t>(0);
-  worker_spec.start = [cfg = st.cfg, listener, incarnations](caf::actor_system& sys,
-                                                              const std::string& id) {
+  if (st.cfg.backend == backend_kind::python && st.cfg.start == start_method::fork_server)
+    start_template(self);
+  worker_spec.start = [cfg = st.cfg, listener, incarnations,
+                       forks = st.forks](caf::actor_system& sys, const std::string& id) {
     worker_settings common;
     common.id = worker_id_of(slot_of(id));
     common.request_timeout = cfg.request_timeout;
@@ -757,6 +804,7 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
     }
     auto wc = cfg.worker;
     static_cast<worker_settings&>(wc) = common;
+    wc.fork_from = forks;
     return caf::actor_cast<caf::actor>(spawn_python_worker(sys, wc));
   };
   supervisor_flags flags;
@@ -770,9 +818,14 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
   self->monitor(st.sup);
   // However the pool ends (even killed, which skips the exit handler), its
   // supervisor, and so every worker, and the affinity actor end with it.
-  self->attach_functor([sup = st.sup, aff = st.affinity](const caf::error&) {
+  self->attach_functor([sup = st.sup, aff = st.affinity, tsup = st.template_sup,
+                        forks = st.forks](const caf::error&) {
     caf::anon_send_exit(sup, caf::exit_reason::kill);
     caf::anon_send_exit(aff, caf::exit_reason::kill);
+    if (tsup)
+      caf::anon_send_exit(tsup, caf::exit_reason::kill);
+    if (forks)
+      forks->close();
   });
   // All workers start at once; their Python start-ups overlap.
   for (size_t i = 0; i < st.slots.size(); ++i) {
@@ -790,6 +843,19 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
     auto& st = self->state;
     if (dm.source == st.sup.address()) {
       on_supervisor_down(self, dm.reason);
+      return;
+    }
+    if (st.template_sup && dm.source == st.template_sup.address()) {
+      // The template kept failing: no worker can start any more.
+      if (!st.stopping) {
+        self->send_exit(st.sup, caf::exit_reason::user_shutdown);
+        give_up(self, "its fork-server template failed more than "
+                        + std::to_string(st.cfg.max_restarts) + " times within "
+                        + std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                           st.cfg.restart_period)
+                                           .count())
+                        + " ms");
+      }
       return;
     }
     // A requester went away: its queued requests give up their places.
@@ -818,6 +884,10 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
     for (auto& rp : st.ready_waiters)
       rp.deliver(make_error(error_code::shutting_down, "the pool is stopping"));
     st.ready_waiters.clear();
+    // Workers still waiting for a template to fork them stop waiting; the
+    // template itself stops after the workers (its end kills them).
+    if (st.forks)
+      st.forks->close();
     self->send_exit(st.sup, caf::exit_reason::user_shutdown);
   });
   return {

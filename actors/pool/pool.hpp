@@ -75,6 +75,24 @@ enum class backend_kind : uint8_t { python, mock };
 
 enum class affinity_mode : uint8_t { strict, hint };
 
+/// How a pool of Python workers starts them (pool.start-method).
+enum class start_method : uint8_t {
+  /// One template interpreter per pool imports the modules once and forks
+  /// every worker (start, restart, recycle) from that warm state.
+  fork_server,
+  /// Every worker is a new interpreter that imports the modules itself.
+  spawn,
+  // Add new methods above this line and their names to the table below.
+};
+
+template <>
+struct enum_names<start_method> {
+  static constexpr name_table<start_method, static_cast<size_t>(start_method::spawn) + 1> table{{{
+    {start_method::fork_server, "fork-server"},
+    {start_method::spawn, "spawn"},
+  }}};
+};
+
 /// What the keeper does when the pool gives up (see pool_keeper.hpp).
 struct pool_restart_policy {
   /// Restart the pool (true) or quit with the cause (false), so that a
@@ -90,6 +108,9 @@ struct pool_config {
   /// Number of workers.
   size_t size = 2;
   backend_kind backend = backend_kind::python;
+  /// Python backend: fork workers from a template (README, "Start-up") or
+  /// spawn each.
+  start_method start = start_method::fork_server;
   /// Template of each Python worker. The pool sets its id and listener, and
   /// from its own fields request_timeout, attempt_timeout and stop_grace
   /// (half of shutdown_timeout): those are set here, once, for both backends.

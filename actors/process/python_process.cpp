@@ -6,6 +6,7 @@
 #include <sys/eventfd.h>
 #include <sys/syscall.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -93,6 +94,7 @@ python_process::~python_process() {
       thread_.join();
   }
   close_fd(wake_fd_);
+  close_fd(control_fd_);
 }
 
 std::shared_ptr<python_process> python_process::start(process_options opts,
@@ -133,6 +135,15 @@ std::string python_process::spawn() {
   if (pipe2(req, O_CLOEXEC) != 0 || pipe2(rep, O_CLOEXEC) != 0 || pipe2(out, O_CLOEXEC) != 0
       || pipe2(err, O_CLOEXEC) != 0 || pipe2(status, O_CLOEXEC) != 0)
     return fail("cannot create pipes");
+  if (opts_.launcher) {
+    close_fd(status[0]);
+    close_fd(status[1]);
+    return launch(req, rep, out, err);
+  }
+  int ctl[2] = {-1, -1};
+  if (opts_.control_socket
+      && socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, ctl) != 0)
+    return fail("cannot create the control socket");
   // Everything the child needs is prepared before fork: between fork and exec
   // only async-signal-safe calls are allowed in a multi-threaded process.
   std::vector<std::string> argv_store;
@@ -173,15 +184,16 @@ std::string python_process::spawn() {
     ::signal(SIGINT, SIG_IGN);
     // Move the fds above the targets first: a pipe end may already sit at 3
     // or 4, and dup2 onto itself would keep O_CLOEXEC.
-    int fds[5] = {devnull, out[1], err[1], req[0], rep[1]};
-    for (auto& fd : fds)
-      fd = fcntl(fd, F_DUPFD_CLOEXEC, 10);
-    for (int target = 0; target < 5; ++target)
+    int fds[6] = {devnull, out[1], err[1], req[0], rep[1], ctl[1]};
+    int count = ctl[1] >= 0 ? 6 : 5;
+    for (int i = 0; i < count; ++i)
+      fds[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, 10);
+    for (int target = 0; target < count; ++target)
       if (dup2(fds[target], target) < 0)
         _exit(126);
     // Nothing else of the host (sockets, other workers' pipes) leaks into the
     // child; the status pipe is O_CLOEXEC and closes itself on exec.
-    close_range(5, ~0U, CLOSE_RANGE_CLOEXEC);
+    close_range(static_cast<unsigned>(count), ~0U, CLOSE_RANGE_CLOEXEC);
     execvpe(argv[0], argv.data(), envp.data());
     int e = errno;
     [[maybe_unused]] auto n = write(status[1], &e, sizeof(e));
@@ -189,6 +201,8 @@ std::string python_process::spawn() {
   }
   close_fd(devnull);
   close_fd(status[1]);
+  close_fd(ctl[1]);
+  control_fd_ = ctl[0];
   close_fd(req[0]);
   close_fd(rep[1]);
   close_fd(out[1]);
@@ -202,15 +216,18 @@ std::string python_process::spawn() {
   if (n == sizeof(child_errno)) {
     int st;
     waitpid(pid, &st, 0);
-    for (int* fd : {&req[1], &rep[0], &out[0], &err[0]})
+    for (int* fd : {&req[1], &rep[0], &out[0], &err[0], &control_fd_})
       close_fd(*fd);
     return "cannot execute Python interpreter '" + opts_.python
            + "': " + std::strerror(child_errno);
   }
-  pid_ = pid;
-  // glibc 2.36's <sys/pidfd.h> lacks C linkage for C++, so call the kernel
-  // directly; without pidfd support the loop falls back to polling waitpid.
-  pidfd_ = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
+  {
+    std::lock_guard<std::mutex> guard{mtx_};
+    pid_ = pid;
+    // glibc 2.36's <sys/pidfd.h> lacks C linkage for C++, so call the kernel
+    // directly; without pidfd support the loop falls back to polling waitpid.
+    pidfd_ = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
+  }
   req_w_ = req[1];
   rep_r_ = rep[0];
   out_r_ = out[0];
@@ -220,14 +237,86 @@ std::string python_process::spawn() {
   return {};
 }
 
+std::string python_process::launch(int req[2], int rep[2], int out[2], int err[2]) {
+  child_fds fds{req[0], rep[1], out[1], err[1]};
+  auto cancelled = [this] {
+    std::lock_guard<std::mutex> guard{mtx_};
+    return closing_;
+  };
+  auto child = opts_.launcher->launch(fds, cancelled, launch_error_);
+  // The child holds its ends now (or never will): the host's copies go.
+  for (int* fd : {&req[0], &rep[1], &out[1], &err[1]})
+    close_fd(*fd);
+  if (!child) {
+    for (int* fd : {&req[1], &rep[0], &out[0], &err[0]})
+      close_fd(*fd);
+    if (launch_error_.message.empty())
+      launch_error_.message = "the worker could not be created";
+    return launch_error_.message;
+  }
+  {
+    std::lock_guard<std::mutex> guard{mtx_};
+    pid_ = child->pid;
+    pidfd_ = child->pidfd;
+  }
+  req_w_ = req[1];
+  rep_r_ = rep[0];
+  out_r_ = out[0];
+  err_r_ = err[0];
+  for (int fd : {req_w_, rep_r_, out_r_, err_r_})
+    set_nonblocking(fd);
+  return {};
+}
+
+std::optional<exit_status> python_process::try_reap() {
+  std::optional<exit_status> result;
+  std::lock_guard<std::mutex> guard{mtx_};
+  if (opts_.launcher) {
+    // Not this host's child: its creator reaped it and tells how it ended.
+    pollfd p{pidfd_, POLLIN, 0};
+    if (pidfd_ >= 0 && poll(&p, 1, 0) <= 0)
+      return result;
+    result = opts_.launcher->exit_of(pid_);
+  } else {
+    int st = 0;
+    if (waitpid(pid_, &st, WNOHANG) != pid_)
+      return result;
+    result.emplace();
+    if (WIFEXITED(st))
+      result->code = WEXITSTATUS(st);
+    else if (WIFSIGNALED(st))
+      result->signal = WTERMSIG(st);
+  }
+  if (result)
+    reaped_ = true;
+  return result;
+}
+
+int python_process::take_control_fd() {
+  auto fd = control_fd_;
+  control_fd_ = -1;
+  return fd;
+}
+
 void python_process::run(std::promise<std::string>* started) {
   wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  auto error = spawn();
-  auto ok = error.empty();
-  started->set_value(std::move(error));
-  if (!ok) {
-    close_fd(wake_fd_);
-    return;
+  if (opts_.launcher) {
+    // Creating the child may wait for its creator (a template that is
+    // still starting): the owner is not kept waiting for that.
+    started->set_value({});
+    if (auto error = spawn(); !error.empty()) {
+      if (cbs_.on_start_failed)
+        cbs_.on_start_failed(launch_error_);
+      return;
+    }
+  } else {
+    auto error = spawn();
+    auto ok = error.empty();
+    started->set_value(std::move(error));
+    if (!ok) {
+      close_fd(wake_fd_);
+      return;
+    }
   }
   wire::frame_reader reader{opts_.max_frame_size};
   bool protocol_broken = false;
@@ -237,11 +326,14 @@ void python_process::run(std::promise<std::string>* started) {
   clock::time_point term_at = clock::time_point::max();
   clock::time_point kill_at = clock::time_point::max();
   bool term_sent = false;
+  // A launched child's pidfd fired: its exit status comes from its creator.
+  bool child_ended = false;
+  clock::time_point ended_at;
   auto log_out = [this](const std::string& line) {
-    log().info("[{} pid {}] stdout: {}", opts_.tag, pid_, line);
+    log().info("[{} pid {}] stdout: {}", opts_.tag, pid_.load(), line);
   };
   auto log_err = [this](const std::string& line) {
-    log().warn("[{} pid {}] stderr: {}", opts_.tag, pid_, line);
+    log().warn("[{} pid {}] stderr: {}", opts_.tag, pid_.load(), line);
     std::lock_guard<std::mutex> guard{mtx_};
     stderr_tail_.push_back(line);
     if (stderr_tail_.size() > stderr_tail_lines)
@@ -325,7 +417,8 @@ void python_process::run(std::promise<std::string>* started) {
         fds[nfds++] = pollfd{fd, events, 0};
     };
     add(wake_fd_, POLLIN);
-    add(pidfd_, POLLIN);
+    if (!child_ended)
+      add(pidfd_, POLLIN);
     add(rep_r_, POLLIN);
     add(out_r_, POLLIN);
     add(err_r_, POLLIN);
@@ -343,8 +436,8 @@ void python_process::run(std::promise<std::string>* started) {
         std::chrono::duration_cast<std::chrono::milliseconds>(next - now).count() + 1);
     else if (next <= now)
       timeout = 10;
-    if (pidfd_ < 0 && rep_r_ < 0)
-      timeout = 10; // no pidfd: poll waitpid below
+    if ((pidfd_ < 0 && rep_r_ < 0) || child_ended)
+      timeout = 10; // no pidfd, or a launched child's status is on its way
     auto rc = poll(fds, nfds, timeout);
     if (rc < 0 && errno != EINTR)
       break;
@@ -357,15 +450,21 @@ void python_process::run(std::promise<std::string>* started) {
       flush_locked();
     }
     // Has the child exited?
-    int st = 0;
-    pid_t reaped;
-    {
-      std::lock_guard<std::mutex> guard{mtx_};
-      reaped = waitpid(pid_, &st, WNOHANG);
-      if (reaped == pid_)
+    auto status = try_reap();
+    if (!status && opts_.launcher && pidfd_ >= 0) {
+      if (!child_ended) {
+        pollfd p{pidfd_, POLLIN, 0};
+        child_ended = poll(&p, 1, 0) > 0;
+        ended_at = clock::now();
+      } else if (clock::now() - ended_at > std::chrono::seconds(2)) {
+        // Its creator never told (a hung template): it is gone all the same.
+        log().warn("[{} pid {}] ended, but its exit status never arrived", opts_.tag, pid_.load());
+        status = exit_status{-1, SIGKILL};
+        std::lock_guard<std::mutex> guard{mtx_};
         reaped_ = true;
+      }
     }
-    if (reaped == pid_) {
+    if (status) {
       // Whatever user code started in the worker's process group (os.fork,
       // subprocess, multiprocessing) ends with the worker. Processes that
       // left the group (setsid) are not covered.
@@ -374,13 +473,8 @@ void python_process::run(std::promise<std::string>* started) {
       drain_pipes();
       out_lines.flush(log_out);
       err_lines.flush(log_err);
-      exit_status status;
-      if (WIFEXITED(st))
-        status.code = WEXITSTATUS(st);
-      else if (WIFSIGNALED(st))
-        status.signal = WTERMSIG(st);
       if (cbs_.on_exit)
-        cbs_.on_exit(status);
+        cbs_.on_exit(*status);
       break;
     }
   }
@@ -388,8 +482,10 @@ void python_process::run(std::promise<std::string>* started) {
     std::lock_guard<std::mutex> guard{mtx_};
     close_fd(req_w_);
   }
-  for (int* fd : {&rep_r_, &out_r_, &err_r_, &pidfd_})
+  for (int* fd : {&rep_r_, &out_r_, &err_r_})
     close_fd(*fd);
+  std::lock_guard<std::mutex> guard{mtx_};
+  close_fd(pidfd_);
 }
 
 void python_process::flush_locked() {
@@ -453,7 +549,13 @@ void python_process::stop(std::chrono::milliseconds grace) {
 
 void python_process::signal(int sig) {
   std::lock_guard<std::mutex> guard{mtx_};
-  if (!reaped_ && pid_ > 0)
+  if (reaped_)
+    return;
+  // Through the pidfd when there is one: a launched child is reaped by its
+  // creator, so its pid alone could name a recycled process.
+  if (pidfd_ >= 0)
+    syscall(SYS_pidfd_send_signal, pidfd_, sig, nullptr, 0);
+  else if (pid_ > 0)
     ::kill(pid_, sig);
 }
 

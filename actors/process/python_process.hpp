@@ -48,12 +48,14 @@
 
 #include <sys/types.h>
 
+#include <atomic>
 #include <chrono>
 #include <deque>
 #include <functional>
 #include <future>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -73,6 +75,41 @@ struct exit_status {
   std::string describe() const;
 };
 
+/// The descriptors a child gets from its host (the child ends of its pipes).
+struct child_fds {
+  int request = -1; ///< read end of the request pipe (the child's fd 3)
+  int reply = -1;   ///< write end of the reply pipe (fd 4)
+  int out = -1;     ///< write end of the stdout pipe (fd 1)
+  int err = -1;     ///< write end of the stderr pipe (fd 2)
+};
+
+/// A child someone else created for this host.
+struct launched_child {
+  pid_t pid = -1;
+  /// Names this child and never a recycled pid; owned by the receiver.
+  int pidfd = -1;
+};
+
+/// Makes children that python_process does not fork and exec itself (a
+/// fork-server template forks them: actors/fork_server/). Such a child is
+/// not this host's child: its creator reaps it and tells its exit status.
+class process_launcher {
+public:
+  virtual ~process_launcher() = default;
+
+  /// Creates the child with `fds` (not consumed: the caller closes its
+  /// copies). Blocks until it exists or fails; gives up early once
+  /// `cancelled()` is true. On failure, `error` says why.
+  virtual std::optional<launched_child> launch(const child_fds& fds,
+                                               const std::function<bool()>& cancelled,
+                                               wire::remote_error& error)
+    = 0;
+
+  /// How child `pid` ended, once its pidfd said it did; nothing while that
+  /// is not known yet.
+  virtual std::optional<exit_status> exit_of(pid_t pid) = 0;
+};
+
 struct process_options {
   /// The interpreter to execute (a path, or a name looked up in PATH).
   std::string python = "/usr/bin/python3";
@@ -85,6 +122,13 @@ struct process_options {
   /// Largest frame body accepted from the child (the worker actor applies
   /// the same bound to what it sends).
   size_t max_frame_size = wire::default_max_frame_size;
+  /// Set: the child comes from this launcher (no exec here; start() then
+  /// returns at once and a failure arrives as on_start_failed). Unset: the
+  /// I/O thread forks and execs `python`.
+  std::shared_ptr<process_launcher> launcher;
+  /// Gives the child a SOCK_SEQPACKET socket as fd 5, the host keeping the
+  /// other end (take_control_fd), e.g. to pass descriptors to a template.
+  bool control_socket = false;
 };
 
 struct process_callbacks {
@@ -94,6 +138,8 @@ struct process_callbacks {
   /// The child broke the protocol; no further frames are delivered.
   std::function<void(std::string)> on_protocol_error;
   std::function<void(exit_status)> on_exit;
+  /// With a launcher only: the child could not be created (no on_exit then).
+  std::function<void(wire::remote_error)> on_start_failed;
 };
 
 class python_process {
@@ -108,9 +154,14 @@ public:
   python_process(const python_process&) = delete;
   python_process& operator=(const python_process&) = delete;
 
+  /// The child's pid; -1 while a launcher has not created it yet.
   pid_t pid() const noexcept {
-    return pid_;
+    return pid_.load();
   }
+
+  /// The host's end of the control socket (control_socket), once; the
+  /// caller owns it.
+  int take_control_fd();
 
   /// Queues bytes for the child's request pipe. Never blocks.
   void send(std::vector<char> bytes);
@@ -138,13 +189,19 @@ private:
   /// Writes queued bytes until the pipe would block. Requires mtx_.
   void flush_locked();
   std::string spawn();
+  /// The launcher's part of spawn(): the child's ends go to the launcher.
+  std::string launch(int req[2], int rep[2], int out[2], int err[2]);
+  /// Collects the child's exit status if it ended.
+  std::optional<exit_status> try_reap();
   void wake();
 
   process_options opts_;
   process_callbacks cbs_;
   std::thread thread_;
-  pid_t pid_ = -1;
+  std::atomic<pid_t> pid_{-1};
   int pidfd_ = -1;
+  int control_fd_ = -1;
+  wire::remote_error launch_error_;
   int req_w_ = -1;
   int rep_r_ = -1;
   int out_r_ = -1;

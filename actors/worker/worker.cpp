@@ -16,7 +16,9 @@
 #include "caf/stateful_actor.hpp"
 #include "caf/typed_event_based_actor.hpp"
 
+#include "actors/fork_server/fork_server.hpp"
 #include "actors/process/python_process.hpp"
+#include "actors/worker/python_options.hpp"
 #include "actors/worker/request_ledger.hpp"
 #include "messages/log.hpp"
 
@@ -29,6 +31,7 @@ using exited_atom = caf::atom_constant<caf::atom("pv_exited")>;
 using broken_atom = caf::atom_constant<caf::atom("pv_broken")>;
 using start_timeout_atom = caf::atom_constant<caf::atom("pv_starttm")>;
 using settle_timeout_atom = caf::atom_constant<caf::atom("pv_settle")>;
+using start_failed_atom = caf::atom_constant<caf::atom("pv_startfl")>;
 
 // Frames cross from the I/O thread to the actor in batches (all frames of one
 // read) behind a shared pointer: the actor moves the result bytes out instead
@@ -48,7 +51,8 @@ namespace {
 using worker_impl = worker_actor::extend<
   caf::reacts_to<frame_atom, frame_ptr>, caf::reacts_to<exited_atom, int, int>,
   caf::reacts_to<broken_atom, std::string>, caf::reacts_to<sweep_atom>,
-  caf::reacts_to<start_timeout_atom>, caf::reacts_to<settle_timeout_atom>>;
+  caf::reacts_to<start_timeout_atom>, caf::reacts_to<settle_timeout_atom>,
+  caf::reacts_to<start_failed_atom, std::string, std::string, std::string, std::string>>;
 
 /// How long a recycled worker waits for its killed process to be reaped
 /// before it settles its requests without knowing which ones started.
@@ -70,7 +74,9 @@ struct worker_state {
 using self_ptr = worker_impl::stateful_pointer<worker_state>;
 
 std::string tag_of(const worker_state& st) {
-  return "worker " + std::to_string(st.cfg.id) + " (pid " + std::to_string(st.status.pid) + ")";
+  auto tag = "worker " + std::to_string(st.cfg.id);
+  // A forked worker's pid is known at its hello.
+  return st.status.pid > 0 ? tag + " (pid " + std::to_string(st.status.pid) + ")" : tag;
 }
 
 worker_status snapshot(const worker_state& st) {
@@ -103,16 +109,20 @@ std::string describe_startup_exit(const worker_state& st, const exit_status& es)
   return msg;
 }
 
+// A Python error as the caller sees it; `prefix` goes before its message.
+caf::error error_of(const wire::remote_error& e, const std::string& prefix = {}) {
+  auto code = error_code::python_error;
+  if (!e.code.empty() && !from_string(e.code, code))
+    code = error_code::python_error;
+  auto msg = e.type.empty() || code != error_code::python_error ? e.message
+                                                                  : e.type + ": " + e.message;
+  return make_error(code, prefix + msg, e.type, e.traceback);
+}
+
 caf::expected<payload> result_of(wire::frame& f) {
   if (f.ok)
     return payload{std::move(f.result)};
-  auto code = error_code::python_error;
-  if (!f.error.code.empty() && !from_string(f.error.code, code))
-    code = error_code::python_error;
-  auto msg = f.error.type.empty() || code != error_code::python_error
-               ? f.error.message
-               : f.error.type + ": " + f.error.message;
-  return make_error(code, std::move(msg), f.error.type, f.error.traceback);
+  return error_of(f.error);
 }
 
 // The process is gone and every reply it wrote has been read: settle what is
@@ -129,6 +139,21 @@ void settle(self_ptr self, const caf::error& err) {
   st.ledger->settle_sequential(self, err, started);
 }
 
+// The worker could not start: its hello said why, or its template's did (a
+// forked worker whose template cannot import a module fails with the
+// template's error, exactly as a spawned one fails with its own).
+void start_failed(self_ptr self, const wire::remote_error& why) {
+  auto& st = self->state;
+  auto msg = tag_of(st) + " failed to start: " + why.message;
+  // One line here; whoever gives up on the worker (the pool) reports the
+  // traceback once instead of once per restart.
+  log().info("{}", msg);
+  auto err = why.code.empty() || why.code == "python_error"
+               ? make_error(error_code::python_error, msg, why.type, why.traceback)
+               : error_of(why, tag_of(st) + " failed to start: ");
+  terminate(self, err, err);
+}
+
 void on_frame(self_ptr self, wire::frame& f) {
   auto& st = self->state;
   if (f.type == wire::frame_type::hello) {
@@ -142,15 +167,12 @@ void on_frame(self_ptr self, wire::frame& f) {
       return;
     }
     if (!f.ok) {
-      auto msg = tag_of(st) + " failed to start: " + f.error.message;
-      // One line here; whoever gives up on the worker (the pool) reports the
-      // traceback once instead of once per restart.
-      log().info("{}", msg);
-      auto err = make_error(error_code::python_error, msg, f.error.type, f.error.traceback);
-      terminate(self, err, err);
+      start_failed(self, f.error);
       return;
     }
     st.status.phase = worker_phase::ready;
+    if (f.pid > 0)
+      st.status.pid = f.pid; // a forked worker's pid is known only now
     st.status.python = f.python;
     st.status.commands = f.commands;
     auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -175,25 +197,13 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
   st.ledger = std::make_unique<request_ledger>(self, st.cfg);
   st.status.id = st.cfg.id;
   st.spawned_at = std::chrono::steady_clock::now();
-  // Start the process.
-  process_options opts;
-  opts.python = st.cfg.python;
-  // -c rather than -m: runpy costs a few milliseconds of every start-up.
-  opts.args = {"-c", "import sys; from pyvisor.worker import main; sys.exit(main())",
-               "--in-fd", "3", "--out-fd", "4"};
-  for (const auto& m : st.cfg.modules) {
-    opts.args.emplace_back("--module");
-    opts.args.push_back(m);
-  }
-  std::string pythonpath;
-  for (const auto& p : st.cfg.python_path)
-    pythonpath += p + ":";
-  pythonpath += default_python_dir();
-  if (auto existing = getenv("PYTHONPATH"); existing && *existing)
-    pythonpath += std::string{":"} + existing;
-  opts.env = {"PYTHONPATH=" + pythonpath, "PYTHONUNBUFFERED=1"};
-  opts.tag = "worker " + std::to_string(st.cfg.id);
-  opts.max_frame_size = st.cfg.max_frame_size;
+  // Start the process: spawned, or forked from the pool's template.
+  auto opts = python_options(st.cfg, "pyvisor.worker", "worker " + std::to_string(st.cfg.id));
+  if (st.cfg.fork_from)
+    opts.launcher = std::make_shared<fork_launcher>(
+      st.cfg.fork_from, std::chrono::steady_clock::now()
+                          + std::chrono::duration_cast<std::chrono::nanoseconds>(
+                            st.cfg.startup_timeout));
   // The callbacks hold a weak handle: a worker that nobody references any
   // more is destroyed, and its process with it.
   auto weak = self->address();
@@ -211,6 +221,9 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
   cbs.on_exit = [send_to_self](exit_status es) {
     send_to_self(exited_atom::value, es.code, es.signal);
   };
+  cbs.on_start_failed = [send_to_self](wire::remote_error why) {
+    send_to_self(start_failed_atom::value, why.code, why.type, why.message, why.traceback);
+  };
   std::string error;
   st.proc = python_process::start(std::move(opts), std::move(cbs), error);
   if (!st.proc) {
@@ -219,7 +232,7 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
     self->quit(err);
     return worker_impl::behavior_type::make_empty_behavior();
   }
-  st.status.pid = st.proc->pid();
+  st.status.pid = std::max(0, st.proc->pid()); // forked: known at its hello
   self->attach_functor([proc = st.proc] { proc->close(); });
   self->delayed_send(self, st.cfg.startup_timeout, start_timeout_atom::value);
   // Stopping: the process gets EOF, finishes what it holds and exits (or
@@ -339,6 +352,16 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
                    tag_of(st) + " recycled after another request timed out"),
         std::numeric_limits<size_t>::max());
     },
+    [self](start_failed_atom, std::string& code, std::string& type, std::string& message,
+           std::string& traceback) {
+      auto& st = self->state;
+      if (st.status.phase == worker_phase::stopping) {
+        st.ledger->finish_stop(self, tag_of(st) + " stopped before it started");
+        return;
+      }
+      start_failed(self, wire::remote_error{std::move(code), std::move(type), std::move(message),
+                                            std::move(traceback)});
+    },
     [self](start_timeout_atom) {
       auto& st = self->state;
       if (st.status.phase != worker_phase::starting)
@@ -352,6 +375,29 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
 }
 
 } // namespace
+
+process_options python_options(const worker_config& cfg, const std::string& module,
+                               std::string tag) {
+  process_options opts;
+  opts.python = cfg.python;
+  // -c rather than -m: runpy costs a few milliseconds of every start-up.
+  opts.args = {"-c", "import sys; from " + module + " import main; sys.exit(main())", "--in-fd",
+               "3", "--out-fd", "4"};
+  for (const auto& m : cfg.modules) {
+    opts.args.emplace_back("--module");
+    opts.args.push_back(m);
+  }
+  std::string pythonpath;
+  for (const auto& p : cfg.python_path)
+    pythonpath += p + ":";
+  pythonpath += default_python_dir();
+  if (auto existing = getenv("PYTHONPATH"); existing && *existing)
+    pythonpath += std::string{":"} + existing;
+  opts.env = {"PYTHONPATH=" + pythonpath, "PYTHONUNBUFFERED=1"};
+  opts.tag = std::move(tag);
+  opts.max_frame_size = cfg.max_frame_size;
+  return opts;
+}
 
 std::string default_python_dir() {
   if (auto env = getenv("PYVISOR_PYTHON_DIR"); env && *env)

@@ -27,6 +27,7 @@
 #pragma once
 
 #include <chrono>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -37,6 +38,8 @@
 #include "pyvisor/worker_actor.hpp"
 
 namespace pyvisor {
+
+class fork_channel;
 
 /// Settings of one Python worker (worker_settings: id, deadlines, stop
 /// grace, listener).
@@ -51,6 +54,10 @@ struct worker_config : worker_settings {
   /// Largest frame body in either direction: a request whose frame would be
   /// larger is refused with bad_request, a larger reply is a protocol error.
   size_t max_frame_size = wire::default_max_frame_size;
+  /// Set by a pool whose start method is fork-server: the worker is forked
+  /// from the pool's template (which imported `modules`) instead of
+  /// spawned. Unset: a new interpreter is started.
+  std::shared_ptr<fork_channel> fork_from;
 };
 
 /// Directory holding the `pyvisor` Python package: $PYVISOR_PYTHON_DIR if

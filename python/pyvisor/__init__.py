@@ -16,9 +16,10 @@ same worker. Raise :class:`BadRequest` for invalid arguments; any other
 exception is reported to the caller as ``python_error`` with its traceback.
 """
 
-__all__ = ["command", "commands", "Context", "Error", "BadRequest"]
+__all__ = ["command", "commands", "on_start", "Context", "Error", "BadRequest"]
 
 _registry = {}
+_on_start = []
 
 
 class Error(Exception):
@@ -49,6 +50,28 @@ def command(name):
         return fn
 
     return decorate
+
+
+def on_start(fn):
+    """Registers ``fn()`` to run once in every worker, before it serves.
+
+    With ``pool.start-method = fork-server`` modules are imported once, in a
+    template process that forks the workers; whatever must exist per process
+    (threads, sockets, connections, seeded random generators other than
+    ``random``'s) belongs in such a hook, which runs after the fork. With
+    ``spawn`` it runs right after the imports. A hook that raises fails the
+    worker's start-up with its traceback, like a module that fails to import.
+    """
+    if not callable(fn):
+        raise ValueError("pyvisor.on_start needs a callable")
+    _on_start.append(fn)
+    return fn
+
+
+def run_on_start():
+    """Runs the registered hooks in order (the worker calls this)."""
+    for fn in _on_start:
+        fn()
 
 
 def commands():

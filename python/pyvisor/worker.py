@@ -7,7 +7,8 @@ protocol runs on its own file descriptors, so ``print()`` and logging in user
 code go to stdout/stderr, which the node logs, tagged with this worker.
 
 Exit codes: 0 after EOF on the request pipe; 3 when msgpack is missing;
-4 when a user module fails to import (reported in the hello frame first);
+4 when a user module fails to import or an on_start hook raises (reported
+in the hello frame first);
 5 when the node sent a frame whose request id cannot be read. A request whose
 *args* Python cannot decode (invalid UTF-8 in a str, a map keyed by a map, a
 malformed timestamp) is answered ``bad_request`` and the worker keeps serving:
@@ -219,7 +220,7 @@ def _parse_args(argv):
     return opts
 
 
-def _guard_process_group():
+def guard_process_group():
     """Forks a guard that kills this worker's process group as soon as the
     worker is gone, however it ends: processes that user code starts
     (os.fork, subprocess, multiprocessing) stay in the group and must not
@@ -255,19 +256,35 @@ def _guard_process_group():
         os._exit(0)
 
 
-def main(argv=None):
-    opts = _parse_args(sys.argv[1:] if argv is None else argv)
-    _guard_process_group()
-    worker = Worker(opts["in_fd"], opts["out_fd"])
-    for name in opts["module"]:
-        try:
-            importlib.import_module(name)
-        except BaseException as exc:
-            err = _error_map(exc)
-            err["message"] = "importing user module %r failed: %s: %s" % (
-                name, type(exc).__name__, exc)
-            worker.send({"hello": False, "pid": os.getpid(), "error": err})
-            return EXIT_IMPORT_FAILED
+def send_start_failure(worker, exc, message):
+    """The hello that tells the node why this worker cannot start, with the
+    traceback of `exc`."""
+    err = _error_map(exc)
+    err["message"] = message
+    worker.send({"hello": False, "pid": os.getpid(), "error": err})
+
+
+def import_user_module(worker, name):
+    """Imports one user module; False (after telling the node) if it fails."""
+    try:
+        importlib.import_module(name)
+        return True
+    except BaseException as exc:  # noqa: BLE001  SystemExit at import is a failure too
+        send_start_failure(worker, exc, "importing user module %r failed: %s: %s" % (
+            name, type(exc).__name__, _safe_str(exc)))
+        return False
+
+
+def serve_imported(worker):
+    """What every worker does once its modules are imported (spawned, or
+    forked from a template that imported them): the on_start hooks, the
+    hello, then requests until EOF. Returns the exit code."""
+    try:
+        pyvisor.run_on_start()
+    except BaseException as exc:  # noqa: BLE001
+        send_start_failure(worker, exc, "an on_start hook failed: %s: %s" % (
+            type(exc).__name__, _safe_str(exc)))
+        return EXIT_IMPORT_FAILED
     worker.send({
         "hello": True,
         "pid": os.getpid(),
@@ -275,6 +292,16 @@ def main(argv=None):
         "commands": pyvisor.commands(),
     })
     return worker.serve()
+
+
+def main(argv=None):
+    opts = _parse_args(sys.argv[1:] if argv is None else argv)
+    guard_process_group()
+    worker = Worker(opts["in_fd"], opts["out_fd"])
+    for name in opts["module"]:
+        if not import_user_module(worker, name):
+            return EXIT_IMPORT_FAILED
+    return serve_imported(worker)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,21 @@
+// How a worker_config becomes a Python process: the command line, the
+// import path and the environment that the Python worker and the pool's
+// fork-server template (actors/fork_server/) share.
+
+#pragma once
+
+#include <string>
+
+#include "actors/process/python_process.hpp"
+#include "pyvisor/worker.hpp"
+
+namespace pyvisor {
+
+/// Runs `module`'s main() with cfg.python, fds 3/4 as the protocol pipes,
+/// cfg.modules as --module arguments, cfg.python_path before the pyvisor
+/// package's directory on PYTHONPATH, unbuffered output. `tag` names it in
+/// logs.
+process_options python_options(const worker_config& cfg, const std::string& module,
+                               std::string tag);
+
+} // namespace pyvisor
