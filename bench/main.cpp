@@ -1,6 +1,7 @@
 // pyvisor-bench: pyvisor's performance, as ratios to references measured in
 // the same run on the same machine (absolute times on shared machines mean
-// little). Scenarios: startup, rtt, throughput, sessions, recovery, large; the
+// little). Scenarios: startup, rtt, throughput, sessions, recovery, large,
+// forkserver (start methods with a heavy user module); the
 // references are a raw pipe floor and Python's ProcessPoolExecutor
 // (bench/references.hpp). Prints a table; --json FILE writes every figure and
 // ratio; --compare FILE checks the ratios against a stored baseline and exits
@@ -15,6 +16,9 @@
 
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <limits>
 #include <functional>
 #include <thread>
 #include <fstream>
@@ -33,6 +37,7 @@
 #include "node/gateway.hpp"
 #include "pyvisor/pool.hpp"
 #include "pyvisor/session_affinity.hpp"
+#include "pyvisor/worker.hpp"
 #include "bench/references.hpp"
 #include "messages/log.hpp"
 
@@ -50,8 +55,8 @@ struct bench_config : caf::actor_system_config {
   std::string python = "/usr/bin/python3";
   std::string ppe_script = PYVISOR_BENCH_DIR "/ppe_reference.py";
   std::string node = PYVISOR_NODE_PATH;
-  std::vector<std::string> scenarios{"startup",  "rtt",      "throughput",
-                                     "sessions", "recovery", "large"};
+  std::vector<std::string> scenarios{"startup",  "rtt",   "throughput", "sessions",
+                                     "recovery", "large", "forkserver"};
 
   bench_config() {
     add_pool_types(*this);
@@ -372,6 +377,139 @@ void recovery(caf::actor_system& sys, const bench_config& cfg, report& r) {
                                   "kill -9 to replacement ready / bare interpreter start-up"};
 }
 
+// -- fork server (issue #13) --------------------------------------------------------
+
+/// Proportional set size of `pid` in bytes (shared pages split between the
+/// processes sharing them), 0 when unreadable.
+double pss_bytes(int64_t pid) {
+  std::ifstream in{"/proc/" + std::to_string(pid) + "/smaps_rollup"};
+  std::string key;
+  double kb = 0;
+  while (in >> key) {
+    if (key == "Pss:") {
+      in >> kb;
+      return kb * 1024;
+    }
+    in.ignore(std::numeric_limits<std::streamsize>::max(), '\n');
+  }
+  return 0;
+}
+
+/// The fork-server templates among this process's children.
+std::vector<int64_t> template_pids() {
+  std::vector<int64_t> result;
+  for (auto& entry : std::filesystem::directory_iterator{"/proc"}) {
+    auto name = entry.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos)
+      continue;
+    std::ifstream stat{entry.path() / "stat"};
+    std::string line;
+    std::getline(stat, line);
+    auto close = line.rfind(')');
+    if (close == std::string::npos)
+      continue;
+    std::istringstream rest{line.substr(close + 2)};
+    std::string state;
+    int64_t ppid = 0;
+    rest >> state >> ppid;
+    if (ppid != getpid())
+      continue;
+    std::ifstream cmd{entry.path() / "cmdline"};
+    std::string cmdline{std::istreambuf_iterator<char>{cmd}, {}};
+    if (cmdline.find("pyvisor.forkserver") != std::string::npos)
+      result.push_back(std::stoll(name));
+  }
+  return result;
+}
+
+/// Wall time of one bare `python3 -c "import heavy_module"`.
+double bare_import_us(const bench_config& cfg) {
+  auto cmd = "PYTHONPATH=" + std::string{PYVISOR_BENCH_DIR} + "/python:" + default_python_dir()
+             + " " + cfg.python + " -c 'import heavy_module'";
+  auto t = now_us();
+  if (std::system(cmd.c_str()) != 0)
+    throw std::runtime_error("cannot import bench/python/heavy_module.py");
+  return now_us() - t;
+}
+
+/// kill -9 of worker 1 to its replacement ready, in microseconds.
+double kill_to_replacement_us(running_pool& p) {
+  auto victim = p.stats().workers[0].pid;
+  auto t = now_us();
+  kill(static_cast<pid_t>(victim), SIGKILL);
+  for (;;) {
+    auto st = p.stats();
+    auto& w = st.workers[0];
+    if (w.state == worker_phase::ready && w.pid != victim && w.pid != 0)
+      return now_us() - t;
+    std::this_thread::sleep_for(1ms); // polling must not steal the CPU it measures
+  }
+}
+
+/// Start-up, recovery and memory of a pool of 4 with a heavy user module
+/// (bench/python/heavy_module.py), for both start methods in the same run,
+/// against one bare import of the module.
+void forkserver(caf::actor_system& sys, const bench_config& cfg, report& r) {
+  int reps = cfg.quick ? 1 : 3;
+  std::vector<double> imports;
+  for (int i = 0; i < reps; ++i)
+    imports.push_back(bare_import_us(cfg));
+  auto bare = median(imports);
+  r.figures["forkserver.bare_import_us"] = bare;
+  double one_worker_pss = 0;
+  for (auto method : {start_method::spawn, start_method::fork_server}) {
+    auto tag = "forkserver." + std::string{method == start_method::spawn ? "spawn" : "fork"};
+    auto pc = python_pool(cfg, 4);
+    pc.start = method;
+    pc.worker.modules = {"heavy_module"};
+    pc.worker.python_path = {PYVISOR_BENCH_DIR "/python"};
+    pc.worker.startup_timeout = 60s;
+    std::vector<double> ready;
+    std::vector<double> recover;
+    double pss_total = 0;
+    for (int i = 0; i < reps; ++i) {
+      auto t = now_us();
+      running_pool p{sys, pc};
+      ready.push_back(now_us() - t);
+      if (i + 1 < reps)
+        continue;
+      std::this_thread::sleep_for(200ms); // let start-up garbage settle
+      std::vector<double> pss;
+      for (auto& w : p.stats().workers)
+        pss.push_back(pss_bytes(w.pid));
+      for (auto x : pss)
+        pss_total += x;
+      for (auto tp : template_pids())
+        pss_total += pss_bytes(tp);
+      if (method == start_method::spawn)
+        one_worker_pss = median(pss);
+      for (int k = 0; k < reps; ++k) {
+        recover.push_back(kill_to_replacement_us(p));
+        std::this_thread::sleep_for(1200ms); // past backoff-reset: a healthy worker
+      }
+    }
+    r.figures[tag + ".pool4_ready_us"] = median(ready);
+    r.figures[tag + ".kill9_to_replacement_us"] = median(recover);
+    r.figures[tag + ".pss4_total_mib"] = pss_total / (1024 * 1024);
+    if (method == start_method::spawn) {
+      r.figures["forkserver.spawn.pool4_vs_import"] = median(ready) / bare;
+      r.figures["forkserver.spawn.recovery_vs_import"] = median(recover) / bare;
+      r.figures["forkserver.one_worker_pss_mib"] = one_worker_pss / (1024 * 1024);
+      r.figures["forkserver.spawn.pss4_vs_one_worker"] = pss_total / one_worker_pss;
+      continue;
+    }
+    r.ratios["forkserver.pool4_vs_import"] = {
+      median(ready) / bare, 1.2, "lower",
+      "fork-server pool of 4 ready (heavy module) / one bare import of it"};
+    r.ratios["forkserver.recovery_vs_import"] = {
+      median(recover) / bare, 0.05, "lower",
+      "fork-server kill -9 to replacement ready / one bare import"};
+    r.ratios["forkserver.pss4_vs_one_worker"] = {
+      pss_total / one_worker_pss, 1.5, "lower",
+      "fork-server template + 4 workers' PSS / one spawned worker's PSS"};
+  }
+}
+
 /// A list of `n` small integers (one byte each), as one msgpack value.
 std::vector<char> packed_ints(size_t n) {
   msgpack::sbuffer buf;
@@ -656,6 +794,8 @@ int main(int argc, char** argv) {
       recovery(sys, cfg, r);
     if (want("large"))
       large(cfg, r);
+    if (want("forkserver"))
+      forkserver(sys, cfg, r);
   } catch (const std::exception& e) {
     std::cerr << "pyvisor-bench: " << e.what() << "\n";
     return 1;

@@ -436,8 +436,10 @@ void python_process::run(std::promise<std::string>* started) {
         std::chrono::duration_cast<std::chrono::milliseconds>(next - now).count() + 1);
     else if (next <= now)
       timeout = 10;
-    if ((pidfd_ < 0 && rep_r_ < 0) || child_ended)
-      timeout = 10; // no pidfd, or a launched child's status is on its way
+    if (pidfd_ < 0 && rep_r_ < 0)
+      timeout = 10; // no pidfd: poll waitpid below
+    else if (child_ended)
+      timeout = 1; // a launched child ended: its status is a few ms away
     auto rc = poll(fds, nfds, timeout);
     if (rc < 0 && errno != EINTR)
       break;
