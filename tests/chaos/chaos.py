@@ -97,19 +97,39 @@ def alive(pid):
         return False
 
 
-def children_of(ppid):
-    out = []
+def _parents():
+    """pid -> ppid of every live (not zombie) process."""
+    out = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
         try:
             with open("/proc/%s/stat" % name) as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            if int(fields[1]) == ppid and fields[0] not in ("Z", "X"):
-                out.append(int(name))
+            if fields[0] not in ("Z", "X"):
+                out[int(name)] = int(fields[1])
         except (OSError, IndexError, ValueError):
             pass
     return out
+
+
+def descendants_of(root):
+    """Every live process below `root`: with the fork-server start method the
+    workers are the template's children, and each worker has a guard."""
+    parents = _parents()
+    found, frontier = set(), {root}
+    while frontier:
+        frontier = {p for p, pp in parents.items() if pp in frontier and p not in found}
+        found |= frontier
+    return sorted(found)
+
+
+def workers_of(node_pid):
+    """Worker processes of a node, spawned (its children) or forked (its
+    template's children), guards excluded."""
+    parents = _parents()
+    firsts = [p for p, pp in parents.items() if pp == node_pid]
+    return [p for p, pp in parents.items() if pp in firsts or p in firsts]
 
 
 def signal_pid(pid, sig):
@@ -174,7 +194,7 @@ class Chaos:
                 st = self.stats(rpc)
             except Exception:
                 st = None
-            kids = children_of(self.node.pid)
+            kids = descendants_of(self.node.pid)
             with self.lock:
                 if st is not None:
                     self.samples.append((t, st))
@@ -322,14 +342,14 @@ class Chaos:
                                  "phase": self.phase, "detail": "garbage"})
         elif kind == "startup_kill":
             victim = rng.choice(pids)
-            before = set(children_of(self.node.pid))
+            before = set(workers_of(self.node.pid))
             t = time.time()
             signal_pid(victim, signal.SIGKILL)
             self.dead_pids.add(victim)
             killed = [victim]
             deadline = time.time() + 3
             while time.time() < deadline:
-                fresh = set(children_of(self.node.pid)) - before - {victim}
+                fresh = set(workers_of(self.node.pid)) - before - {victim}
                 if fresh:
                     newborn = fresh.pop()
                     # Kill it only if it has not said hello yet.

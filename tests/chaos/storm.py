@@ -35,7 +35,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from chaos import ROOT, Rpc, alive, children_of  # noqa: E402
+from chaos import ROOT, Rpc, alive, descendants_of, workers_of  # noqa: E402
 
 CODES = {"bad_request", "unknown_command", "python_error", "worker_crashed", "timeout",
          "session_expired", "session_lost", "overloaded", "shutting_down", "protocol_error",
@@ -102,8 +102,8 @@ def main():
         t_start = time.time()
         last_kill = t_start
         while time.time() - t_start < duration:
-            kids = children_of(node.pid)
-            seen.update(kids)
+            seen.update(descendants_of(node.pid))
+            kids = workers_of(node.pid)  # the fork-server template among them
             if kids:
                 try:
                     os.kill(rng.choice(kids), signal.SIGKILL)
@@ -116,7 +116,7 @@ def main():
         back_within = float(cfg["criteria"]["back_within"])
         back_at = None
         while time.time() - last_kill < back_within + 5:
-            seen.update(children_of(node.pid))
+            seen.update(descendants_of(node.pid))
             with lock:
                 after = [p for p in probes if p[0] > last_kill and p[2] and p[3] is None]
             if after:
@@ -127,7 +127,7 @@ def main():
         stop.set()
         for t in threads:
             t.join(30)
-        seen.update(children_of(node.pid))
+        seen.update(descendants_of(node.pid))
         stats_rpc = Rpc(port, 10)
         err, stats = stats_rpc.call("stats", [])
         stats_rpc.close()

@@ -22,7 +22,7 @@ import msgpack
 from test_node import Node, Rpc, wait_gone
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "chaos"))
-from chaos import children_of  # noqa: E402  (the harness's /proc scan)
+from chaos import descendants_of  # noqa: E402  (the harness's /proc scan)
 
 
 class StormTest(unittest.TestCase):
@@ -44,14 +44,14 @@ class StormTest(unittest.TestCase):
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
-        self.seen = set(children_of(self.node.proc.pid))
+        self.seen = set(descendants_of(self.node.proc.pid))
         self.rpc = Rpc(self.node.port)
 
     def tearDown(self):
         node = getattr(self, "node", None)
         if node is None:
             return
-        self.seen.update(children_of(node.proc.pid))
+        self.seen.update(descendants_of(node.proc.pid))
         self.rpc.close()
         node.close()
         self.assertTrue(wait_gone(self.seen), "a Python worker outlived its node")
@@ -330,7 +330,7 @@ class StartupFailureTest(unittest.TestCase):
                                     stderr=subprocess.PIPE, text=True)
             seen = set()
             while proc.poll() is None and time.time() - t0 < 30:
-                seen.update(children_of(proc.pid))
+                seen.update(descendants_of(proc.pid))
                 time.sleep(0.01)
             try:
                 out, err = proc.communicate(timeout=30)
