@@ -351,23 +351,26 @@ void sessions(caf::actor_system& sys, const bench_config& cfg, report& r) {
   caf::anon_send_exit(dummy, caf::exit_reason::kill);
 }
 
+/// kill -9 of worker 1 to its replacement ready, in microseconds.
+double kill_to_replacement_us(running_pool& p) {
+  auto victim = p.stats().workers[0].pid;
+  auto t = now_us();
+  kill(static_cast<pid_t>(victim), SIGKILL);
+  for (;;) {
+    auto st = p.stats();
+    auto& w = st.workers[0];
+    if (w.state == worker_phase::ready && w.pid != victim && w.pid != 0)
+      return now_us() - t;
+    std::this_thread::sleep_for(1ms); // polling must not steal the CPU it measures
+  }
+}
+
 void recovery(caf::actor_system& sys, const bench_config& cfg, report& r) {
   int reps = cfg.quick ? 1 : 5;
   running_pool p{sys, python_pool(cfg, 2)};
   std::vector<double> xs;
   for (int i = 0; i < reps; ++i) {
-    auto victim = p.stats().workers[0].pid;
-    auto t = now_us();
-    kill(static_cast<pid_t>(victim), SIGKILL);
-    // The replacement has answered once it is ready (its hello) and serves.
-    for (;;) {
-      auto st = p.stats();
-      auto& w = st.workers[0];
-      if (w.state == worker_phase::ready && w.pid != victim && w.pid != 0)
-        break;
-      std::this_thread::sleep_for(1ms); // polling must not steal the CPU it measures
-    }
-    xs.push_back(now_us() - t);
+    xs.push_back(kill_to_replacement_us(p));
     std::this_thread::sleep_for(1200ms); // longer than backoff-reset: a healthy worker
   }
   auto bare = bare_startup_us(cfg, reps);
@@ -430,20 +433,6 @@ double bare_import_us(const bench_config& cfg) {
   if (std::system(cmd.c_str()) != 0)
     throw std::runtime_error("cannot import bench/python/heavy_module.py");
   return now_us() - t;
-}
-
-/// kill -9 of worker 1 to its replacement ready, in microseconds.
-double kill_to_replacement_us(running_pool& p) {
-  auto victim = p.stats().workers[0].pid;
-  auto t = now_us();
-  kill(static_cast<pid_t>(victim), SIGKILL);
-  for (;;) {
-    auto st = p.stats();
-    auto& w = st.workers[0];
-    if (w.state == worker_phase::ready && w.pid != victim && w.pid != 0)
-      return now_us() - t;
-    std::this_thread::sleep_for(1ms); // polling must not steal the CPU it measures
-  }
 }
 
 /// Start-up, recovery and memory of a pool of 4 with a heavy user module

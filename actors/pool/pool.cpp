@@ -744,6 +744,19 @@ caf::result<payload> readmit(self_ptr self, execute req, bool attempt) {
   return rp;
 }
 
+// The pool's supervisors (workers, template) restart with the pool's
+// intensity and back-off.
+supervisor_flags supervisor_flags_of(const pool_config& cfg, supervision_strategy strategy,
+                                     std::string name) {
+  supervisor_flags flags;
+  flags.strategy = strategy;
+  flags.max_restarts = cfg.max_restarts;
+  flags.period = cfg.restart_period;
+  flags.backoff = cfg.backoff;
+  flags.name = std::move(name);
+  return flags;
+}
+
 // Start method fork-server: the template runs under a supervisor of its own
 // (the pool's intensity and back-off); workers are forked through `forks`
 // and wait for a template while none is ready.
@@ -759,12 +772,8 @@ void start_template(self_ptr self) {
   spec.start = [wc, forks = st.forks](caf::actor_system& sys, const std::string&) {
     return spawn_template(sys, wc, forks);
   };
-  supervisor_flags flags;
-  flags.strategy = supervision_strategy::one_for_one;
-  flags.max_restarts = st.cfg.max_restarts;
-  flags.period = st.cfg.restart_period;
-  flags.backoff = st.cfg.backoff;
-  flags.name = "template supervisor";
+  auto flags = supervisor_flags_of(st.cfg, supervision_strategy::one_for_one,
+                                   "template supervisor");
   st.template_sup = spawn_supervisor(self->system(), flags, {spec});
   self->monitor(st.template_sup);
 }
@@ -807,12 +816,8 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
     wc.fork_from = forks;
     return caf::actor_cast<caf::actor>(spawn_python_worker(sys, wc));
   };
-  supervisor_flags flags;
-  flags.strategy = supervision_strategy::simple_one_for_one;
-  flags.max_restarts = st.cfg.max_restarts;
-  flags.period = st.cfg.restart_period;
-  flags.backoff = st.cfg.backoff;
-  flags.name = "pool supervisor";
+  auto flags = supervisor_flags_of(st.cfg, supervision_strategy::simple_one_for_one,
+                                   "pool supervisor");
   flags.observer = caf::actor_cast<caf::actor>(self);
   st.sup = spawn_supervisor(self->system(), flags, {worker_spec});
   self->monitor(st.sup);

@@ -228,13 +228,17 @@ std::string python_process::spawn() {
     // directly; without pidfd support the loop falls back to polling waitpid.
     pidfd_ = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
   }
-  req_w_ = req[1];
-  rep_r_ = rep[0];
-  out_r_ = out[0];
-  err_r_ = err[0];
+  adopt(req[1], rep[0], out[0], err[0]);
+  return {};
+}
+
+void python_process::adopt(int req_w, int rep_r, int out_r, int err_r) {
+  req_w_ = req_w;
+  rep_r_ = rep_r;
+  out_r_ = out_r;
+  err_r_ = err_r;
   for (int fd : {req_w_, rep_r_, out_r_, err_r_})
     set_nonblocking(fd);
-  return {};
 }
 
 std::string python_process::launch(int req[2], int rep[2], int out[2], int err[2]) {
@@ -259,12 +263,7 @@ std::string python_process::launch(int req[2], int rep[2], int out[2], int err[2
     pid_ = child->pid;
     pidfd_ = child->pidfd;
   }
-  req_w_ = req[1];
-  rep_r_ = rep[0];
-  out_r_ = out[0];
-  err_r_ = err[0];
-  for (int fd : {req_w_, rep_r_, out_r_, err_r_})
-    set_nonblocking(fd);
+  adopt(req[1], rep[0], out[0], err[0]);
   return {};
 }
 

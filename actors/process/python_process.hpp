@@ -191,6 +191,8 @@ private:
   std::string spawn();
   /// The launcher's part of spawn(): the child's ends go to the launcher.
   std::string launch(int req[2], int rep[2], int out[2], int err[2]);
+  /// Takes the host's ends of the child's pipes (non-blocking from now on).
+  void adopt(int req_w, int rep_r, int out_r, int err_r);
   /// Collects the child's exit status if it ended.
   std::optional<exit_status> try_reap();
   void wake();

@@ -97,7 +97,7 @@ def alive(pid):
         return False
 
 
-def _parents():
+def parents():
     """pid -> ppid of every live (not zombie) process."""
     out = {}
     for name in os.listdir("/proc"):
@@ -116,10 +116,10 @@ def _parents():
 def descendants_of(root):
     """Every live process below `root`: with the fork-server start method the
     workers are the template's children, and each worker has a guard."""
-    parents = _parents()
+    table = parents()
     found, frontier = set(), {root}
     while frontier:
-        frontier = {p for p, pp in parents.items() if pp in frontier and p not in found}
+        frontier = {p for p, pp in table.items() if pp in frontier and p not in found}
         found |= frontier
     return sorted(found)
 
@@ -127,9 +127,9 @@ def descendants_of(root):
 def workers_of(node_pid):
     """Worker processes of a node, spawned (its children) or forked (its
     template's children), guards excluded."""
-    parents = _parents()
-    firsts = [p for p, pp in parents.items() if pp == node_pid]
-    return [p for p, pp in parents.items() if pp in firsts or p in firsts]
+    table = parents()
+    firsts = [p for p, pp in table.items() if pp == node_pid]
+    return [p for p, pp in table.items() if pp in firsts or p in firsts]
 
 
 def signal_pid(pid, sig):

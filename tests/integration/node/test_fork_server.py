@@ -10,40 +10,31 @@ Run: PYVISOR_NODE=build/pyvisor-node python3 -m unittest -v test_fork_server
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import unittest
 
 from test_node import NODE, TEST_PY, Node, Rpc, wait_gone
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "chaos"))
+from chaos import parents, descendants_of  # noqa: E402  (the harness's /proc scan)
+
 
 def ppid_map():
     """pid -> (ppid, command line) of every live process."""
     result = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
+    for pid, ppid in parents().items():
         try:
-            with open("/proc/%s/stat" % name) as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            if fields[0] in ("Z", "X"):
-                continue
-            with open("/proc/%s/cmdline" % name, "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-            result[int(name)] = (int(fields[1]), cmd)
-        except (OSError, IndexError, ValueError):
+            with open("/proc/%d/cmdline" % pid, "rb") as f:
+                result[pid] = (ppid, f.read().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:
             pass
     return result
 
 
 def descendants(root):
-    """Every live process below `root`."""
-    procs = ppid_map()
-    found, frontier = set(), {root}
-    while frontier:
-        frontier = {p for p, (pp, _) in procs.items() if pp in frontier and p not in found}
-        found |= frontier
-    return found
+    return set(descendants_of(root))
 
 
 class ForkServerTest(unittest.TestCase):
