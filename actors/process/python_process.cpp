@@ -233,12 +233,16 @@ std::string python_process::spawn() {
 }
 
 void python_process::adopt(int req_w, int rep_r, int out_r, int err_r) {
-  req_w_ = req_w;
+  for (int fd : {req_w, rep_r, out_r, err_r})
+    set_nonblocking(fd);
   rep_r_ = rep_r;
   out_r_ = out_r;
   err_r_ = err_r;
-  for (int fd : {req_w_, rep_r_, out_r_, err_r_})
-    set_nonblocking(fd);
+  // send() may run meanwhile (a launched child is created after start()
+  // returned): what it queued is written from now on.
+  std::lock_guard<std::mutex> guard{mtx_};
+  req_w_ = req_w;
+  pipes_ready_ = true;
 }
 
 std::string python_process::launch(int req[2], int rep[2], int out[2], int err[2]) {
@@ -490,6 +494,8 @@ void python_process::run(std::promise<std::string>* started) {
 }
 
 void python_process::flush_locked() {
+  if (!pipes_ready_)
+    return; // not created yet: kept until it is
   while (!outbox_.empty()) {
     if (req_w_ < 0) {
       outbox_.clear();

@@ -214,6 +214,8 @@ private:
   std::deque<std::vector<char>> outbox_;
   size_t front_written_ = 0;
   bool reaped_ = false;
+  /// The child exists and req_w_ is its request pipe.
+  bool pipes_ready_ = false;
   bool stop_requested_ = false;
   std::chrono::milliseconds stop_grace_{0};
   bool closing_ = false;

@@ -5,6 +5,8 @@
 
 #include "support/python_fixture.hpp"
 
+#include "actors/fork_server/template_actor.hpp"
+
 using namespace pyvisor;
 using namespace std::chrono_literals;
 using test::python_fixture;
@@ -235,4 +237,33 @@ TEST_CASE_METHOD(python_fixture, "a graceful stop answers queued requests first"
   CHECK(done == 3);
   CHECK(exit_reason_of(w) == caf::exit_reason::user_shutdown);
   CHECK(test::wait_gone(static_cast<pid_t>(st.pid)));
+}
+
+TEST_CASE_METHOD(python_fixture, "a worker forked from a template serves like a spawned one",
+                 "[integration][worker][fork_server]") {
+  auto channel = std::make_shared<fork_channel>();
+  auto tmpl = spawn_template(sys, test_worker_config(), channel);
+  auto wc = test_worker_config();
+  wc.fork_from = channel;
+  // Sent before the worker exists (its template is still importing): kept
+  // and answered once it is forked, not dropped.
+  auto w = spawn(wc);
+  auto early = call(w, make_execute("echo", 41));
+  REQUIRE(early);
+  CHECK(*unpack<int>(*early) == 41);
+  caf::scoped_actor self{sys};
+  worker_status st;
+  self->request(w, 10s, status_atom::value).receive([&](worker_status& x) { st = x; },
+                                                     [](caf::error&) {});
+  CHECK(st.pid > 0);
+  CHECK(st.phase == worker_phase::ready);
+  CHECK(getpgid(static_cast<pid_t>(st.pid)) == st.pid);
+  // Its death is reported with the status the template saw.
+  self->monitor(w);
+  kill(static_cast<pid_t>(st.pid), SIGKILL);
+  caf::error reason;
+  self->receive([&](caf::down_msg& dm) { reason = dm.reason; }, caf::after(10s) >> [] {});
+  CHECK(code_of(reason) == error_code::worker_crashed);
+  CHECK(info_of(reason).message.find("killed by signal 9") != std::string::npos);
+  caf::anon_send_exit(tmpl, caf::exit_reason::user_shutdown);
 }
