@@ -166,7 +166,10 @@ class _Template:
                     os.killpg(pid, 9)
                 except OSError:
                     pass
-            self.reap()
+            try:
+                self.reap()
+            except OSError:
+                pass  # the node is gone: nobody to tell
 
     def reap(self):
         while True:
