@@ -11,8 +11,11 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <future>
+#include <optional>
+#include <string_view>
 
 #include <spdlog/logger.h>
 
@@ -68,7 +71,55 @@ struct line_logger {
   }
 };
 
+/// A line of a Python `logging` record (python/pyvisor/worker.py, LOG_MARK):
+/// MARK levelno US logger US text.
+struct log_record {
+  spdlog::level::level_enum level;
+  std::string logger;
+  std::string text;
+};
+
+std::optional<log_record> python_log_record(const std::string& line) {
+  static constexpr std::string_view mark{"\x1fpyvisor-log\x1f"};
+  if (line.compare(0, mark.size(), mark) != 0)
+    return std::nullopt;
+  auto level_end = line.find('\x1f', mark.size());
+  auto name_end = level_end == std::string::npos ? level_end : line.find('\x1f', level_end + 1);
+  if (name_end == std::string::npos)
+    return std::nullopt;
+  int levelno = std::atoi(line.c_str() + mark.size());
+  log_record result;
+  result.level = levelno >= 50   ? spdlog::level::critical
+                 : levelno >= 40 ? spdlog::level::err
+                 : levelno >= 30 ? spdlog::level::warn
+                 : levelno >= 20 ? spdlog::level::info
+                 : levelno >= 10 ? spdlog::level::debug
+                                 : spdlog::level::trace;
+  result.logger = line.substr(level_end + 1, name_end - level_end - 1);
+  result.text = line.substr(name_end + 1);
+  return result;
+}
+
 } // namespace
+
+int python_log_level() {
+  switch (log().level()) {
+    case spdlog::level::trace:
+      return 1;
+    case spdlog::level::debug:
+      return 10;
+    case spdlog::level::info:
+      return 20;
+    case spdlog::level::warn:
+      return 30;
+    case spdlog::level::err:
+      return 40;
+    case spdlog::level::critical:
+      return 50;
+    default:
+      return 100; // off: above CRITICAL
+  }
+}
 
 std::string exit_status::describe() const {
   if (signal != 0) {
@@ -336,7 +387,11 @@ void python_process::run(std::promise<std::string>* started) {
     log().info("[{} pid {}] stdout: {}", opts_.tag, pid_.load(), line);
   };
   auto log_err = [this](const std::string& line) {
-    log().warn("[{} pid {}] stderr: {}", opts_.tag, pid_.load(), line);
+    if (auto record = python_log_record(line))
+      log().log(record->level, "[{} pid {}] {}: {}", opts_.tag, pid_.load(), record->logger,
+                record->text);
+    else
+      log().warn("[{} pid {}] stderr: {}", opts_.tag, pid_.load(), line);
     std::lock_guard<std::mutex> guard{mtx_};
     stderr_tail_.push_back(line);
     if (stderr_tail_.size() > stderr_tail_lines)

@@ -6,7 +6,9 @@
 // - The protocol runs on dedicated pipes (the child's fds 3 and 4); the
 //   child's stdout and stderr are read line by line and logged through
 //   spdlog, tagged with the worker and pid, so user prints never touch the
-//   protocol. Its stdin is /dev/null.
+//   protocol: stdout at info, stderr at warn, except Python `logging`
+//   records (marked lines, python/pyvisor/worker.py), which keep their level
+//   and logger name. Its stdin is /dev/null.
 // - Two calls block the caller's thread, briefly and boundedly: start(),
 //   which waits for exec to succeed or fail (about a millisecond), and
 //   close(), which SIGKILLs the child and joins the I/O thread once the child
@@ -63,6 +65,11 @@
 #include "messages/wire_codec.hpp"
 
 namespace pyvisor {
+
+/// The Python `logging` level matching the node's log level (the workers
+/// get it as $PYVISOR_LOG_LEVEL; their records come back on stderr, marked,
+/// and are logged at their own level with their logger's name).
+int python_log_level();
 
 /// How a child process ended.
 struct exit_status {

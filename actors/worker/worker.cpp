@@ -393,7 +393,8 @@ process_options python_options(const worker_config& cfg, const std::string& modu
   pythonpath += default_python_dir();
   if (auto existing = getenv("PYTHONPATH"); existing && *existing)
     pythonpath += std::string{":"} + existing;
-  opts.env = {"PYTHONPATH=" + pythonpath, "PYTHONUNBUFFERED=1"};
+  opts.env = {"PYTHONPATH=" + pythonpath, "PYTHONUNBUFFERED=1",
+              "PYVISOR_LOG_LEVEL=" + std::to_string(python_log_level())};
   opts.tag = std::move(tag);
   opts.max_frame_size = cfg.max_frame_size;
   return opts;

@@ -71,6 +71,7 @@ def main(argv=None):
 
     import gc
 
+    w.route_logging()  # the forked workers inherit it
     node = w.Worker(opts["in_fd"], opts["out_fd"])
     for name in opts["module"]:
         if not w.import_user_module(node, name):

@@ -220,6 +220,74 @@ def _parse_args(argv):
     return opts
 
 
+# A line on stderr that starts with this mark is a `logging` record:
+# MARK levelno US logger-name US text (one line per line of the record; the
+# node logs it at that level, tagged with the worker and pid).
+LOG_MARK = "\x1fpyvisor-log\x1f"
+
+
+def _route_logging(logging):
+    """Sends `logging` records to the node's log with their level and logger
+    name, unless the user configured logging already (the root logger has
+    handlers). The root level follows the node's ($PYVISOR_LOG_LEVEL)."""
+    root = logging.getLogger()
+    if root.handlers:
+        return
+
+    class NodeHandler(logging.Handler):
+        def emit(self, record):
+            try:
+                text = self.format(record)
+                out = "".join("%s%d\x1f%s\x1f%s\n" % (LOG_MARK, record.levelno, record.name, line)
+                              for line in (text.splitlines() or [""]))
+                sys.stderr.write(out)
+                sys.stderr.flush()
+            except Exception:  # noqa: BLE001
+                self.handleError(record)
+
+    handler = NodeHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root.addHandler(handler)
+    try:
+        root.setLevel(int(os.environ.get("PYVISOR_LOG_LEVEL", "20")))
+    except ValueError:
+        root.setLevel(20)
+
+
+class _LoggingHook:
+    """Routes logging to the node the moment something imports it: importing
+    `logging` up front would cost every worker's start-up about 10 ms, and
+    most user modules never log."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "logging":
+            return None
+        sys.meta_path.remove(self)
+        import importlib.util
+
+        spec = importlib.util.find_spec(name)
+        loader = getattr(spec, "loader", None)
+        if spec is None or loader is None or isinstance(loader, type):
+            return spec
+        run = loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            _route_logging(module)
+
+        loader.exec_module = exec_module
+        return spec
+
+
+def route_logging():
+    """Makes `logging` records reach the node's log (see _route_logging),
+    now if logging is imported already, else when it is."""
+    if "logging" in sys.modules:
+        _route_logging(sys.modules["logging"])
+    elif not any(isinstance(f, _LoggingHook) for f in sys.meta_path):
+        sys.meta_path.insert(0, _LoggingHook())
+
+
 def guard_process_group():
     """Forks a guard that kills this worker's process group as soon as the
     worker is gone, however it ends: processes that user code starts
@@ -297,6 +365,7 @@ def serve_imported(worker):
 def main(argv=None):
     opts = _parse_args(sys.argv[1:] if argv is None else argv)
     guard_process_group()
+    route_logging()
     worker = Worker(opts["in_fd"], opts["out_fd"])
     for name in opts["module"]:
         if not import_user_module(worker, name):

@@ -497,5 +497,49 @@ class ClientModuleTest(NodeTest):
             self.assertEqual(len(c.stats()["workers"]), 2)
 
 
+class PythonLoggingTest(unittest.TestCase):
+    """`logging` in a user module reaches the node's log with its level,
+    logger name, worker and pid, under both start methods; print() stays
+    at info."""
+
+    def check(self, method):
+        node = Node('[pool]\nsize=1\nstart-method="%s"\n'
+                    'modules=["pyvisor.testing", "logs_things"]\n' % method,
+                    args=["--log.level=info"])
+        pids = node.pids()
+        rpc = Rpc(node.port)
+        try:
+            err, ok = rpc.call("execute", "log.some", 42)
+            self.assertIsNone(err, err)
+            time.sleep(0.2)  # the log lines cross a pipe and the I/O thread
+            text = node.read_log()
+        finally:
+            rpc.close()
+            node.close()
+        self.assertTrue(wait_gone(pids), "a Python worker outlived its node")
+        tag = "pid %d]" % pids[0]
+        lines = [line for line in text.splitlines() if tag in line]
+        def find(level, needle):
+            hits = [line for line in lines if needle in line]
+            self.assertTrue(hits, "no %r in %s" % (needle, "\n".join(lines)))
+            self.assertIn("[%s]" % level, hits[0])
+            return hits[0]
+        self.assertIn("logs_things: an info record: 42", find("info", "an info record"))
+        find("warning", "a warning record")
+        find("warning", "with a second line")
+        find("error", "an error record")
+        find("error", "ZeroDivisionError")  # the traceback, at the record's level
+        find("info", "stdout: printed 42")
+        self.assertFalse([line for line in lines if "not at info level" in line])
+        # Logged at import: in the worker (spawn) or in the template (fork-server).
+        self.assertIn("logs_things: imported", text)
+
+    def test_spawn(self):
+        self.check("spawn")
+
+    def test_fork_server(self):
+        self.check("fork-server")
+
+
 if __name__ == "__main__":
     unittest.main()
