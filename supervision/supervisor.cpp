@@ -1,6 +1,7 @@
 #include "pyvisor/supervisor.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <deque>
 #include <map>
@@ -163,6 +164,11 @@ struct supervisor_state {
   /// Promises of terminate_child waiting for the child to be gone.
   std::multimap<std::string, caf::typed_response_promise<bool>> terminate_waiters;
   bool terminating = false;
+  /// The last exit logged, digits left out (ids, pids, counts), and how
+  /// often children exited that way since: a crash loop is logged once,
+  /// not once per restart.
+  std::string last_exit_shape;
+  size_t same_exits = 0;
 
   static inline const char* name = "pyvisor.supervisor";
 };
@@ -171,6 +177,32 @@ using self_ptr = supervisor_impl::stateful_pointer<supervisor_state>;
 
 std::string render(self_ptr self, const caf::error& err) {
   return err ? self->system().render(err) : std::string{"normal"};
+}
+
+// Logs that child `id` exited; an exit like the previous one (the same text
+// but for numbers: another worker, pid or count) only at debug level, and
+// how many there were once a different one comes.
+void log_exit(self_ptr self, const std::string& id, const caf::error& reason, exit_kind kind) {
+  auto& st = self->state;
+  auto text = render(self, reason);
+  std::string shape;
+  for (char ch : text)
+    if (!std::isdigit(static_cast<unsigned char>(ch)))
+      shape += ch;
+    else if (shape.empty() || shape.back() != '#')
+      shape += '#';
+  if (shape == st.last_exit_shape) {
+    ++st.same_exits;
+    log().debug("{}: child '{}' exited: {}", st.flags.name, id, text);
+    return;
+  }
+  if (st.same_exits > 0)
+    log().info("{}: {} more exit(s) like the last one logged", st.flags.name, st.same_exits);
+  st.last_exit_shape = std::move(shape);
+  st.same_exits = 0;
+  auto level = kind == exit_kind::abnormal || kind == exit_kind::killed ? spdlog::level::warn
+                                                                         : spdlog::level::info;
+  log().log(level, "{}: child '{}' exited: {}", st.flags.name, id, text);
 }
 
 child_rec* find(self_ptr self, const std::string& id) {
@@ -367,9 +399,7 @@ void handle_child_exit(self_ptr self, child_rec& c, const caf::error& reason) {
     return;
   }
   auto kind = classify(reason);
-  auto level = kind == exit_kind::abnormal || kind == exit_kind::killed ? spdlog::level::warn
-                                                                         : spdlog::level::info;
-  log().log(level, "{}: child '{}' exited: {}", st.flags.name, id, render(self, reason));
+  log_exit(self, id, reason, kind);
   c.handle = nullptr;
   if (!should_restart(c.spec.restart, kind)) {
     c.state = child_state::stopped;

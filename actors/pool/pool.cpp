@@ -176,6 +176,8 @@ struct core_state {
   bool started = false;
   caf::actor keeper;
   caf::error stop_reason;
+  /// Stopping: the core quits once its template supervisor is down.
+  bool quit_after_template = false;
   /// The last worker failure, with its Python traceback if any.
   std::string last_failure;
 
@@ -642,6 +644,20 @@ void fail_all_queued(self_ptr self, const caf::error& err) {
 
 void give_up(self_ptr self, std::string cause);
 
+// Quits with `reason` once nothing of the pool runs any more: with a
+// fork-server template, after its supervisor stopped it (and so its process
+// was reaped), so that no Python process outlives the pool's handle.
+void quit_when_done(self_ptr self, caf::error reason) {
+  auto& st = self->state;
+  if (!st.template_sup) {
+    self->quit(std::move(reason));
+    return;
+  }
+  st.stop_reason = std::move(reason);
+  st.quit_after_template = true;
+  self->send_exit(st.template_sup, caf::exit_reason::user_shutdown);
+}
+
 void on_supervisor_down(self_ptr self, const caf::error& reason) {
   auto& st = self->state;
   if (st.failed)
@@ -650,7 +666,7 @@ void on_supervisor_down(self_ptr self, const caf::error& reason) {
     log().info("pool: all workers stopped");
     if (st.affinity)
       self->send_exit(st.affinity, caf::exit_reason::user_shutdown);
-    self->quit(st.stop_reason);
+    quit_when_done(self, st.stop_reason);
     return;
   }
   if (reason && reason.category() == supervisor_error_category
@@ -851,6 +867,10 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
       return;
     }
     if (st.template_sup && dm.source == st.template_sup.address()) {
+      if (st.quit_after_template) {
+        self->quit(st.stop_reason);
+        return;
+      }
       // The template kept failing: no worker can start any more.
       if (!st.stopping) {
         self->send_exit(st.sup, caf::exit_reason::user_shutdown);
@@ -875,9 +895,10 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
   self->set_exit_handler([self](caf::exit_msg& msg) {
     auto& st = self->state;
     if (st.failed) {
-      // Nothing runs any more (the supervisor gave up); the keeper is done
-      // with this core.
-      self->quit(msg.reason);
+      // No worker runs any more (the supervisor gave up); the keeper is
+      // done with this core.
+      if (!st.quit_after_template)
+        quit_when_done(self, msg.reason);
       return;
     }
     if (st.stopping)

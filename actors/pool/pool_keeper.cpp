@@ -109,13 +109,18 @@ void start_core(self_ptr self) {
       });
 }
 
-void quit_with(self_ptr self, caf::error reason) {
+// Ends the keeper with `reason`: now, or (`now` false) once its core is
+// down (the down handler quits with stop_reason).
+void quit_with(self_ptr self, caf::error reason, bool now = true) {
   auto& st = self->state;
   st.now = pool_state::stopping;
   for (auto& rp : st.ready_waiters)
     rp.deliver(reason);
   st.ready_waiters.clear();
-  self->quit(std::move(reason));
+  if (now)
+    self->quit(std::move(reason));
+  else
+    st.stop_reason = std::move(reason);
 }
 
 // The current core gave up (or died): replace it, or give up in turn.
@@ -124,6 +129,27 @@ void on_core_failed(self_ptr self, std::string cause, std::vector<std::string> s
   auto now = self->clock().now();
   bool ever_served = st.now == pool_state::serving || st.pool_restarts > 0;
   bool was_serving = st.now == pool_state::serving;
+  ++st.generation;
+  st.last_failure = std::move(cause);
+  for (auto& id : sessions)
+    st.lost.emplace_back(std::move(id), now);
+  // The pool logged the cause with its traceback already: one line here.
+  auto headline = st.last_failure.substr(0, st.last_failure.find('\n'));
+  caf::error final_error;
+  if (!ever_served) {
+    log().error("the pool failed at its first start and is not restarted: {}", headline);
+    final_error = make_error(error_code::unavailable, "the pool failed to start: " + st.last_failure);
+  } else if (!st.cfg.restart.enabled) {
+    log().error("the pool gave up and restarts are off (on-pool-failure=exit): {}", headline);
+    final_error = make_error(error_code::unavailable, "the pool gave up: " + st.last_failure);
+  }
+  if (final_error && st.core) {
+    // The handle ends once the core has (with what it still runs): callers
+    // hear now, the keeper quits on the core's down message.
+    quit_with(self, std::move(final_error), false);
+    self->send_exit(st.core, caf::exit_reason::user_shutdown);
+    return;
+  }
   if (st.core) {
     self->demonitor(st.core.address());
     // Sent after the last delegated request: the core answers all of them
@@ -131,21 +157,8 @@ void on_core_failed(self_ptr self, std::string cause, std::vector<std::string> s
     self->send_exit(st.core, caf::exit_reason::user_shutdown);
     st.core = nullptr;
   }
-  ++st.generation;
-  st.last_failure = std::move(cause);
-  for (auto& id : sessions)
-    st.lost.emplace_back(std::move(id), now);
-  // The pool logged the cause with its traceback already: one line here.
-  auto headline = st.last_failure.substr(0, st.last_failure.find('\n'));
-  if (!ever_served) {
-    log().error("the pool failed at its first start and is not restarted: {}", headline);
-    quit_with(self, make_error(error_code::unavailable,
-                               "the pool failed to start: " + st.last_failure));
-    return;
-  }
-  if (!st.cfg.restart.enabled) {
-    log().error("the pool gave up and restarts are off (on-pool-failure=exit): {}", headline);
-    quit_with(self, make_error(error_code::unavailable, "the pool gave up: " + st.last_failure));
+  if (final_error) {
+    quit_with(self, std::move(final_error));
     return;
   }
   auto& policy = st.cfg.restart.backoff;

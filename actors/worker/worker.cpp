@@ -145,9 +145,9 @@ void settle(self_ptr self, const caf::error& err) {
 void start_failed(self_ptr self, const wire::remote_error& why) {
   auto& st = self->state;
   auto msg = tag_of(st) + " failed to start: " + why.message;
-  // One line here; whoever gives up on the worker (the pool) reports the
-  // traceback once instead of once per restart.
-  log().info("{}", msg);
+  // Its supervisor logs the exit (once for a crash loop) and whoever gives
+  // up on the worker (the pool) reports the traceback once.
+  log().debug("{}", msg);
   auto err = why.code.empty() || why.code == "python_error"
                ? make_error(error_code::python_error, msg, why.type, why.traceback)
                : error_of(why, tag_of(st) + " failed to start: ");
