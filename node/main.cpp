@@ -22,6 +22,7 @@
 
 #include <chrono>
 #include <iostream>
+#include <string_view>
 #include <thread>
 
 #include <spdlog/sinks/basic_file_sink.h>
@@ -203,6 +204,11 @@ int main(int argc, char** argv) {
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  for (int i = 1; i < argc; ++i)
+    if (std::string_view{argv[i]} == "--version") {
+      std::cout << "pyvisor-node " << PYVISOR_VERSION << std::endl;
+      return 0;
+    }
   pyvisor::node_config cfg;
   auto problem = cfg.read(argc, argv);
   if (cfg.cli_helptext_printed)

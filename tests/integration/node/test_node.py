@@ -429,6 +429,15 @@ class LifecycleTest(unittest.TestCase):
                                  text=True, timeout=30)
             self.assertEqual(out.returncode, 1)
             self.assertIn("unknown key 'pool.szie'", out.stderr)
+        out = subprocess.run([NODE, "--pool.start-method=fork"], capture_output=True, text=True,
+                             timeout=30)
+        self.assertEqual(out.returncode, 1)
+        self.assertIn("'pool.start-method': \"fork\" (fork-server or spawn)", out.stderr)
+
+    def test_version(self):
+        out = subprocess.run([NODE, "--version"], capture_output=True, text=True, timeout=30)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertRegex(out.stdout, r"^pyvisor-node \d+\.\d+\.\d+\n$")
 
 
 class UserChildrenTest(unittest.TestCase):
