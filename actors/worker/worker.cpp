@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <climits>
 #include <cstdlib>
 #include <limits>
 #include <set>
@@ -403,10 +404,23 @@ process_options python_options(const worker_config& cfg, const std::string& modu
 std::string default_python_dir() {
   if (auto env = getenv("PYVISOR_PYTHON_DIR"); env && *env)
     return env;
-  // Prefer the source tree while developing; fall back to the installed copy.
-  std::string build_dir = PYVISOR_PYTHON_DIR_BUILD;
-  if (access((build_dir + "/pyvisor/worker.py").c_str(), R_OK) == 0)
-    return build_dir;
+  auto has_package = [](const std::string& dir) {
+    return access((dir + "/pyvisor/worker.py").c_str(), R_OK) == 0;
+  };
+  // An installed program (the node, or an application installed beside it)
+  // finds the package relative to itself, wherever the installation lives.
+  char exe[PATH_MAX];
+  auto n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+  if (n > 0) {
+    std::string dir{exe, static_cast<size_t>(n)};
+    dir = dir.substr(0, dir.rfind('/') + 1) + PYVISOR_PYTHON_DIR_FROM_BIN;
+    char resolved[PATH_MAX];
+    if (has_package(dir) && realpath(dir.c_str(), resolved) != nullptr)
+      return resolved;
+  }
+  // The source tree while developing; else where it was installed.
+  if (has_package(PYVISOR_PYTHON_DIR_BUILD))
+    return PYVISOR_PYTHON_DIR_BUILD;
   return PYVISOR_PYTHON_DIR_INSTALL;
 }
 

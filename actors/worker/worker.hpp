@@ -61,7 +61,10 @@ struct worker_config : worker_settings {
 };
 
 /// Directory holding the `pyvisor` Python package: $PYVISOR_PYTHON_DIR if
-/// set, else the build tree's or the installed copy.
+/// set; else the installed copy relative to the running program
+/// (<bin>/../share/pyvisor/python, whatever the prefix, also after the
+/// installation moved); else the source tree it was built from; else the
+/// configure-time installation directory.
 std::string default_python_dir();
 
 /// Spawns a worker actor that starts a Python process.

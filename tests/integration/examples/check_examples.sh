@@ -3,6 +3,9 @@
 # build into a temporary prefix, builds examples/ as a separate CMake project
 # against the installed package (find_package(pyvisor)), and runs all three
 # examples, the remote one against an installed node that publishes its pool.
+# Then moves the installation elsewhere and runs its node without help: its
+# workers must import the moved copy of the Python package (not the source
+# tree's, not the configure-time prefix's).
 #   check_examples.sh BUILD_DIR SOURCE_DIR
 set -euo pipefail
 build_dir=$1
@@ -11,7 +14,7 @@ prefix=$(mktemp -d)
 node_pid=
 cleanup() {
   if [ -n "$node_pid" ]; then kill -9 "$node_pid" 2>/dev/null || true; fi
-  rm -rf "$prefix"
+  rm -rf "$prefix" "$prefix.moved"
 }
 trap cleanup EXIT
 cmake --install "$build_dir" --prefix "$prefix" > /dev/null
@@ -36,3 +39,32 @@ kill -TERM "$node_pid"
 wait "$node_pid"
 node_pid=
 echo "examples: all three built against the installed package and ran"
+
+unset PYVISOR_PYTHON_DIR
+rm -rf "$prefix/build-examples"
+mv "$prefix" "$prefix.moved"
+prefix="$prefix.moved"
+"$prefix/bin/pyvisor-node" --config-file="$prefix/share/pyvisor/configs/node.ini" \
+  --rpc.port=0 --log.level='"warn"' > "$prefix/node.out" &
+node_pid=$!
+for _ in $(seq 100); do
+  grep -q "listening on" "$prefix/node.out" 2>/dev/null && break
+  sleep 0.1
+done
+grep -q "listening on" "$prefix/node.out"
+rpc_port=$(sed -n 's/.*listening on 127.0.0.1:\([0-9]*\).*/\1/p' "$prefix/node.out" | head -1)
+PYTHONPATH="$prefix/share/pyvisor/python" /usr/bin/python3 - "$rpc_port" "$prefix" <<'PY'
+import os, sys
+from pyvisor.client import Client
+port, prefix = int(sys.argv[1]), sys.argv[2]
+c = Client("127.0.0.1", port)
+assert c.call("ping") == "pong"
+pid = c.execute("worker.info", None)["pid"]
+env = open("/proc/%d/environ" % pid, "rb").read().split(b"\0")
+path = [e for e in env if e.startswith(b"PYTHONPATH=")][0].decode()
+assert prefix + "/share/pyvisor/python" in path, path
+print("relocated node: workers import", prefix + "/share/pyvisor/python")
+PY
+kill -TERM "$node_pid"
+wait "$node_pid"
+node_pid=
