@@ -47,6 +47,8 @@ node_config::node_config()
     .add(pool.max_in_flight, "max-in-flight", "requests in flight per worker")
     .add(pool.max_requests, "max-requests", "recycle a worker after N requests (0: never)")
     .add(pool.max_age, "max-age", "recycle a worker after this long (0: never)")
+    .add(pool.max_rss, "max-rss",
+         "recycle a worker whose resident set exceeds this many bytes (0: never)")
     .add(pool.max_attempts, "max-attempts", "attempts of an idempotent request")
     .add(pool.retry_backoff, "retry-backoff", "delay before retrying an idempotent request")
     .add(pool.attempt_timeout, "attempt-timeout",

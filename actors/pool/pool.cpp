@@ -1,9 +1,12 @@
 #include "pyvisor/pool.hpp"
 #include "actors/pool/pool_core.hpp"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <fstream>
 #include <limits>
 #include <memory>
 #include <string>
@@ -586,14 +589,45 @@ void recycle_now(self_ptr self, uint32_t slot) {
     });
 }
 
-void maybe_recycle(self_ptr self, uint32_t slot) {
+/// Resident set size of process `pid` in bytes (0 if unknown).
+uint64_t rss_of(int64_t pid) {
+  if (pid <= 0)
+    return 0;
+  std::ifstream statm{"/proc/" + std::to_string(pid) + "/statm"};
+  uint64_t size = 0;
+  uint64_t resident = 0;
+  if (!(statm >> size >> resident))
+    return 0;
+  return resident * static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+}
+
+/// How often max_age and max_rss are checked (0: neither is set).
+caf::timespan recycle_tick(const pool_config& cfg) {
+  caf::timespan tick{0};
+  if (cfg.max_age.count() > 0)
+    tick = cfg.max_age / 4;
+  if (cfg.max_rss > 0 && (tick.count() == 0 || tick > std::chrono::seconds(1)))
+    tick = std::chrono::seconds(1);
+  return tick;
+}
+
+void maybe_recycle(self_ptr self, uint32_t slot, bool check_rss = false) {
   auto& st = self->state;
   auto& s = st.slots[slot];
   if (s.state == worker_phase::ready) {
     bool too_many = st.cfg.max_requests > 0 && s.dispatched >= st.cfg.max_requests;
     bool too_old = st.cfg.max_age.count() > 0
                    && self->clock().now() - s.started >= st.cfg.max_age;
-    if (too_many || too_old)
+    bool too_big = false;
+    if (check_rss && st.cfg.max_rss > 0) {
+      auto rss = rss_of(s.pid);
+      too_big = rss > st.cfg.max_rss;
+      if (too_big)
+        log().info("pool: worker {} (pid {}) uses {} MiB, more than pool.max-rss ({} MiB): "
+                   "recycling it after its requests",
+                   worker_id_of(slot), s.pid, rss >> 20, st.cfg.max_rss >> 20);
+    }
+    if (too_many || too_old || too_big)
       s.state = worker_phase::draining;
   }
   if (s.state == worker_phase::draining && s.in_flight == 0)
@@ -858,8 +892,8 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
                     to_string_readable(err));
       });
   }
-  if (st.cfg.max_age.count() > 0)
-    self->delayed_send(self, st.cfg.max_age / 4, age_tick_atom::value);
+  if (auto tick = recycle_tick(st.cfg); tick.count() > 0)
+    self->delayed_send(self, tick, age_tick_atom::value);
   self->set_down_handler([self](caf::down_msg& dm) {
     auto& st = self->state;
     if (dm.source == st.sup.address()) {
@@ -1157,9 +1191,9 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
     [self](age_tick_atom) {
       auto& st = self->state;
       for (uint32_t i = 0; i < st.slots.size(); ++i)
-        maybe_recycle(self, i);
+        maybe_recycle(self, i, true);
       if (!st.stopping && !st.failed)
-        self->delayed_send(self, st.cfg.max_age / 4, age_tick_atom::value);
+        self->delayed_send(self, recycle_tick(st.cfg), age_tick_atom::value);
     },
   };
 }

@@ -140,6 +140,11 @@ struct pool_config {
   uint64_t max_requests = 0;
   /// Recycle a worker after this long (0: never).
   caf::timespan max_age{0};
+  /// Recycle a worker whose resident set size exceeds this many bytes (0:
+  /// never), after its requests in flight, as max_requests does (Celery's
+  /// worker_max_memory_per_child). Checked every second; RSS counts the
+  /// pages a forked worker shares with its template too.
+  uint64_t max_rss = 0;
   session_settings session;
   affinity_mode mode = affinity_mode::strict;
   /// Restart intensity of the worker supervisor: more than max_restarts

@@ -18,3 +18,13 @@ def incr(args, ctx):
 def shout(args, ctx):
     print("shouting", args)
     return str(args).upper()
+
+
+_hoard = []
+
+
+@pyvisor.command("hog")
+def hog(args, ctx):
+    """Keeps `args` MiB alive in this worker (pool.max-rss tests)."""
+    _hoard.append(bytearray(int(args) * 1024 * 1024))
+    return len(_hoard)

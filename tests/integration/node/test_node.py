@@ -506,6 +506,30 @@ class ClientModuleTest(NodeTest):
             self.assertEqual(len(c.stats()["workers"]), 2)
 
 
+class MaxRssTest(NodeTest):
+    extra_ini = "[pool]\nsize=1\nmax-rss=%d\n" % (120 * 1024 * 1024)
+
+    def test_a_worker_past_max_rss_is_recycled_after_its_request(self):
+        before = self.node.pids()
+        err, res = self.rpc.call("execute", "hog", 200)
+        self.assertIsNone(err, err)  # the request that grew it completes
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            err, st = self.rpc.call("stats")
+            if st["recycled"] >= 1 and st["workers"][0]["state"] == "ready":
+                break
+            time.sleep(0.05)
+        self.assertEqual(st["recycled"], 1, st)
+        self.assertNotEqual(st["workers"][0]["pid"], before[0])
+        self.pids.append(st["workers"][0]["pid"])
+        # The replacement is small again and stays.
+        time.sleep(1.5)
+        err, st2 = self.rpc.call("stats")
+        self.assertEqual(st2["recycled"], 1, st2)
+        err, res = self.rpc.call("execute", "echo", 3)
+        self.assertEqual(res, 3)
+
+
 class PythonLoggingTest(unittest.TestCase):
     """`logging` in a user module reaches the node's log with its level,
     logger name, worker and pid, under both start methods; print() stays
