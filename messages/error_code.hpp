@@ -91,6 +91,12 @@ caf::error make_error(error_code x, std::string message);
 /// "session 'ID' was lost: WHY" (WHY names what happened to its worker).
 caf::error session_lost_error(const std::string& session, const std::string& why);
 
+/// The `python_type` of a worker_crashed error that restarting cannot fix:
+/// the interpreter cannot run pyvisor at all (no such interpreter, no
+/// msgpack). A pool gives up at once on it instead of spending its restart
+/// budget.
+constexpr const char* configuration_error_type = "ConfigurationError";
+
 /// Makes a python_error (or another code a Python worker reported) with the
 /// exception type and traceback as context.
 caf::error make_error(error_code x, std::string message, std::string python_type,

@@ -100,18 +100,18 @@ caf::behavior template_fun(self_ptr self, worker_config cfg,
   };
   cbs.on_protocol_error = [send_to_self](std::string reason) {
     log().error("fork-server template broke the protocol: {}", reason);
-    send_to_self(gone_atom::value, std::string{"broke the protocol: "} + reason);
+    send_to_self(gone_atom::value, std::string{"broke the protocol: "} + reason, -1);
   };
   cbs.on_exit = [send_to_self, server_slot](exit_status es) {
     // Its workers died with it: none of their statuses will come.
     if (*server_slot)
       (*server_slot)->gone();
-    send_to_self(gone_atom::value, es.describe());
+    send_to_self(gone_atom::value, es.describe(), es.code);
   };
   std::string error;
   st.proc = python_process::start(std::move(opts), std::move(cbs), error);
   if (!st.proc) {
-    fail(self, wire::remote_error{"worker_crashed", "", error, ""});
+    fail(self, wire::remote_error{"worker_crashed", configuration_error_type, error, ""});
     return {};
   }
   st.server = std::make_shared<fork_server>(st.proc->take_control_fd());
@@ -150,12 +150,18 @@ caf::behavior template_fun(self_ptr self, worker_config cfg,
       log().info("{} ready in {} ms; workers are forked from it", tag_of(st), ms);
       st.channel->attach(st.server);
     },
-    [self](gone_atom, std::string& why) {
+    [self](gone_atom, std::string& why, int code) {
       auto& st = self->state;
       st.channel->detach(st.server.get());
       if (st.stopping) {
         log().info("{} stopped: {}", tag_of(st), why);
         self->quit(st.stop_reason);
+        return;
+      }
+      if (!st.ready && code == 3) {
+        // No msgpack (python/pyvisor/worker.py): no restart fixes it.
+        fail(self, wire::remote_error{"worker_crashed", configuration_error_type,
+                                      missing_msgpack(st.cfg.python), ""});
         return;
       }
       if (!st.ready) {

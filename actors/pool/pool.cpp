@@ -1151,6 +1151,13 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
       }
       if (st.stopping)
         return;
+      if (info.code == error_code::worker_crashed
+          && info.python_type == configuration_error_type) {
+        // No restart fixes the interpreter: give up now, budget untouched.
+        give_up(self, "its workers cannot start");
+        self->send_exit(st.sup, caf::exit_reason::user_shutdown);
+        return;
+      }
       if (recycling) {
         self->request(st.sup, caf::infinite, start_child_atom::value, id)
           .then([](caf::actor&) {}, [id](caf::error& err) {

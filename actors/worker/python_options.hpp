@@ -18,4 +18,8 @@ namespace pyvisor {
 process_options python_options(const worker_config& cfg, const std::string& module,
                                std::string tag);
 
+/// What a process started with `python` says when it exits with status 3:
+/// the interpreter has no msgpack (python/pyvisor/worker.py), and the fix.
+std::string missing_msgpack(const std::string& python);
+
 } // namespace pyvisor

@@ -99,10 +99,7 @@ std::string describe_startup_exit(const worker_state& st, const exit_status& es)
   // The worker exits with 3 when the interpreter lacks msgpack (see
   // python/pyvisor/worker.py); say so plainly, naming interpreter and fix.
   if (es.code == 3)
-    return "interpreter '" + st.cfg.python
-           + "' has no msgpack module: install python3-msgpack (apt-get install "
-             "python3-msgpack) and use /usr/bin/python3, or set pool.python to an "
-             "interpreter with msgpack";
+    return missing_msgpack(st.cfg.python);
   auto msg = "exited during start-up: " + es.describe();
   auto tail = st.proc ? st.proc->stderr_tail() : std::string{};
   if (!tail.empty())
@@ -229,7 +226,7 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
   st.proc = python_process::start(std::move(opts), std::move(cbs), error);
   if (!st.proc) {
     log().error("worker {}: {}", st.cfg.id, error);
-    auto err = make_error(error_code::worker_crashed, error);
+    auto err = make_error(error_code::worker_crashed, error, configuration_error_type, "");
     self->quit(err);
     return worker_impl::behavior_type::make_empty_behavior();
   }
@@ -315,7 +312,10 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
                  + (st.status.phase == worker_phase::starting ? describe_startup_exit(st, es)
                                                               : "exited: " + es.describe());
       log().error("{}", msg);
-      auto err = make_error(error_code::worker_crashed, msg);
+      // No msgpack (exit 3, python/pyvisor/worker.py): no restart fixes it.
+      auto err = st.status.phase == worker_phase::starting && es.code == 3
+                   ? make_error(error_code::worker_crashed, msg, configuration_error_type, "")
+                   : make_error(error_code::worker_crashed, msg);
       if (st.status.phase != worker_phase::ready) {
         terminate(self, err, err);
         return;
@@ -399,6 +399,13 @@ process_options python_options(const worker_config& cfg, const std::string& modu
   opts.tag = std::move(tag);
   opts.max_frame_size = cfg.max_frame_size;
   return opts;
+}
+
+std::string missing_msgpack(const std::string& python) {
+  return "interpreter '" + python
+         + "' has no msgpack module: install python3-msgpack (apt-get install "
+           "python3-msgpack) and use /usr/bin/python3, or set pool.python to an "
+           "interpreter with msgpack";
 }
 
 std::string default_python_dir() {

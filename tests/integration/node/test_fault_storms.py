@@ -315,6 +315,24 @@ class SessionsAcrossPoolRestartTest(StormTest):
 
 
 class StartupFailureTest(unittest.TestCase):
+    def test_an_interpreter_without_msgpack_fails_at_once(self):
+        """No restart budget spent on what no restart fixes, either start method."""
+        from test_node import NODE, TEST_PY
+        import subprocess
+        for method in ("fork-server", "spawn"):
+            with tempfile.TemporaryDirectory() as tmp:
+                ini = os.path.join(tmp, "node.ini")
+                with open(ini, "w") as f:
+                    f.write('[pool]\nstart-method="%s"\npython="%s/python-without-msgpack"\n'
+                            '[rpc]\nport=0\n' % (method, TEST_PY))
+                proc = subprocess.run([NODE, "--config-file=" + ini], capture_output=True,
+                                      text=True, timeout=60)
+                self.assertEqual(proc.returncode, 1, proc.stderr[-2000:])
+                self.assertIn("has no msgpack module", proc.stderr)
+                self.assertIn("install python3-msgpack", proc.stderr)
+                restarts = proc.stderr.count("restarting child")
+                self.assertLessEqual(restarts, 2, "%s: %s" % (method, proc.stderr[-3000:]))
+
     def test_a_module_that_does_not_import_stops_the_node_at_start(self):
         """Not restarted (a configuration error): exit 1 within the intensity
         limit, the Python traceback logged once, no Python process left."""
