@@ -71,6 +71,9 @@ def main(argv=None):
 
     import gc
 
+    # Like a worker's: what a module starts at import (a subprocess) stays
+    # in the template's group and dies with the template, however it ends.
+    w.guard_process_group()
     w.route_logging()  # the forked workers inherit it
     node = w.Worker(opts["in_fd"], opts["out_fd"])
     for name in opts["module"]:

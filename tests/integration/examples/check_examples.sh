@@ -17,6 +17,17 @@ cleanup() {
   rm -rf "$prefix" "$prefix.moved"
 }
 trap cleanup EXIT
+# Starts the installed node with ARGS, waits until it listens.
+start_node() {
+  "$prefix/bin/pyvisor-node" --config-file="$prefix/share/pyvisor/configs/node.ini" \
+    --rpc.port=0 --log.level='"warn"' "$@" > "$prefix/node.out" &
+  node_pid=$!
+  for _ in $(seq 100); do
+    grep -q "listening on" "$prefix/node.out" 2>/dev/null && break
+    sleep 0.1
+  done
+  grep -q "listening on" "$prefix/node.out"
+}
 cmake --install "$build_dir" --prefix "$prefix" > /dev/null
 cmake -S "$src_dir/examples" -B "$prefix/build-examples" -DCMAKE_PREFIX_PATH="$prefix" \
   -DCMAKE_BUILD_TYPE=Release > /dev/null
@@ -26,14 +37,7 @@ export PYVISOR_PYTHON_DIR="$prefix/share/pyvisor/python"
 "$prefix/build-examples/test_with_mock"
 "$prefix/build-examples/embedded_pool" "$src_dir/examples/python"
 port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$prefix/bin/pyvisor-node" --config-file="$prefix/share/pyvisor/configs/node.ini" \
-  --rpc.port=0 --publish.port="$port" --log.level='"warn"' > "$prefix/node.out" &
-node_pid=$!
-for _ in $(seq 100); do
-  grep -q "listening on" "$prefix/node.out" 2>/dev/null && break
-  sleep 0.1
-done
-grep -q "listening on" "$prefix/node.out"
+start_node --publish.port="$port"
 "$prefix/build-examples/remote_pool" 127.0.0.1 "$port"
 kill -TERM "$node_pid"
 wait "$node_pid"
@@ -44,14 +48,7 @@ unset PYVISOR_PYTHON_DIR
 rm -rf "$prefix/build-examples"
 mv "$prefix" "$prefix.moved"
 prefix="$prefix.moved"
-"$prefix/bin/pyvisor-node" --config-file="$prefix/share/pyvisor/configs/node.ini" \
-  --rpc.port=0 --log.level='"warn"' > "$prefix/node.out" &
-node_pid=$!
-for _ in $(seq 100); do
-  grep -q "listening on" "$prefix/node.out" 2>/dev/null && break
-  sleep 0.1
-done
-grep -q "listening on" "$prefix/node.out"
+start_node
 rpc_port=$(sed -n 's/.*listening on 127.0.0.1:\([0-9]*\).*/\1/p' "$prefix/node.out" | head -1)
 PYTHONPATH="$prefix/share/pyvisor/python" /usr/bin/python3 - "$rpc_port" "$prefix" <<'PY'
 import os, sys
