@@ -26,10 +26,10 @@ namespace pyvisor {
 
 /// What a worker reports to whoever dispatches to it (the pool), so that the
 /// dispatcher need not sit on the reply path:
-/// - (done_atom, worker actor id, code, service_ns, session) after each request is
-///   answered; code is an error_code as uint8_t (CAF would turn the enum into a
-///   caf::error), code is error_code::none for success; session is the request's
-///   (empty for stateless ones).
+/// - (done_atom, worker actor id, code, service_ns, session, command) after each
+///   request is answered; code is an error_code as uint8_t (CAF would turn the
+///   enum into a caf::error), code is error_code::none for success; session is
+///   the request's (empty for stateless ones), command its command name.
 /// - (retry_atom, execute) delegated, with the original requester, for each
 ///   idempotent request in flight when the worker dies.
 /// - (requeue_atom, execute) delegated likewise for each request that
@@ -44,7 +44,7 @@ namespace pyvisor {
 ///   the worker recycles itself on purpose (a request outlived its deadline
 ///   on it) rather than crashing: the listener need not count it as a crash.
 using worker_listener_actor = caf::typed_actor<
-  caf::reacts_to<done_atom, uint64_t, uint8_t, int64_t, std::string>,
+  caf::reacts_to<done_atom, uint64_t, uint8_t, int64_t, std::string, std::string>,
   caf::replies_to<retry_atom, execute>::with<payload>,
   caf::replies_to<requeue_atom, execute>::with<payload>,
   caf::replies_to<dying_atom, uint64_t, bool>::with<bool>>;

@@ -124,8 +124,10 @@ void close_connection(caf::io::broker* self, connection_state& st, const std::st
   if (st.closed)
     return;
   st.closed = true;
-  if (!why.empty())
+  if (!why.empty()) {
     log().warn("rpc: closing a connection: {}", why);
+    ++st.shared->cfg.counters->cut_off;
+  }
   self->quit();
 }
 
@@ -174,6 +176,7 @@ void write_response(caf::io::broker* self, connection_state& st, uint32_t msgid,
     pk.pack_nil();
   }
   st.pending_output += out.size() - before;
+  st.shared->cfg.counters->bytes_sent += out.size() - before;
   if (result != nullptr) {
     // The result's bytes as the worker produced them, never re-encoded. A
     // large one is not copied on the I/O thread (which every connection
@@ -190,6 +193,7 @@ void write_response(caf::io::broker* self, connection_state& st, uint32_t msgid,
       rest.insert(rest.end(), result->begin(), result->end());
     }
     st.pending_output += size;
+    st.shared->cfg.counters->bytes_sent += size;
   }
   self->flush(st.out);
   if (st.pending_output > st.shared->cfg.max_pending_output)
@@ -217,6 +221,7 @@ void stop_reading(caf::io::broker* self, connection_state& st, std::optional<uin
     return;
   log().warn("rpc: no more input taken from a connection ({} replies still owed): {}",
              st.requests.in_flight(), why);
+  ++st.shared->cfg.counters->cut_off;
   if (msgid)
     respond_error(self, st, *msgid, rpc_error_of(code, why));
   self->halt(st.in);
@@ -313,6 +318,7 @@ void consume_input(caf::io::broker* self, const conn_ptr& st) {
     switch (st->framer.next()) {
       case status::message:
         ++st->completed;
+        ++st->shared->cfg.counters->messages;
         if (!handle_message(self, st, st->framer.data(), st->framer.size())) {
           stop_reading(self, *st, std::nullopt, error_code::bad_request,
                        "malformed message without a readable msgid");
@@ -377,8 +383,10 @@ caf::behavior connection(caf::io::broker* self, caf::io::connection_handle hdl, 
   st->pool = std::move(pool);
   st->shared = std::move(shared);
   st->in = hdl;
+  ++st->shared->cfg.counters->open;
   self->attach_functor([st](const caf::error&) {
     release_input(*st);
+    --st->shared->cfg.counters->open;
   });
   // The writing end: a duplicate of the socket's descriptor (CAF 0.17's
   // default multiplexer names a connection by its descriptor).
@@ -398,6 +406,7 @@ caf::behavior connection(caf::io::broker* self, caf::io::connection_handle hdl, 
     [self, st](const caf::io::new_data_msg& msg) {
       if (!st->reading)
         return;
+      st->shared->cfg.counters->bytes_received += msg.buf.size();
       st->framer.append(msg.buf.data(), msg.buf.size());
       consume_input(self, st);
     },
@@ -464,8 +473,11 @@ caf::behavior acceptor(caf::io::broker* self, pool_actor pool, gateway_config cf
   });
   return {
     [self, st, pool, shared](const caf::io::new_connection_msg& msg) {
+      auto& counters = *shared->cfg.counters;
+      ++counters.accepted;
       if (st->connection_drains.closed()) {
         self->close(msg.handle);
+        ++counters.refused;
         return;
       }
       if (st->connections.size() >= shared->cfg.max_connections) {
@@ -473,6 +485,7 @@ caf::behavior acceptor(caf::io::broker* self, pool_actor pool, gateway_config cf
         // the listening socket never stays readable (a busy loop).
         self->close(msg.handle);
         ++st->refused;
+        ++counters.refused;
         auto now = std::chrono::steady_clock::now();
         if (st->refused == 1 || now - st->last_warning > std::chrono::seconds(10)) {
           log().warn("rpc: refused {} connection(s): {} are open (rpc.max-connections)",
@@ -531,6 +544,8 @@ caf::expected<std::pair<caf::actor, uint16_t>> spawn_gateway(caf::actor_system& 
       cfg.max_connections = allowed;
     }
   }
+  if (!cfg.counters)
+    cfg.counters = std::make_shared<gateway_counters>();
   auto gw = sys.middleman().spawn_broker(acceptor, std::move(pool), cfg);
   caf::scoped_actor self{sys};
   caf::expected<std::pair<caf::actor, uint16_t>> result{caf::error{}};

@@ -32,7 +32,9 @@
 
 #pragma once
 
+#include <atomic>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <utility>
 
@@ -44,6 +46,24 @@
 #include "pyvisor/pool.hpp"
 
 namespace pyvisor {
+
+/// What the gateway counts, for the node's metrics (node/metrics.hpp). The
+/// gateway's brokers write, a metrics scrape reads from another thread.
+struct gateway_counters {
+  /// Connections served now.
+  std::atomic<uint64_t> open{0};
+  /// Connections accepted, refused ones included.
+  std::atomic<uint64_t> accepted{0};
+  /// Accepted and closed at once: max_connections reached or draining.
+  std::atomic<uint64_t> refused{0};
+  /// Closed by the node: input it could not go on with (malformed, too
+  /// large, too slow, input buffers full) or output the client left unread.
+  std::atomic<uint64_t> cut_off{0};
+  /// RPC messages taken from all connections (requests and notifications).
+  std::atomic<uint64_t> messages{0};
+  std::atomic<uint64_t> bytes_received{0};
+  std::atomic<uint64_t> bytes_sent{0};
+};
 
 struct gateway_config {
   std::string host = "127.0.0.1";
@@ -62,6 +82,8 @@ struct gateway_config {
   size_t max_buffered_input = size_t{256} << 20;
   /// Time a message may take from its first byte to its last.
   caf::timespan message_timeout = std::chrono::seconds(60);
+  /// Where the gateway counts (null: a private set nobody reads).
+  std::shared_ptr<gateway_counters> counters;
 };
 
 /// Asks the gateway to stop accepting, refuse new requests with

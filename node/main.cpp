@@ -35,7 +35,9 @@
 #include "caf/scoped_actor.hpp"
 
 #include "node/gateway.hpp"
+#include "node/metrics.hpp"
 #include "node/node_config.hpp"
+#include "node/service_notify.hpp"
 #include "pyvisor/pool.hpp"
 #include "messages/log.hpp"
 
@@ -91,18 +93,38 @@ bool stop_within(caf::scoped_actor& self, const caf::actor& who, caf::exit_reaso
 }
 
 int run(caf::actor_system& sys, const node_config& cfg) {
+  service_notifier service;
   caf::scoped_actor self{sys};
+  service.status("starting " + std::to_string(cfg.pool.size) + " workers");
   log().info("pyvisor-node starting: config {}, {} {} workers ({})",
              cfg.config_file_used.empty() ? "built-in defaults" : cfg.config_file_used,
              cfg.pool.size, cfg.pool_backend, cfg.pool.worker.python);
   auto t0 = std::chrono::steady_clock::now();
   auto pool = spawn_pool(sys, cfg.make_pool_config());
   auto pool_actor_handle = caf::actor_cast<caf::actor>(pool);
+  // Metrics from the start, so that a slow or failing start-up shows.
+  auto rpc = cfg.rpc;
+  rpc.counters = std::make_shared<gateway_counters>();
+  std::unique_ptr<metrics_exporter> metrics;
+  if (cfg.metrics_port != 0) {
+    std::string why;
+    metrics = start_metrics(sys, pool, rpc.counters, cfg.metrics_host, cfg.metrics_port, why);
+    if (!metrics) {
+      log().error("{}", why);
+      stop_within(self, pool_actor_handle, caf::exit_reason::user_shutdown,
+                  cfg.node_shutdown_timeout);
+      return 1;
+    }
+    log().info("serving Prometheus metrics on http://{}:{}/metrics", cfg.metrics_host,
+               cfg.metrics_port);
+  }
   bool ready = false;
+  pool_stats first_stats;
   self->request(pool, cfg.pool.worker.startup_timeout * 3 + std::chrono::seconds(5), ready_atom::value)
     .receive(
       [&](pool_stats& st) {
         ready = true;
+        first_stats = st;
         auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                     std::chrono::steady_clock::now() - t0)
                     .count();
@@ -120,7 +142,7 @@ int run(caf::actor_system& sys, const node_config& cfg) {
     stop_within(self, pool_actor_handle, caf::exit_reason::user_shutdown, cfg.node_shutdown_timeout);
     return 1;
   }
-  auto gw = spawn_gateway(sys, pool, cfg.rpc);
+  auto gw = spawn_gateway(sys, pool, rpc);
   if (!gw) {
     log().error("cannot listen on {}:{} (rpc.host, rpc.port): {}", cfg.rpc.host, cfg.rpc.port,
                 sys.render(gw.error()));
@@ -142,6 +164,7 @@ int run(caf::actor_system& sys, const node_config& cfg) {
     log().info("pool published for CAF applications on {}:{}", cfg.publish_host, *published);
   }
   std::cout << "pyvisor-node listening on " << cfg.rpc.host << ":" << port << std::endl;
+  service.ready(sys, pool, status_line(first_stats));
   // Wait for a stop signal or for the pool's keeper to give up (only with
   // node.on-pool-failure=exit does it ever quit on its own).
   self->monitor(pool);
@@ -164,6 +187,7 @@ int run(caf::actor_system& sys, const node_config& cfg) {
     self->receive([](signal_atom, int) {}, caf::after(std::chrono::seconds(1)) >> [] {});
     // With on-pool-failure=restart the keeper never quits on its own: if it
     // is gone anyway, nothing serves any more, and exiting is all that helps.
+    service.stopping("the pool is gone; exiting");
     log().error("{} ({}); exiting with status {}",
                 cfg.node_on_pool_failure == "exit"
                   ? "the pool gave up and node.on-pool-failure=exit"
@@ -175,6 +199,7 @@ int run(caf::actor_system& sys, const node_config& cfg) {
   }
   signal_waiter.join();
   log().info("received {}, shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+  service.stopping("draining: finishing the requests in flight");
   // 1. No new connections or requests; in-flight ones finish.
   bool drained = false;
   self->request(gateway, cfg.node_shutdown_timeout, drain_atom::value)

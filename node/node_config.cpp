@@ -96,6 +96,10 @@ node_config::node_config()
   opt_group{custom_options_, "publish"}
     .add(publish_port, "port", "publish the pool to CAF applications on this port (0: off)")
     .add(publish_host, "host", "address the published pool listens on");
+  opt_group{custom_options_, "metrics"}
+    .add(metrics_port, "port",
+         "serve Prometheus metrics on http://HOST:PORT/metrics (0: off)")
+    .add(metrics_host, "host", "address the metrics endpoint listens on");
   auto& rb = pool.restart.backoff;
   opt_group{custom_options_, "node"}
     .add(node_shutdown_timeout, "shutdown-timeout", "time in-flight requests get on SIGTERM")

@@ -35,6 +35,9 @@ struct node_config : caf::actor_system_config {
   // [publish]
   uint16_t publish_port = 0;
   std::string publish_host = "127.0.0.1";
+  // [metrics]
+  uint16_t metrics_port = 0;
+  std::string metrics_host = "127.0.0.1";
   // [node]
   caf::timespan node_shutdown_timeout = std::chrono::seconds(10);
   // [log]

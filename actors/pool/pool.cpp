@@ -166,8 +166,13 @@ struct core_state {
   uint64_t requeued = 0;
   uint64_t restarts = 0;
   uint64_t recycled = 0;
-  std::vector<int64_t> latencies;
-  size_t latency_pos = 0;
+  /// Per command name (at most max_tracked_commands, then other_commands):
+  /// replies by outcome and service time.
+  struct command_rec {
+    std::array<uint64_t, error_code_count> replies{};
+    latency_histogram histogram;
+  };
+  std::unordered_map<std::string, command_rec> commands;
   size_t rr = 0;
   /// Watches the queue's deadlines and back-offs while anything waits.
   sweep_timer sweep;
@@ -189,16 +194,42 @@ struct core_state {
 
 using self_ptr = pool_impl::stateful_pointer<core_state>;
 
-constexpr size_t latency_window = 4096;
+core_state::command_rec& command_rec_of(core_state& st, const std::string& command) {
+  auto i = st.commands.find(command);
+  if (i != st.commands.end())
+    return i->second;
+  if (st.commands.size() >= max_tracked_commands)
+    return st.commands[other_commands];
+  return st.commands[command];
+}
 
-void count_reply(self_ptr self, error_code code) {
+/// Counts a reply by outcome, overall and for its command; `service_ns`
+/// (negative: the request never reached a worker) goes to the command's
+/// latency histogram.
+void count_reply(self_ptr self, const std::string& command, error_code code,
+                 int64_t service_ns = -1) {
   auto i = static_cast<size_t>(code);
-  if (i < self->state.replies.size())
-    ++self->state.replies[i];
+  if (i >= error_code_count)
+    return;
+  auto& st = self->state;
+  ++st.replies[i];
+  auto& rec = command_rec_of(st, command);
+  ++rec.replies[i];
+  if (service_ns >= 0)
+    rec.histogram.observe(static_cast<double>(service_ns) / 1000.0);
+}
+
+/// {"ok": n, error code name: n, ...} without the zero counts.
+std::map<std::string, uint64_t> outcome_map(const std::array<uint64_t, error_code_count>& counts) {
+  std::map<std::string, uint64_t> result;
+  for (size_t i = 0; i < counts.size(); ++i)
+    if (counts[i] > 0)
+      result[i == 0 ? std::string{"ok"} : to_string(static_cast<error_code>(i))] = counts[i];
+  return result;
 }
 
 void fail(self_ptr self, queued& q, caf::error err) {
-  count_reply(self, code_of(err));
+  count_reply(self, q.req.command, code_of(err));
   q.rp.deliver(std::move(err));
 }
 
@@ -539,23 +570,20 @@ pool_stats make_stats(self_ptr self) {
                  : st.started  ? pool_state::serving
                                : pool_state::starting;
   result.queue = st.queue.size();
-  for (size_t i = 0; i < st.replies.size(); ++i)
-    if (st.replies[i] > 0)
-      result.replies[i == 0 ? std::string{"ok"} : to_string(static_cast<error_code>(i))] =
-        st.replies[i];
+  result.replies = outcome_map(st.replies);
   result.retries = st.retries;
   result.requeued = st.requeued;
   result.restarts = st.restarts;
   result.recycled = st.recycled;
-  auto lat = st.latencies;
-  if (!lat.empty()) {
-    std::sort(lat.begin(), lat.end());
-    auto pct = [&](double p) {
-      auto idx = static_cast<size_t>(p * static_cast<double>(lat.size() - 1));
-      return static_cast<double>(lat[idx]) / 1000.0;
-    };
-    result.latency_us = {pct(0.50), pct(0.90), pct(0.99)};
+  latency_histogram all;
+  for (auto& [name, rec] : st.commands) {
+    auto& cs = result.commands[name];
+    cs.replies = outcome_map(rec.replies);
+    cs.histogram = rec.histogram;
+    cs.latency_us = rec.histogram.percentiles();
+    all.merge(rec.histogram);
   }
+  result.latency_us = all.percentiles();
   return result;
 }
 
@@ -767,6 +795,7 @@ caf::result<payload> readmit(self_ptr self, execute req, bool attempt) {
   auto rp = self->make_response_promise<payload>();
   auto q = std::make_shared<queued>();
   q->rp = rp;
+  q->req.command = req.command; // for the statistics, should it fail here
   if (attempt) {
     ++req.attempts;
     ++st.retries;
@@ -834,7 +863,6 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
   st.cfg = std::move(cfg);
   st.keeper = std::move(keeper);
   st.slots.resize(st.cfg.size);
-  st.latencies.reserve(latency_window);
   st.affinity = spawn_session_affinity(self->system(), st.cfg.session);
   if (!lost_sessions.empty())
     self->send(st.affinity, sessions_lost_atom::value, std::move(lost_sessions));
@@ -956,28 +984,25 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
       auto rp = self->make_response_promise<payload>();
       auto q = std::make_shared<queued>();
       q->rp = rp;
+      q->deadline = deadline_of(self, req);
+      q->req = std::move(req);
       if (auto err = refusal(st)) {
         fail(self, *q, std::move(err));
         return rp;
       }
-      if (auto err = check_session_id(st, req.session)) {
+      if (auto err = check_session_id(st, q->req.session)) {
         fail(self, *q, std::move(err));
         return rp;
       }
-      q->deadline = deadline_of(self, req);
-      q->req = std::move(req);
       admit(self, std::move(q), false);
       return rp;
     },
     [self](retry_atom, execute& req) { return readmit(self, std::move(req), true); },
     [self](requeue_atom, execute& req) { return readmit(self, std::move(req), false); },
-    [self](done_atom, uint64_t worker, uint8_t code, int64_t ns, const std::string& session) {
+    [self](done_atom, uint64_t worker, uint8_t code, int64_t ns, const std::string& session,
+           const std::string& command) {
       auto& st = self->state;
-      count_reply(self, static_cast<error_code>(code));
-      if (st.latencies.size() < latency_window)
-        st.latencies.push_back(ns);
-      else
-        st.latencies[st.latency_pos++ % latency_window] = ns;
+      count_reply(self, command, static_cast<error_code>(code), ns);
       for (uint32_t i = 0; i < st.slots.size(); ++i) {
         auto& s = st.slots[i];
         if (s.actor != worker)

@@ -63,6 +63,7 @@
 #include "caf/timespan.hpp"
 #include "caf/typed_actor.hpp"
 
+#include "pyvisor/latency_histogram.hpp"
 #include "pyvisor/mock_worker.hpp"
 #include "pyvisor/session_affinity.hpp"
 #include "pyvisor/worker.hpp"
@@ -206,19 +207,29 @@ struct enum_names<pool_state> {
   }}};
 };
 
-/// Worker service time percentiles over recent requests, microseconds.
-struct latency_percentiles {
-  double p50 = 0;
-  double p90 = 0;
-  double p99 = 0;
+/// One command's requests in pool_stats (by the command name requests gave).
+struct command_stats {
+  /// Replies by outcome: "ok" and each error code name.
+  std::map<std::string, uint64_t> replies;
+  /// Estimated from `histogram` (see latency_histogram.hpp).
+  latency_percentiles latency_us;
+  /// Worker service time of the replies that came from a worker.
+  latency_histogram histogram;
 
-  MSGPACK_DEFINE_MAP(p50, p90, p99);
+  MSGPACK_DEFINE_MAP(replies, latency_us, histogram);
 };
 
 template <class Inspector>
-typename Inspector::result_type inspect(Inspector& f, latency_percentiles& x) {
-  return f(caf::meta::type_name("pyvisor::latency_percentiles"), x.p50, x.p90, x.p99);
+typename Inspector::result_type inspect(Inspector& f, command_stats& x) {
+  return f(caf::meta::type_name("pyvisor::command_stats"), x.replies, x.latency_us, x.histogram);
 }
+
+/// Distinct command names a pool keeps apart in its statistics; the
+/// requests of any further names count under `other_commands`, so that
+/// clients sending arbitrary names cannot grow the node's memory or a
+/// metrics scrape without bound.
+constexpr size_t max_tracked_commands = 64;
+constexpr const char* other_commands = "(other)";
 
 /// The pool's status; the RPC `stats` reply is this record as a msgpack map.
 struct pool_stats {
@@ -237,17 +248,21 @@ struct pool_stats {
   uint64_t requeued = 0;
   uint64_t restarts = 0;
   uint64_t recycled = 0;
+  /// Worker service time of every command (estimated, see
+  /// latency_histogram.hpp).
   latency_percentiles latency_us;
+  /// Per command: replies by outcome and service time.
+  std::map<std::string, command_stats> commands;
 
   MSGPACK_DEFINE_MAP(state, last_failure, pool_restarts, workers, queue, sessions, replies,
-                     retries, requeued, restarts, recycled, latency_us);
+                     retries, requeued, restarts, recycled, latency_us, commands);
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, pool_stats& x) {
   return f(caf::meta::type_name("pyvisor::pool_stats"), x.state, x.last_failure, x.pool_restarts,
            x.workers, x.queue, x.sessions, x.replies, x.retries, x.requeued, x.restarts, x.recycled,
-           x.latency_us);
+           x.latency_us, x.commands);
 }
 
 using pool_actor = caf::typed_actor<

@@ -27,6 +27,16 @@ namespace pyvisor {
 
 namespace {
 
+/// The service manager's variables (sd_notify(3)) of the process that
+/// runs the pool: a Python worker must not speak for that service (with
+/// NotifyAccess=all a stray READY=1 or WATCHDOG=1 would be believed).
+bool owned_by_service_manager(const char* entry) {
+  for (const char* name : {"NOTIFY_SOCKET=", "WATCHDOG_USEC=", "WATCHDOG_PID="})
+    if (std::strncmp(entry, name, std::strlen(name)) == 0)
+      return true;
+  return false;
+}
+
 constexpr size_t stderr_tail_lines = 20;
 
 void close_fd(int& fd) {
@@ -206,7 +216,8 @@ std::string python_process::spawn() {
   argv.push_back(nullptr);
   std::vector<char*> envp;
   for (char** e = environ; *e != nullptr; ++e)
-    envp.push_back(*e);
+    if (!owned_by_service_manager(*e))
+      envp.push_back(*e);
   std::vector<std::string> env_store = opts_.env;
   for (auto& e : env_store)
     envp.push_back(e.data());

@@ -13,7 +13,7 @@
 // another worker, requests that provably never started are requeued there,
 // the rest fail (delegation keeps the original requester, so the reply still
 // goes straight to it). Each answer is reported to the listener as
-// (done_atom, worker id, code, service time) so the pool can count load and
+// (done_atom, worker id, code, service time, session, command) so the pool can count load and
 // outcomes without sitting on the reply path; the report is sent before the
 // answer, so that whatever the caller asks the pool after its reply (stats)
 // already reflects it.
@@ -468,7 +468,8 @@ private:
     auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(self_->clock().now() - e.started)
                 .count();
     caf::anon_send(listener_, done_atom::value, static_cast<uint64_t>(self_->id()),
-                   static_cast<uint8_t>(code), static_cast<int64_t>(ns), e.request.session);
+                   static_cast<uint8_t>(code), static_cast<int64_t>(ns), e.request.session,
+                   e.request.command);
   }
 
   caf::local_actor* self_;

@@ -1,5 +1,7 @@
 """User commands used by pyvisor's integration tests (a user module as users write them)."""
 
+import os
+
 import pyvisor
 
 
@@ -28,3 +30,9 @@ def hog(args, ctx):
     """Keeps `args` MiB alive in this worker (pool.max-rss tests)."""
     _hoard.append(bytearray(int(args) * 1024 * 1024))
     return len(_hoard)
+
+
+@pyvisor.command("env")
+def env(args, ctx):
+    """The worker's values of the environment variables named in `args`."""
+    return [os.environ.get(name) for name in args]

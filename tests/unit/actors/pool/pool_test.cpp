@@ -524,3 +524,44 @@ TEST_CASE_METHOD(fixture, "a session id longer than the limit is a bad request",
                 caf::after(0s) >> [] { FAIL("no reply"); });
   CHECK(code_of(end) == error_code::bad_request);
 }
+
+TEST_CASE_METHOD(fixture, "stats count each command's replies by outcome and service time",
+                 "[unit][pool][metrics]") {
+  auto cfg = mock_pool(1, 1, 2ms);
+  cfg.queue_size = 1;
+  cfg.queue_share = 1.0;
+  start(cfg);
+  for (int i = 0; i < 3; ++i)
+    self->send(pool, make_execute("ping"));
+  self->send(pool, make_execute("raise"));
+  run();
+  // One ping runs, one waits, the rest are refused by the full queue
+  // before reaching a worker: counted, without a service time.
+  CHECK(count_code(replies(), error_code::overloaded) == 2);
+  for (int i = 0; i < 3; ++i)
+    advance(2ms);
+  auto st = stats();
+  auto& ping = st.commands.at("ping");
+  CHECK(ping.replies.at("ok") == 2);
+  CHECK(ping.replies.at("overloaded") == 1);
+  CHECK(ping.histogram.count == 2);
+  CHECK(ping.latency_us.p50 > 1000); // 2 ms on the test clock
+  CHECK(ping.latency_us.p50 <= 2000);
+  CHECK(st.commands.at("raise").replies.at("overloaded") == 1);
+  CHECK(st.commands.at("raise").histogram.count == 0);
+  CHECK(st.replies.at("ok") == 2);
+  CHECK(st.replies.at("overloaded") == 2);
+  CHECK(st.latency_us.p50 == Approx(ping.latency_us.p50));
+}
+
+TEST_CASE_METHOD(fixture, "arbitrary command names cannot grow the statistics without bound",
+                 "[unit][pool][metrics]") {
+  start(mock_pool(2, 4, 0ms));
+  for (size_t i = 0; i < max_tracked_commands + 10; ++i)
+    self->send(pool, make_execute("no-such-command-" + std::to_string(i)));
+  run();
+  CHECK(replies().size() == max_tracked_commands + 10);
+  auto st = stats();
+  CHECK(st.commands.size() == max_tracked_commands + 1);
+  CHECK(st.commands.at(other_commands).replies.at("unknown_command") == 10);
+}

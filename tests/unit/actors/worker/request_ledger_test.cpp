@@ -28,7 +28,7 @@ struct listener_log {
 
 worker_listener_actor::behavior_type fake_listener(std::shared_ptr<listener_log> log) {
   return {
-    [log](done_atom, uint64_t, uint8_t code, int64_t, std::string&) { log->done.push_back(code); },
+    [log](done_atom, uint64_t, uint8_t code, int64_t, std::string&, std::string&) { log->done.push_back(code); },
     [log](retry_atom, execute& req) {
       log->retried.push_back(req);
       return pack(std::string{"retried"});

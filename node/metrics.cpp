@@ -1,0 +1,245 @@
+#include "node/metrics.hpp"
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <limits>
+#include <utility>
+#include <vector>
+
+#include <prometheus/collectable.h>
+#include <prometheus/exposer.h>
+#include <prometheus/metric_family.h>
+
+#include "caf/actor_system.hpp"
+#include "caf/scoped_actor.hpp"
+
+#include "messages/log.hpp"
+
+namespace pyvisor {
+
+metrics_exporter::~metrics_exporter() = default;
+
+namespace {
+
+using prometheus::ClientMetric;
+using prometheus::MetricFamily;
+using prometheus::MetricType;
+
+/// How long a scrape waits for the pool's status.
+constexpr auto status_wait = std::chrono::seconds(2);
+
+MetricFamily family(std::string name, std::string help, MetricType type) {
+  return MetricFamily{std::move(name), std::move(help), type, {}};
+}
+
+ClientMetric sample(MetricType type, double value, std::vector<ClientMetric::Label> labels = {}) {
+  ClientMetric m;
+  m.label = std::move(labels);
+  if (type == MetricType::Counter)
+    m.counter.value = value;
+  else
+    m.gauge.value = value;
+  return m;
+}
+
+void add_scalar(std::vector<MetricFamily>& out, std::string name, std::string help,
+                MetricType type, double value) {
+  auto f = family(std::move(name), std::move(help), type);
+  f.metric.push_back(sample(type, value));
+  out.push_back(std::move(f));
+}
+
+/// One metric per name of an enum, 1 for `current` and 0 for the others,
+/// so that a dashboard can graph each state without knowing the set.
+template <class Enum, class Count>
+MetricFamily one_per_state(std::string name, std::string help, const char* label,
+                           Count count_of) {
+  auto f = family(std::move(name), std::move(help), MetricType::Gauge);
+  for (auto& entry : enum_names<Enum>::table.entries)
+    f.metric.push_back(sample(MetricType::Gauge, count_of(entry.value),
+                              {{label, std::string{entry.name}}}));
+  return f;
+}
+
+/// The bucket bounds in seconds, as the decimal numbers they are (70 us is
+/// 7e-05, not 70 / 1e6 = 6.999999999999999e-05 in the exposition).
+const std::vector<double>& bounds_in_seconds() {
+  static const std::vector<double> result = [] {
+    std::vector<double> xs;
+    for (auto us : latency_bounds_us) {
+      char buf[32];
+      std::snprintf(buf, sizeof(buf), "%.6ge-6", us);
+      xs.push_back(std::strtod(buf, nullptr));
+    }
+    return xs;
+  }();
+  return result;
+}
+
+ClientMetric histogram_of(const latency_histogram& h, std::vector<ClientMetric::Label> labels) {
+  ClientMetric m;
+  m.label = std::move(labels);
+  m.histogram.sample_count = h.count;
+  m.histogram.sample_sum = h.sum_us / 1e6;
+  uint64_t cumulative = 0;
+  for (size_t i = 0; i < latency_bounds_us.size(); ++i) {
+    cumulative += i < h.counts.size() ? h.counts[i] : 0;
+    m.histogram.bucket.push_back({cumulative, bounds_in_seconds()[i]});
+  }
+  m.histogram.bucket.push_back({h.count, std::numeric_limits<double>::infinity()});
+  return m;
+}
+
+void add_pool(std::vector<MetricFamily>& out, const pool_stats& st) {
+  using T = MetricType;
+  auto requests = family("pyvisor_requests_total",
+                         "Requests answered, by command and outcome (ok or the error code)",
+                         T::Counter);
+  auto durations = family("pyvisor_request_duration_seconds",
+                          "Worker service time of the requests a worker answered, by command",
+                          T::Histogram);
+  for (auto& [command, cs] : st.commands) {
+    for (auto& [outcome, n] : cs.replies)
+      requests.metric.push_back(sample(T::Counter, static_cast<double>(n),
+                                       {{"command", command}, {"outcome", outcome}}));
+    if (cs.histogram.count > 0)
+      durations.metric.push_back(histogram_of(cs.histogram, {{"command", command}}));
+  }
+  out.push_back(std::move(requests));
+  out.push_back(std::move(durations));
+  uint64_t in_flight = 0;
+  for (auto& w : st.workers)
+    in_flight += w.in_flight;
+  add_scalar(out, "pyvisor_queue_depth", "Requests waiting for a worker", T::Gauge,
+             static_cast<double>(st.queue));
+  add_scalar(out, "pyvisor_requests_in_flight", "Requests running on workers", T::Gauge,
+             static_cast<double>(in_flight));
+  out.push_back(one_per_state<worker_phase>(
+    "pyvisor_workers", "Workers by state", "state", [&](worker_phase p) {
+      double n = 0;
+      for (auto& w : st.workers)
+        n += w.state == p ? 1 : 0;
+      return n;
+    }));
+  add_scalar(out, "pyvisor_worker_restarts_total",
+             "Worker restarts by the supervisor (crashes and recycles alike)", T::Counter,
+             static_cast<double>(st.restarts));
+  add_scalar(out, "pyvisor_request_retries_total",
+             "Idempotent requests retried after their worker died", T::Counter,
+             static_cast<double>(st.retries));
+  add_scalar(out, "pyvisor_requests_requeued_total",
+             "Requests handed back by a dying worker on which they never started", T::Counter,
+             static_cast<double>(st.requeued));
+  add_scalar(out, "pyvisor_worker_recycles_total",
+             "Workers recycled (max-requests, max-age, max-rss, a hung request)", T::Counter,
+             static_cast<double>(st.recycled));
+  add_scalar(out, "pyvisor_sessions", "Sessions bound to a worker", T::Gauge,
+             static_cast<double>(st.sessions));
+  out.push_back(one_per_state<pool_state>("pyvisor_pool_state", "1 for the pool's current state",
+                                          "state", [&](pool_state s) {
+                                            return s == st.state ? 1.0 : 0.0;
+                                          }));
+  add_scalar(out, "pyvisor_pool_restarts_total",
+             "Restarts of the whole pool by its keeper after it gave up", T::Counter,
+             static_cast<double>(st.pool_restarts));
+}
+
+void add_gateway(std::vector<MetricFamily>& out, const gateway_counters& c) {
+  using T = MetricType;
+  auto val = [](const std::atomic<uint64_t>& x) { return static_cast<double>(x.load()); };
+  add_scalar(out, "pyvisor_rpc_connections", "RPC connections open", T::Gauge, val(c.open));
+  add_scalar(out, "pyvisor_rpc_connections_accepted_total",
+             "RPC connections accepted (refused ones included)", T::Counter, val(c.accepted));
+  add_scalar(out, "pyvisor_rpc_connections_refused_total",
+             "RPC connections closed at once (rpc.max-connections reached, or draining)",
+             T::Counter, val(c.refused));
+  add_scalar(out, "pyvisor_rpc_connections_cut_off_total",
+             "RPC connections the node stopped reading or closed: malformed, too large or too "
+             "slow input, input buffers full, responses left unread",
+             T::Counter, val(c.cut_off));
+  add_scalar(out, "pyvisor_rpc_messages_total", "RPC messages received (requests, notifications)",
+             T::Counter, val(c.messages));
+  add_scalar(out, "pyvisor_rpc_received_bytes_total", "Bytes received on RPC connections",
+             T::Counter, val(c.bytes_received));
+  add_scalar(out, "pyvisor_rpc_sent_bytes_total", "Bytes written to RPC connections",
+             T::Counter, val(c.bytes_sent));
+}
+
+class pool_collector : public prometheus::Collectable {
+public:
+  pool_collector(caf::actor_system& sys, pool_actor pool,
+                 std::shared_ptr<const gateway_counters> counters)
+    : sys_(sys), pool_(std::move(pool)), counters_(std::move(counters)) {
+    // nop
+  }
+
+  std::vector<MetricFamily> Collect() const override {
+    std::vector<MetricFamily> out;
+    bool up = false;
+    {
+      caf::scoped_actor self{sys_};
+      self->request(pool_, status_wait, status_atom::value)
+        .receive(
+          [&](pool_stats& st) {
+            up = true;
+            add_pool(out, st);
+          },
+          [&](caf::error& err) {
+            log().debug("metrics: the pool's status did not arrive: {}", to_string_readable(err));
+          });
+    }
+    add_scalar(out, "pyvisor_pool_up",
+               "1 if the pool answered this scrape's status request within 2 s", MetricType::Gauge,
+               up ? 1 : 0);
+    if (counters_)
+      add_gateway(out, *counters_);
+    return out;
+  }
+
+private:
+  caf::actor_system& sys_;
+  pool_actor pool_;
+  std::shared_ptr<const gateway_counters> counters_;
+};
+
+class exporter final : public metrics_exporter {
+public:
+  exporter(std::unique_ptr<prometheus::Exposer> exposer, std::shared_ptr<pool_collector> collector)
+    : exposer_(std::move(exposer)), collector_(std::move(collector)) {
+    exposer_->RegisterCollectable(collector_);
+  }
+
+  ~exporter() override {
+    // The server's threads stop before the collector (and its actor
+    // system reference) goes away.
+    exposer_.reset();
+  }
+
+private:
+  std::unique_ptr<prometheus::Exposer> exposer_;
+  std::shared_ptr<pool_collector> collector_;
+};
+
+} // namespace
+
+std::unique_ptr<metrics_exporter>
+start_metrics(caf::actor_system& sys, pool_actor pool,
+              std::shared_ptr<const gateway_counters> counters, const std::string& host,
+              uint16_t port, std::string& why) {
+  // civetweb's notation: an IPv6 address goes in brackets.
+  auto address = (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":"
+                 + std::to_string(port);
+  std::unique_ptr<prometheus::Exposer> exposer;
+  try {
+    exposer = std::make_unique<prometheus::Exposer>(address, 1);
+  } catch (const std::exception& ex) {
+    why = "cannot serve metrics on " + address + " (metrics.host, metrics.port): " + ex.what();
+    return nullptr;
+  }
+  auto collector = std::make_shared<pool_collector>(sys, std::move(pool), std::move(counters));
+  return std::make_unique<exporter>(std::move(exposer), std::move(collector));
+}
+
+} // namespace pyvisor

@@ -1,0 +1,278 @@
+"""Integration tests of running pyvisor-node as a service (issue #14):
+Prometheus metrics scraped and parsed, systemd readiness over a fake
+NOTIFY_SOCKET, and the command line (errors, --long-help, --dump-config).
+
+Every node is killed in tearDown, even when a test fails, and its workers
+are checked to be gone.
+
+Run: PYVISOR_NODE=build/pyvisor-node python3 -m unittest -v test_operations
+"""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import unittest
+import urllib.request
+
+from test_node import NODE, TEST_PY, Node, Rpc, wait_gone
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?\s+(\S+)$')
+LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_exposition(text):
+    """Prometheus text format -> {(name, frozenset(labels)): value}; checks
+    every line is a comment, blank, or a well-formed sample."""
+    samples = {}
+    types = {}
+    for line in text.splitlines():
+        if not line:
+            continue
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ", 3)
+            types[name] = kind
+            continue
+        if line.startswith("#"):
+            continue
+        m = SAMPLE.match(line)
+        if m is None:
+            raise AssertionError("not a sample line: %r" % line)
+        labels = frozenset(LABEL.findall(m.group(3) or ""))
+        samples[(m.group(1), labels)] = float(m.group(4))
+    return samples, types
+
+
+def scrape(port):
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=10) as r:
+        return parse_exposition(r.read().decode())
+
+
+def value(samples, name, **labels):
+    return samples[(name, frozenset(labels.items()))]
+
+
+class MetricsTest(unittest.TestCase):
+    def setUp(self):
+        self.metrics_port = free_port()
+        self.node = Node("[metrics]\nport=%d\n" % self.metrics_port)
+        self.pids = self.node.pids()
+        self.rpc = Rpc(self.node.port)
+
+    def tearDown(self):
+        self.rpc.close()
+        self.node.close()
+        self.assertTrue(wait_gone(self.pids), "a Python worker outlived its node")
+
+    def test_requests_by_command_and_outcome_and_their_latency(self):
+        for i in range(5):
+            self.assertEqual(self.rpc.call("execute", "echo", [i]), (None, [i]))
+        for _ in range(2):
+            err, _ = self.rpc.call("execute", "divide", {"a": 1, "b": 0})
+            self.assertEqual(err["code"], "python_error")
+        err, _ = self.rpc.call("execute", "no_such_command", [])
+        self.assertEqual(err["code"], "unknown_command")
+        samples, types = scrape(self.metrics_port)
+        self.assertEqual(types["pyvisor_requests_total"], "counter")
+        self.assertEqual(types["pyvisor_request_duration_seconds"], "histogram")
+        self.assertEqual(value(samples, "pyvisor_requests_total", command="echo", outcome="ok"), 5)
+        self.assertEqual(value(samples, "pyvisor_requests_total", command="divide",
+                               outcome="python_error"), 2)
+        self.assertEqual(value(samples, "pyvisor_requests_total", command="no_such_command",
+                               outcome="unknown_command"), 1)
+        # The histogram: cumulative buckets ending in +Inf = count, a sum of
+        # plausible service times (an echo takes well under a second).
+        buckets = sorted((float(dict(k[1])["le"]), v) for k, v in samples.items()
+                         if k[0] == "pyvisor_request_duration_seconds_bucket"
+                         and dict(k[1]).get("command") == "echo")
+        self.assertGreater(len(buckets), 10)
+        counts = [v for _, v in buckets]
+        self.assertEqual(counts, sorted(counts))
+        self.assertEqual(buckets[-1], (float("inf"), 5))
+        self.assertEqual(value(samples, "pyvisor_request_duration_seconds_count", command="echo"), 5)
+        total = value(samples, "pyvisor_request_duration_seconds_sum", command="echo")
+        self.assertGreater(total, 0)
+        self.assertLess(total, 5)
+        # The same numbers in stats, which gains per-command latency.
+        err, stats = self.rpc.call("stats")
+        self.assertIsNone(err)
+        echo = stats["commands"]["echo"]
+        self.assertEqual(echo["replies"], {"ok": 5})
+        self.assertEqual(echo["histogram"]["count"], 5)
+        self.assertGreater(echo["latency_us"]["p50"], 0)
+        self.assertLessEqual(echo["latency_us"]["p50"], echo["latency_us"]["p99"])
+
+    def test_pool_and_connection_gauges(self):
+        other = Rpc(self.node.port)
+        try:
+            self.assertEqual(other.call("ping"), (None, "pong"))
+            err, _ = self.rpc.call("execute", "session.put", {"key": "k", "value": 1},
+                                   {"session": "s1"})
+            self.assertIsNone(err)
+            samples, _ = scrape(self.metrics_port)
+        finally:
+            other.close()
+        self.assertEqual(value(samples, "pyvisor_pool_up"), 1)
+        self.assertEqual(value(samples, "pyvisor_pool_state", state="serving"), 1)
+        for state in ("starting", "restarting", "stopping"):
+            self.assertEqual(value(samples, "pyvisor_pool_state", state=state), 0)
+        self.assertEqual(value(samples, "pyvisor_workers", state="ready"), 2)
+        self.assertEqual(value(samples, "pyvisor_workers", state="down"), 0)
+        self.assertEqual(value(samples, "pyvisor_queue_depth"), 0)
+        self.assertEqual(value(samples, "pyvisor_requests_in_flight"), 0)
+        self.assertEqual(value(samples, "pyvisor_sessions"), 1)
+        # setUp's connection (stats), self.rpc, other.
+        self.assertEqual(value(samples, "pyvisor_rpc_connections"), 2)
+        self.assertEqual(value(samples, "pyvisor_rpc_connections_accepted_total"), 3)
+        self.assertEqual(value(samples, "pyvisor_rpc_connections_refused_total"), 0)
+        self.assertEqual(value(samples, "pyvisor_rpc_messages_total"), 3)
+        self.assertGreater(value(samples, "pyvisor_rpc_received_bytes_total"), 0)
+        self.assertGreater(value(samples, "pyvisor_rpc_sent_bytes_total"), 0)
+        for name in ("pyvisor_worker_restarts_total", "pyvisor_request_retries_total",
+                     "pyvisor_worker_recycles_total", "pyvisor_pool_restarts_total",
+                     "pyvisor_requests_requeued_total"):
+            self.assertEqual(value(samples, name), 0, name)
+
+    def test_a_killed_worker_shows_as_a_restart(self):
+        os.kill(self.pids[0], signal.SIGKILL)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            samples, _ = scrape(self.metrics_port)
+            if (value(samples, "pyvisor_worker_restarts_total") >= 1
+                    and value(samples, "pyvisor_workers", state="ready") == 2):
+                break
+            time.sleep(0.05)
+        self.assertEqual(value(samples, "pyvisor_worker_restarts_total"), 1)
+        self.assertEqual(value(samples, "pyvisor_workers", state="ready"), 2)
+        self.pids = self.node.pids() + self.pids
+
+    def test_a_malformed_message_counts_as_a_connection_cut_off(self):
+        s = socket.create_connection(("127.0.0.1", self.node.port))
+        try:
+            s.sendall(b"\xc1")  # never valid msgpack
+            self.assertEqual(s.recv(100), b"")
+        finally:
+            s.close()
+        samples, _ = scrape(self.metrics_port)
+        self.assertEqual(value(samples, "pyvisor_rpc_connections_cut_off_total"), 1)
+
+    def test_metrics_port_taken_fails_start_up_readably(self):
+        d = tempfile.TemporaryDirectory()
+        try:
+            proc = subprocess.run(
+                [NODE, "--pool.backend=mock", "--rpc.port=0",
+                 "--metrics.port=%d" % self.metrics_port, "--config-file=/dev/null"],
+                capture_output=True, text=True, timeout=30, cwd=d.name)
+        finally:
+            d.cleanup()
+        self.assertEqual(proc.returncode, 1)
+        self.assertIn("cannot serve metrics on 127.0.0.1:%d (metrics.host, metrics.port)"
+                      % self.metrics_port, proc.stderr)
+
+
+class NotifySocket:
+    """A fake service manager's notification socket (sd_notify(3))."""
+
+    def __init__(self):
+        self.dir = tempfile.TemporaryDirectory()
+        self.path = os.path.join(self.dir.name, "notify")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.messages = []
+
+    def wait_for(self, key, limit=20.0):
+        """Messages up to and including the first that sets `key`."""
+        deadline = time.time() + limit
+        while time.time() < deadline:
+            for i, m in enumerate(self.messages):
+                if key in m:
+                    seen = self.messages[:i + 1]
+                    self.messages = self.messages[i + 1:]
+                    return seen
+            self.sock.settimeout(max(0.01, deadline - time.time()))
+            try:
+                data = self.sock.recv(4096).decode()
+            except socket.timeout:
+                break
+            self.messages.append(dict(line.split("=", 1) for line in data.split("\n") if line))
+        raise AssertionError("no %s within %.0f s; got %r" % (key, limit, self.messages))
+
+    def close(self):
+        self.sock.close()
+        self.dir.cleanup()
+
+
+class SystemdNotifyTest(unittest.TestCase):
+    def start(self, env_extra, extra_ini=""):
+        self.notify = NotifySocket()
+        env = dict(os.environ, NOTIFY_SOCKET=self.notify.path, **env_extra)
+        old = os.environ.copy()
+        os.environ.clear()
+        os.environ.update(env)
+        try:
+            self.node = Node(extra_ini)
+        finally:
+            os.environ.clear()
+            os.environ.update(old)
+        self.pids = self.node.pids()
+
+    def tearDown(self):
+        self.node.close()
+        self.notify.close()
+        self.assertTrue(wait_gone(self.pids), "a Python worker outlived its node")
+
+    def test_ready_once_serving_then_status_then_stopping(self):
+        self.start({})
+        before = self.notify.wait_for("READY")
+        # Start-up progress first; READY only once the pool is ready and the
+        # port listens.
+        self.assertIn("STATUS", before[0])
+        self.assertNotIn("READY", before[0])
+        ready = before[-1]
+        self.assertEqual(ready["READY"], "1")
+        self.assertTrue(ready["STATUS"].startswith("serving: 2/2 workers ready"), ready)
+        rpc = Rpc(self.node.port)
+        self.assertEqual(rpc.call("ping"), (None, "pong"))
+        rpc.close()
+        # No watchdog asked for: none sent.
+        self.node.proc.send_signal(signal.SIGTERM)
+        stopping = self.notify.wait_for("STOPPING")
+        self.assertEqual(stopping[-1]["STOPPING"], "1")
+        self.assertFalse(any("WATCHDOG" in m for m in stopping))
+        self.assertEqual(self.node.proc.wait(20), 0)
+
+    def test_watchdog_pings_at_half_the_period(self):
+        self.start({"WATCHDOG_USEC": "400000"})
+        self.notify.wait_for("READY")
+        t0 = time.time()
+        for _ in range(4):
+            m = self.notify.wait_for("WATCHDOG")[-1]
+            self.assertEqual(m["WATCHDOG"], "1")
+            self.assertIn("serving", m["STATUS"])
+        # Four pings at 200 ms apart, with room for a loaded machine.
+        self.assertLess(time.time() - t0, 3.0)
+
+    def test_workers_do_not_see_the_notify_socket(self):
+        self.start({"WATCHDOG_USEC": "10000000"})
+        self.notify.wait_for("READY")
+        rpc = Rpc(self.node.port)
+        try:
+            err, env = rpc.call("execute", "env", ["NOTIFY_SOCKET", "WATCHDOG_USEC"])
+        finally:
+            rpc.close()
+        self.assertIsNone(err)
+        self.assertEqual(env, [None, None])
+
+
+if __name__ == "__main__":
+    unittest.main()
