@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Proves that pyvisor composes into other CAF applications: installs the
 # build into a temporary prefix, builds examples/ as a separate CMake project
-# against the installed package (find_package(pyvisor)), and runs all three
-# examples, the remote one against an installed node that publishes its pool.
+# against the installed package (find_package(pyvisor)), and runs the
+# examples (the README's among them, checked to be shown unchanged there),
+# the remote one against an installed node that publishes its pool. Checks
+# the installed systemd unit with systemd-analyze.
 # Then moves the installation elsewhere and runs its node without help: its
 # workers must import the moved copy of the Python package (not the source
 # tree's, not the configure-time prefix's).
@@ -29,12 +31,33 @@ start_node() {
   grep -q "listening on" "$prefix/node.out"
 }
 cmake --install "$build_dir" --prefix "$prefix" > /dev/null
+
+# The installed systemd unit: valid (systemd-analyze verify also checks that
+# ExecStart names an executable, i.e. the installed node) and hardened.
+unit="$prefix/share/pyvisor/configs/pyvisor-node.service"
+grep -q "^ExecStart=$prefix/bin/pyvisor-node " "$unit"
+systemd-analyze verify "$unit"
+exposure=$(systemd-analyze security --offline=true "$unit" | sed -n 's/.*Overall exposure level.*: \([0-9.]*\).*/\1/p')
+echo "systemd unit: verified, exposure $exposure (at most 4.0 required)"
+# --threshold is in tenths.
+systemd-analyze security --offline=true --threshold=40 "$unit" > /dev/null
 cmake -S "$src_dir/examples" -B "$prefix/build-examples" -DCMAKE_PREFIX_PATH="$prefix" \
   -DCMAKE_BUILD_TYPE=Release > /dev/null
 cmake --build "$prefix/build-examples" -j2
 # Use the installed Python package, not the source tree's.
 export PYVISOR_PYTHON_DIR="$prefix/share/pyvisor/python"
 "$prefix/build-examples/test_with_mock"
+"$prefix/build-examples/quick_start" "$src_dir/examples/python" | grep -q "^words: 2$"
+# The README shows examples/quick_start.cpp whole, as it is.
+/usr/bin/python3 - "$src_dir" <<'PY'
+import sys
+src = sys.argv[1]
+readme = open(src + "/README.md").read()
+marker = "<!-- examples/quick_start.cpp, shown whole; CI checks that they match -->\n```cpp\n"
+start = readme.index(marker) + len(marker)
+shown = readme[start:readme.index("```\n", start)]
+assert shown == open(src + "/examples/quick_start.cpp").read(), "README and examples/quick_start.cpp differ"
+PY
 "$prefix/build-examples/embedded_pool" "$src_dir/examples/python"
 port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 start_node --publish.port="$port"
@@ -42,7 +65,7 @@ start_node --publish.port="$port"
 kill -TERM "$node_pid"
 wait "$node_pid"
 node_pid=
-echo "examples: all three built against the installed package and ran"
+echo "examples: all four built against the installed package and ran"
 
 unset PYVISOR_PYTHON_DIR
 rm -rf "$prefix/build-examples"
