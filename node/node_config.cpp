@@ -2,10 +2,16 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <iostream>
+#include <sstream>
+
 #include <spdlog/common.h>
 
 #include "caf/config_option_set.hpp"
 #include "caf/config_value.hpp"
+#include "caf/defaults.hpp"
+#include "caf/pec.hpp"
 
 #include "pyvisor/pool.hpp"
 
@@ -115,26 +121,212 @@ node_config::node_config()
     .add(log_file, "file", "log file (empty: stderr)");
 }
 
+namespace {
+
+/// The sections whose keys are pyvisor's own (the rest are CAF's).
+bool ours(caf::string_view category) {
+  for (const char* c : {"pool", "mock", "session", "rpc", "publish", "metrics", "node", "log"})
+    if (category == c)
+      return true;
+  return false;
+}
+
+std::string str(caf::string_view x) {
+  return std::string(x.data(), x.size());
+}
+
+/// The current value of an option bound to a field, as the INI syntax
+/// writes it (strings quoted, lists in brackets).
+std::string value_of(const caf::config_option& opt) {
+  auto v = opt.get();
+  return v ? caf::to_string(*v) : std::string{"?"};
+}
+
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j)
+    row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diag = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diag = up;
+    }
+  }
+  return row[b.size()];
+}
+
+} // namespace
+
+const caf::config_option* node_config::option(const std::string& key) const {
+  auto dot = key.find('.');
+  if (dot == std::string::npos)
+    return custom_options_.qualified_name_lookup("global", key);
+  return custom_options_.qualified_name_lookup(key.substr(0, dot), key.substr(dot + 1));
+}
+
+std::string node_config::explain(const caf::error& err, const std::string& file) const {
+  auto& ctx = err.context();
+  if (err == caf::sec::cannot_open_file && ctx.match_elements<std::string>())
+    return "cannot open the configuration file '" + ctx.get_as<std::string>(0) + "'";
+  if (err.category() != caf::atom("parser"))
+    return "invalid configuration: " + render(err);
+  auto code = static_cast<caf::pec>(err.code());
+  if (!ctx.match_elements<caf::settings>())
+    return "invalid configuration: " + render(err);
+  auto& where = ctx.get_as<caf::settings>(0);
+  // In the file: CAF reports the position.
+  auto line = caf::get_if<int64_t>(&where, "line");
+  auto column = caf::get_if<int64_t>(&where, "column");
+  if (line && column)
+    return file + ": syntax error (" + caf::to_string(code) + ") at line "
+           + std::to_string(*line) + ", column " + std::to_string(*column);
+  // On the command line: CAF names the argument.
+  auto argument = caf::get_if<std::string>(&where, "argument");
+  if (!argument)
+    return "invalid configuration: " + render(err);
+  auto& arg = *argument;
+  auto eq = arg.find('=');
+  auto key = arg.substr(0, eq).substr(arg.rfind("--", 0) == 0 ? 2 : 0);
+  auto opt = option(key);
+  if (code == caf::pec::not_an_option || opt == nullptr) {
+    std::string best;
+    size_t best_distance = 4; // suggest only near misses
+    for (auto& o : custom_options_)
+      if (ours(o.category())) {
+        auto name = str(o.full_name());
+        if (auto d = edit_distance(key, name); d < best_distance) {
+          best_distance = d;
+          best = name;
+        }
+      }
+    return "unknown option '" + arg + "'" + (best.empty() ? "" : "; did you mean --" + best + "?")
+           + " (--long-help lists every option)";
+  }
+  if (eq == std::string::npos)
+    return "option '--" + key + "' needs a value: --" + key + "=<" + str(opt->type_name()) + ">";
+  auto type = str(opt->type_name());
+  if (type == "timespan")
+    type = "a duration with its unit, such as 500ms, 5s or 2min";
+  else if (type.rfind("list", 0) == 0)
+    type += ", such as [\"a\", \"b\"]";
+  return "invalid value '" + arg.substr(eq + 1) + "' for '--" + key + "': expected " + type
+         + " (" + str(opt->description()) + ")";
+}
+
+std::string node_config::help_text(bool long_help) const {
+  std::ostringstream out;
+  out << "usage: pyvisor-node [--config-file=FILE] [--SECTION.KEY=VALUE ...]\n\n"
+         "Serves a supervised pool of Python workers over MessagePack-RPC.\n"
+         "Configuration: FILE if given, else configs/node.ini in the working directory if\n"
+         "it exists, else the built-in defaults shown below; then the command line\n"
+         "(--pool.size=8 overrides [pool] size). Scheduler: CAF's sharing scheduler\n"
+         "with scheduler.max-threads threads (default: the number of cores, at least 4).\n\n"
+         "  --help             this text\n"
+         "  --long-help        every option with its type and default\n"
+         "  --dump-config      the effective configuration (file, command line, defaults)\n"
+         "  --version          the version\n";
+  if (!long_help) {
+    out << "\nsections: pool, mock, session, rpc, publish, metrics, node, log\n"
+           "(--long-help lists their keys; configs/node.ini documents each)\n";
+    return out.str();
+  }
+  std::string category;
+  for (auto& [opt, default_value] : defaults_) {
+    if (str(opt->category()) != category) {
+      category = str(opt->category());
+      out << "\n[" << category << "]\n";
+    }
+    out << "  --" << str(opt->full_name()) << "=<" << str(opt->type_name()) << ">\n      "
+        << str(opt->description()) << " (default: " << default_value << ")\n";
+  }
+  out << "\nCAF's own options (scheduler.*, middleman.*, ...) are accepted too, e.g.\n"
+         "  --scheduler.max-threads=<size>, --scheduler.policy=<'sharing' or 'stealing'>\n";
+  return out.str();
+}
+
+std::string node_config::dump() const {
+  std::ostringstream out;
+  out << "# pyvisor-node configuration: "
+      << (config_file_used.empty() ? std::string{"built-in defaults"}
+                                   : "from " + config_file_used)
+      << " and the command line\n";
+  std::string category;
+  for (auto& [opt, default_value] : defaults_) {
+    if (str(opt->category()) != category) {
+      category = str(opt->category());
+      out << "\n[" << category << "]\n";
+    }
+    out << str(opt->long_name()) << " = " << value_of(*opt) << "\n";
+  }
+  auto policy = caf::get_or(content, "scheduler.policy", caf::atom("stealing"));
+  auto threads = caf::get_or(content, "scheduler.max-threads", caf::defaults::scheduler::max_threads);
+  out << "\n[scheduler]\npolicy = '" << caf::to_string(policy) << "'\nmax-threads = " << threads
+      << "\n";
+  return out.str();
+}
+
 std::string node_config::read(int argc, char** argv) {
+  // pyvisor's options with their built-in defaults, in declaration order.
+  defaults_.clear();
+  for (auto& opt : custom_options_)
+    if (ours(opt.category()))
+      defaults_.emplace_back(&opt, value_of(opt));
+  // --help, --long-help and --dump-config are answered here, with pyvisor's
+  // keys and values (CAF's would list its own logger, stream and OpenCL
+  // options and omit defaults).
+  bool help = false;
+  bool long_help = false;
+  bool dump_config = false;
+  string_list args;
   bool explicit_file = false;
-  for (int i = 1; i < argc; ++i)
-    if (std::string{argv[i]}.rfind("--config-file", 0) == 0)
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "--help" || arg == "-h" || arg == "-?")
+      help = true;
+    else if (arg == "--long-help")
+      long_help = true;
+    else if (arg == "--dump-config")
+      dump_config = true;
+    else
+      args.push_back(arg);
+    if (arg.rfind("--config-file", 0) == 0)
       explicit_file = true;
+  }
+  if (help || long_help) {
+    std::cout << help_text(long_help) << std::flush;
+    cli_helptext_printed = true;
+    return {};
+  }
   const char* file = "/dev/null";
   if (explicit_file) {
     file = nullptr; // CAF takes it from the command line
   } else if (access("configs/node.ini", R_OK) == 0) {
     file = "configs/node.ini";
   }
-  if (auto err = parse(argc, argv, file))
-    return "invalid configuration: " + render(err);
+  std::string file_name = file != nullptr ? file : "";
+  for (auto& arg : args)
+    if (arg.rfind("--config-file=", 0) == 0)
+      file_name = arg.substr(14);
+  if (auto err = parse(std::move(args), file))
+    return explain(err, file_name);
+  if (!remainder.empty())
+    return "unexpected argument '" + remainder.front()
+           + "' (options are --SECTION.KEY=VALUE; see --help)";
   if (explicit_file) {
     if (auto p = caf::get_if<std::string>(&content, "config-file"))
       config_file_used = *p;
   } else if (std::string{file} != "/dev/null") {
     config_file_used = file;
   }
-  return validate();
+  auto problem = validate();
+  if (problem.empty() && dump_config) {
+    std::cout << dump() << std::flush;
+    cli_helptext_printed = true;
+  }
+  return problem;
 }
 
 std::string node_config::validate() const {

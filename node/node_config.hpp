@@ -49,6 +49,8 @@ struct node_config : caf::actor_system_config {
   /// Parses `argv` and the config file (`--config-file`, else
   /// configs/node.ini if it exists, else built-in defaults) and validates.
   /// Returns an empty string on success, else a message naming the key.
+  /// Answers --help, --long-help and --dump-config on stdout (and sets
+  /// cli_helptext_printed: the caller exits).
   std::string read(int argc, char** argv);
 
   /// The file actually read (empty: none).
@@ -57,8 +59,25 @@ struct node_config : caf::actor_system_config {
   /// `pool` with the enum-valued keys applied.
   pool_config make_pool_config() const;
 
+  /// What --help / --long-help print: pyvisor's keys with types and defaults.
+  std::string help_text(bool long_help) const;
+
+  /// What --dump-config prints: every pyvisor key's effective value, in INI
+  /// syntax, and the scheduler.
+  std::string dump() const;
+
 private:
   std::string validate() const;
+
+  /// A parse error as a sentence naming the option or the file's line
+  /// (CAF says parser_error(not_an_option, ...)).
+  std::string explain(const caf::error& err, const std::string& file) const;
+
+  /// The option `key` ("pool.size"), or null.
+  const caf::config_option* option(const std::string& key) const;
+
+  /// pyvisor's options and their built-in defaults, in declaration order.
+  std::vector<std::pair<const caf::config_option*, std::string>> defaults_;
 };
 
 } // namespace pyvisor

@@ -434,11 +434,6 @@ class LifecycleTest(unittest.TestCase):
         self.assertEqual(out.returncode, 1)
         self.assertIn("'pool.start-method': \"fork\" (fork-server or spawn)", out.stderr)
 
-    def test_version(self):
-        out = subprocess.run([NODE, "--version"], capture_output=True, text=True, timeout=30)
-        self.assertEqual(out.returncode, 0, out.stderr)
-        self.assertRegex(out.stdout, r"^pyvisor-node \d+\.\d+\.\d+\n$")
-
 
 class UserChildrenTest(unittest.TestCase):
     """Processes that user code starts in a worker do not outlive it, nor

@@ -274,5 +274,90 @@ class SystemdNotifyTest(unittest.TestCase):
         self.assertEqual(env, [None, None])
 
 
+class CommandLineTest(unittest.TestCase):
+    """The node's command line, run where no configs/node.ini is found."""
+
+    def run_node(self, *args):
+        with tempfile.TemporaryDirectory() as d:
+            return subprocess.run([NODE] + list(args), capture_output=True, text=True,
+                                  timeout=30, cwd=d)
+
+    def assertRefused(self, args, message):
+        proc = self.run_node(*args)
+        self.assertEqual(proc.returncode, 1, proc.stderr)
+        self.assertEqual(proc.stderr.strip(), "pyvisor-node: " + message)
+        self.assertEqual(proc.stdout, "")
+
+    def test_errors_name_the_option_and_what_was_expected(self):
+        self.assertRefused(["--pool.sise=3"], "unknown option '--pool.sise=3'; did you mean "
+                           "--pool.size? (--long-help lists every option)")
+        self.assertRefused(["--nothing.like.it=1"], "unknown option '--nothing.like.it=1' "
+                           "(--long-help lists every option)")
+        self.assertRefused(["--pool.size=abc"], "invalid value 'abc' for '--pool.size': expected "
+                           "uint64 (number of Python workers)")
+        self.assertRefused(["--pool.request-timeout=5"],
+                           "invalid value '5' for '--pool.request-timeout': expected a duration "
+                           "with its unit, such as 500ms, 5s or 2min (deadline of a request "
+                           "that names none)")
+        self.assertRefused(["--pool.size"], "option '--pool.size' needs a value: "
+                           "--pool.size=<uint64>")
+        self.assertRefused(["--pool.size=3", "8"], "unexpected argument '8' (options are "
+                           "--SECTION.KEY=VALUE; see --help)")
+        self.assertRefused(["--config-file=/nonexistent/node.ini"],
+                           "cannot open the configuration file '/nonexistent/node.ini'")
+        with tempfile.NamedTemporaryFile("w", suffix=".ini") as f:
+            f.write("[pool\nsize=3\n")
+            f.flush()
+            self.assertRefused(["--config-file=" + f.name],
+                               f.name + ": syntax error (unexpected_newline) at line 2, column 1")
+
+    def test_long_help_shows_pyvisors_keys_with_defaults(self):
+        proc = self.run_node("--long-help")
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        out = proc.stdout
+        for expected in ("--pool.size=<uint64>", "number of Python workers (default: 2)",
+                         "--metrics.port=<uint16>", "--rpc.port=<uint16>", "(default: 7400)",
+                         "--pool.start-method=<string>", '(default: "fork-server")',
+                         "configs/node.ini in the working directory", "sharing scheduler",
+                         "--dump-config", "--version"):
+            self.assertIn(expected, out)
+        for caf_only in ("logger.", "opencl", "stream.", "caf#", "caf-application.ini"):
+            self.assertNotIn(caf_only, out)
+        short = self.run_node("--help")
+        self.assertEqual(short.returncode, 0)
+        self.assertIn("--long-help", short.stdout)
+        self.assertNotIn("--pool.size=<uint64>", short.stdout)
+
+    def test_dump_config_shows_the_effective_configuration(self):
+        with tempfile.NamedTemporaryFile("w", suffix=".ini") as f:
+            f.write("[pool]\nmax-in-flight=9\n[session]\ntimeout=3s\n")
+            f.flush()
+            proc = self.run_node("--config-file=" + f.name, "--pool.size=7", "--dump-config")
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        out = proc.stdout
+        self.assertIn("from " + f.name, out)
+        sections = {}
+        current = None
+        for line in out.splitlines():
+            if line.startswith("["):
+                current = line.strip("[]")
+                sections[current] = {}
+            elif " = " in line and current:
+                k, v = line.split(" = ", 1)
+                sections[current][k] = v
+        self.assertEqual(sections["pool"]["size"], "7")             # command line
+        self.assertEqual(sections["pool"]["max-in-flight"], "9")    # file
+        self.assertEqual(sections["session"]["timeout"], "3s")      # file
+        self.assertEqual(sections["pool"]["queue-size"], "1024")    # default
+        self.assertEqual(sections["metrics"]["port"], "0")          # default
+        self.assertEqual(sections["scheduler"]["policy"], "'sharing'")
+        self.assertNotIn("listening", out)
+
+    def test_version(self):
+        proc = self.run_node("--version")
+        self.assertEqual(proc.returncode, 0)
+        self.assertRegex(proc.stdout, r"^pyvisor-node \d+\.\d+\.\d+\n$")
+
+
 if __name__ == "__main__":
     unittest.main()
