@@ -16,6 +16,8 @@ same worker. Raise :class:`BadRequest` for invalid arguments; any other
 exception is reported to the caller as ``python_error`` with its traceback.
 """
 
+__version__ = "0.1.0"
+
 __all__ = ["command", "commands", "on_start", "Context", "Error", "BadRequest"]
 
 _registry = {}
