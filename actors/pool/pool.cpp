@@ -194,11 +194,38 @@ struct core_state {
 
 using self_ptr = pool_impl::stateful_pointer<core_state>;
 
+/// True for well-formed UTF-8 (no overlong forms, surrogates or code points
+/// above U+10FFFF).
+bool valid_utf8(const std::string& x) {
+  auto* p = reinterpret_cast<const unsigned char*>(x.data());
+  auto* end = p + x.size();
+  while (p < end) {
+    unsigned c = *p++;
+    if (c < 0x80)
+      continue;
+    size_t more = c >= 0xF0 ? 3 : c >= 0xE0 ? 2 : c >= 0xC2 ? 1 : 0;
+    if (more == 0 || c > 0xF4 || static_cast<size_t>(end - p) < more)
+      return false;
+    unsigned first = *p;
+    if ((c == 0xE0 && first < 0xA0) || (c == 0xED && first > 0x9F)
+        || (c == 0xF0 && first < 0x90) || (c == 0xF4 && first > 0x8F))
+      return false;
+    for (size_t i = 0; i < more; ++i)
+      if ((*p++ & 0xC0) != 0x80)
+        return false;
+  }
+  return true;
+}
+
+/// A command's record. Names that are not UTF-8 (a C++ caller or an RPC
+/// client may send any bytes) count under other_commands too: a map key in
+/// `stats` and a Prometheus label must be text, or one hostile request would
+/// make both unreadable for everyone.
 core_state::command_rec& command_rec_of(core_state& st, const std::string& command) {
   auto i = st.commands.find(command);
   if (i != st.commands.end())
     return i->second;
-  if (st.commands.size() >= max_tracked_commands)
+  if (st.commands.size() >= max_tracked_commands || !valid_utf8(command))
     return st.commands[other_commands];
   return st.commands[command];
 }

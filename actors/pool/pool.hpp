@@ -225,9 +225,10 @@ typename Inspector::result_type inspect(Inspector& f, command_stats& x) {
 }
 
 /// Distinct command names a pool keeps apart in its statistics; the
-/// requests of any further names count under `other_commands`, so that
-/// clients sending arbitrary names cannot grow the node's memory or a
-/// metrics scrape without bound.
+/// requests of any further names, and of names that are not UTF-8, count
+/// under `other_commands`, so that clients sending arbitrary names cannot
+/// grow the node's memory or a metrics scrape without bound, nor make them
+/// unreadable.
 constexpr size_t max_tracked_commands = 64;
 constexpr const char* other_commands = "(other)";
 

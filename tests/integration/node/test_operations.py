@@ -18,6 +18,8 @@ import time
 import unittest
 import urllib.request
 
+import msgpack
+
 from test_node import NODE, TEST_PY, Node, Rpc, wait_gone
 
 
@@ -165,6 +167,25 @@ class MetricsTest(unittest.TestCase):
             s.close()
         samples, _ = scrape(self.metrics_port)
         self.assertEqual(value(samples, "pyvisor_rpc_connections_cut_off_total"), 1)
+
+    def test_a_command_name_that_is_not_text_does_not_spoil_stats_or_metrics(self):
+        # execute with a msgpack str of invalid UTF-8 as its command name.
+        s = socket.create_connection(("127.0.0.1", self.node.port))
+        try:
+            s.sendall(b"\x94\x00\x07" + msgpack.packb("execute") + b"\x92\xd9\x02\xff\xfe\xc0")
+            reply = msgpack.Unpacker(raw=True)
+            reply.feed(s.recv(65536))
+            msg = next(reply)
+            self.assertEqual(msg[1], 7)
+            self.assertEqual(msg[2][b"code"], b"bad_request")
+        finally:
+            s.close()
+        err, stats = self.rpc.call("stats")  # decodes as text
+        self.assertIsNone(err)
+        self.assertEqual(stats["commands"]["(other)"]["replies"], {"bad_request": 1})
+        samples, _ = scrape(self.metrics_port)  # decodes and parses as text
+        self.assertEqual(value(samples, "pyvisor_requests_total", command="(other)",
+                               outcome="bad_request"), 1)
 
     def test_metrics_port_taken_fails_start_up_readably(self):
         d = tempfile.TemporaryDirectory()

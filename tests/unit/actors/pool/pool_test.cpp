@@ -565,3 +565,17 @@ TEST_CASE_METHOD(fixture, "arbitrary command names cannot grow the statistics wi
   CHECK(st.commands.size() == max_tracked_commands + 1);
   CHECK(st.commands.at(other_commands).replies.at("unknown_command") == 10);
 }
+
+TEST_CASE_METHOD(fixture, "command names that are not UTF-8 count as other commands",
+                 "[unit][pool][metrics]") {
+  start(mock_pool(1, 4, 0ms));
+  for (std::string bad : {"\xff\xfe", "ok\xc0\xafslash", "\xed\xa0\x80", "\xe2\x82"})
+    self->send(pool, make_execute(bad));
+  self->send(pool, make_execute("caf\xc3\xa9")); // "cafe" with an accent: fine
+  run();
+  CHECK(replies().size() == 5);
+  auto st = stats();
+  CHECK(st.commands.size() == 2);
+  CHECK(st.commands.at(other_commands).replies.at("unknown_command") == 4);
+  CHECK(st.commands.count("caf\xc3\xa9") == 1);
+}
