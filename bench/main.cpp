@@ -2,8 +2,11 @@
 // the same run on the same machine (absolute times on shared machines mean
 // little). Scenarios: startup, rtt, throughput, sessions, recovery, large,
 // forkserver (start methods with a heavy user module); the
-// references are a raw pipe floor and Python's ProcessPoolExecutor
-// (bench/references.hpp). Prints a table; --json FILE writes every figure and
+// references are a raw pipe floor, the worker floor (the real Python worker
+// driven by one C++ thread, no runtime) and Python's ProcessPoolExecutor
+// (bench/references.hpp). rtt also reports thread hand-offs per request
+// (voluntary context switches of this process, which hosts the pool, the
+// gateway and the RPC client). Prints a table; --json FILE writes every figure and
 // ratio; --compare FILE checks the ratios against a stored baseline and exits
 // 1 with a readable list when one is worse than its tolerance; --quick runs
 // tiny counts (what CI does, to prove the tool works; it asserts no times).
@@ -144,7 +147,7 @@ double median(std::vector<double> xs) {
 double bare_startup_us(const bench_config& cfg, int reps) {
   std::vector<double> xs;
   for (int i = 0; i < reps; ++i) {
-    raw_floor floor{cfg.python};
+    pipe_floor floor{cfg.python, pipe_floor::kind::raw};
     xs.push_back(floor.first_reply_us());
   }
   return median(xs);
@@ -202,20 +205,40 @@ void rtt(caf::actor_system& sys, const bench_config& cfg, report& r, const ppe_f
   if (!gw)
     throw std::runtime_error("cannot start the gateway");
   rpc_client rpc{gw->second};
-  raw_floor floor{cfg.python};
+  pipe_floor floor{cfg.python, pipe_floor::kind::raw};
+  pipe_floor worker_floor{cfg.python, pipe_floor::kind::worker, default_python_dir()};
   for (size_t i = 0; i < sizes.size(); ++i) {
     auto name = sizes[i] == 64 ? std::string{"64B"} : sizes[i] == 4096 ? "4KiB" : "1MiB";
+    // Thread hand-offs per request on this process's side (the actor
+    // system, the gateway and the RPC client all run here): voluntary
+    // context switches per request, warm-up included on both sides.
+    auto n = static_cast<double>(counts[i] + 5);
+    auto cs = voluntary_switches();
     auto api = api_rtt(sys, p.pool, sizes[i], counts[i]);
+    auto api_handoffs = (voluntary_switches() - cs) / n;
     std::vector<double> rs;
     auto payload = bytes_of(sizes[i]);
+    cs = voluntary_switches();
     for (size_t k = 0; k < counts[i] + 5; ++k) {
       auto t = now_us();
       rpc.echo(payload);
       if (k >= 5)
         rs.push_back(now_us() - t);
     }
+    auto rpc_handoffs = (voluntary_switches() - cs) / n;
     auto rpc_l = summarize(rs);
     auto raw = floor.rtt(sizes[i], counts[i]);
+    cs = voluntary_switches();
+    auto wfloor = worker_floor.rtt(sizes[i], counts[i]);
+    auto floor_handoffs = (voluntary_switches() - cs) / n;
+    r.figures["rtt." + name + ".worker_floor_p50_us"] = wfloor.p50;
+    if (sizes[i] == 64) {
+      r.figures["rtt.64B.api_handoffs"] = api_handoffs;
+      r.figures["rtt.64B.rpc_handoffs"] = rpc_handoffs;
+      r.figures["rtt.64B.worker_floor_handoffs"] = floor_handoffs;
+      r.ratios["rtt.64B.api_vs_worker_floor"] = {api.p50 / wfloor.p50, 2.0, "lower",
+                                                 "C++ API p50 / worker floor p50"};
+    }
     r.figures["rtt." + name + ".api_p50_us"] = api.p50;
     r.figures["rtt." + name + ".api_p99_us"] = api.p99;
     r.figures["rtt." + name + ".rpc_p50_us"] = rpc_l.p50;
@@ -284,8 +307,10 @@ void throughput(caf::actor_system& sys, const bench_config& cfg, report& r,
       r.ratios["throughput.2w.api_vs_ppe"] = {api / ppe.throughput[i], 10.0, "higher",
                                               "C++ API / ProcessPoolExecutor, 2 workers"};
   }
-  raw_floor floor{cfg.python};
+  pipe_floor floor{cfg.python, pipe_floor::kind::raw};
   r.figures["throughput.raw_floor_1w_per_s"] = floor.throughput(64, count, 32);
+  pipe_floor worker_floor{cfg.python, pipe_floor::kind::worker, default_python_dir()};
+  r.figures["throughput.worker_floor_1w_per_s"] = worker_floor.throughput(64, count, 32);
   // The mock backend, as users' actor tests use it instead of real Python.
   auto mock = python_pool(cfg, 2);
   mock.backend = backend_kind::mock;

@@ -5,6 +5,7 @@
 #include <netinet/tcp.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -102,31 +103,40 @@ latency summarize(std::vector<double> s) {
   return result;
 }
 
-raw_floor::raw_floor(const std::string& python) {
+pipe_floor::pipe_floor(const std::string& python, kind k, const std::string& python_dir)
+  : kind_(k) {
   int in[2];
   int out[2];
   if (pipe(in) != 0 || pipe(out) != 0)
     throw std::runtime_error("pipe failed");
+  auto pythonpath = "PYTHONPATH=" + python_dir;
   auto t0 = now_us();
   pid_ = fork();
   if (pid_ == 0) {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     dup2(in[0], 3);
     dup2(out[1], 4);
-    execl(python.c_str(), python.c_str(), "-c", echo_loop, static_cast<char*>(nullptr));
+    if (k == kind::raw) {
+      execl(python.c_str(), python.c_str(), "-c", echo_loop, static_cast<char*>(nullptr));
+    } else {
+      putenv(pythonpath.data());
+      execl(python.c_str(), python.c_str(), "-m", "pyvisor.worker", "--in-fd", "3", "--out-fd",
+            "4", static_cast<char*>(nullptr));
+    }
     _exit(127);
   }
   close(in[0]);
   close(out[1]);
   to_child_ = in[1];
   from_child_ = out[0];
-  std::vector<char> body{'x'};
-  write_frame(body);
-  read_frame(body);
+  std::vector<char> first{'x'};
+  if (k == kind::raw)
+    write_frame(first);
+  read_frame(first); // the worker's hello
   first_reply_us_ = now_us() - t0;
 }
 
-raw_floor::~raw_floor() {
+pipe_floor::~pipe_floor() {
   close(to_child_);
   close(from_child_);
   if (pid_ > 0) {
@@ -135,7 +145,29 @@ raw_floor::~raw_floor() {
   }
 }
 
-void raw_floor::write_frame(const std::vector<char>& body) {
+const std::vector<char>& pipe_floor::body(size_t payload) {
+  if (kind_ == kind::raw) {
+    body_.assign(payload, 'x');
+    return body_;
+  }
+  // {id, cmd: "echo", args: bin, session: nil}, as the node encodes it.
+  msgpack::sbuffer buf;
+  msgpack::packer<msgpack::sbuffer> pk{buf};
+  pk.pack_map(4);
+  pk.pack("id");
+  pk.pack_uint64(next_id_++);
+  pk.pack("cmd");
+  pk.pack("echo");
+  pk.pack("args");
+  pk.pack_bin(static_cast<uint32_t>(payload));
+  pk.pack_bin_body(std::string(payload, 'x').data(), static_cast<uint32_t>(payload));
+  pk.pack("session");
+  pk.pack_nil();
+  body_.assign(buf.data(), buf.data() + buf.size());
+  return body_;
+}
+
+void pipe_floor::write_frame(const std::vector<char>& body) {
   uint32_t n = htonl(static_cast<uint32_t>(body.size()));
   std::vector<char> buf(4 + body.size());
   std::memcpy(buf.data(), &n, 4);
@@ -143,31 +175,37 @@ void raw_floor::write_frame(const std::vector<char>& body) {
   write_all(to_child_, buf.data(), buf.size());
 }
 
-void raw_floor::read_frame(std::vector<char>& body) {
+void pipe_floor::read_frame(std::vector<char>& body) {
   uint32_t n;
   read_exact(from_child_, reinterpret_cast<char*>(&n), 4);
   body.resize(ntohl(n));
   read_exact(from_child_, body.data(), body.size());
 }
 
-latency raw_floor::rtt(size_t payload, size_t count) {
-  std::vector<char> body(payload, 'x');
+latency pipe_floor::rtt(size_t payload, size_t count) {
   std::vector<char> back;
   std::vector<double> samples;
   samples.reserve(count);
-  for (size_t i = 0; i < count; ++i) {
+  for (size_t i = 0; i < count + 5; ++i) {
     auto t = now_us();
-    write_frame(body);
+    write_frame(body(payload));
     read_frame(back);
-    samples.push_back(now_us() - t);
+    if (i >= 5) // warm-up, as for the API
+      samples.push_back(now_us() - t);
   }
   return summarize(std::move(samples));
 }
 
-double raw_floor::throughput(size_t payload, size_t count, size_t window) {
-  std::vector<char> body(payload, 'x');
+double voluntary_switches() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<double>(ru.ru_nvcsw);
+}
+
+double pipe_floor::throughput(size_t payload, size_t count, size_t window) {
   std::vector<char> back;
-  return run_window(count, window, [&] { write_frame(body); }, [&] { read_frame(back); });
+  return run_window(count, window, [&] { write_frame(body(payload)); },
+                    [&] { read_frame(back); });
 }
 
 ppe_figures run_ppe(const std::string& python, const std::string& script,

@@ -1,7 +1,9 @@
 // The references pyvisor-bench measures itself against, in the same run:
-// - raw_floor: a minimal C++ parent and a minimal Python loop echoing
+// - pipe_floor raw: a minimal C++ parent and a minimal Python loop echoing
 //   4-byte-length-prefixed frames over pipes (no msgpack, no actors): the
 //   floor any Python bridge over pipes sits on.
+// - pipe_floor worker: the same parent driving the real pyvisor Python
+//   worker in protocol frames: what a request costs without the runtime.
 // - ProcessPoolExecutor: Python's own process pool with the same interpreter,
 //   worker count and payloads (bench/ppe_reference.py), the pool people use
 //   instead.
@@ -28,14 +30,24 @@ struct latency {
 
 latency summarize(std::vector<double> samples_us);
 
-/// One Python child echoing raw frames over pipes.
-class raw_floor {
+/// One Python child answering frames over pipes, driven by the calling
+/// thread with blocking reads and writes (no actors, no other thread):
+/// - raw: a minimal loop echoing 4-byte-length-prefixed frames (no msgpack):
+///   the floor any Python bridge over pipes sits on;
+/// - worker: the real pyvisor worker (python -m pyvisor.worker), asked to
+///   `echo` a bin payload in protocol frames: the floor of a pyvisor request,
+///   Python side included, without the runtime around it.
+class pipe_floor {
 public:
-  /// Spawns `python` with the minimal echo loop; measures time to its first reply.
-  explicit raw_floor(const std::string& python);
-  ~raw_floor();
+  enum class kind { raw, worker };
 
-  /// Microseconds from spawn to the first echoed frame.
+  /// Spawns the child; measures the time to its first frame (raw: the echo
+  /// of a first frame; worker: its hello). `python_dir` holds the pyvisor
+  /// package (worker only).
+  pipe_floor(const std::string& python, kind k, const std::string& python_dir = {});
+  ~pipe_floor();
+
+  /// Microseconds from spawn to the first frame.
   double first_reply_us() const {
     return first_reply_us_;
   }
@@ -47,14 +59,24 @@ public:
   double throughput(size_t payload, size_t count, size_t window);
 
 private:
+  /// One request's frame body for `payload` bytes.
+  const std::vector<char>& body(size_t payload);
   void write_frame(const std::vector<char>& body);
   void read_frame(std::vector<char>& body);
 
+  kind kind_;
   int pid_ = -1;
   int to_child_ = -1;
   int from_child_ = -1;
   double first_reply_us_ = 0;
+  uint64_t next_id_ = 1;
+  std::vector<char> body_;
 };
+
+/// Voluntary context switches of this process so far (all threads): a
+/// thread that blocks and is woken counts one. Their growth per request is
+/// how many thread hand-offs a request costs on the calling side.
+double voluntary_switches();
 
 /// Figures from bench/ppe_reference.py (ProcessPoolExecutor).
 struct ppe_figures {

@@ -160,6 +160,20 @@ size_t edit_distance(const std::string& a, const std::string& b) {
 
 } // namespace
 
+std::string node_config::near_miss(const std::string& key) const {
+  std::string best;
+  size_t best_distance = 4; // suggest only near misses
+  for (auto& o : custom_options_)
+    if (ours(o.category())) {
+      auto name = str(o.full_name());
+      if (auto d = edit_distance(key, name); d < best_distance) {
+        best_distance = d;
+        best = name;
+      }
+    }
+  return best;
+}
+
 const caf::config_option* node_config::option(const std::string& key) const {
   auto dot = key.find('.');
   if (dot == std::string::npos)
@@ -192,16 +206,7 @@ std::string node_config::explain(const caf::error& err, const std::string& file)
   auto key = arg.substr(0, eq).substr(arg.rfind("--", 0) == 0 ? 2 : 0);
   auto opt = option(key);
   if (code == caf::pec::not_an_option || opt == nullptr) {
-    std::string best;
-    size_t best_distance = 4; // suggest only near misses
-    for (auto& o : custom_options_)
-      if (ours(o.category())) {
-        auto name = str(o.full_name());
-        if (auto d = edit_distance(key, name); d < best_distance) {
-          best_distance = d;
-          best = name;
-        }
-      }
+    auto best = near_miss(key);
     return "unknown option '" + arg + "'" + (best.empty() ? "" : "; did you mean --" + best + "?")
            + " (--long-help lists every option)";
   }
@@ -342,8 +347,11 @@ std::string node_config::validate() const {
       for (const auto& kv : *section) {
         auto key = category.first + "." + kv.first;
         auto opt = custom_options_.qualified_name_lookup(category.first, kv.first);
-        if (opt == nullptr)
-          return config_file_used + ": unknown key '" + key + "' (see --long-help)";
+        if (opt == nullptr) {
+          auto best = near_miss(key);
+          return config_file_used + ": unknown key '" + key + "'"
+                 + (best.empty() ? "" : "; did you mean '" + best + "'?") + " (see --long-help)";
+        }
         if (auto err = opt->check(kv.second))
           return config_file_used + ": invalid value " + caf::to_string(kv.second) + " for '"
                  + key + "': expected " + std::string(opt->type_name().data(), opt->type_name().size());

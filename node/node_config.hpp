@@ -73,6 +73,9 @@ private:
   /// (CAF says parser_error(not_an_option, ...)).
   std::string explain(const caf::error& err, const std::string& file) const;
 
+  /// The pyvisor key closest to `key` if it is a near miss (a typo), else "".
+  std::string near_miss(const std::string& key) const;
+
   /// The option `key` ("pool.size"), or null.
   const caf::config_option* option(const std::string& key) const;
 

@@ -428,7 +428,7 @@ class LifecycleTest(unittest.TestCase):
             out = subprocess.run([NODE, "--config-file=" + f.name], capture_output=True,
                                  text=True, timeout=30)
             self.assertEqual(out.returncode, 1)
-            self.assertIn("unknown key 'pool.szie'", out.stderr)
+            self.assertIn("unknown key 'pool.szie'; did you mean 'pool.size'?", out.stderr)
         out = subprocess.run([NODE, "--pool.start-method=fork"], capture_output=True, text=True,
                              timeout=30)
         self.assertEqual(out.returncode, 1)
