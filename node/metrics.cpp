@@ -141,6 +141,12 @@ void add_pool(std::vector<MetricFamily>& out, const pool_stats& st) {
                                           "state", [&](pool_state s) {
                                             return s == st.state ? 1.0 : 0.0;
                                           }));
+  add_scalar(out, "pyvisor_template_up",
+             "1 while a fork-server template is ready to fork workers (0 with spawn)", T::Gauge,
+             st.fork_template.pid != 0 ? 1 : 0);
+  add_scalar(out, "pyvisor_template_restarts_total",
+             "Fork-server templates started after the first", T::Counter,
+             static_cast<double>(st.fork_template.restarts));
   add_scalar(out, "pyvisor_pool_restarts_total",
              "Restarts of the whole pool by its keeper after it gave up", T::Counter,
              static_cast<double>(st.pool_restarts));

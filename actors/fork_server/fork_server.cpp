@@ -185,10 +185,12 @@ std::optional<exit_status> fork_server::exit_of(pid_t pid) {
 
 // -- fork_channel ---------------------------------------------------------------
 
-void fork_channel::attach(std::shared_ptr<fork_server> server) {
+void fork_channel::attach(std::shared_ptr<fork_server> server, int64_t pid) {
   {
     std::lock_guard<std::mutex> guard{mtx_};
     current_ = std::move(server);
+    current_pid_ = pid;
+    ++hellos_;
     failure_.reset();
   }
   changed_.notify_all();
@@ -196,14 +198,22 @@ void fork_channel::attach(std::shared_ptr<fork_server> server) {
 
 void fork_channel::detach(const fork_server* server) {
   std::lock_guard<std::mutex> guard{mtx_};
-  if (current_.get() == server)
+  if (current_.get() == server) {
     current_ = nullptr;
+    current_pid_ = 0;
+  }
+}
+
+fork_channel::template_view fork_channel::view() {
+  std::lock_guard<std::mutex> guard{mtx_};
+  return {current_pid_, hellos_};
 }
 
 void fork_channel::fail(wire::remote_error err) {
   {
     std::lock_guard<std::mutex> guard{mtx_};
     current_ = nullptr;
+    current_pid_ = 0;
     failure_ = std::move(err);
   }
   changed_.notify_all();
@@ -214,6 +224,7 @@ void fork_channel::close() {
     std::lock_guard<std::mutex> guard{mtx_};
     closed_ = true;
     current_ = nullptr;
+    current_pid_ = 0;
   }
   changed_.notify_all();
 }

@@ -79,8 +79,8 @@ private:
 
 class fork_channel {
 public:
-  /// A template said hello: forks go to it.
-  void attach(std::shared_ptr<fork_server> server);
+  /// A template (process `pid`) said hello: forks go to it.
+  void attach(std::shared_ptr<fork_server> server, int64_t pid);
 
   /// Template `server` is gone; forks wait for the next one.
   void detach(const fork_server* server);
@@ -90,6 +90,16 @@ public:
 
   /// The pool stops: waiting and later forks fail.
   void close();
+
+  struct template_view {
+    /// The template forks go to now (0: none).
+    int64_t pid = 0;
+    /// Templates that said hello so far.
+    uint64_t hellos = 0;
+  };
+
+  /// For the pool's status.
+  template_view view();
 
   /// Forks a worker from the current template, waiting for one until
   /// `deadline` unless `cancelled()` turns true (checked every few ms).
@@ -105,6 +115,8 @@ private:
   std::mutex mtx_;
   std::condition_variable changed_;
   std::shared_ptr<fork_server> current_;
+  int64_t current_pid_ = 0;
+  uint64_t hellos_ = 0;
   std::optional<wire::remote_error> failure_;
   bool closed_ = false;
 };

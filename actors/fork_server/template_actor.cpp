@@ -148,7 +148,7 @@ caf::behavior template_fun(self_ptr self, worker_config cfg,
                   std::chrono::steady_clock::now() - st.spawned_at)
                   .count();
       log().info("{} ready in {} ms; workers are forked from it", tag_of(st), ms);
-      st.channel->attach(st.server);
+      st.channel->attach(st.server, st.proc->pid());
     },
     [self](gone_atom, std::string& why, int code) {
       auto& st = self->state;

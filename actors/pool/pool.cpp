@@ -611,6 +611,10 @@ pool_stats make_stats(self_ptr self) {
     all.merge(rec.histogram);
   }
   result.latency_us = all.percentiles();
+  if (st.forks) {
+    auto t = st.forks->view();
+    result.fork_template = {t.pid, t.hellos > 0 ? t.hellos - 1 : 0};
+  }
   return result;
 }
 

@@ -232,6 +232,23 @@ typename Inspector::result_type inspect(Inspector& f, command_stats& x) {
 constexpr size_t max_tracked_commands = 64;
 constexpr const char* other_commands = "(other)";
 
+/// The fork-server template in pool_stats (pool.start-method=fork-server;
+/// zeros with spawn).
+struct fork_template_stats {
+  /// The template workers are forked from now (0: none is ready).
+  int64_t pid = 0;
+  /// Templates started after the first (crashes, failed starts are not
+  /// counted: only templates that said hello).
+  uint64_t restarts = 0;
+
+  MSGPACK_DEFINE_MAP(pid, restarts);
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, fork_template_stats& x) {
+  return f(caf::meta::type_name("pyvisor::fork_template_stats"), x.pid, x.restarts);
+}
+
 /// The pool's status; the RPC `stats` reply is this record as a msgpack map.
 struct pool_stats {
   pool_state state = pool_state::starting;
@@ -254,16 +271,18 @@ struct pool_stats {
   latency_percentiles latency_us;
   /// Per command: replies by outcome and service time.
   std::map<std::string, command_stats> commands;
+  fork_template_stats fork_template;
 
   MSGPACK_DEFINE_MAP(state, last_failure, pool_restarts, workers, queue, sessions, replies,
-                     retries, requeued, restarts, recycled, latency_us, commands);
+                     retries, requeued, restarts, recycled, latency_us, commands,
+                     fork_template);
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, pool_stats& x) {
   return f(caf::meta::type_name("pyvisor::pool_stats"), x.state, x.last_failure, x.pool_restarts,
            x.workers, x.queue, x.sessions, x.replies, x.retries, x.requeued, x.restarts, x.recycled,
-           x.latency_us, x.commands);
+           x.latency_us, x.commands, x.fork_template);
 }
 
 using pool_actor = caf::typed_actor<

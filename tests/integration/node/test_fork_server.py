@@ -96,6 +96,7 @@ class ForkedWorkersTest(ForkServerTest):
     def test_workers_are_forked_from_one_template_in_their_own_groups(self):
         templates = self.templates()
         self.assertEqual(len(templates), 1, ppid_map())
+        self.assertEqual(self.stats()["fork_template"], {"pid": templates[0], "restarts": 0})
         procs = ppid_map()
         for pid in self.worker_pids():
             self.assertEqual(procs[pid][0], templates[0], "worker %d's parent" % pid)
@@ -126,6 +127,8 @@ class ForkedWorkersTest(ForkServerTest):
         new_templates = self.templates()
         self.assertEqual(len(new_templates), 1)
         self.assertNotEqual(new_templates[0], template)
+        self.assertEqual(self.stats()["fork_template"],
+                         {"pid": new_templates[0], "restarts": 1})
         err, res = self.rpc.call("execute", "echo", 7)
         self.assertIsNone(err, err)
         self.assertEqual(res, 7)
@@ -144,6 +147,7 @@ class SpawnTest(ForkServerTest):
 
     def test_spawn_is_one_key_away(self):
         self.assertEqual(self.templates(), [])
+        self.assertEqual(self.stats()["fork_template"], {"pid": 0, "restarts": 0})
         procs = ppid_map()
         for pid in self.worker_pids():
             self.assertEqual(procs[pid][0], self.node.proc.pid)

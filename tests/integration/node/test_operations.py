@@ -140,7 +140,9 @@ class MetricsTest(unittest.TestCase):
         self.assertEqual(value(samples, "pyvisor_rpc_messages_total"), 3)
         self.assertGreater(value(samples, "pyvisor_rpc_received_bytes_total"), 0)
         self.assertGreater(value(samples, "pyvisor_rpc_sent_bytes_total"), 0)
+        self.assertEqual(value(samples, "pyvisor_template_up"), 1)
         for name in ("pyvisor_worker_restarts_total", "pyvisor_request_retries_total",
+                     "pyvisor_template_restarts_total",
                      "pyvisor_worker_recycles_total", "pyvisor_pool_restarts_total",
                      "pyvisor_requests_requeued_total"):
             self.assertEqual(value(samples, name), 0, name)

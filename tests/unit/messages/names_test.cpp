@@ -44,7 +44,7 @@ TEST_CASE("pool stats travel as a map of names, enums as their names", "[unit][n
   auto bytes = pack(s);
   auto handle = msgpack::unpack(bytes.bytes.data(), bytes.bytes.size());
   auto top = handle.get().as<std::map<std::string, msgpack::object>>();
-  CHECK(top.size() == 13);
+  CHECK(top.size() == 14);
   CHECK(top.at("state").as<std::string>() == "serving");
   auto workers = top.at("workers").as<std::vector<std::map<std::string, msgpack::object>>>();
   REQUIRE(workers.size() == 1);
