@@ -333,14 +333,14 @@ std::string python_process::launch(int req[2], int rep[2], int out[2], int err[2
   return {};
 }
 
-std::optional<exit_status> python_process::try_reap() {
+std::optional<exit_status> python_process::try_reap(bool pidfd_fired) {
   std::optional<exit_status> result;
+  // With a pidfd, nothing to reap until it fired (no syscall per wake-up).
+  if (pidfd_ >= 0 && !pidfd_fired)
+    return result;
   std::lock_guard<std::mutex> guard{mtx_};
   if (opts_.launcher) {
     // Not this host's child: its creator reaped it and tells how it ended.
-    pollfd p{pidfd_, POLLIN, 0};
-    if (pidfd_ >= 0 && poll(&p, 1, 0) <= 0)
-      return result;
     result = opts_.launcher->exit_of(pid_);
   } else {
     int st = 0;
@@ -486,8 +486,10 @@ void python_process::run(std::promise<std::string>* started) {
         fds[nfds++] = pollfd{fd, events, 0};
     };
     add(wake_fd_, POLLIN);
+    nfds_t pidfd_at = nfds;
     if (!child_ended)
       add(pidfd_, POLLIN);
+    bool polls_pidfd = nfds > pidfd_at;
     add(rep_r_, POLLIN);
     add(out_r_, POLLIN);
     add(err_r_, POLLIN);
@@ -512,6 +514,9 @@ void python_process::run(std::promise<std::string>* started) {
     auto rc = poll(fds, nfds, timeout);
     if (rc < 0 && errno != EINTR)
       break;
+    // The pidfd's state as of this poll, before the pipes are drained: a
+    // child that ended then has written all it ever will.
+    bool pidfd_fired = child_ended || (rc > 0 && polls_pidfd && fds[pidfd_at].revents != 0);
     uint64_t ignored;
     [[maybe_unused]] auto n = read(wake_fd_, &ignored, sizeof(ignored));
     // Order matters: read the pipes before looking at the pidfd.
@@ -521,11 +526,10 @@ void python_process::run(std::promise<std::string>* started) {
       flush_locked();
     }
     // Has the child exited?
-    auto status = try_reap();
+    auto status = try_reap(pidfd_fired);
     if (!status && opts_.launcher && pidfd_ >= 0) {
       if (!child_ended) {
-        pollfd p{pidfd_, POLLIN, 0};
-        child_ended = poll(&p, 1, 0) > 0;
+        child_ended = pidfd_fired;
         ended_at = clock::now();
       } else if (clock::now() - ended_at > std::chrono::seconds(2)) {
         // Its creator never told (a hung template): it is gone all the same.

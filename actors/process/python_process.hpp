@@ -201,7 +201,7 @@ private:
   /// Takes the host's ends of the child's pipes (non-blocking from now on).
   void adopt(int req_w, int rep_r, int out_r, int err_r);
   /// Collects the child's exit status if it ended.
-  std::optional<exit_status> try_reap();
+  std::optional<exit_status> try_reap(bool pidfd_fired);
   void wake();
 
   process_options opts_;
