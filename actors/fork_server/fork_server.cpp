@@ -75,7 +75,8 @@ ssize_t recv_with_fd(int sock, char* buf, size_t size, int& fd) {
 
 // -- fork_server ----------------------------------------------------------------
 
-fork_server::fork_server(int control_fd) : control_fd_(control_fd) {
+fork_server::fork_server(int control_fd, stall_handler on_stall)
+  : control_fd_(control_fd), on_stall_(std::move(on_stall)) {
   // nop
 }
 
@@ -111,6 +112,8 @@ std::optional<launched_child> fork_server::fork(const child_fds& fds,
     if (left <= 0) {
       error = "the fork-server template did not fork within "
               + std::to_string(timeout.count()) + " ms";
+      if (on_stall_)
+        on_stall_(error);
       return std::nullopt;
     }
     pollfd p{control_fd_, POLLIN, 0};

@@ -43,8 +43,12 @@ namespace pyvisor {
 
 class fork_server {
 public:
+  /// Called (on the forking thread) when the template did not answer a
+  /// fork in time, with the reason.
+  using stall_handler = std::function<void(const std::string&)>;
+
   /// Takes ownership of `control_fd` (the node's end of the socketpair).
-  explicit fork_server(int control_fd);
+  explicit fork_server(int control_fd, stall_handler on_stall = {});
 
   ~fork_server();
 
@@ -70,6 +74,7 @@ public:
 
 private:
   int control_fd_;
+  stall_handler on_stall_;
   std::mutex fork_mtx_;
   uint64_t next_id_ = 1;
   std::mutex mtx_;

@@ -3,6 +3,8 @@
 #include <signal.h>
 
 #include <chrono>
+#include <fstream>
+#include <string>
 
 #include <msgpack.hpp>
 #include <spdlog/logger.h>
@@ -38,6 +40,19 @@ struct template_state {
 };
 
 using self_ptr = caf::stateful_actor<template_state>*;
+
+/// True while process `pid` is stopped (state T, or t: traced).
+bool is_stopped(pid_t pid) {
+  std::ifstream in{"/proc/" + std::to_string(pid) + "/stat"};
+  std::string line;
+  if (!std::getline(in, line))
+    return false;
+  auto paren = line.rfind(')');
+  if (paren == std::string::npos || paren + 2 >= line.size())
+    return false;
+  auto state = line[paren + 2];
+  return state == 'T' || state == 't';
+}
 
 std::string tag_of(const template_state& st) {
   return "fork-server template (pid " + std::to_string(st.proc ? st.proc->pid() : 0) + ")";
@@ -114,7 +129,25 @@ caf::behavior template_fun(self_ptr self, worker_config cfg,
     fail(self, wire::remote_error{"worker_crashed", configuration_error_type, error, ""});
     return {};
   }
-  st.server = std::make_shared<fork_server>(st.proc->take_control_fd());
+  // A template forks in milliseconds and runs no user code after its
+  // imports: one that misses a fork's deadline while stopped (SIGSTOP, a
+  // debugger) would never fork again. It is killed, and its supervisor
+  // starts the next one. A running but slow one (an overloaded machine) is
+  // left alone: killing it would take every worker with it.
+  auto stalled = [weak_proc = std::weak_ptr<python_process>{st.proc},
+                  tag = tag_of(st)](const std::string& why) {
+    auto proc = weak_proc.lock();
+    if (!proc)
+      return;
+    if (!is_stopped(proc->pid())) {
+      log().warn("{}: {}; it is running, so it is left alone", tag, why);
+      return;
+    }
+    log().error("{}: {} and it is stopped (SIGSTOP or a debugger); killing it so that the "
+                "next template takes over", tag, why);
+    proc->signal(SIGKILL);
+  };
+  st.server = std::make_shared<fork_server>(st.proc->take_control_fd(), std::move(stalled));
   *server_slot = st.server;
   self->attach_functor([proc = st.proc, server = st.server, channel = st.channel] {
     channel->detach(server.get());

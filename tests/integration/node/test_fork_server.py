@@ -45,7 +45,7 @@ class ForkServerTest(unittest.TestCase):
         self.on_start_log = os.path.join(self.tmp.name, "on_start.log")
         os.environ["PYVISOR_TEST_ON_START_LOG"] = self.on_start_log
         try:
-            self.node = Node('[pool]\nstart-method="%s"\nsize=3\n'
+            self.node = Node('[pool]\nstart-method="%s"\nsize=3\nstartup-timeout=2s\n'
                              'modules=["pyvisor.testing", "per_worker"]\n' % self.start_method)
         finally:
             del os.environ["PYVISOR_TEST_ON_START_LOG"]
@@ -133,6 +133,28 @@ class ForkedWorkersTest(ForkServerTest):
         self.assertIsNone(err, err)
         self.assertEqual(res, 7)
         self.assertEqual(self.stats()["pool_restarts"], 0)
+
+    def test_a_stopped_template_is_replaced_when_a_fork_stalls(self):
+        template = self.templates()[0]
+        os.kill(template, signal.SIGSTOP)
+        try:
+            victim = self.worker_pids()[0]
+            os.kill(victim, signal.SIGKILL)
+            # The replacement's fork stalls until its start-up deadline (2 s
+            # here); the stopped template is then killed and the next one
+            # forks it.
+            self.wait_all_ready(limit=15.0, other_than=(victim,))
+        finally:
+            try:
+                os.kill(template, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        self.assertTrue(wait_gone([template], 2.0), "the stopped template was not killed")
+        self.assertNotIn(template, self.templates())
+        self.assertEqual(self.stats()["fork_template"]["restarts"], 1)
+        self.assertIn("it is stopped (SIGSTOP or a debugger); killing it", self.node.read_log())
+        err, res = self.rpc.call("execute", "echo", 8)
+        self.assertEqual((err, res), (None, 8))
 
     def test_node_sigkill_leaves_no_python_process(self):
         tree = descendants(self.node.proc.pid)
