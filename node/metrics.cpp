@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <initializer_list>
 #include <limits>
 #include <utility>
 #include <vector>
@@ -44,11 +45,20 @@ ClientMetric sample(MetricType type, double value, std::vector<ClientMetric::Lab
   return m;
 }
 
-void add_scalar(std::vector<MetricFamily>& out, std::string name, std::string help,
-                MetricType type, double value) {
-  auto f = family(std::move(name), std::move(help), type);
-  f.metric.push_back(sample(type, value));
-  out.push_back(std::move(f));
+/// A metric without labels.
+struct scalar {
+  const char* name;
+  const char* help;
+  MetricType type;
+  double value;
+};
+
+void add_scalars(std::vector<MetricFamily>& out, std::initializer_list<scalar> xs) {
+  for (auto& x : xs) {
+    auto f = family(x.name, x.help, x.type);
+    f.metric.push_back(sample(x.type, x.value));
+    out.push_back(std::move(f));
+  }
 }
 
 /// One metric per name of an enum, 1 for `current` and 0 for the others,
@@ -112,10 +122,6 @@ void add_pool(std::vector<MetricFamily>& out, const pool_stats& st) {
   uint64_t in_flight = 0;
   for (auto& w : st.workers)
     in_flight += w.in_flight;
-  add_scalar(out, "pyvisor_queue_depth", "Requests waiting for a worker", T::Gauge,
-             static_cast<double>(st.queue));
-  add_scalar(out, "pyvisor_requests_in_flight", "Requests running on workers", T::Gauge,
-             static_cast<double>(in_flight));
   out.push_back(one_per_state<worker_phase>(
     "pyvisor_workers", "Workers by state", "state", [&](worker_phase p) {
       double n = 0;
@@ -123,54 +129,56 @@ void add_pool(std::vector<MetricFamily>& out, const pool_stats& st) {
         n += w.state == p ? 1 : 0;
       return n;
     }));
-  add_scalar(out, "pyvisor_worker_restarts_total",
-             "Worker restarts by the supervisor (crashes and recycles alike)", T::Counter,
-             static_cast<double>(st.restarts));
-  add_scalar(out, "pyvisor_request_retries_total",
-             "Idempotent requests retried after their worker died", T::Counter,
-             static_cast<double>(st.retries));
-  add_scalar(out, "pyvisor_requests_requeued_total",
-             "Requests handed back by a dying worker on which they never started", T::Counter,
-             static_cast<double>(st.requeued));
-  add_scalar(out, "pyvisor_worker_recycles_total",
-             "Workers recycled (max-requests, max-age, max-rss, a hung request)", T::Counter,
-             static_cast<double>(st.recycled));
-  add_scalar(out, "pyvisor_sessions", "Sessions bound to a worker", T::Gauge,
-             static_cast<double>(st.sessions));
   out.push_back(one_per_state<pool_state>("pyvisor_pool_state", "1 for the pool's current state",
                                           "state", [&](pool_state s) {
                                             return s == st.state ? 1.0 : 0.0;
                                           }));
-  add_scalar(out, "pyvisor_template_up",
-             "1 while a fork-server template is ready to fork workers (0 with spawn)", T::Gauge,
-             st.fork_template.pid != 0 ? 1 : 0);
-  add_scalar(out, "pyvisor_template_restarts_total",
-             "Fork-server templates started after the first", T::Counter,
-             static_cast<double>(st.fork_template.restarts));
-  add_scalar(out, "pyvisor_pool_restarts_total",
-             "Restarts of the whole pool by its keeper after it gave up", T::Counter,
-             static_cast<double>(st.pool_restarts));
+  auto num = [](uint64_t x) { return static_cast<double>(x); };
+  add_scalars(out, {
+    {"pyvisor_queue_depth", "Requests waiting for a worker", T::Gauge, num(st.queue)},
+    {"pyvisor_requests_in_flight", "Requests running on workers", T::Gauge, num(in_flight)},
+    {"pyvisor_sessions", "Sessions bound to a worker", T::Gauge, num(st.sessions)},
+    {"pyvisor_worker_restarts_total",
+     "Worker restarts by the supervisor (crashes and recycles alike)", T::Counter,
+     num(st.restarts)},
+    {"pyvisor_request_retries_total", "Idempotent requests retried after their worker died",
+     T::Counter, num(st.retries)},
+    {"pyvisor_requests_requeued_total",
+     "Requests handed back by a dying worker on which they never started", T::Counter,
+     num(st.requeued)},
+    {"pyvisor_worker_recycles_total",
+     "Workers recycled (max-requests, max-age, max-rss, a hung request)", T::Counter,
+     num(st.recycled)},
+    {"pyvisor_template_up", "1 while a fork-server template is ready to fork workers (0 with spawn)",
+     T::Gauge, st.fork_template.pid != 0 ? 1.0 : 0.0},
+    {"pyvisor_template_restarts_total", "Fork-server templates started after the first",
+     T::Counter, num(st.fork_template.restarts)},
+    {"pyvisor_pool_restarts_total", "Restarts of the whole pool by its keeper after it gave up",
+     T::Counter, num(st.pool_restarts)},
+  });
 }
 
 void add_gateway(std::vector<MetricFamily>& out, const gateway_counters& c) {
   using T = MetricType;
   auto val = [](const std::atomic<uint64_t>& x) { return static_cast<double>(x.load()); };
-  add_scalar(out, "pyvisor_rpc_connections", "RPC connections open", T::Gauge, val(c.open));
-  add_scalar(out, "pyvisor_rpc_connections_accepted_total",
-             "RPC connections accepted (refused ones included)", T::Counter, val(c.accepted));
-  add_scalar(out, "pyvisor_rpc_connections_refused_total",
-             "RPC connections closed at once (rpc.max-connections reached, or draining)",
-             T::Counter, val(c.refused));
-  add_scalar(out, "pyvisor_rpc_connections_cut_off_total",
-             "RPC connections the node stopped reading or closed: malformed, too large or too "
-             "slow input, input buffers full, responses left unread",
-             T::Counter, val(c.cut_off));
-  add_scalar(out, "pyvisor_rpc_messages_total", "RPC messages received (requests, notifications)",
-             T::Counter, val(c.messages));
-  add_scalar(out, "pyvisor_rpc_received_bytes_total", "Bytes received on RPC connections",
-             T::Counter, val(c.bytes_received));
-  add_scalar(out, "pyvisor_rpc_sent_bytes_total", "Bytes written to RPC connections",
-             T::Counter, val(c.bytes_sent));
+  add_scalars(out, {
+    {"pyvisor_rpc_connections", "RPC connections open", T::Gauge, val(c.open)},
+    {"pyvisor_rpc_connections_accepted_total", "RPC connections accepted (refused ones included)",
+     T::Counter, val(c.accepted)},
+    {"pyvisor_rpc_connections_refused_total",
+     "RPC connections closed at once (rpc.max-connections reached, or draining)", T::Counter,
+     val(c.refused)},
+    {"pyvisor_rpc_connections_cut_off_total",
+     "RPC connections the node stopped reading or closed: malformed, too large or too slow "
+     "input, input buffers full, responses left unread",
+     T::Counter, val(c.cut_off)},
+    {"pyvisor_rpc_messages_total", "RPC messages received (requests, notifications)", T::Counter,
+     val(c.messages)},
+    {"pyvisor_rpc_received_bytes_total", "Bytes received on RPC connections", T::Counter,
+     val(c.bytes_received)},
+    {"pyvisor_rpc_sent_bytes_total", "Bytes written to RPC connections", T::Counter,
+     val(c.bytes_sent)},
+  });
 }
 
 class pool_collector : public prometheus::Collectable {
@@ -196,9 +204,9 @@ public:
             log().debug("metrics: the pool's status did not arrive: {}", to_string_readable(err));
           });
     }
-    add_scalar(out, "pyvisor_pool_up",
-               "1 if the pool answered this scrape's status request within 2 s", MetricType::Gauge,
-               up ? 1 : 0);
+    add_scalars(out, {{"pyvisor_pool_up",
+                       "1 if the pool answered this scrape's status request within 2 s",
+                       MetricType::Gauge, up ? 1.0 : 0.0}});
     if (counters_)
       add_gateway(out, *counters_);
     return out;

@@ -3,7 +3,6 @@
 #include <signal.h>
 
 #include <chrono>
-#include <fstream>
 #include <string>
 
 #include <msgpack.hpp>
@@ -40,19 +39,6 @@ struct template_state {
 };
 
 using self_ptr = caf::stateful_actor<template_state>*;
-
-/// True while process `pid` is stopped (state T, or t: traced).
-bool is_stopped(pid_t pid) {
-  std::ifstream in{"/proc/" + std::to_string(pid) + "/stat"};
-  std::string line;
-  if (!std::getline(in, line))
-    return false;
-  auto paren = line.rfind(')');
-  if (paren == std::string::npos || paren + 2 >= line.size())
-    return false;
-  auto state = line[paren + 2];
-  return state == 'T' || state == 't';
-}
 
 std::string tag_of(const template_state& st) {
   return "fork-server template (pid " + std::to_string(st.proc ? st.proc->pid() : 0) + ")";
@@ -139,7 +125,7 @@ caf::behavior template_fun(self_ptr self, worker_config cfg,
     auto proc = weak_proc.lock();
     if (!proc)
       return;
-    if (!is_stopped(proc->pid())) {
+    if (auto state = process_state(proc->pid()); state != 'T' && state != 't') {
       log().warn("{}: {}; it is running, so it is left alone", tag, why);
       return;
     }

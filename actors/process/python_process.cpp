@@ -13,6 +13,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <future>
 #include <optional>
 #include <string_view>
@@ -111,6 +112,18 @@ std::optional<log_record> python_log_record(const std::string& line) {
 }
 
 } // namespace
+
+char process_state(pid_t pid) {
+  std::ifstream in{"/proc/" + std::to_string(pid) + "/stat"};
+  std::string line;
+  if (!std::getline(in, line))
+    return 0;
+  // The name in parentheses may hold anything, ')' included.
+  auto paren = line.rfind(')');
+  if (paren == std::string::npos || paren + 2 >= line.size())
+    return 0;
+  return line[paren + 2];
+}
 
 int python_log_level() {
   switch (log().level()) {

@@ -71,6 +71,10 @@ namespace pyvisor {
 /// and are logged at their own level with their logger's name).
 int python_log_level();
 
+/// The state letter of process `pid` in /proc/PID/stat (R running, S
+/// sleeping, T stopped, t traced, Z zombie, ...), or 0 if there is none.
+char process_state(pid_t pid);
+
 /// How a child process ended.
 struct exit_status {
   /// Exit code when the process exited by itself, else -1.

@@ -25,6 +25,7 @@
 #include "caf/scoped_actor.hpp"
 #include "caf/send.hpp"
 
+#include "actors/process/python_process.hpp"
 #include "pyvisor/worker.hpp"
 #include "pyvisor/registry.hpp"
 
@@ -32,15 +33,8 @@ namespace pyvisor::test {
 
 /// True while `pid` names a process that is not a zombie.
 inline bool process_alive(pid_t pid) {
-  std::ifstream in{"/proc/" + std::to_string(pid) + "/stat"};
-  std::string line;
-  if (!std::getline(in, line))
-    return false;
-  auto close = line.rfind(')');
-  if (close == std::string::npos || close + 2 >= line.size())
-    return false;
-  auto state = line[close + 2];
-  return state != 'Z' && state != 'X';
+  auto state = process_state(pid);
+  return state != 0 && state != 'Z' && state != 'X';
 }
 
 /// Polls until `pid` is gone or `limit` passed; returns whether it is gone.

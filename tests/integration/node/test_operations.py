@@ -20,7 +20,7 @@ import urllib.request
 
 import msgpack
 
-from test_node import NODE, TEST_PY, Node, Rpc, wait_gone
+from test_node import NODE, Node, NodeTest, Rpc, wait_gone
 
 
 def free_port():
@@ -64,17 +64,11 @@ def value(samples, name, **labels):
     return samples[(name, frozenset(labels.items()))]
 
 
-class MetricsTest(unittest.TestCase):
+class MetricsTest(NodeTest):
     def setUp(self):
         self.metrics_port = free_port()
-        self.node = Node("[metrics]\nport=%d\n" % self.metrics_port)
-        self.pids = self.node.pids()
-        self.rpc = Rpc(self.node.port)
-
-    def tearDown(self):
-        self.rpc.close()
-        self.node.close()
-        self.assertTrue(wait_gone(self.pids), "a Python worker outlived its node")
+        self.extra_ini = "[metrics]\nport=%d\n" % self.metrics_port
+        super().setUp()
 
     def test_requests_by_command_and_outcome_and_their_latency(self):
         for i in range(5):
