@@ -1,8 +1,6 @@
 #include "node/metrics.hpp"
 
 #include <chrono>
-#include <cstdio>
-#include <cstdlib>
 #include <exception>
 #include <initializer_list>
 #include <limits>
@@ -61,8 +59,10 @@ void add_scalars(std::vector<MetricFamily>& out, std::initializer_list<scalar> x
   }
 }
 
-/// One metric per name of an enum, 1 for `current` and 0 for the others,
-/// so that a dashboard can graph each state without knowing the set.
+/// One metric per name of an enum, labelled with the name and valued by
+/// `count_of(value)` (workers in that state; or 1 for the current state and
+/// 0 for the others): every state is there, also at 0, so that a dashboard
+/// can graph each without knowing the set.
 template <class Enum, class Count>
 MetricFamily one_per_state(std::string name, std::string help, const char* label,
                            Count count_of) {
@@ -73,21 +73,6 @@ MetricFamily one_per_state(std::string name, std::string help, const char* label
   return f;
 }
 
-/// The bucket bounds in seconds, as the decimal numbers they are (70 us is
-/// 7e-05, not 70 / 1e6 = 6.999999999999999e-05 in the exposition).
-const std::vector<double>& bounds_in_seconds() {
-  static const std::vector<double> result = [] {
-    std::vector<double> xs;
-    for (auto us : latency_bounds_us) {
-      char buf[32];
-      std::snprintf(buf, sizeof(buf), "%.6ge-6", us);
-      xs.push_back(std::strtod(buf, nullptr));
-    }
-    return xs;
-  }();
-  return result;
-}
-
 ClientMetric histogram_of(const latency_histogram& h, std::vector<ClientMetric::Label> labels) {
   ClientMetric m;
   m.label = std::move(labels);
@@ -96,7 +81,7 @@ ClientMetric histogram_of(const latency_histogram& h, std::vector<ClientMetric::
   uint64_t cumulative = 0;
   for (size_t i = 0; i < latency_bounds_us.size(); ++i) {
     cumulative += i < h.counts.size() ? h.counts[i] : 0;
-    m.histogram.bucket.push_back({cumulative, bounds_in_seconds()[i]});
+    m.histogram.bucket.push_back({cumulative, latency_bounds_us[i] / 1e6});
   }
   m.histogram.bucket.push_back({h.count, std::numeric_limits<double>::infinity()});
   return m;

@@ -91,7 +91,12 @@ class MetricsTest(NodeTest):
         buckets = sorted((float(dict(k[1])["le"]), v) for k, v in samples.items()
                          if k[0] == "pyvisor_request_duration_seconds_bucket"
                          and dict(k[1]).get("command") == "echo")
-        self.assertGreater(len(buckets), 10)
+        # Bounds in seconds: 10 us to 60 s, 1-2-3-5-7 per decade, then +Inf.
+        expected = [m * 10.0 ** e for e in range(-5, 1) for m in (1, 2, 3, 5, 7)]
+        expected += [10, 20, 30, 60, float("inf")]
+        self.assertEqual(len(buckets), len(expected))
+        for (le, _), want in zip(buckets, expected):
+            self.assertAlmostEqual(le, want, delta=want * 1e-9 if want != float("inf") else 0)
         counts = [v for _, v in buckets]
         self.assertEqual(counts, sorted(counts))
         self.assertEqual(buckets[-1], (float("inf"), 5))
