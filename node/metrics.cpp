@@ -104,16 +104,9 @@ void add_pool(std::vector<MetricFamily>& out, const pool_stats& st) {
   }
   out.push_back(std::move(requests));
   out.push_back(std::move(durations));
-  uint64_t in_flight = 0;
-  for (auto& w : st.workers)
-    in_flight += w.in_flight;
   out.push_back(one_per_state<worker_phase>(
-    "pyvisor_workers", "Workers by state", "state", [&](worker_phase p) {
-      double n = 0;
-      for (auto& w : st.workers)
-        n += w.state == p ? 1 : 0;
-      return n;
-    }));
+    "pyvisor_workers", "Workers by state", "state",
+    [&](worker_phase p) { return static_cast<double>(st.workers_in(p)); }));
   out.push_back(one_per_state<pool_state>("pyvisor_pool_state", "1 for the pool's current state",
                                           "state", [&](pool_state s) {
                                             return s == st.state ? 1.0 : 0.0;
@@ -121,7 +114,7 @@ void add_pool(std::vector<MetricFamily>& out, const pool_stats& st) {
   auto num = [](uint64_t x) { return static_cast<double>(x); };
   add_scalars(out, {
     {"pyvisor_queue_depth", "Requests waiting for a worker", T::Gauge, num(st.queue)},
-    {"pyvisor_requests_in_flight", "Requests running on workers", T::Gauge, num(in_flight)},
+    {"pyvisor_requests_in_flight", "Requests running on workers", T::Gauge, num(st.in_flight())},
     {"pyvisor_sessions", "Sessions bound to a worker", T::Gauge, num(st.sessions)},
     {"pyvisor_worker_restarts_total",
      "Worker restarts by the supervisor (crashes and recycles alike)", T::Counter,

@@ -53,15 +53,9 @@ bool managed() {
 } // namespace
 
 std::string status_line(const pool_stats& st) {
-  size_t ready = 0;
-  uint64_t in_flight = 0;
-  for (auto& w : st.workers) {
-    ready += w.state == worker_phase::ready ? 1 : 0;
-    in_flight += w.in_flight;
-  }
-  return std::string{name_of(st.state)} + ": " + std::to_string(ready) + "/"
-         + std::to_string(st.workers.size()) + " workers ready, " + std::to_string(in_flight)
-         + " in flight, " + std::to_string(st.queue) + " queued";
+  return std::string{name_of(st.state)} + ": " + std::to_string(st.workers_in(worker_phase::ready))
+         + "/" + std::to_string(st.workers.size()) + " workers ready, "
+         + std::to_string(st.in_flight()) + " in flight, " + std::to_string(st.queue) + " queued";
 }
 
 void service_notifier::status(const std::string& status) {

@@ -273,6 +273,22 @@ struct pool_stats {
   std::map<std::string, command_stats> commands;
   fork_template_stats fork_template;
 
+  /// Requests running on workers now.
+  uint64_t in_flight() const {
+    uint64_t n = 0;
+    for (auto& w : workers)
+      n += w.in_flight;
+    return n;
+  }
+
+  /// Workers in state `s`.
+  size_t workers_in(worker_phase s) const {
+    size_t n = 0;
+    for (auto& w : workers)
+      n += w.state == s ? 1 : 0;
+    return n;
+  }
+
   MSGPACK_DEFINE_MAP(state, last_failure, pool_restarts, workers, queue, sessions, replies,
                      retries, requeued, restarts, recycled, latency_us, commands,
                      fork_template);
