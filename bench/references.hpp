@@ -70,6 +70,8 @@ private:
   int from_child_ = -1;
   double first_reply_us_ = 0;
   uint64_t next_id_ = 1;
+  /// `payload` bytes of 'x'.
+  std::vector<char> fill_;
   std::vector<char> body_;
 };
 
