@@ -18,19 +18,28 @@
 // answer, so that whatever the caller asks the pool after its reply (stats)
 // already reflects it.
 //
-// The ledger lives in its actor's state and is used from that actor only.
+// Threads: the ledger lives in its actor's state and is used from that
+// actor, with one exception that saves a thread hand-off per request: the
+// thread that reads a worker's replies may answer them itself
+// (accepts_elsewhere / complete_elsewhere), straight to the caller, without
+// passing the reply through the actor's mailbox. A backend that does this
+// (the Python worker) holds mutex() in every handler that touches the ledger;
+// the reading thread holds it across both calls. A backend without a second
+// thread (the mock) needs no lock.
 
 #pragma once
 
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
 #include "caf/local_actor.hpp"
+#include "caf/mailbox_element.hpp"
 #include "caf/result.hpp"
 #include "caf/send.hpp"
 #include "caf/typed_response_promise.hpp"
@@ -56,7 +65,8 @@ public:
   };
 
   request_ledger(caf::local_actor* self, const worker_settings& cfg)
-    : self_(self),
+    : clock_(&self->clock()),
+      id_(self->id()),
       listener_(cfg.listener),
       request_timeout_(cfg.request_timeout),
       attempt_timeout_(cfg.attempt_timeout) {
@@ -79,7 +89,7 @@ public:
       req.timeout = request_timeout_;
     entry e;
     e.promise = std::move(promise);
-    e.started = self_->clock().now();
+    e.started = clock_->now();
     e.deadline = e.started + attempt_limit(req);
     e.request.command = req.command;
     e.request.idempotent = req.idempotent;
@@ -104,7 +114,7 @@ public:
   /// Ids of requests whose attempt deadline has passed.
   std::vector<uint64_t> overdue() const {
     std::vector<uint64_t> result;
-    auto now = self_->clock().now();
+    auto now = clock_->now();
     for (auto& kv : entries_)
       if (!kv.second.internal && kv.second.deadline <= now)
         result.push_back(kv.first);
@@ -120,7 +130,7 @@ public:
     entry e;
     e.request.command = std::move(command);
     e.internal = true;
-    e.started = self_->clock().now();
+    e.started = clock_->now();
     entries_.emplace(id, std::move(e));
     return id;
   }
@@ -133,15 +143,45 @@ public:
   /// Answers request `id` with `result`; returns false for unknown ids.
   bool complete(uint64_t id, caf::expected<payload> result) {
     return answer(id, [&](entry& e) {
-      ++served_;
-      // The listener hears first, so that a caller who asks for stats after
-      // its reply sees the request counted (and no longer in flight).
-      report(e, result ? error_code::none : code_of(result.error()));
+      count_and_report(e, result);
       if (result)
         e.promise.deliver(std::move(*result));
       else
         e.promise.deliver(result.error());
     });
+  }
+
+  /// The lock a second thread takes to answer requests (see the top).
+  std::mutex& mutex() noexcept {
+    return mtx_;
+  }
+
+  /// Whether the reading thread may answer request `id` itself: it is in
+  /// flight and the worker is neither retiring nor gone (then the actor
+  /// decides what a late reply means). Requires mutex().
+  bool accepts_elsewhere(uint64_t id) const {
+    if (closed_ || retiring_)
+      return false;
+    auto i = entries_.find(id);
+    return i != entries_.end() && !i->second.internal;
+  }
+
+  /// complete() from the thread that read the reply, after
+  /// accepts_elsewhere(id): the reply goes straight to the caller (or the
+  /// next stage of its delegation), not through the owner's mailbox.
+  /// Requires mutex().
+  void complete_elsewhere(uint64_t id, caf::expected<payload> result) {
+    answer(id, [&](entry& e) {
+      count_and_report(e, result);
+      auto msg = result ? caf::make_message(std::move(*result)) : caf::make_message(result.error());
+      deliver_from_any_thread(static_cast<caf::response_promise&>(e.promise), std::move(msg));
+    });
+  }
+
+  /// The owner is going away: from now on only it answers (nothing does).
+  /// Requires mutex().
+  void close() noexcept {
+    closed_ = true;
   }
 
   /// The worker is going away: idempotent requests go back to the listener
@@ -416,7 +456,7 @@ private:
   void give_up(entry& e, const caf::error& err) {
     // The caller's deadline is absolute: another attempt gets only what is
     // left of it (the pool turns the remainder back into a deadline).
-    auto elapsed = self_->clock().now() - e.started;
+    auto elapsed = clock_->now() - e.started;
     if (elapsed >= e.request.timeout)
       e.request.idempotent = false; // no time left for another attempt
     else
@@ -438,7 +478,7 @@ private:
       give_up(e, err);
       return;
     }
-    auto elapsed = self_->clock().now() - e.started;
+    auto elapsed = clock_->now() - e.started;
     if (elapsed >= e.request.timeout) {
       auto timeout = make_error(error_code::timeout,
                                 "the deadline passed while the request waited on a worker "
@@ -462,17 +502,53 @@ private:
     return session_lost_error(req.session, "its worker failed: " + to_string_readable(err));
   }
 
+  void count_and_report(const entry& e, const caf::expected<payload>& result) {
+    ++served_;
+    // The listener hears first, so that a caller who asks for stats after
+    // its reply sees the request counted (and no longer in flight).
+    report(e, result ? error_code::none : code_of(result.error()));
+  }
+
+  /// What response_promise::deliver does, minus the owner's execution
+  /// context: deliver() passes the context of the thread running the owner,
+  /// which another thread must not use. Without one, the receiver is
+  /// scheduled as if the message came from outside the actor system.
+  static void deliver_from_any_thread(caf::response_promise& rp, caf::message msg) {
+    if (!rp.pending())
+      return;
+    auto stages = rp.stages();
+    if (!stages.empty()) {
+      // As deliver() does: the last stage is next (not next()'s front).
+      auto next = std::move(stages.back());
+      stages.pop_back();
+      next->enqueue(caf::make_mailbox_element(rp.source(), rp.id(), std::move(stages),
+                                              std::move(msg)),
+                    nullptr);
+    } else {
+      rp.source()->enqueue(caf::make_mailbox_element(nullptr, rp.id().response_id(), {},
+                                              std::move(msg)),
+                    nullptr);
+    }
+    rp = caf::response_promise{};
+  }
+
   void report(const entry& e, error_code code) {
     if (!listener_)
       return;
-    auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(self_->clock().now() - e.started)
+    auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(clock_->now() - e.started)
                 .count();
-    caf::anon_send(listener_, done_atom::value, static_cast<uint64_t>(self_->id()),
+    caf::anon_send(listener_, done_atom::value, static_cast<uint64_t>(id_),
                    static_cast<uint8_t>(code), static_cast<int64_t>(ns), e.request.session,
                    e.request.command);
   }
 
-  caf::local_actor* self_;
+  /// The actor system's clock and the owner's id: what report() needs, also
+  /// on the reading thread (the owner may be gone by then; these are not).
+  caf::actor_clock* clock_;
+  caf::actor_id id_;
+  std::mutex mtx_;
+  /// The owner is gone: nothing is answered elsewhere any more.
+  bool closed_ = false;
   worker_listener_actor listener_;
   caf::timespan request_timeout_;
   caf::timespan attempt_timeout_;

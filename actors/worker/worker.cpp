@@ -63,7 +63,9 @@ struct worker_state {
   worker_config cfg;
   std::shared_ptr<python_process> proc;
   worker_status status;
-  std::unique_ptr<request_ledger> ledger;
+  /// Shared with the process's I/O thread, which answers replies itself
+  /// (see on_replies); every handler below that touches it holds its mutex.
+  std::shared_ptr<request_ledger> ledger;
   std::chrono::steady_clock::time_point spawned_at;
   /// Requests answered `timeout` by a recycle whose reply has not arrived:
   /// the oldest of them was running when the process was killed.
@@ -73,6 +75,12 @@ struct worker_state {
 };
 
 using self_ptr = worker_impl::stateful_pointer<worker_state>;
+
+/// Held by every handler that touches the ledger (the I/O thread may be
+/// answering a reply at the same time).
+std::unique_lock<std::mutex> lock_ledger(self_ptr self) {
+  return std::unique_lock<std::mutex>{self->state.ledger->mutex()};
+}
 
 std::string tag_of(const worker_state& st) {
   auto tag = "worker " + std::to_string(st.cfg.id);
@@ -121,6 +129,27 @@ caf::expected<payload> result_of(wire::frame& f) {
   if (f.ok)
     return payload{std::move(f.result)};
   return error_of(f.error);
+}
+
+// Runs on the process's I/O thread with the frames of one read: replies to
+// requests in flight are answered right here, straight to their callers
+// (one thread hand-off less per request than a detour through the actor);
+// the rest (hello, replies after a recycle or during retirement, unknown
+// ids) and everything after the first of them go to the actor in order.
+// Returns what is left for the actor.
+std::vector<wire::frame> on_replies(request_ledger& ledger, std::vector<wire::frame>&& fs) {
+  size_t answered = 0;
+  {
+    std::lock_guard<std::mutex> guard{ledger.mutex()};
+    for (; answered < fs.size(); ++answered) {
+      auto& f = fs[answered];
+      if (f.type != wire::frame_type::reply || !ledger.accepts_elsewhere(f.id))
+        break;
+      ledger.complete_elsewhere(f.id, result_of(f));
+    }
+  }
+  fs.erase(fs.begin(), fs.begin() + static_cast<std::ptrdiff_t>(answered));
+  return std::move(fs);
 }
 
 // The process is gone and every reply it wrote has been read: settle what is
@@ -192,7 +221,7 @@ void on_frame(self_ptr self, wire::frame& f) {
 worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
   auto& st = self->state;
   st.cfg = std::move(cfg);
-  st.ledger = std::make_unique<request_ledger>(self, st.cfg);
+  st.ledger = std::make_shared<request_ledger>(self, st.cfg);
   st.status.id = st.cfg.id;
   st.spawned_at = std::chrono::steady_clock::now();
   // Start the process: spawned, or forked from the pool's template.
@@ -210,8 +239,10 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
       caf::anon_send(hdl, std::forward<decltype(xs)>(xs)...);
   };
   process_callbacks cbs;
-  cbs.on_frames = [send_to_self](std::vector<wire::frame>&& fs) {
-    send_to_self(frame_atom::value, std::make_shared<std::vector<wire::frame>>(std::move(fs)));
+  cbs.on_frames = [send_to_self, ledger = st.ledger](std::vector<wire::frame>&& fs) {
+    auto rest = on_replies(*ledger, std::move(fs));
+    if (!rest.empty())
+      send_to_self(frame_atom::value, std::make_shared<std::vector<wire::frame>>(std::move(rest)));
   };
   cbs.on_protocol_error = [send_to_self](std::string reason) {
     send_to_self(broken_atom::value, std::move(reason));
@@ -231,7 +262,13 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
     return worker_impl::behavior_type::make_empty_behavior();
   }
   st.status.pid = std::max(0, st.proc->pid()); // forked: known at its hello
-  self->attach_functor([proc = st.proc] { proc->close(); });
+  self->attach_functor([proc = st.proc, ledger = st.ledger] {
+    {
+      std::lock_guard<std::mutex> guard{ledger->mutex()};
+      ledger->close();
+    }
+    proc->close();
+  });
   self->delayed_send(self, st.cfg.startup_timeout, start_timeout_atom::value);
   // Stopping: the process gets EOF, finishes what it holds and exits (or
   // is killed after the grace); its exit notice ends the stop.
@@ -242,6 +279,7 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
   });
   return {
     [self](execute& req) -> caf::result<payload> {
+      auto guard = lock_ledger(self);
       auto& st = self->state;
       if (auto answer = st.ledger->screen(self, req, st.status.phase, st.cfg.id))
         return std::move(*answer);
@@ -258,9 +296,16 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
       st.ledger->add(self, id, req, rp);
       return rp;
     },
-    [self](ready_atom) { return self->state.ledger->await_ready(self, self->state.status); },
-    [self](status_atom) -> worker_status { return snapshot(self->state); },
+    [self](ready_atom) {
+      auto guard = lock_ledger(self);
+      return self->state.ledger->await_ready(self, self->state.status);
+    },
+    [self](status_atom) -> worker_status {
+      auto guard = lock_ledger(self);
+      return snapshot(self->state);
+    },
     [self](drop_session_atom, std::string& session) {
+      auto guard = lock_ledger(self);
       auto& st = self->state;
       if (st.status.phase == worker_phase::stopping || session.empty())
         return;
@@ -270,6 +315,7 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
       st.proc->send(std::move(frame));
     },
     [self](frame_atom, frame_ptr& fs) {
+      auto guard = lock_ledger(self);
       auto& st = self->state;
       for (auto& f : *fs) {
         if (st.ledger->awaiting_settle()) {
@@ -287,6 +333,7 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
       }
     },
     [self](broken_atom, std::string& reason) {
+      auto guard = lock_ledger(self);
       auto& st = self->state;
       auto msg = tag_of(st) + " broke the protocol: " + reason;
       log().error("{}; stopping it", msg);
@@ -294,6 +341,7 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
       terminate(self, err, err);
     },
     [self](exited_atom, int code, int sig) {
+      auto guard = lock_ledger(self);
       auto& st = self->state;
       exit_status es{code, sig};
       if (st.ledger->awaiting_settle()) {
@@ -326,6 +374,7 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
       settle(self, err);
     },
     [self](sweep_atom) {
+      auto guard = lock_ledger(self);
       auto& st = self->state;
       st.ledger->sweep(self, tag_of(st), [self](const std::vector<uint64_t>& overdue) {
         // The caller hears `timeout` at once; what else is in flight is
@@ -341,6 +390,7 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
       });
     },
     [self](settle_timeout_atom) {
+      auto guard = lock_ledger(self);
       auto& st = self->state;
       if (!st.ledger->awaiting_settle())
         return;
@@ -355,6 +405,7 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
     },
     [self](start_failed_atom, std::string& code, std::string& type, std::string& message,
            std::string& traceback) {
+      auto guard = lock_ledger(self);
       auto& st = self->state;
       if (st.status.phase == worker_phase::stopping) {
         st.ledger->finish_stop(self, tag_of(st) + " stopped before it started");
@@ -364,6 +415,7 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
                                             std::move(traceback)});
     },
     [self](start_timeout_atom) {
+      auto guard = lock_ledger(self);
       auto& st = self->state;
       if (st.status.phase != worker_phase::starting)
         return;
