@@ -180,14 +180,18 @@ void startup(caf::actor_system& sys, const bench_config& cfg, report& r) {
                                        "pool of 4 ready / one bare interpreter's first reply"};
 }
 
-latency api_rtt(caf::actor_system& sys, const pool_actor& pool, size_t size, size_t count) {
+/// Sequential echo round trips through the C++ API. The caller sets no
+/// timeout of its own, as the README recommends (the pool answers every
+/// request by its deadline); `caller_timeout` measures what one costs.
+latency api_rtt(caf::actor_system& sys, const pool_actor& pool, size_t size, size_t count,
+                caf::duration caller_timeout = caf::infinite) {
   caf::scoped_actor self{sys};
   auto req = make_execute("echo", bytes_of(size));
   std::vector<double> samples;
   samples.reserve(count);
   for (size_t i = 0; i < count + 5; ++i) {
     auto t = now_us();
-    self->request(pool, 30s, req).receive([](payload&) {}, [&](caf::error& err) {
+    self->request(pool, caller_timeout, req).receive([](payload&) {}, [&](caf::error& err) {
       throw std::runtime_error("echo failed: " + to_string_readable(err));
     });
     if (i >= 5) // warm-up
@@ -236,6 +240,13 @@ void rtt(caf::actor_system& sys, const bench_config& cfg, report& r, const ppe_f
       r.figures["rtt.64B.api_handoffs"] = api_handoffs;
       r.figures["rtt.64B.rpc_handoffs"] = rpc_handoffs;
       r.figures["rtt.64B.worker_floor_handoffs"] = floor_handoffs;
+      // A caller's own timeout costs CAF's clock thread a wake-up per
+      // request (thread_safe_actor_clock::set_request_timeout and
+      // cancel_request_timeout each push to its queue and notify it).
+      cs = voluntary_switches();
+      auto timed = api_rtt(sys, p.pool, sizes[i], counts[i], caf::duration{30s});
+      r.figures["rtt.64B.api_caller_timeout_handoffs"] = (voluntary_switches() - cs) / n;
+      r.figures["rtt.64B.api_caller_timeout_p50_us"] = timed.p50;
       r.ratios["rtt.64B.api_vs_worker_floor"] = {api.p50 / wfloor.p50, 2.0, "lower",
                                                  "C++ API p50 / worker floor p50"};
     }

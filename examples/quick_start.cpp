@@ -1,6 +1,5 @@
 // The README's C++ example, as written there (CI compiles and runs this
 // file and checks that the README shows it unchanged).
-#include <chrono>
 #include <iostream>
 #include <map>
 #include <string>
@@ -10,8 +9,6 @@
 #include <caf/scoped_actor.hpp>
 
 #include <pyvisor/pool.hpp>
-
-using namespace std::chrono_literals;
 
 int main(int argc, char** argv) {
   caf::actor_system_config cfg;
@@ -27,7 +24,10 @@ int main(int argc, char** argv) {
   caf::scoped_actor self{sys};
   std::map<std::string, std::string> args{{"text", "hello pyvisor"}};
   int rc = 1;
-  self->request(pool, 30s, pyvisor::make_execute("words.add", args, "my-session"))
+  // No timeout of the caller's own: the pool answers every request by its
+  // deadline (pool_config::request_timeout, or the execute's timeout), and a
+  // caller timeout costs CAF's clock thread a wake-up per request.
+  self->request(pool, caf::infinite, pyvisor::make_execute("words.add", args, "my-session"))
     .receive(
       [&](pyvisor::payload& p) {
         std::cout << "words: " << *pyvisor::unpack<int>(p) << "\n";

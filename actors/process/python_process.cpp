@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/syscall.h>
@@ -377,6 +378,9 @@ int python_process::take_control_fd() {
 }
 
 void python_process::run(std::promise<std::string>* started) {
+  // Named for top -H and perf (it would inherit its creator's name, a CAF
+  // scheduler thread's).
+  pthread_setname_np(pthread_self(), "pyvisor.io");
   wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (opts_.launcher) {
     // Creating the child may wait for its creator (a template that is
