@@ -14,7 +14,12 @@
 
 #include <chrono>
 
+#include "caf/actor_addr.hpp"
+#include "caf/actor_cast.hpp"
+#include "caf/actor_clock.hpp"
 #include "caf/atom.hpp"
+#include "caf/mailbox_element.hpp"
+#include "caf/message_id.hpp"
 #include "caf/timespan.hpp"
 
 namespace pyvisor {
@@ -33,6 +38,20 @@ public:
       return;
     armed_ = true;
     self->delayed_send(self, interval, sweep_atom::value);
+  }
+
+  /// arm() for a thread that is not `owner`'s own (the owner's state must be
+  /// guarded by a lock both hold): schedules through the clock directly.
+  void arm(caf::actor_clock& clock, const caf::actor_addr& owner) {
+    if (armed_)
+      return;
+    auto hdl = caf::actor_cast<caf::strong_actor_ptr>(owner);
+    if (!hdl)
+      return; // gone: nothing left to watch
+    armed_ = true;
+    clock.schedule_message(clock.now() + interval, std::move(hdl),
+                           caf::make_mailbox_element(nullptr, caf::make_message_id(), {},
+                                                     sweep_atom::value));
   }
 
   /// The pending sweep_atom arrived: the next arm() schedules another.

@@ -229,7 +229,7 @@ mock_impl::behavior_type mock_fun(self_ptr self, mock_config cfg) {
       }
       auto rp = self->make_response_promise<payload>();
       auto id = st.ledger->next_id();
-      st.ledger->add(self, id, req, rp);
+      st.ledger->add(id, req, rp);
       if (act == action::crash) {
         auto err = make_error(error_code::worker_crashed, tag_of(st) + " crashed");
         st.ledger->retire(self, err, err);

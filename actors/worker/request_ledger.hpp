@@ -67,6 +67,7 @@ public:
   request_ledger(caf::local_actor* self, const worker_settings& cfg)
     : clock_(&self->clock()),
       id_(self->id()),
+      owner_(self->address()),
       listener_(cfg.listener),
       request_timeout_(cfg.request_timeout),
       attempt_timeout_(cfg.attempt_timeout) {
@@ -83,8 +84,9 @@ public:
   /// idempotent requests (a retry can then still succeed in time). Moves the
   /// whole request in when a listener may get it back (a retry, or a requeue
   /// of a request that never started).
-  template <class Self>
-  void add(Self* self, uint64_t id, execute& req, caf::typed_response_promise<payload> promise) {
+  /// May run on a thread other than the owner's (see the top): the sweep is
+  /// armed through the clock.
+  void add(uint64_t id, execute& req, caf::typed_response_promise<payload> promise) {
     if (req.timeout.count() <= 0)
       req.timeout = request_timeout_;
     entry e;
@@ -99,7 +101,7 @@ public:
       e.request = std::move(req);
     entries_.emplace(id, std::move(e));
     ++external_;
-    sweep_.arm(self);
+    sweep_.arm(*clock_, owner_);
   }
 
   /// The oldest request still in flight (by id, i.e. pipe order), or 0.
@@ -145,9 +147,9 @@ public:
     return answer(id, [&](entry& e) {
       count_and_report(e, result);
       if (result)
-        e.promise.deliver(std::move(*result));
+        deliver(e.promise, caf::make_message(std::move(*result)));
       else
-        e.promise.deliver(result.error());
+        deliver(e.promise, caf::make_message(result.error()));
     });
   }
 
@@ -173,8 +175,8 @@ public:
   void complete_elsewhere(uint64_t id, caf::expected<payload> result) {
     answer(id, [&](entry& e) {
       count_and_report(e, result);
-      auto msg = result ? caf::make_message(std::move(*result)) : caf::make_message(result.error());
-      deliver_from_any_thread(static_cast<caf::response_promise&>(e.promise), std::move(msg));
+      deliver(e.promise, result ? caf::make_message(std::move(*result))
+                                : caf::make_message(result.error()));
     });
   }
 
@@ -377,10 +379,10 @@ public:
   /// not (a session request fails: its state is gone).
   void refuse(execute& req, caf::typed_response_promise<payload> promise) {
     if (listener_ && req.session.empty()) {
-      promise.delegate(listener_, requeue_atom::value, std::move(req));
+      delegate(promise, caf::make_message(requeue_atom::value, std::move(req)));
       return;
     }
-    promise.deliver(for_request(req, retire_error_));
+    deliver(promise, caf::make_message(for_request(req, retire_error_)));
   }
 
   /// Requests awaited by callers (internal ones excluded).
@@ -462,12 +464,12 @@ private:
     else
       e.request.timeout -= std::chrono::duration_cast<caf::timespan>(elapsed);
     if (e.request.idempotent && listener_) {
-      e.promise.delegate(listener_, retry_atom::value, std::move(e.request));
+      delegate(e.promise, caf::make_message(retry_atom::value, std::move(e.request)));
       return;
     }
     auto final_err = for_request(e.request, err);
     report(e, code_of(final_err));
-    e.promise.deliver(final_err);
+    deliver(e.promise, caf::make_message(final_err));
   }
 
   // `e` never started on this worker: it runs elsewhere with what is left of
@@ -484,11 +486,11 @@ private:
                                 "the deadline passed while the request waited on a worker "
                                 "that was recycled");
       report(e, error_code::timeout);
-      e.promise.deliver(timeout);
+      deliver(e.promise, caf::make_message(timeout));
       return;
     }
     e.request.timeout -= std::chrono::duration_cast<caf::timespan>(elapsed);
-    e.promise.delegate(listener_, requeue_atom::value, std::move(e.request));
+    delegate(e.promise, caf::make_message(requeue_atom::value, std::move(e.request)));
   }
 
   // A session request whose worker goes away has lost its state: say so,
@@ -509,26 +511,40 @@ private:
     report(e, result ? error_code::none : code_of(result.error()));
   }
 
-  /// What response_promise::deliver does, minus the owner's execution
-  /// context: deliver() passes the context of the thread running the owner,
-  /// which another thread must not use. Without one, the receiver is
-  /// scheduled as if the message came from outside the actor system.
-  static void deliver_from_any_thread(caf::response_promise& rp, caf::message msg) {
+  // Requests are answered (and handed back to the listener) without the
+  // promise's owner: it may be another actor (a dispatcher that wrote the
+  // request itself, see worker_channel.hpp) and this may be another thread
+  // (the one that read the reply). response_promise::deliver and delegate
+  // would pass the owner's execution context, which belongs to the thread
+  // running the owner; without one, the receiver is scheduled as if the
+  // message came from outside the actor system.
+
+  /// What response_promise::deliver does.
+  static void deliver(caf::response_promise& rp, caf::message msg) {
     if (!rp.pending())
       return;
     auto stages = rp.stages();
-    if (!stages.empty()) {
+    if (stages.empty()) {
+      rp.source()->enqueue(
+        caf::make_mailbox_element(nullptr, rp.id().response_id(), {}, std::move(msg)), nullptr);
+    } else {
       // As deliver() does: the last stage is next (not next()'s front).
       auto next = std::move(stages.back());
       stages.pop_back();
       next->enqueue(caf::make_mailbox_element(rp.source(), rp.id(), std::move(stages),
                                               std::move(msg)),
                     nullptr);
-    } else {
-      rp.source()->enqueue(caf::make_mailbox_element(nullptr, rp.id().response_id(), {},
-                                              std::move(msg)),
-                    nullptr);
     }
+    rp = caf::response_promise{};
+  }
+
+  /// What response_promise::delegate(listener_, ...) does.
+  void delegate(caf::response_promise& rp, caf::message msg) {
+    auto receiver = caf::actor_cast<caf::strong_actor_ptr>(listener_);
+    if (!rp.pending() || !receiver)
+      return;
+    receiver->enqueue(caf::make_mailbox_element(rp.source(), rp.id(), rp.stages(), std::move(msg)),
+                      nullptr);
     rp = caf::response_promise{};
   }
 
@@ -546,6 +562,7 @@ private:
   /// on the reading thread (the owner may be gone by then; these are not).
   caf::actor_clock* clock_;
   caf::actor_id id_;
+  caf::actor_addr owner_;
   std::mutex mtx_;
   /// The owner is gone: nothing is answered elsewhere any more.
   bool closed_ = false;

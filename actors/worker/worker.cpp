@@ -293,7 +293,7 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
                             + std::to_string(st.cfg.max_frame_size) + "-byte frame limit");
       st.proc->send(std::move(frame));
       auto rp = self->make_response_promise<payload>();
-      st.ledger->add(self, id, req, rp);
+      st.ledger->add(id, req, rp);
       return rp;
     },
     [self](ready_atom) {
