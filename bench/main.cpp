@@ -218,11 +218,17 @@ void rtt(caf::actor_system& sys, const bench_config& cfg, report& r, const ppe_f
     // context switches per request, warm-up included on both sides.
     auto n = static_cast<double>(counts[i] + 5);
     auto cs = voluntary_switches();
+    auto by_thread = voluntary_switches_by_thread();
     auto api = api_rtt(sys, p.pool, sizes[i], counts[i]);
     auto api_handoffs = (voluntary_switches() - cs) / n;
+    if (sizes[i] == 64)
+      for (auto& [thread, count] : voluntary_switches_by_thread())
+        if (auto per_request = (count - by_thread[thread]) / n; per_request >= 0.05)
+          r.figures["rtt.64B.api_handoffs." + thread] = per_request;
     std::vector<double> rs;
     auto payload = bytes_of(sizes[i]);
     cs = voluntary_switches();
+    by_thread = voluntary_switches_by_thread();
     for (size_t k = 0; k < counts[i] + 5; ++k) {
       auto t = now_us();
       rpc.echo(payload);
@@ -230,6 +236,10 @@ void rtt(caf::actor_system& sys, const bench_config& cfg, report& r, const ppe_f
         rs.push_back(now_us() - t);
     }
     auto rpc_handoffs = (voluntary_switches() - cs) / n;
+    if (sizes[i] == 64)
+      for (auto& [thread, count] : voluntary_switches_by_thread())
+        if (auto per_request = (count - by_thread[thread]) / n; per_request >= 0.05)
+          r.figures["rtt.64B.rpc_handoffs." + thread] = per_request;
     auto rpc_l = summarize(rs);
     auto raw = floor.rtt(sizes[i], counts[i]);
     cs = voluntary_switches();

@@ -1,6 +1,7 @@
 #include "bench/references.hpp"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
@@ -201,6 +202,30 @@ double voluntary_switches() {
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
   return static_cast<double>(ru.ru_nvcsw);
+}
+
+std::map<std::string, double> voluntary_switches_by_thread() {
+  std::map<std::string, double> result;
+  auto* dir = opendir("/proc/self/task");
+  if (dir == nullptr)
+    return result;
+  while (auto* e = readdir(dir)) {
+    if (e->d_name[0] == '.')
+      continue;
+    std::ifstream status{std::string{"/proc/self/task/"} + e->d_name + "/status"};
+    std::string line;
+    std::string name;
+    double count = 0;
+    while (std::getline(status, line)) {
+      if (line.rfind("Name:", 0) == 0)
+        name = line.substr(line.find_first_not_of(" \t", 5));
+      else if (line.rfind("voluntary_ctxt_switches:", 0) == 0)
+        count = std::atof(line.c_str() + 24);
+    }
+    result[name] += count;
+  }
+  closedir(dir);
+  return result;
 }
 
 double pipe_floor::throughput(size_t payload, size_t count, size_t window) {

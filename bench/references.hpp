@@ -15,6 +15,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -79,6 +80,12 @@ private:
 /// thread that blocks and is woken counts one. Their growth per request is
 /// how many thread hand-offs a request costs on the calling side.
 double voluntary_switches();
+
+/// Voluntary context switches so far per thread name (threads of one name
+/// summed; CAF 0.17 names both its scheduler threads and the middleman's
+/// I/O thread "caf.multiplexer", the clock thread "caf.clock"; pyvisor's
+/// process I/O threads are "pyvisor.io"). Threads that ended are missing.
+std::map<std::string, double> voluntary_switches_by_thread();
 
 /// Figures from bench/ppe_reference.py (ProcessPoolExecutor).
 struct ppe_figures {

@@ -23,6 +23,7 @@
 #include "actors/fork_server/fork_server.hpp"
 #include "actors/fork_server/template_actor.hpp"
 #include "actors/sweep_timer.hpp"
+#include "actors/worker/worker_channel.hpp"
 #include "messages/log.hpp"
 #include "pyvisor/registry.hpp"
 
@@ -72,6 +73,9 @@ std::string child_id_of(uint32_t slot) {
 
 struct slot_rec {
   worker_actor handle;
+  /// The Python backend's direct request path (actors/worker/worker_channel.hpp),
+  /// once the worker shared it; without it requests are delegated.
+  worker_channel_ptr channel;
   caf::actor_id actor = 0;
   worker_phase state = worker_phase::down;
   uint32_t in_flight = 0;
@@ -340,6 +344,10 @@ void dispatch(self_ptr self, queued& q, uint32_t slot) {
     ++s.running_sessions[q.req.session];
   ++s.in_flight;
   ++s.dispatched;
+  // Written to the worker's process from here when its channel takes it;
+  // the worker actor answers whatever it does not take, as it would.
+  if (s.channel && s.channel->try_submit(q.req, q.rp))
+    return;
   q.rp.delegate(s.handle, std::move(q.req));
 }
 
@@ -1147,7 +1155,19 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
       s.started_at_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                           std::chrono::system_clock::now().time_since_epoch())
                           .count();
+      s.channel = nullptr;
       auto actor = s.actor;
+      if (st.cfg.backend == backend_kind::python)
+        self->request(hdl, caf::infinite, channel_atom::value)
+          .then(
+            [self, slot, actor](worker_channel_ptr& ch) {
+              auto& s = self->state.slots[slot];
+              if (s.actor == actor)
+                s.channel = std::move(ch);
+            },
+            [](caf::error&) {
+              // Gone already: child_down follows.
+            });
       self->request(s.handle, caf::infinite, ready_atom::value)
         .then(
           [self, slot, actor](worker_status& ws) {
@@ -1177,6 +1197,7 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
       bool recycling = s.recycling;
       s.state = worker_phase::down;
       s.handle = nullptr;
+      s.channel = nullptr;
       s.actor = 0;
       s.in_flight = 0;
       s.running_sessions.clear();

@@ -79,6 +79,17 @@ public:
     return next_id_++;
   }
 
+  /// The id next_id() returns next.
+  uint64_t peek_id() const noexcept {
+    return next_id_;
+  }
+
+  /// Whether new requests may be added from another thread: the owner is
+  /// neither retiring nor gone. Requires mutex().
+  bool accepts_requests() const noexcept {
+    return !closed_ && !retiring_;
+  }
+
   /// Records request `id` and watches its deadline: its own timeout (the
   /// default one if it names none), or the shorter per-attempt limit for
   /// idempotent requests (a retry can then still succeed in time). Moves the
@@ -162,7 +173,7 @@ public:
   /// flight and the worker is neither retiring nor gone (then the actor
   /// decides what a late reply means). Requires mutex().
   bool accepts_elsewhere(uint64_t id) const {
-    if (closed_ || retiring_)
+    if (!accepts_requests())
       return false;
     auto i = entries_.find(id);
     return i != entries_.end() && !i->second.internal;

@@ -21,6 +21,7 @@
 #include "actors/process/python_process.hpp"
 #include "actors/worker/python_options.hpp"
 #include "actors/worker/request_ledger.hpp"
+#include "actors/worker/worker_channel.hpp"
 #include "messages/log.hpp"
 
 namespace pyvisor {
@@ -50,7 +51,7 @@ namespace {
 // The actor's full interface: the public contract plus what its own I/O
 // thread and timers send it.
 using worker_impl = worker_actor::extend<
-  caf::reacts_to<frame_atom, frame_ptr>, caf::reacts_to<exited_atom, int, int>,
+  caf::replies_to<channel_atom>::with<worker_channel_ptr>, caf::reacts_to<frame_atom, frame_ptr>, caf::reacts_to<exited_atom, int, int>,
   caf::reacts_to<broken_atom, std::string>, caf::reacts_to<sweep_atom>,
   caf::reacts_to<start_timeout_atom>, caf::reacts_to<settle_timeout_atom>,
   caf::reacts_to<start_failed_atom, std::string, std::string, std::string, std::string>>;
@@ -66,6 +67,9 @@ struct worker_state {
   /// Shared with the process's I/O thread, which answers replies itself
   /// (see on_replies); every handler below that touches it holds its mutex.
   std::shared_ptr<request_ledger> ledger;
+  /// The request path a dispatcher may use without this actor; open while
+  /// the worker is ready.
+  worker_channel_ptr channel;
   std::chrono::steady_clock::time_point spawned_at;
   /// Requests answered `timeout` by a recycle whose reply has not arrived:
   /// the oldest of them was running when the process was killed.
@@ -198,6 +202,7 @@ void on_frame(self_ptr self, wire::frame& f) {
       return;
     }
     st.status.phase = worker_phase::ready;
+    st.channel->set_open(true);
     if (f.pid > 0)
       st.status.pid = f.pid; // a forked worker's pid is known only now
     st.status.python = f.python;
@@ -261,6 +266,7 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
     self->quit(err);
     return worker_impl::behavior_type::make_empty_behavior();
   }
+  st.channel = std::make_shared<worker_channel>(st.ledger, st.proc, st.cfg.max_frame_size);
   st.status.pid = std::max(0, st.proc->pid()); // forked: known at its hello
   self->attach_functor([proc = st.proc, ledger = st.ledger] {
     {
@@ -274,6 +280,10 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
   // is killed after the grace); its exit notice ends the stop.
   st.ledger->stop_on_exit(self, st.status, [self] {
     auto& st = self->state;
+    {
+      auto guard = lock_ledger(self);
+      st.channel->set_open(false);
+    }
     log().info("{} stopping", tag_of(st));
     st.proc->stop(std::chrono::duration_cast<std::chrono::milliseconds>(st.cfg.stop_grace));
   });
@@ -283,19 +293,17 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
       auto& st = self->state;
       if (auto answer = st.ledger->screen(self, req, st.status.phase, st.cfg.id))
         return std::move(*answer);
-      auto id = st.ledger->next_id();
-      std::vector<char> frame;
-      frame.reserve(req.args.bytes.size() + req.command.size() + req.session.size() + 48);
-      wire::append_request(frame, id, req.command, req.args.bytes, req.session);
-      if (frame.size() - 4 > st.cfg.max_frame_size)
+      auto frame = st.channel->encode(req);
+      if (!st.channel->fits(frame))
         return make_error(error_code::bad_request,
                           "request of " + std::to_string(frame.size()) + " bytes exceeds the "
                             + std::to_string(st.cfg.max_frame_size) + "-byte frame limit");
-      st.proc->send(std::move(frame));
+      // After the checks: a promise takes the request's sender along.
       auto rp = self->make_response_promise<payload>();
-      st.ledger->add(id, req, rp);
+      st.channel->send_locked(std::move(frame), req, rp);
       return rp;
     },
+    [self](channel_atom) { return self->state.channel; },
     [self](ready_atom) {
       auto guard = lock_ledger(self);
       return self->state.ledger->await_ready(self, self->state.status);
