@@ -69,7 +69,10 @@ node_config::node_config()
          "toward restart intensity when it dies")
     .add(pool.shutdown_timeout, "shutdown-timeout", "time a worker gets to stop")
     .add(w.max_frame_size, "max-frame-size",
-         "largest frame between the node and a worker, either direction");
+         "largest frame between the node and a worker, either direction")
+    .add(w.reply_spin, "reply-spin",
+         "how long a worker's I/O thread busy-polls for the next reply before it sleeps "
+         "(0s: never; costs CPU only while requests come one at a time)");
   auto& m = pool.mock;
   opt_group{custom_options_, "mock"}
     .add(m.latency_min, "latency-min", "mock backend: least latency")
@@ -383,6 +386,8 @@ std::string node_config::validate() const {
     return "invalid value for 'pool.backoff-max': below pool.backoff-initial";
   if (!positive(pool.shutdown_timeout))
     return "invalid value for 'pool.shutdown-timeout': must be > 0";
+  if (pool.worker.reply_spin.count() < 0 || pool.worker.reply_spin > std::chrono::milliseconds(10))
+    return "invalid value for 'pool.reply-spin': must be between 0s and 10ms";
   if (pool.worker.max_frame_size < 1024)
     return "invalid value for 'pool.max-frame-size': must be >= 1024";
   for (auto [rate, key] : {std::pair{pool.mock.error_rate, "mock.error-rate"},

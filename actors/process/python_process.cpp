@@ -401,6 +401,10 @@ void python_process::run(std::promise<std::string>* started) {
     }
   }
   wire::frame_reader reader{opts_.max_frame_size};
+  uint64_t frames_received = 0;
+  auto last_reply = std::chrono::steady_clock::time_point{};
+  // Until replies came, spinning is not known to pay.
+  std::chrono::steady_clock::duration think_time = std::chrono::seconds(1);
   bool protocol_broken = false;
   line_logger out_lines;
   line_logger err_lines;
@@ -446,7 +450,19 @@ void python_process::run(std::promise<std::string>* started) {
     if (protocol_broken)
       return;
     std::vector<wire::frame> frames;
-    auto ok = reader.feed(data, size, [&](wire::frame&& f) { frames.push_back(std::move(f)); });
+    auto ok = reader.feed(data, size, [&](wire::frame&& f) {
+      if (f.type == wire::frame_type::reply) {
+        ++frames_received;
+        // How long the caller took to send the next request after the
+        // previous reply (0 when it had sent it before), as a moving
+        // average (weight 1/4).
+        auto sent = clock::time_point{clock::duration{last_send_.load(std::memory_order_relaxed)}};
+        auto think = sent > last_reply ? sent - last_reply : clock::duration{0};
+        think_time = (3 * think_time + think) / 4;
+        last_reply = clock::now();
+      }
+      frames.push_back(std::move(f));
+    });
     // Valid frames that preceded a broken one are still delivered first.
     if (!frames.empty() && cbs_.on_frames)
       cbs_.on_frames(std::move(frames));
@@ -528,7 +544,26 @@ void python_process::run(std::promise<std::string>* started) {
       timeout = 10; // no pidfd: poll waitpid below
     else if (child_ended)
       timeout = 1; // a launched child ended: its status is a few ms away
-    auto rc = poll(fds, nfds, timeout);
+    // Busy-poll briefly after a reply while at most one request is owed
+    // and callers have lately sent their next request sooner than the spin
+    // lasts: a caller that sends its next request as soon as it has the
+    // answer gets that reply read without this thread going to sleep and
+    // being woken (a thread hand-off on its critical path). Where it would
+    // not pay, it is not spent: under a pipelined load (several owed) the
+    // thread sleeps as usual, leaving the cores to the workers; a caller
+    // that thinks longer than the spin never makes it spin; an idle worker
+    // costs nothing (the spin ends reply_spin after the last reply).
+    int rc = 0;
+    if (opts_.reply_spin.count() > 0 && timeout != 0 && think_time < opts_.reply_spin
+        && frames_sent_.load(std::memory_order_relaxed) <= frames_received + 1
+        && clock::now() - last_reply < opts_.reply_spin) {
+      auto until = clock::now() + opts_.reply_spin;
+      do
+        rc = poll(fds, nfds, 0);
+      while (rc == 0 && clock::now() < until);
+    }
+    if (rc == 0)
+      rc = poll(fds, nfds, timeout);
     if (rc < 0 && errno != EINTR)
       break;
     // The pidfd's state as of this poll, before the pipes are drained: a
@@ -621,6 +656,9 @@ void python_process::send(std::vector<char> bytes) {
     if (stop_requested_ || reaped_)
       return;
     outbox_.push_back(std::move(bytes));
+    frames_sent_.fetch_add(1, std::memory_order_relaxed);
+    last_send_.store(std::chrono::steady_clock::now().time_since_epoch().count(),
+                     std::memory_order_relaxed);
     // Write right away from the caller's thread (the fd is non-blocking):
     // waking the I/O thread for every request would cost a thread hop.
     flush_locked();

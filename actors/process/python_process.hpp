@@ -140,6 +140,9 @@ struct process_options {
   /// Gives the child a SOCK_SEQPACKET socket as fd 5, the host keeping the
   /// other end (take_control_fd), e.g. to pass descriptors to a template.
   bool control_socket = false;
+  /// How long the I/O thread busy-polls for a reply the child owes before
+  /// it sleeps (0: never). Spent only while a request is unanswered.
+  std::chrono::microseconds reply_spin{0};
 };
 
 struct process_callbacks {
@@ -212,6 +215,10 @@ private:
   process_callbacks cbs_;
   std::thread thread_;
   std::atomic<pid_t> pid_{-1};
+  /// Frames queued by send() (each request owes one reply frame).
+  std::atomic<uint64_t> frames_sent_{0};
+  /// When send() last queued a frame (steady_clock ticks).
+  std::atomic<int64_t> last_send_{0};
   int pidfd_ = -1;
   int control_fd_ = -1;
   wire::remote_error launch_error_;

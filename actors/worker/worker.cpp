@@ -458,6 +458,7 @@ process_options python_options(const worker_config& cfg, const std::string& modu
               "PYVISOR_LOG_LEVEL=" + std::to_string(python_log_level())};
   opts.tag = std::move(tag);
   opts.max_frame_size = cfg.max_frame_size;
+  opts.reply_spin = std::chrono::duration_cast<std::chrono::microseconds>(cfg.reply_spin);
   return opts;
 }
 
