@@ -9,9 +9,12 @@
 
 #include "support/test_coordinator_fixture.hpp"
 
+#include "caf/event_based_actor.hpp"
 #include "caf/send.hpp"
+#include "caf/stateful_actor.hpp"
 #include "caf/typed_event_based_actor.hpp"
 
+#include "actors/worker/request_ledger.hpp"
 #include "pyvisor/mock_worker.hpp"
 
 using namespace pyvisor;
@@ -84,7 +87,86 @@ error_code code_of_reply(const caf::expected<payload>& r) {
   return r ? error_code::none : code_of(r.error());
 }
 
+using retire_atom = caf::atom_constant<caf::atom("t_retire")>;
+
+struct owner_state {
+  std::shared_ptr<request_ledger> ledger;
+};
+
+/// The smallest owner of a ledger: it records each execute and leaves the
+/// answer to whoever plays the thread that reads replies (the test).
+caf::behavior ledger_owner(caf::stateful_actor<owner_state>* self,
+                           std::shared_ptr<std::shared_ptr<request_ledger>> out,
+                           worker_settings cfg) {
+  self->state.ledger = std::make_shared<request_ledger>(self, cfg);
+  *out = self->state.ledger;
+  return {
+    [self](execute& req) -> caf::result<payload> {
+      auto& ledger = *self->state.ledger;
+      std::lock_guard<std::mutex> guard{ledger.mutex()};
+      auto rp = self->make_response_promise<payload>();
+      ledger.add(ledger.next_id(), req, rp);
+      return rp;
+    },
+    [self](retire_atom) {
+      auto& ledger = *self->state.ledger;
+      std::lock_guard<std::mutex> guard{ledger.mutex()};
+      ledger.retire(self, make_error(error_code::worker_crashed, "gone"),
+                    make_error(error_code::worker_crashed, "gone"));
+    },
+    [](sweep_atom) {},
+  };
+}
+
 } // namespace
+
+TEST_CASE_METHOD(fixture, "a reply answered on the reading thread goes to its caller, counted first",
+                 "[unit][ledger]") {
+  worker_settings cfg;
+  cfg.listener = listener;
+  auto ledger_out = std::make_shared<std::shared_ptr<request_ledger>>();
+  auto owner = sys.spawn(ledger_owner, ledger_out, cfg);
+  run();
+  auto& ledger = **ledger_out;
+  auto who = std::make_unique<caf::scoped_actor>(sys);
+  (*who)->send(owner, make_execute("echo", std::string{"hi"}));
+  run();
+  auto drop = ledger.add_internal("session.drop");
+  {
+    std::lock_guard<std::mutex> guard{ledger.mutex()};
+    CHECK(ledger.accepts_elsewhere(1));
+    CHECK_FALSE(ledger.accepts_elsewhere(99)); // unknown: the owner decides
+    CHECK_FALSE(ledger.accepts_elsewhere(drop)); // nobody waits for it
+    ledger.complete_elsewhere(1, pack(std::string{"answered"}));
+    CHECK_FALSE(ledger.accepts_elsewhere(1)); // answered exactly once
+  }
+  run();
+  auto r = next_reply(*who);
+  REQUIRE(r);
+  CHECK(*unpack<std::string>(*r) == "answered");
+  CHECK(heard->done == std::vector<uint8_t>{0});
+  CHECK(ledger.in_flight() == 0);
+  CHECK(ledger.served() == 1);
+  auto next = ledger.peek_id();
+  (*who)->send(owner, make_execute("echo", std::string{"again"}));
+  run();
+  SECTION("a retiring owner answers its replies itself") {
+    caf::anon_send(owner, retire_atom::value);
+    run();
+    std::lock_guard<std::mutex> guard{ledger.mutex()};
+    CHECK_FALSE(ledger.accepts_elsewhere(next));
+    CHECK_FALSE(ledger.accepts_requests());
+  }
+  SECTION("a closed ledger (its owner is gone) answers nothing elsewhere") {
+    std::lock_guard<std::mutex> guard{ledger.mutex()};
+    CHECK(ledger.accepts_elsewhere(next));
+    ledger.close();
+    CHECK_FALSE(ledger.accepts_elsewhere(next));
+    CHECK_FALSE(ledger.accepts_requests());
+  }
+  caf::anon_send_exit(owner, caf::exit_reason::kill);
+  run();
+}
 
 TEST_CASE_METHOD(fixture, "the deadline sweep recycles a worker whose request outlives it",
                  "[unit][ledger]") {
