@@ -57,6 +57,7 @@ struct bench_config : caf::actor_system_config {
   std::string from_json;
   std::string python = "/usr/bin/python3";
   std::string ppe_script = PYVISOR_BENCH_DIR "/ppe_reference.py";
+  std::string client_script = PYVISOR_BENCH_DIR "/python_client_rtt.py";
   std::string node = PYVISOR_NODE_PATH;
   std::vector<std::string> scenarios{"startup",  "rtt",   "throughput", "sessions",
                                      "recovery", "large", "forkserver"};
@@ -72,6 +73,7 @@ struct bench_config : caf::actor_system_config {
       .add(from_json, "from-json", "compare the figures of this file instead of running")
       .add(python, "python", "interpreter for workers and references")
       .add(ppe_script, "ppe-script", "path of bench/ppe_reference.py")
+      .add(client_script, "client-script", "path of bench/python_client_rtt.py")
       .add(node, "node", "pyvisor-node binary (scenario large runs it as a process)")
       .add(scenarios, "scenarios", "which scenarios to run");
   }
@@ -275,6 +277,13 @@ void rtt(caf::actor_system& sys, const bench_config& cfg, report& r, const ppe_f
                                           "C++ API p50 / ProcessPoolExecutor p50"};
       r.ratios["rtt.64B.rpc_overhead_us"] = {rpc_l.p50 - api.p50, 30.0, "lower",
                                              "RPC p50 - C++ API p50 (us)"};
+      auto py = python_client_rtt(cfg.python, cfg.client_script, default_python_dir(),
+                                  gw->second, sizes[i], counts[i] / 3);
+      r.figures["rtt.64B.python_client_p50_us"] = py.p50;
+      if (ppe.ok)
+        r.ratios["rtt.64B.python_client_vs_ppe"] = {
+          py.p50 / ppe.rtt[0].p50, 0.4, "lower",
+          "Python client over RPC p50 / ProcessPoolExecutor p50 (both sequential)"};
     }
   }
   caf::anon_send_exit(gw->first, caf::exit_reason::kill);

@@ -234,6 +234,21 @@ double pipe_floor::throughput(size_t payload, size_t count, size_t window) {
                     [&] { read_frame(back); });
 }
 
+latency python_client_rtt(const std::string& python, const std::string& script,
+                          const std::string& python_dir, uint16_t port, size_t payload,
+                          size_t count) {
+  auto cmd = "PYTHONPATH=" + python_dir + " " + python + " " + script + " " + std::to_string(port)
+             + " " + std::to_string(payload) + " " + std::to_string(count);
+  auto f = popen(cmd.c_str(), "r");
+  if (f == nullptr)
+    throw std::runtime_error("cannot run " + cmd);
+  latency result;
+  auto n = fscanf(f, "%lf %lf", &result.p50, &result.p99);
+  if (pclose(f) != 0 || n != 2)
+    throw std::runtime_error("failed: " + cmd);
+  return result;
+}
+
 ppe_figures run_ppe(const std::string& python, const std::string& script,
                     const std::vector<size_t>& payloads, size_t rtt_count,
                     const std::vector<size_t>& workers, size_t tp_count, size_t tp_payload) {

@@ -87,6 +87,13 @@ double voluntary_switches();
 /// process I/O threads are "pyvisor.io"). Threads that ended are missing.
 std::map<std::string, double> voluntary_switches_by_thread();
 
+/// Sequential echo round trips of pyvisor's Python client
+/// (bench/python_client_rtt.py, run by `python` with the pyvisor package in
+/// `python_dir`) against a gateway on 127.0.0.1:`port`. Throws on failure.
+latency python_client_rtt(const std::string& python, const std::string& script,
+                          const std::string& python_dir, uint16_t port, size_t payload,
+                          size_t count);
+
 /// Figures from bench/ppe_reference.py (ProcessPoolExecutor).
 struct ppe_figures {
   double startup_us = 0;

@@ -1,0 +1,32 @@
+"""Sequential round trips of pyvisor's own Python client, for pyvisor-bench:
+what a Python program calling a node over one connection sees.
+
+    python_client_rtt.py PORT PAYLOAD COUNT
+
+Sends COUNT echo requests of PAYLOAD bytes one after the other through
+pyvisor.client.Client (after 20 for warm-up) and prints the p50 and p99 in
+microseconds as "p50 p99".
+"""
+
+import sys
+import time
+
+from pyvisor.client import Client
+
+
+def main():
+    port, payload, count = (int(x) for x in sys.argv[1:4])
+    data = "x" * payload
+    client = Client("127.0.0.1", port)
+    samples = []
+    for i in range(count + 20):
+        t = time.perf_counter()
+        client.execute("echo", data)
+        if i >= 20:
+            samples.append((time.perf_counter() - t) * 1e6)
+    samples.sort()
+    print(samples[(len(samples) - 1) // 2], samples[min(len(samples) - 1, int(0.99 * (len(samples) - 1)))])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
