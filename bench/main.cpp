@@ -58,6 +58,7 @@ struct bench_config : caf::actor_system_config {
   std::string python = "/usr/bin/python3";
   std::string ppe_script = PYVISOR_BENCH_DIR "/ppe_reference.py";
   std::string client_script = PYVISOR_BENCH_DIR "/python_client_rtt.py";
+  caf::timespan reply_spin = worker_config{}.reply_spin;
   std::string node = PYVISOR_NODE_PATH;
   std::vector<std::string> scenarios{"startup",  "rtt",   "throughput", "sessions",
                                      "recovery", "large", "forkserver"};
@@ -75,7 +76,8 @@ struct bench_config : caf::actor_system_config {
       .add(ppe_script, "ppe-script", "path of bench/ppe_reference.py")
       .add(client_script, "client-script", "path of bench/python_client_rtt.py")
       .add(node, "node", "pyvisor-node binary (scenario large runs it as a process)")
-      .add(scenarios, "scenarios", "which scenarios to run");
+      .add(scenarios, "scenarios", "which scenarios to run")
+      .add(reply_spin, "reply-spin", "the workers' pool.reply-spin");
   }
 };
 
@@ -100,6 +102,7 @@ pool_config python_pool(const bench_config& cfg, size_t size) {
   pool_config pc;
   pc.size = size;
   pc.worker.python = cfg.python;
+  pc.worker.reply_spin = cfg.reply_spin;
   pc.max_in_flight = 8;
   pc.queue_size = 100000;
   return pc;

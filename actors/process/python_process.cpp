@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/syscall.h>
@@ -54,6 +55,10 @@ void set_nonblocking(int fd) {
 }
 
 std::once_flag sigpipe_once;
+
+/// One process I/O thread at a time may spin (reply_spin): a sequential
+/// caller needs one, and more would take the cores from the workers.
+std::atomic<bool> spinning{false};
 
 // Splits a byte stream into lines and logs each, tagged.
 struct line_logger {
@@ -405,6 +410,7 @@ void python_process::run(std::promise<std::string>* started) {
   auto last_reply = std::chrono::steady_clock::time_point{};
   // Until replies came, spinning is not known to pay.
   std::chrono::steady_clock::duration think_time = std::chrono::seconds(1);
+  uint64_t one_at_a_time = 0;
   bool protocol_broken = false;
   line_logger out_lines;
   line_logger err_lines;
@@ -455,11 +461,16 @@ void python_process::run(std::promise<std::string>* started) {
         ++frames_received;
         // How long the caller took to send the next request after the
         // previous reply (0 when it had sent it before), as a moving
-        // average (weight 1/4).
+        // average (weight 1/4), and how many replies in a row left nothing
+        // owed (requests one at a time, not a pipelined load).
         auto sent = clock::time_point{clock::duration{last_send_.load(std::memory_order_relaxed)}};
         auto think = sent > last_reply ? sent - last_reply : clock::duration{0};
         think_time = (3 * think_time + think) / 4;
         last_reply = clock::now();
+        if (frames_sent_.load(std::memory_order_relaxed) == frames_received)
+          ++one_at_a_time;
+        else
+          one_at_a_time = 0;
       }
       frames.push_back(std::move(f));
     });
@@ -555,12 +566,15 @@ void python_process::run(std::promise<std::string>* started) {
     // costs nothing (the spin ends reply_spin after the last reply).
     int rc = 0;
     if (opts_.reply_spin.count() > 0 && timeout != 0 && think_time < opts_.reply_spin
-        && frames_sent_.load(std::memory_order_relaxed) <= frames_received + 1
-        && clock::now() - last_reply < opts_.reply_spin) {
+        && one_at_a_time >= 4 && frames_sent_.load(std::memory_order_relaxed) <= frames_received + 1
+        && clock::now() - last_reply < opts_.reply_spin && !spinning.exchange(true)) {
       auto until = clock::now() + opts_.reply_spin;
-      do
+      do {
         rc = poll(fds, nfds, 0);
-      while (rc == 0 && clock::now() < until);
+        if (rc == 0)
+          sched_yield();
+      } while (rc == 0 && clock::now() < until);
+      spinning.store(false);
     }
     if (rc == 0)
       rc = poll(fds, nfds, timeout);
