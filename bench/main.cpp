@@ -59,6 +59,7 @@ struct bench_config : caf::actor_system_config {
   std::string ppe_script = PYVISOR_BENCH_DIR "/ppe_reference.py";
   std::string client_script = PYVISOR_BENCH_DIR "/python_client_rtt.py";
   caf::timespan reply_spin = worker_config{}.reply_spin;
+  size_t rtt_64b_only = 0;
   std::string node = PYVISOR_NODE_PATH;
   std::vector<std::string> scenarios{"startup",  "rtt",   "throughput", "sessions",
                                      "recovery", "large", "forkserver"};
@@ -77,7 +78,9 @@ struct bench_config : caf::actor_system_config {
       .add(client_script, "client-script", "path of bench/python_client_rtt.py")
       .add(node, "node", "pyvisor-node binary (scenario large runs it as a process)")
       .add(scenarios, "scenarios", "which scenarios to run")
-      .add(reply_spin, "reply-spin", "the workers' pool.reply-spin");
+      .add(reply_spin, "reply-spin", "the workers' pool.reply-spin")
+      .add(rtt_64b_only, "rtt-64b-only",
+           "scenario rtt: only 64 B round trips, this many (e.g. under perf)");
   }
 };
 
@@ -209,6 +212,11 @@ void rtt(caf::actor_system& sys, const bench_config& cfg, report& r, const ppe_f
   std::vector<size_t> sizes{64, 4096, size_t{1} << 20};
   std::vector<size_t> counts = cfg.quick ? std::vector<size_t>{50, 20, 3}
                                          : std::vector<size_t>{3000, 2000, 50};
+  if (cfg.rtt_64b_only > 0) {
+    // For a profiler: one size, as many round trips as asked.
+    sizes = {64};
+    counts = {cfg.rtt_64b_only};
+  }
   running_pool p{sys, python_pool(cfg, 1)};
   auto gw = spawn_gateway(sys, p.pool, gateway_config{"127.0.0.1", 0, size_t{64} << 20});
   if (!gw)
