@@ -54,7 +54,7 @@ using proven_tick_atom = caf::atom_constant<caf::atom("pl_proven")>;
 using pool_impl = pool_actor::extend_with<worker_listener_actor>::extend<
   caf::reacts_to<child_up_atom, std::string, caf::actor>,
   caf::reacts_to<child_down_atom, std::string, caf::error>,
-  caf::reacts_to<sweep_atom>, caf::reacts_to<age_tick_atom>,
+  caf::reacts_to<sweep_atom>, caf::reacts_to<age_tick_atom>, caf::reacts_to<take_inbox_atom>,
   caf::reacts_to<proven_tick_atom, uint32_t, uint32_t>>;
 
 // Worker slots and the supervisor's children: slot i (0-based) holds child
@@ -144,6 +144,9 @@ struct core_state {
   std::shared_ptr<fork_channel> forks;
   session_affinity_actor affinity;
   std::vector<slot_rec> slots;
+  /// The done reports of replies answered on the workers' I/O threads
+  /// (see activation).
+  std::shared_ptr<completion_inbox> inbox = std::make_shared<completion_inbox>();
   /// Ordered by queue_key; retries before everything else.
   std::map<queue_key, queued_ptr> queue;
   int64_t next_back = 1;
@@ -896,6 +899,63 @@ void start_template(self_ptr self) {
   self->monitor(st.template_sup);
 }
 
+/// A worker answered a request (its done report, by message or through the
+/// inbox): load, stats, proof of health, recycling.
+void on_done(self_ptr self, uint64_t worker, uint8_t code, int64_t ns,
+             const std::string& session, const std::string& command) {
+  auto& st = self->state;
+  count_reply(self, command, static_cast<error_code>(code), ns);
+  for (uint32_t i = 0; i < st.slots.size(); ++i) {
+    auto& s = st.slots[i];
+    if (s.actor != worker)
+      continue;
+    if (s.in_flight > 0)
+      --s.in_flight;
+    if (!session.empty()) {
+      auto j = s.running_sessions.find(session);
+      if (j != s.running_sessions.end() && --j->second == 0)
+        s.running_sessions.erase(j);
+    }
+    ++s.served;
+    if (!s.served_ok && answered_by_worker(static_cast<error_code>(code))) {
+      s.served_ok = true;
+      prove(self, i);
+    }
+    maybe_recycle(self, i);
+    break;
+  }
+}
+
+/// Brackets every handler that reads or changes load, stats or slots: it
+/// first takes the done reports the workers' I/O threads left in the inbox
+/// (so decisions and stats count every reply a caller already has), and
+/// last tells the inbox whether a report must wake this actor: only while
+/// requests wait for a worker or a draining worker waits to be recycled.
+class activation {
+public:
+  explicit activation(self_ptr self) : self_(self) {
+    for (auto& c : self->state.inbox->take())
+      on_done(self, c.worker, c.code, c.service_ns, c.session, c.command);
+  }
+
+  ~activation() {
+    auto& st = self_->state;
+    bool wanted = !st.queue.empty()
+                  || std::any_of(st.slots.begin(), st.slots.end(), [](const slot_rec& s) {
+                       return s.state == worker_phase::draining;
+                     });
+    // Reports that came in since the take above were not told to wake us.
+    if (st.inbox->wake_when_posted(wanted))
+      self_->send(self_, take_inbox_atom::value);
+  }
+
+  activation(const activation&) = delete;
+  activation& operator=(const activation&) = delete;
+
+private:
+  self_ptr self_;
+};
+
 pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor keeper,
                                   std::vector<std::string> lost_sessions) {
   auto& st = self->state;
@@ -1019,6 +1079,7 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
   });
   return {
     [self](execute& req) -> caf::result<payload> {
+      activation act{self};
       auto& st = self->state;
       auto rp = self->make_response_promise<payload>();
       auto q = std::make_shared<queued>();
@@ -1036,37 +1097,29 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
       admit(self, std::move(q), false);
       return rp;
     },
-    [self](retry_atom, execute& req) { return readmit(self, std::move(req), true); },
-    [self](requeue_atom, execute& req) { return readmit(self, std::move(req), false); },
+    [self](retry_atom, execute& req) {
+      activation act{self};
+      return readmit(self, std::move(req), true);
+    },
+    [self](requeue_atom, execute& req) {
+      activation act{self};
+      return readmit(self, std::move(req), false);
+    },
     [self](done_atom, uint64_t worker, uint8_t code, int64_t ns, const std::string& session,
            const std::string& command) {
-      auto& st = self->state;
-      count_reply(self, command, static_cast<error_code>(code), ns);
-      for (uint32_t i = 0; i < st.slots.size(); ++i) {
-        auto& s = st.slots[i];
-        if (s.actor != worker)
-          continue;
-        if (s.in_flight > 0)
-          --s.in_flight;
-        if (!session.empty()) {
-          auto j = s.running_sessions.find(session);
-          if (j != s.running_sessions.end() && --j->second == 0)
-            s.running_sessions.erase(j);
-        }
-        ++s.served;
-        if (!s.served_ok && answered_by_worker(static_cast<error_code>(code))) {
-          s.served_ok = true;
-          prove(self, i);
-        }
-        maybe_recycle(self, i);
-        break;
-      }
+      activation act{self};
+      on_done(self, worker, code, ns, session, command);
+      try_dispatch(self);
+    },
+    [self](take_inbox_atom) {
+      activation act{self};
       try_dispatch(self);
     },
     [self](dying_atom, uint64_t worker, bool deliberate) {
       // Learned before the supervisor's report: stop dispatching there now.
       // A worker recycling itself (a timeout) did not crash: excused before
       // this answer lets it quit, so the supervisor hears of it first.
+      activation act{self};
       auto& st = self->state;
       for (uint32_t i = 0; i < st.slots.size(); ++i) {
         auto& s = st.slots[i];
@@ -1081,6 +1134,7 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
       return true;
     },
     [self](health_atom) -> caf::result<bool> {
+      activation act{self};
       auto& st = self->state;
       if (auto err = refusal(st))
         return err;
@@ -1094,10 +1148,12 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
                           + " workers are (re)starting; retry later");
     },
     [self](proven_tick_atom, uint32_t slot, uint32_t incarnation) {
+      activation act{self};
       if (slot < self->state.slots.size() && self->state.slots[slot].incarnation == incarnation)
         prove(self, slot);
     },
     [self](ready_atom) -> caf::result<pool_stats> {
+      activation act{self};
       if (self->state.failed)
         return unavailable_error("the pool gave up and is being restarted");
       auto rp = self->make_response_promise<pool_stats>();
@@ -1106,6 +1162,7 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
       return rp;
     },
     [self](status_atom) -> caf::result<pool_stats> {
+      activation act{self};
       auto rp = self->make_response_promise<pool_stats>();
       auto stats = make_stats(self);
       if (!self->state.affinity)
@@ -1135,6 +1192,7 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
       return self->delegate(st.affinity, configure_atom::value, timeout);
     },
     [self](child_up_atom, std::string& id, caf::actor& hdl) {
+      activation act{self};
       auto& st = self->state;
       auto slot = slot_of(id);
       if (slot >= st.slots.size())
@@ -1162,8 +1220,10 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
           .then(
             [self, slot, actor](worker_channel_ptr& ch) {
               auto& s = self->state.slots[slot];
-              if (s.actor == actor)
-                s.channel = std::move(ch);
+              if (s.actor != actor)
+                return;
+              ch->report_to(self->state.inbox, self->address());
+              s.channel = std::move(ch);
             },
             [](caf::error&) {
               // Gone already: child_down follows.
@@ -1189,6 +1249,7 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
           });
     },
     [self](child_down_atom, std::string& id, caf::error& reason) {
+      activation act{self};
       auto& st = self->state;
       auto slot = slot_of(id);
       if (slot >= st.slots.size())
@@ -1247,6 +1308,7 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
       }
     },
     [self](sweep_atom) {
+      activation act{self};
       auto& st = self->state;
       st.sweep.fired();
       auto now = self->clock().now();
@@ -1273,6 +1335,7 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
         st.sweep.arm(self);
     },
     [self](age_tick_atom) {
+      activation act{self};
       auto& st = self->state;
       for (uint32_t i = 0; i < st.slots.size(); ++i)
         maybe_recycle(self, i, true);

@@ -16,7 +16,9 @@
 // (done_atom, worker id, code, service time, session, command) so the pool can count load and
 // outcomes without sitting on the reply path; the report is sent before the
 // answer, so that whatever the caller asks the pool after its reply (stats)
-// already reflects it.
+// already reflects it. Replies answered on the reading thread report to the
+// listener's completion inbox instead when it gave one (report_elsewhere_to,
+// completion_inbox.hpp), posted before the answer likewise.
 //
 // Threads: the ledger lives in its actor's state and is used from that
 // actor, with one exception that saves a thread hand-off per request: the
@@ -45,6 +47,7 @@
 #include "caf/typed_response_promise.hpp"
 
 #include "actors/sweep_timer.hpp"
+#include "actors/worker/completion_inbox.hpp"
 #include "messages/log.hpp"
 #include "pyvisor/worker_actor.hpp"
 
@@ -185,10 +188,18 @@ public:
   /// Requires mutex().
   void complete_elsewhere(uint64_t id, caf::expected<payload> result) {
     answer(id, [&](entry& e) {
-      count_and_report(e, result);
+      count_and_report(e, result, true);
       deliver(e.promise, result ? caf::make_message(std::move(*result))
                                 : caf::make_message(result.error()));
     });
+  }
+
+  /// From now on complete_elsewhere() reports to `inbox` (of `owner`, the
+  /// listener, woken with take_inbox_atom when the inbox says so) instead
+  /// of sending a done message per reply. Requires mutex().
+  void report_elsewhere_to(std::shared_ptr<completion_inbox> inbox, caf::actor_addr owner) {
+    inbox_ = std::move(inbox);
+    inbox_owner_ = std::move(owner);
   }
 
   /// The owner is going away: from now on only it answers (nothing does).
@@ -515,11 +526,22 @@ private:
     return session_lost_error(req.session, "its worker failed: " + to_string_readable(err));
   }
 
-  void count_and_report(const entry& e, const caf::expected<payload>& result) {
+  // `elsewhere`: on the reading thread, where the report goes to the inbox
+  // when there is one (see report_elsewhere_to).
+  void count_and_report(const entry& e, const caf::expected<payload>& result,
+                        bool elsewhere = false) {
     ++served_;
     // The listener hears first, so that a caller who asks for stats after
     // its reply sees the request counted (and no longer in flight).
-    report(e, result ? error_code::none : code_of(result.error()));
+    auto code = result ? error_code::none : code_of(result.error());
+    if (!elsewhere || !inbox_) {
+      report(e, code);
+      return;
+    }
+    if (inbox_->post(completion{static_cast<uint64_t>(id_), static_cast<uint8_t>(code),
+                                service_ns(e), e.request.session, e.request.command}))
+      if (auto owner = caf::actor_cast<caf::actor>(inbox_owner_))
+        caf::anon_send(owner, take_inbox_atom::value);
   }
 
   // Requests are answered (and handed back to the listener) without the
@@ -559,13 +581,15 @@ private:
     rp = caf::response_promise{};
   }
 
+  int64_t service_ns(const entry& e) const {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(clock_->now() - e.started).count();
+  }
+
   void report(const entry& e, error_code code) {
     if (!listener_)
       return;
-    auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(clock_->now() - e.started)
-                .count();
     caf::anon_send(listener_, done_atom::value, static_cast<uint64_t>(id_),
-                   static_cast<uint8_t>(code), static_cast<int64_t>(ns), e.request.session,
+                   static_cast<uint8_t>(code), service_ns(e), e.request.session,
                    e.request.command);
   }
 
@@ -575,6 +599,9 @@ private:
   caf::actor_id id_;
   caf::actor_addr owner_;
   std::mutex mtx_;
+  /// Set by report_elsewhere_to().
+  std::shared_ptr<completion_inbox> inbox_;
+  caf::actor_addr inbox_owner_;
   /// The owner is gone: nothing is answered elsewhere any more.
   bool closed_ = false;
   worker_listener_actor listener_;

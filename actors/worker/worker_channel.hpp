@@ -87,6 +87,13 @@ public:
     ledger_->add(id, req, std::move(rp));
   }
 
+  /// The done reports of replies answered on the process's I/O thread go
+  /// to `inbox`, whose `owner` is woken when it asks (completion_inbox.hpp).
+  void report_to(std::shared_ptr<completion_inbox> inbox, caf::actor_addr owner) {
+    std::lock_guard<std::mutex> guard{ledger_->mutex()};
+    ledger_->report_elsewhere_to(std::move(inbox), std::move(owner));
+  }
+
   /// Whether dispatchers may submit here: true from the worker's hello
   /// until it stops. Requires the ledger's lock.
   void set_open(bool open) noexcept {
