@@ -224,6 +224,13 @@ void rtt(caf::actor_system& sys, const bench_config& cfg, report& r, const ppe_f
   rpc_client rpc{gw->second};
   pipe_floor floor{cfg.python, pipe_floor::kind::raw};
   pipe_floor worker_floor{cfg.python, pipe_floor::kind::worker, default_python_dir()};
+  // Hand-offs per request by thread name since `before` (those above 0.05).
+  auto per_thread = [&r](const std::string& prefix, std::map<std::string, double>& before,
+                         double requests) {
+    for (auto& [thread, count] : voluntary_switches_by_thread())
+      if (auto per_request = (count - before[thread]) / requests; per_request >= 0.05)
+        r.figures[prefix + thread] = per_request;
+  };
   for (size_t i = 0; i < sizes.size(); ++i) {
     auto name = sizes[i] == 64 ? std::string{"64B"} : sizes[i] == 4096 ? "4KiB" : "1MiB";
     // Thread hand-offs per request on this process's side (the actor
@@ -235,9 +242,7 @@ void rtt(caf::actor_system& sys, const bench_config& cfg, report& r, const ppe_f
     auto api = api_rtt(sys, p.pool, sizes[i], counts[i]);
     auto api_handoffs = (voluntary_switches() - cs) / n;
     if (sizes[i] == 64)
-      for (auto& [thread, count] : voluntary_switches_by_thread())
-        if (auto per_request = (count - by_thread[thread]) / n; per_request >= 0.05)
-          r.figures["rtt.64B.api_handoffs." + thread] = per_request;
+      per_thread("rtt.64B.api_handoffs.", by_thread, n);
     std::vector<double> rs;
     auto payload = bytes_of(sizes[i]);
     cs = voluntary_switches();
@@ -250,9 +255,7 @@ void rtt(caf::actor_system& sys, const bench_config& cfg, report& r, const ppe_f
     }
     auto rpc_handoffs = (voluntary_switches() - cs) / n;
     if (sizes[i] == 64)
-      for (auto& [thread, count] : voluntary_switches_by_thread())
-        if (auto per_request = (count - by_thread[thread]) / n; per_request >= 0.05)
-          r.figures["rtt.64B.rpc_handoffs." + thread] = per_request;
+      per_thread("rtt.64B.rpc_handoffs.", by_thread, n);
     auto rpc_l = summarize(rs);
     auto raw = floor.rtt(sizes[i], counts[i]);
     cs = voluntary_switches();

@@ -140,8 +140,9 @@ struct process_options {
   /// Gives the child a SOCK_SEQPACKET socket as fd 5, the host keeping the
   /// other end (take_control_fd), e.g. to pass descriptors to a template.
   bool control_socket = false;
-  /// How long the I/O thread busy-polls for a reply the child owes before
-  /// it sleeps (0: never). Spent only while a request is unanswered.
+  /// How long the I/O thread busy-polls after a reply before it sleeps
+  /// (0: never); only while the child's requests come one at a time from a
+  /// quick caller, and by one thread of the process at a time (see run()).
   std::chrono::microseconds reply_spin{0};
 };
 

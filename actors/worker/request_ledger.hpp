@@ -158,13 +158,7 @@ public:
 
   /// Answers request `id` with `result`; returns false for unknown ids.
   bool complete(uint64_t id, caf::expected<payload> result) {
-    return answer(id, [&](entry& e) {
-      count_and_report(e, result);
-      if (result)
-        deliver(e.promise, caf::make_message(std::move(*result)));
-      else
-        deliver(e.promise, caf::make_message(result.error()));
-    });
+    return answer_with(id, std::move(result), false);
   }
 
   /// The lock a second thread takes to answer requests (see the top).
@@ -187,11 +181,7 @@ public:
   /// next stage of its delegation), not through the owner's mailbox.
   /// Requires mutex().
   void complete_elsewhere(uint64_t id, caf::expected<payload> result) {
-    answer(id, [&](entry& e) {
-      count_and_report(e, result, true);
-      deliver(e.promise, result ? caf::make_message(std::move(*result))
-                                : caf::make_message(result.error()));
-    });
+    answer_with(id, std::move(result), true);
   }
 
   /// From now on complete_elsewhere() reports to `inbox` (of `owner`, the
@@ -526,22 +516,24 @@ private:
     return session_lost_error(req.session, "its worker failed: " + to_string_readable(err));
   }
 
-  // `elsewhere`: on the reading thread, where the report goes to the inbox
-  // when there is one (see report_elsewhere_to).
-  void count_and_report(const entry& e, const caf::expected<payload>& result,
-                        bool elsewhere = false) {
-    ++served_;
-    // The listener hears first, so that a caller who asks for stats after
-    // its reply sees the request counted (and no longer in flight).
-    auto code = result ? error_code::none : code_of(result.error());
-    if (!elsewhere || !inbox_) {
-      report(e, code);
-      return;
-    }
-    if (inbox_->post(completion{static_cast<uint64_t>(id_), static_cast<uint8_t>(code),
-                                service_ns(e), e.request.session, e.request.command}))
-      if (auto owner = caf::actor_cast<caf::actor>(inbox_owner_))
-        caf::anon_send(owner, take_inbox_atom::value);
+  // complete() and complete_elsewhere(); `elsewhere`: on the reading
+  // thread, where the report goes to the inbox when there is one (see
+  // report_elsewhere_to).
+  bool answer_with(uint64_t id, caf::expected<payload> result, bool elsewhere) {
+    return answer(id, [&](entry& e) {
+      ++served_;
+      // The listener hears first, so that a caller who asks for stats after
+      // its reply sees the request counted (and no longer in flight).
+      auto code = result ? error_code::none : code_of(result.error());
+      if (!elsewhere || !inbox_)
+        report(e, code);
+      else if (inbox_->post(completion{static_cast<uint64_t>(id_), static_cast<uint8_t>(code),
+                                       service_ns(e), e.request.session, e.request.command}))
+        if (auto owner = caf::actor_cast<caf::actor>(inbox_owner_))
+          caf::anon_send(owner, take_inbox_atom::value);
+      deliver(e.promise, result ? caf::make_message(std::move(*result))
+                                : caf::make_message(result.error()));
+    });
   }
 
   // Requests are answered (and handed back to the listener) without the

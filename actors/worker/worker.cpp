@@ -51,8 +51,9 @@ namespace {
 // The actor's full interface: the public contract plus what its own I/O
 // thread and timers send it.
 using worker_impl = worker_actor::extend<
-  caf::replies_to<channel_atom>::with<worker_channel_ptr>, caf::reacts_to<frame_atom, frame_ptr>, caf::reacts_to<exited_atom, int, int>,
-  caf::reacts_to<broken_atom, std::string>, caf::reacts_to<sweep_atom>,
+  caf::replies_to<channel_atom>::with<worker_channel_ptr>, caf::reacts_to<frame_atom, frame_ptr>,
+  caf::reacts_to<exited_atom, int, int>, caf::reacts_to<broken_atom, std::string>,
+  caf::reacts_to<sweep_atom>,
   caf::reacts_to<start_timeout_atom>, caf::reacts_to<settle_timeout_atom>,
   caf::reacts_to<start_failed_atom, std::string, std::string, std::string, std::string>>;
 

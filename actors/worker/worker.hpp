@@ -54,13 +54,14 @@ struct worker_config : worker_settings {
   /// Largest frame body in either direction: a request whose frame would be
   /// larger is refused with bad_request, a larger reply is a protocol error.
   size_t max_frame_size = wire::default_max_frame_size;
-  /// How long the process's I/O thread busy-polls after a reply, while at
-  /// most one request is owed, before it sleeps (0: never). A caller that
-  /// sends its next request right after a reply then has that reply read
-  /// without a thread wake-up (about half the round trip of a small request
+  /// How long the process's I/O thread busy-polls after a reply before it
+  /// sleeps (0: never), only while requests come one at a time from a
+  /// caller that sends its next one within the spin, and one thread per
+  /// process at a time. That caller then has its reply read without a
+  /// thread wake-up (a small request's round trip took about half as long
   /// on a 2-core machine, docs/architecture.md); the price is up to this
-  /// much CPU per reply on that thread while requests come one at a time,
-  /// none when idle or under a pipelined load.
+  /// much CPU per reply on that thread meanwhile, none when idle, for slow
+  /// callers or under a pipelined load.
   caf::timespan reply_spin = std::chrono::microseconds(200);
   /// Set by a pool whose start method is fork-server: the worker is forked
   /// from the pool's template (which imported `modules`) instead of
