@@ -54,8 +54,11 @@ public:
   /// Runs `req` on the worker if it can take it as the actor would (see
   /// the top); `rp` then belongs to the ledger. False: nothing happened.
   bool try_submit(execute& req, caf::typed_response_promise<payload>& rp) {
+    // Scanning the args needs no lock: the I/O thread waits on it.
+    if (!is_valid_msgpack(req.args))
+      return false;
     std::lock_guard<std::mutex> guard{ledger_->mutex()};
-    if (!open_ || !ledger_->accepts_requests() || !is_valid_msgpack(req.args))
+    if (!open_ || !ledger_->accepts_requests())
       return false;
     auto frame = encode(req);
     if (!fits(frame))
