@@ -1,8 +1,11 @@
 // pyvisor-node: a supervised Python worker pool served over MessagePack-RPC.
 //
 // Start-up: read the configuration (configs/node.ini by default), start the
-// pool, wait until every worker said hello, then listen on rpc.host:rpc.port
-// and, if publish.port is set, publish the pool to CAF applications. Once
+// pool, wait until every worker said hello; with cluster.peers, start the
+// cluster front over the pool and the peers (actors/cluster/) and serve
+// that; then listen on rpc.host:rpc.port and, if publish.port is set,
+// publish the pool's client endpoint (never the pool itself) to CAF
+// applications and cluster fronts, over TLS with publish.tls. Once
 // listening it prints one line to stdout, "pyvisor-node listening on
 // HOST:PORT", so that scripts (and tests using rpc.port=0) can find it.
 //
@@ -32,12 +35,15 @@
 #include "caf/actor_system.hpp"
 #include "caf/exit_reason.hpp"
 #include "caf/io/middleman.hpp"
+#include "caf/openssl/manager.hpp"
 #include "caf/scoped_actor.hpp"
 
 #include "node/gateway.hpp"
 #include "node/metrics.hpp"
 #include "node/node_config.hpp"
 #include "node/service_notify.hpp"
+#include "pyvisor/client_endpoint.hpp"
+#include "pyvisor/cluster.hpp"
 #include "pyvisor/pool.hpp"
 #include "messages/log.hpp"
 
@@ -92,82 +98,144 @@ bool stop_within(caf::scoped_actor& self, const caf::actor& who, caf::exit_reaso
   return stopped;
 }
 
+/// Stops what run() started, newest first: connections, the cluster front,
+/// the pool (asked first, its workers killed after pool.shutdown-timeout).
+struct started_parts {
+  caf::scoped_actor& self;
+  const node_config& cfg;
+  caf::actor gateway;
+  caf::actor front;
+  caf::actor pool;
+
+  void stop_all() {
+    if (gateway)
+      stop_within(self, gateway, caf::exit_reason::kill, std::chrono::seconds(2));
+    if (front)
+      stop_within(self, front, caf::exit_reason::user_shutdown, std::chrono::seconds(2));
+    if (pool && !stop_within(self, pool, caf::exit_reason::user_shutdown,
+                             cfg.pool.shutdown_timeout * 2 + std::chrono::seconds(1)))
+      log().warn("the pool did not stop in time");
+  }
+};
+
 int run(caf::actor_system& sys, const node_config& cfg) {
   service_notifier service;
   caf::scoped_actor self{sys};
+  started_parts parts{self, cfg, {}, {}, {}};
   service.status("starting " + std::to_string(cfg.pool.size) + " workers");
-  log().info("pyvisor-node starting: config {}, {} {} workers ({})",
+  log().info("pyvisor-node starting: config {}, {} {} workers ({}){}",
              cfg.config_file_used.empty() ? "built-in defaults" : cfg.config_file_used,
-             cfg.pool.size, cfg.pool_backend, cfg.pool.worker.python);
+             cfg.pool.size, cfg.pool_backend, cfg.pool.worker.python,
+             cfg.cluster.peers.empty()
+               ? std::string{}
+               : ", over " + std::to_string(cfg.cluster.peers.size()) + " peer nodes");
   auto t0 = std::chrono::steady_clock::now();
-  auto pool = spawn_pool(sys, cfg.make_pool_config());
-  auto pool_actor_handle = caf::actor_cast<caf::actor>(pool);
+  // What the RPC endpoint serves: the pool, or the cluster over it and the peers.
+  pool_actor served;
+  pool_actor pool;
+  if (cfg.pool.size > 0) {
+    pool = spawn_pool(sys, cfg.make_pool_config());
+    parts.pool = caf::actor_cast<caf::actor>(pool);
+  }
+  if (!cfg.cluster.peers.empty()) {
+    auto cc = cfg.make_cluster_config();
+    if (pool)
+      cc.pools.push_back(pool);
+    served = spawn_cluster(sys, std::move(cc));
+    parts.front = caf::actor_cast<caf::actor>(served);
+  } else {
+    served = pool;
+  }
   // Metrics from the start, so that a slow or failing start-up shows.
   auto rpc = cfg.rpc;
   rpc.counters = std::make_shared<gateway_counters>();
   std::unique_ptr<metrics_exporter> metrics;
   if (cfg.metrics_port != 0) {
     std::string why;
-    metrics = start_metrics(sys, pool, rpc.counters, cfg.metrics_host, cfg.metrics_port, why);
+    metrics = start_metrics(sys, served, rpc.counters, cfg.metrics_host, cfg.metrics_port, why);
     if (!metrics) {
       log().error("{}", why);
-      stop_within(self, pool_actor_handle, caf::exit_reason::user_shutdown,
-                  cfg.node_shutdown_timeout);
+      parts.stop_all();
       return 1;
     }
     log().info("serving Prometheus metrics on http://{}:{}/metrics", cfg.metrics_host,
                cfg.metrics_port);
   }
-  bool ready = false;
   pool_stats first_stats;
-  self->request(pool, cfg.pool.worker.startup_timeout * 3 + std::chrono::seconds(5), ready_atom::value)
-    .receive(
-      [&](pool_stats& st) {
-        ready = true;
-        first_stats = st;
-        auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                    std::chrono::steady_clock::now() - t0)
-                    .count();
-        std::string pids;
-        for (auto& w : st.workers)
-          pids += (pids.empty() ? "" : ", ") + std::to_string(w.pid);
-        log().info("pool ready: {} workers in {} ms (pids {})", st.workers.size(), ms, pids);
-      },
-      [&](caf::error& err) {
-        // The pool logged the cause with its Python traceback already.
-        auto msg = info_of(err).message;
-        log().error("the pool failed to start: {}", msg.substr(0, msg.find('\n')));
-      });
-  if (!ready) {
-    stop_within(self, pool_actor_handle, caf::exit_reason::user_shutdown, cfg.node_shutdown_timeout);
-    return 1;
+  if (pool) {
+    bool ready = false;
+    self->request(pool, cfg.pool.worker.startup_timeout * 3 + std::chrono::seconds(5), ready_atom::value)
+      .receive(
+        [&](pool_stats& st) {
+          ready = true;
+          first_stats = st;
+          auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                      std::chrono::steady_clock::now() - t0)
+                      .count();
+          std::string pids;
+          for (auto& w : st.workers)
+            pids += (pids.empty() ? "" : ", ") + std::to_string(w.pid);
+          log().info("pool ready: {} workers in {} ms (pids {})", st.workers.size(), ms, pids);
+        },
+        [&](caf::error& err) {
+          // The pool logged the cause with its Python traceback already.
+          auto msg = info_of(err).message;
+          log().error("the pool failed to start: {}", msg.substr(0, msg.find('\n')));
+        });
+    if (!ready) {
+      parts.stop_all();
+      return 1;
+    }
   }
-  auto gw = spawn_gateway(sys, pool, rpc);
+  if (parts.front) {
+    // Peers may come later (start order does not matter): a front that
+    // reaches none yet serves `unavailable` until one answers.
+    self->request(served, cfg.cluster.connect_timeout + cfg.cluster.node_timeout * 2,
+                  ready_atom::value)
+      .receive(
+        [&](pool_stats& st) {
+          first_stats = st;
+          size_t up = 0;
+          for (auto& n : st.nodes)
+            up += n.state == node_state::up ? 1 : 0;
+          log().info("cluster ready: {} of {} nodes up, {} workers", up, st.nodes.size(),
+                     st.workers_in(worker_phase::ready));
+        },
+        [&](caf::error& err) {
+          log().warn("no node of the cluster can serve yet ({}); serving `unavailable` until "
+                     "one can",
+                     info_of(err).message);
+        });
+  }
+  auto gw = spawn_gateway(sys, served, rpc);
   if (!gw) {
     log().error("cannot listen on {}:{} (rpc.host, rpc.port): {}", cfg.rpc.host, cfg.rpc.port,
                 sys.render(gw.error()));
-    stop_within(self, pool_actor_handle, caf::exit_reason::user_shutdown, cfg.node_shutdown_timeout);
+    parts.stop_all();
     return 1;
   }
   auto [gateway, port] = *gw;
+  parts.gateway = gateway;
   log().info("listening for MessagePack-RPC on {}:{}", cfg.rpc.host, port);
   if (cfg.publish_port != 0) {
-    auto published = sys.middleman().publish(pool, cfg.publish_port, cfg.publish_host.c_str(), true);
+    auto published = publish_pool(sys, pool, cfg.make_publish_config());
     if (!published) {
       log().error("cannot publish the pool on {}:{} (publish.host, publish.port): {}",
-                  cfg.publish_host, cfg.publish_port, sys.render(published.error()));
-      stop_within(self, gateway, caf::exit_reason::kill, std::chrono::seconds(1));
-      stop_within(self, pool_actor_handle, caf::exit_reason::user_shutdown,
-                  cfg.node_shutdown_timeout);
+                  cfg.publish_host, cfg.publish_port, to_string_readable(published.error()));
+      parts.stop_all();
       return 1;
     }
-    log().info("pool published for CAF applications on {}:{}", cfg.publish_host, *published);
+    log().info("pool published for CAF applications on {}:{} ({})", cfg.publish_host,
+               *published,
+               cfg.publish_tls ? "TLS, peers need a certificate signed by openssl.cafile"
+                               : "no TLS");
   }
   std::cout << "pyvisor-node listening on " << cfg.rpc.host << ":" << port << std::endl;
-  service.ready(sys, pool, status_line(first_stats));
+  service.ready(sys, served, status_line(first_stats));
   // Wait for a stop signal or for the pool's keeper to give up (only with
-  // node.on-pool-failure=exit does it ever quit on its own).
-  self->monitor(pool);
+  // node.on-pool-failure=exit does it ever quit on its own; a cluster front
+  // never does).
+  self->monitor(pool ? pool : served);
   std::thread signal_waiter{[hdl = caf::actor_cast<caf::actor>(self)] {
     caf::anon_send(hdl, signal_atom::value, wait_for_signal());
   }};
@@ -194,7 +262,7 @@ int run(caf::actor_system& sys, const node_config& cfg) {
                   : "the pool's keeper stopped unexpectedly",
                 pool_down ? to_string_readable(pool_down) : std::string{"normal"},
                 exit_pool_failed);
-    stop_within(self, gateway, caf::exit_reason::kill, std::chrono::seconds(2));
+    parts.stop_all();
     return exit_pool_failed;
   }
   signal_waiter.join();
@@ -209,11 +277,10 @@ int run(caf::actor_system& sys, const node_config& cfg) {
              });
   if (drained)
     log().info("all in-flight requests completed");
-  // 2. Workers: asked to stop, killed after pool.shutdown-timeout.
-  if (!stop_within(self, pool_actor_handle, caf::exit_reason::user_shutdown,
-                   cfg.pool.shutdown_timeout * 2 + std::chrono::seconds(1)))
-    log().warn("the pool did not stop in time");
-  // 3. Connections.
+  // 2. The front, the workers (asked to stop, killed after
+  // pool.shutdown-timeout), then the connections.
+  parts.gateway = nullptr;
+  parts.stop_all();
   stop_within(self, gateway, caf::exit_reason::kill, std::chrono::seconds(2));
   log().info("pyvisor-node stopped");
   return 0;
@@ -245,6 +312,7 @@ int main(int argc, char** argv) {
   setup_logging(cfg);
   raise_descriptor_limit();
   cfg.load<caf::io::middleman>();
+  cfg.load<caf::openssl::manager>();
   caf::actor_system sys{cfg};
   return run(sys, cfg);
 }

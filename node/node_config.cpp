@@ -34,7 +34,7 @@ node_config::node_config()
     pool_start_method(name_of(pool.start)),
     session_mode(name_of(pool.mode)),
     node_on_pool_failure(pool.restart.enabled ? "restart" : "exit") {
-  add_pool_types(*this);
+  add_cluster_types(*this);
   use_sharing_scheduler(*this);
   auto& w = pool.worker;
   opt_group{custom_options_, "pool"}
@@ -104,7 +104,27 @@ node_config::node_config()
          "time a message may take from its first byte to its last");
   opt_group{custom_options_, "publish"}
     .add(publish_port, "port", "publish the pool to CAF applications on this port (0: off)")
-    .add(publish_host, "host", "address the published pool listens on");
+    .add(publish_host, "host", "address the published pool listens on")
+    .add(publish_tls, "tls",
+         "publish over TLS with mutual certificate authentication (needs openssl.certificate, "
+         "openssl.key and openssl.cafile)")
+    .add(publish_insecure, "insecure",
+         "allow publishing without TLS on an address that is not loopback");
+  auto& cl = cluster;
+  opt_group{custom_options_, "cluster"}
+    .add(cl.peers, "peers",
+         "serve over these nodes' published pools too, e.g. [\"10.0.0.2:7410\"] (their "
+         "publish.port); this node's own pool takes part unless pool.size=0")
+    .add(cl.heartbeat, "heartbeat", "how often each node is asked for its stats and load")
+    .add(cl.node_timeout, "node-timeout",
+         "a node that leaves a heartbeat unanswered this long is lost")
+    .add(cl.connect_timeout, "connect-timeout", "time one connection attempt may take")
+    .add(cl.reconnect.initial, "reconnect-backoff", "delay before reconnecting to a lost node")
+    .add(cl.reconnect.max, "reconnect-backoff-max",
+         "longest delay before reconnecting (doubling per failed attempt)")
+    .add(cl.session_retention, "session-retention",
+         "how long an idle session stays bound to its node (keep it above the nodes' "
+         "session.timeout plus session.remember)");
   opt_group{custom_options_, "metrics"}
     .add(metrics_port, "port",
          "serve Prometheus metrics on http://HOST:PORT/metrics (0: off)")
@@ -128,7 +148,8 @@ namespace {
 
 /// The sections whose keys are pyvisor's own (the rest are CAF's).
 bool ours(caf::string_view category) {
-  for (const char* c : {"pool", "mock", "session", "rpc", "publish", "metrics", "node", "log"})
+  for (const char* c :
+       {"pool", "mock", "session", "rpc", "publish", "cluster", "metrics", "node", "log"})
     if (category == c)
       return true;
   return false;
@@ -237,7 +258,7 @@ std::string node_config::help_text(bool long_help) const {
          "  --dump-config      the effective configuration (file, command line, defaults)\n"
          "  --version          the version\n";
   if (!long_help) {
-    out << "\nsections: pool, mock, session, rpc, publish, metrics, node, log\n"
+    out << "\nsections: pool, mock, session, rpc, publish, cluster, metrics, node, log\n"
            "(--long-help lists their keys; configs/node.ini documents each)\n";
     return out.str();
   }
@@ -251,7 +272,12 @@ std::string node_config::help_text(bool long_help) const {
         << str(opt->description()) << " (default: " << default_value << ")\n";
   }
   out << "\nCAF's own options (scheduler.*, middleman.*, ...) are accepted too, e.g.\n"
-         "  --scheduler.max-threads=<size>, --scheduler.policy=<'sharing' or 'stealing'>\n";
+         "  --scheduler.max-threads=<size>, --scheduler.policy=<'sharing' or 'stealing'>\n"
+         "and for TLS (publish.tls, and the cluster's connections to its peers):\n"
+         "  --openssl.certificate=<file>  this node's certificate (PEM)\n"
+         "  --openssl.key=<file>          its private key (PEM)\n"
+         "  --openssl.cafile=<file>       the CA that signed every node's and client's\n"
+         "  --openssl.passphrase=<text>   the key's passphrase, if it has one\n";
   return out.str();
 }
 
@@ -362,8 +388,47 @@ std::string node_config::validate() const {
     }
   }
   auto positive = [](caf::timespan t) { return t.count() > 0; };
-  if (pool.size < 1 || pool.size > 1024)
-    return "invalid value for 'pool.size': must be between 1 and 1024";
+  if (pool.size > 1024)
+    return "invalid value for 'pool.size': must be between 1 and 1024 (or 0 with cluster.peers)";
+  if (pool.size == 0 && cluster.peers.empty())
+    return "invalid value for 'pool.size': 0 needs cluster.peers (a node without workers "
+           "only serves over other nodes)";
+  if (pool.size == 0 && publish_port != 0)
+    return "invalid value for 'publish.port': this node has no pool to publish (pool.size=0)";
+  for (auto& peer : cluster.peers) {
+    std::string host;
+    uint16_t port = 0;
+    if (!parse_peer(peer, host, port))
+      return "invalid value for 'cluster.peers': \"" + peer
+             + "\" is not host:port (e.g. \"10.0.0.2:7410\", \"[::1]:7410\")";
+  }
+  if (!positive(cluster.heartbeat))
+    return "invalid value for 'cluster.heartbeat': must be > 0";
+  if (!positive(cluster.node_timeout))
+    return "invalid value for 'cluster.node-timeout': must be > 0";
+  if (!positive(cluster.connect_timeout))
+    return "invalid value for 'cluster.connect-timeout': must be > 0";
+  if (!positive(cluster.reconnect.initial))
+    return "invalid value for 'cluster.reconnect-backoff': must be > 0";
+  if (cluster.reconnect.max < cluster.reconnect.initial)
+    return "invalid value for 'cluster.reconnect-backoff-max': below cluster.reconnect-backoff";
+  if (!positive(cluster.session_retention))
+    return "invalid value for 'cluster.session-retention': must be > 0";
+  // TLS: CAF's OpenSSL module throws from the actor system's constructor
+  // (or from its I/O thread at the first connection) on half a setting or
+  // an unreadable file; check everything here and name the key.
+  bool any_tls_key = !openssl_certificate.empty() || !openssl_key.empty()
+                     || !openssl_cafile.empty() || !openssl_passphrase.empty()
+                     || !openssl_capath.empty();
+  if (publish_port != 0) {
+    if (auto problem = check_publish_config(*this, make_publish_config()); !problem.empty())
+      return problem;
+  } else if (publish_tls) {
+    return "invalid value for 'publish.tls': publish.port is 0 (nothing is published)";
+  }
+  if (any_tls_key)
+    if (auto problem = check_tls_files(*this); !problem.empty())
+      return problem;
   if (pool_backend != "python" && pool_backend != "mock")
     return "invalid value for 'pool.backend': \"" + pool_backend + "\" (python or mock)";
   if (pool.worker.python.empty())
@@ -443,6 +508,23 @@ pool_config node_config::make_pool_config() const {
   cfg.mode = session_mode == "hint" ? affinity_mode::hint : affinity_mode::strict;
   from_string(pool_start_method, cfg.start); // checked by validate()
   cfg.restart.enabled = node_on_pool_failure == "restart";
+  return cfg;
+}
+
+publish_config node_config::make_publish_config() const {
+  publish_config cfg;
+  cfg.host = publish_host;
+  cfg.port = publish_port;
+  cfg.tls = publish_tls;
+  cfg.insecure = publish_insecure;
+  return cfg;
+}
+
+cluster_config node_config::make_cluster_config() const {
+  auto cfg = cluster;
+  cfg.request_timeout = pool.request_timeout;
+  cfg.max_attempts = pool.max_attempts;
+  cfg.tls = !openssl_certificate.empty();
   return cfg;
 }
 

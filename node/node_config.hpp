@@ -16,6 +16,8 @@
 #include "caf/actor_system_config.hpp"
 
 #include "node/gateway.hpp"
+#include "pyvisor/client_endpoint.hpp"
+#include "pyvisor/cluster.hpp"
 #include "pyvisor/pool.hpp"
 
 namespace pyvisor {
@@ -35,6 +37,11 @@ struct node_config : caf::actor_system_config {
   // [publish]
   uint16_t publish_port = 0;
   std::string publish_host = "127.0.0.1";
+  bool publish_tls = false;
+  bool publish_insecure = false;
+  // [cluster]: peers, heartbeat, timeouts, back-off (the front's settings;
+  // its request deadline and attempts are the pool's).
+  cluster_config cluster;
   // [metrics]
   uint16_t metrics_port = 0;
   std::string metrics_host = "127.0.0.1";
@@ -58,6 +65,12 @@ struct node_config : caf::actor_system_config {
 
   /// `pool` with the enum-valued keys applied.
   pool_config make_pool_config() const;
+
+  /// The [publish] keys.
+  publish_config make_publish_config() const;
+
+  /// `cluster` with the pool's request deadline and attempts.
+  cluster_config make_cluster_config() const;
 
   /// What --help / --long-help print: pyvisor's keys with types and defaults.
   std::string help_text(bool long_help) const;

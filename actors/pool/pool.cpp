@@ -1,4 +1,5 @@
 #include "pyvisor/pool.hpp"
+#include "actors/pool/outcome_counts.hpp"
 #include "actors/pool/pool_core.hpp"
 
 #include <unistd.h>
@@ -38,6 +39,8 @@ void add_pool_types(caf::actor_system_config& cfg) {
   add_supervisor_types(cfg);
   cfg.add_message_type<worker_stats>("pyvisor::worker_stats");
   cfg.add_message_type<std::vector<worker_stats>>("std::vector<pyvisor::worker_stats>");
+  cfg.add_message_type<node_stats>("pyvisor::node_stats");
+  cfg.add_message_type<std::vector<node_stats>>("std::vector<pyvisor::node_stats>");
   cfg.add_message_type<pool_stats>("pyvisor::pool_stats");
   cfg.add_message_type<affinity_stats>("pyvisor::affinity_stats");
   cfg.add_message_type<pool_actor>("pyvisor::pool_actor");
@@ -251,15 +254,6 @@ void count_reply(self_ptr self, const std::string& command, error_code code,
   ++rec.replies[i];
   if (service_ns >= 0)
     rec.histogram.observe(static_cast<double>(service_ns) / 1000.0);
-}
-
-/// {"ok": n, error code name: n, ...} without the zero counts.
-std::map<std::string, uint64_t> outcome_map(const std::array<uint64_t, error_code_count>& counts) {
-  std::map<std::string, uint64_t> result;
-  for (size_t i = 0; i < counts.size(); ++i)
-    if (counts[i] > 0)
-      result[i == 0 ? std::string{"ok"} : to_string(static_cast<error_code>(i))] = counts[i];
-  return result;
 }
 
 void fail(self_ptr self, queued& q, caf::error err) {
@@ -602,6 +596,8 @@ pool_stats make_stats(self_ptr self) {
     result.workers.push_back(worker_stats{worker_id_of(static_cast<uint32_t>(i)), s.pid,
                                           s.state, s.in_flight, s.served, s.restarts,
                                           s.started_at_ms});
+    if (s.state == worker_phase::ready)
+      result.capacity += st.cfg.max_in_flight;
   }
   result.state = st.failed     ? pool_state::restarting
                  : st.stopping ? pool_state::stopping

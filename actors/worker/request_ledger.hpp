@@ -545,13 +545,17 @@ private:
   // message came from outside the actor system.
 
   /// What response_promise::deliver does.
-  static void deliver(caf::response_promise& rp, caf::message msg) {
+  void deliver(caf::response_promise& rp, caf::message msg) {
     if (!rp.pending())
       return;
     auto stages = rp.stages();
     if (stages.empty()) {
-      rp.source()->enqueue(
-        caf::make_mailbox_element(nullptr, rp.id().response_id(), {}, std::move(msg)), nullptr);
+      // From the worker, as CAF's deliver() has it: a receiver may check
+      // where a response comes from (the client endpoint drops responses
+      // that no actor of its process sent).
+      rp.source()->enqueue(caf::make_mailbox_element(caf::actor_cast<caf::strong_actor_ptr>(owner_),
+                                                     rp.id().response_id(), {}, std::move(msg)),
+                           nullptr);
     } else {
       // As deliver() does: the last stage is next (not next()'s front).
       auto next = std::move(stages.back());

@@ -1,0 +1,273 @@
+#include "actors/cluster/client_endpoint.hpp"
+
+#include <arpa/inet.h>
+#include <dlfcn.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <cstring>
+#include <memory>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+
+#include "caf/actor_system.hpp"
+#include "caf/actor_system_config.hpp"
+#include "caf/exit_reason.hpp"
+#include "caf/io/middleman.hpp"
+#include "caf/mailbox_element.hpp"
+#include "caf/openssl/manager.hpp"
+#include "caf/openssl/publish.hpp"
+#include "caf/typed_event_based_actor.hpp"
+
+#include "messages/log.hpp"
+
+namespace pyvisor {
+
+void add_cluster_types(caf::actor_system_config& cfg) {
+  add_pool_types(cfg);
+  cfg.add_message_type<client_actor>("pyvisor::client_actor");
+}
+
+namespace {
+
+/// The endpoint as a class: its enqueue sees every message before the
+/// mailbox does, which is the only place where CAF 0.17 lets an actor turn
+/// away an exit message with reason `kill` (scheduled_actor::categorize
+/// quits on it whatever the exit handler says) or a forged response (a
+/// peer may send any message id, and the ids of the endpoint's own requests
+/// to the pool are sequential).
+class client_endpoint : public client_actor::base {
+public:
+  client_endpoint(caf::actor_config& cfg, pool_actor pool)
+    : client_actor::base(cfg), pool_(std::move(pool)) {
+  }
+
+  const char* name() const override {
+    return "pyvisor.client_endpoint";
+  }
+
+  void enqueue(caf::mailbox_element_ptr ptr, caf::execution_unit* eu) override {
+    if (ptr && !from_this_process(*ptr)) {
+      auto& content = ptr->content();
+      const char* what = nullptr;
+      if (ptr->mid.is_response())
+        what = "a response to a request it never sent";
+      else if (content.match_elements<caf::exit_msg>())
+        what = "an exit message";
+      else if (content.match_elements<caf::down_msg>())
+        what = "a down message";
+      else if (content.match_elements<caf::error>())
+        what = "an error message";
+      if (what) {
+        log().warn("client endpoint: ignored {} from {}", what, sender_name(*ptr));
+        return;
+      }
+    }
+    client_actor::base::enqueue(std::move(ptr), eu);
+  }
+
+  behavior_type make_behavior() override {
+    monitor(pool_);
+    set_down_handler([this](caf::down_msg& dm) {
+      if (dm.source == pool_.address())
+        quit(dm.reason);
+    });
+    // Local exit and error messages have no business here either: the
+    // endpoint ends with its pool, and nothing it requests has a timeout.
+    set_exit_handler([](caf::exit_msg&) {});
+    set_error_handler([](caf::error&) {});
+    return {
+      [this](execute& x) -> caf::result<payload> {
+        auto rp = make_response_promise<payload>();
+        request(pool_, caf::infinite, std::move(x))
+          .then([rp](payload& p) mutable { rp.deliver(std::move(p)); },
+                [rp](caf::error& err) mutable { rp.deliver(std::move(err)); });
+        return rp;
+      },
+      [this](end_session_atom, std::string& id) -> caf::result<bool> {
+        auto rp = make_response_promise<bool>();
+        request(pool_, caf::infinite, end_session_atom::value, std::move(id))
+          .then([rp](bool existed) mutable { rp.deliver(existed); },
+                [rp](caf::error& err) mutable { rp.deliver(std::move(err)); });
+        return rp;
+      },
+      [this](status_atom) -> caf::result<pool_stats> {
+        auto rp = make_response_promise<pool_stats>();
+        request(pool_, caf::infinite, status_atom::value)
+          .then([rp](pool_stats& st) mutable { rp.deliver(std::move(st)); },
+                [rp](caf::error& err) mutable { rp.deliver(std::move(err)); });
+        return rp;
+      },
+    };
+  }
+
+private:
+  bool from_this_process(const caf::mailbox_element& x) const {
+    return x.sender != nullptr && x.sender->node() == home_system().node();
+  }
+
+  static std::string sender_name(const caf::mailbox_element& x) {
+    if (x.sender == nullptr)
+      return "an anonymous remote sender";
+    return "actor " + std::to_string(x.sender->id()) + " on node " + to_string(x.sender->node());
+  }
+
+  pool_actor pool_;
+};
+
+std::string peer_of(SSL* ssl) {
+  sockaddr_storage addr{};
+  socklen_t len = sizeof(addr);
+  auto fd = SSL_get_fd(ssl);
+  if (fd < 0 || ::getpeername(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0)
+    return "an unknown peer";
+  char host[INET6_ADDRSTRLEN] = "?";
+  uint16_t port = 0;
+  if (addr.ss_family == AF_INET) {
+    auto in = reinterpret_cast<sockaddr_in*>(&addr);
+    ::inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
+    port = ntohs(in->sin_port);
+  } else if (addr.ss_family == AF_INET6) {
+    auto in6 = reinterpret_cast<sockaddr_in6*>(&addr);
+    ::inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
+    port = ntohs(in6->sin6_port);
+  }
+  return std::string{host} + ":" + std::to_string(port);
+}
+
+/// Logs a TLS handshake that failed for a reason of TLS (not a connection
+/// that was merely slow or closed): who, and why as OpenSSL says it.
+void log_refused(SSL* ssl, int ret, bool accepting) {
+  if (SSL_get_error(ssl, ret) != SSL_ERROR_SSL)
+    return;
+  char reason[256] = "unknown reason";
+  if (auto code = ERR_peek_last_error())
+    ERR_error_string_n(code, reason, sizeof(reason));
+  std::string subject = "no certificate";
+  if (auto cert = SSL_get0_peer_certificate(ssl)) {
+    char buf[256];
+    X509_NAME_oneline(X509_get_subject_name(cert), buf, sizeof(buf));
+    subject = std::string{"certificate "} + buf;
+  }
+  auto verify = SSL_get_verify_result(ssl);
+  std::string detail = verify == X509_V_OK ? "" : std::string{" ("} + X509_verify_cert_error_string(verify) + ")";
+  if (accepting)
+    log().warn("TLS: refused {} ({}): {}{}", peer_of(ssl), subject, reason, detail);
+  else
+    log().warn("TLS: handshake with {} failed ({}): {}{}", peer_of(ssl), subject, reason, detail);
+}
+
+template <class F>
+F next_symbol(const char* name) {
+  return reinterpret_cast<F>(::dlsym(RTLD_NEXT, name));
+}
+
+} // namespace
+
+client_actor spawn_client_endpoint(caf::actor_system& sys, pool_actor pool) {
+  return sys.spawn<client_endpoint>(std::move(pool));
+}
+
+bool is_loopback(const std::string& host) {
+  if (host == "localhost" || host == "::1")
+    return true;
+  in_addr a{};
+  if (::inet_pton(AF_INET, host.c_str(), &a) == 1)
+    return (ntohl(a.s_addr) >> 24) == 127;
+  return false;
+}
+
+std::string check_tls_files(const caf::actor_system_config& sys_cfg) {
+  struct named {
+    const char* key;
+    const std::string& value;
+  };
+  for (auto [key, value] : {named{"openssl.certificate", sys_cfg.openssl_certificate},
+                            named{"openssl.key", sys_cfg.openssl_key},
+                            named{"openssl.cafile", sys_cfg.openssl_cafile}})
+    if (value.empty())
+      return std::string{"TLS needs "} + key
+             + " (with openssl.certificate, openssl.key and openssl.cafile: this node's "
+               "certificate, its private key and the CA that signed every node's and "
+               "client's certificate)";
+  // Load them now: CAF loads them for each connection and throws on its I/O
+  // thread when it cannot, which would end the process at the first peer.
+  std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)> ctx{SSL_CTX_new(TLS_method()), SSL_CTX_free};
+  auto fail = [&](const char* key, const std::string& value) {
+    char reason[256] = "unknown reason";
+    if (auto code = ERR_get_error())
+      ERR_error_string_n(code, reason, sizeof(reason));
+    ERR_clear_error();
+    return std::string{"cannot use "} + key + "=" + value + ": " + reason;
+  };
+  if (!ctx)
+    return "cannot create an OpenSSL context";
+  if (!sys_cfg.openssl_passphrase.empty())
+    SSL_CTX_set_default_passwd_cb_userdata(
+      ctx.get(), const_cast<char*>(sys_cfg.openssl_passphrase.c_str()));
+  if (SSL_CTX_use_certificate_chain_file(ctx.get(), sys_cfg.openssl_certificate.c_str()) != 1)
+    return fail("openssl.certificate", sys_cfg.openssl_certificate);
+  if (SSL_CTX_use_PrivateKey_file(ctx.get(), sys_cfg.openssl_key.c_str(), SSL_FILETYPE_PEM) != 1)
+    return fail("openssl.key", sys_cfg.openssl_key);
+  if (SSL_CTX_check_private_key(ctx.get()) != 1)
+    return fail("openssl.key", sys_cfg.openssl_key + " (does not match openssl.certificate)");
+  if (SSL_CTX_load_verify_locations(ctx.get(), sys_cfg.openssl_cafile.c_str(), nullptr) != 1)
+    return fail("openssl.cafile", sys_cfg.openssl_cafile);
+  return {};
+}
+
+std::string check_publish_config(const caf::actor_system_config& sys_cfg,
+                                 const publish_config& cfg) {
+  if (cfg.tls)
+    return check_tls_files(sys_cfg);
+  if (!cfg.insecure && !is_loopback(cfg.host))
+    return "publish.host=" + (cfg.host.empty() ? std::string{"(all addresses)"} : cfg.host)
+           + " is not a loopback address, and publishing there without TLS lets anyone who "
+             "reaches it run code on this node: set publish.tls=true (with "
+             "openssl.certificate, openssl.key, openssl.cafile) or, on a network you trust, "
+             "publish.insecure=true";
+  return {};
+}
+
+caf::expected<uint16_t> publish_pool(caf::actor_system& sys, pool_actor pool,
+                                     const publish_config& cfg) {
+  if (auto problem = check_publish_config(sys.config(), cfg); !problem.empty())
+    return make_error(error_code::bad_request, problem);
+  if (cfg.tls && !sys.has_openssl_manager())
+    return make_error(error_code::bad_request,
+                      "publish.tls needs CAF's OpenSSL module: "
+                      "cfg.load<caf::openssl::manager>() before starting the actor system");
+  auto endpoint = spawn_client_endpoint(sys, std::move(pool));
+  const char* host = cfg.host.empty() ? nullptr : cfg.host.c_str();
+  auto port = cfg.tls ? caf::openssl::publish(endpoint, cfg.port, host, true)
+                      : sys.middleman().publish(endpoint, cfg.port, host, true);
+  if (!port)
+    caf::anon_send_exit(endpoint, caf::exit_reason::user_shutdown);
+  return port;
+}
+
+} // namespace pyvisor
+
+// CAF 0.17.6 runs the TLS handshake inside its multiplexer and reports a
+// refused peer only to its own logger, without the peer's address (see
+// caf::openssl::session, which passes no verify callback). These wrappers
+// see each handshake step's result on its way back to CAF, unchanged, and
+// log the refusals: the dynamic linker resolves libcaf_openssl's calls to the
+// program's definitions first.
+extern "C" int SSL_accept(SSL* ssl) {
+  static auto real = pyvisor::next_symbol<int (*)(SSL*)>("SSL_accept");
+  auto ret = real(ssl);
+  if (ret <= 0)
+    pyvisor::log_refused(ssl, ret, true);
+  return ret;
+}
+
+extern "C" int SSL_connect(SSL* ssl) {
+  static auto real = pyvisor::next_symbol<int (*)(SSL*)>("SSL_connect");
+  auto ret = real(ssl);
+  if (ret <= 0)
+    pyvisor::log_refused(ssl, ret, false);
+  return ret;
+}
