@@ -33,6 +33,7 @@ TEST_CASE("every state enum has names that parse back", "[unit][names]") {
   check_round_trip<pool_state>(pool_state_count, {"starting", "serving", "restarting", "stopping"});
   check_round_trip<child_state>(child_state_count,
                                 {"running", "restarting", "stopping", "stopped"});
+  check_round_trip<node_state>(node_state_count, {"connecting", "up", "unavailable", "lost"});
 }
 
 TEST_CASE("pool stats travel as a map of names, enums as their names", "[unit][names]") {
@@ -41,10 +42,18 @@ TEST_CASE("pool stats travel as a map of names, enums as their names", "[unit][n
   s.workers.push_back(worker_stats{1, 4242, worker_phase::draining, 2, 10, 1, 1700000000000});
   s.replies["ok"] = 10;
   s.latency_us = {50.5, 90.5, 99.5};
+  s.capacity = 4;
+  s.nodes.push_back(node_stats{"10.0.0.2:7410", node_state::lost, 0, 0, 7, 1});
   auto bytes = pack(s);
   auto handle = msgpack::unpack(bytes.bytes.data(), bytes.bytes.size());
   auto top = handle.get().as<std::map<std::string, msgpack::object>>();
-  CHECK(top.size() == 14);
+  CHECK(top.size() == 16);
+  CHECK(top.at("capacity").as<uint64_t>() == 4);
+  auto nodes = top.at("nodes").as<std::vector<std::map<std::string, msgpack::object>>>();
+  REQUIRE(nodes.size() == 1);
+  CHECK(nodes[0].at("peer").as<std::string>() == "10.0.0.2:7410");
+  CHECK(nodes[0].at("state").as<std::string>() == "lost");
+  CHECK(nodes[0].at("served").as<uint64_t>() == 7);
   CHECK(top.at("state").as<std::string>() == "serving");
   auto workers = top.at("workers").as<std::vector<std::map<std::string, msgpack::object>>>();
   REQUIRE(workers.size() == 1);
