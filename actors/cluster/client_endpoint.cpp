@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 
 #include <array>
+#include <atomic>
 #include <cstring>
 #include <utility>
 #include <memory>
@@ -63,7 +64,10 @@ public:
       else if (content.match_elements<caf::error>())
         what = "an error message";
       if (what) {
-        log().warn("client endpoint: ignored {} from {}", what, sender_name(*ptr));
+        // The first ones, then every 10000th: a peer may send millions.
+        if (++ignored_ <= 10 || ignored_ % 10000 == 0)
+          log().warn("client endpoint: ignored {} from {} ({} ignored so far)", what,
+                     sender_name(*ptr), ignored_.load());
         return;
       }
     }
@@ -117,6 +121,8 @@ private:
   }
 
   pool_actor pool_;
+  /// Messages turned away (enqueue runs on any thread).
+  std::atomic<uint64_t> ignored_{0};
 };
 
 std::string peer_of(SSL* ssl) {

@@ -61,7 +61,8 @@ PY
 "$prefix/build-examples/embedded_pool" "$src_dir/examples/python"
 port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 start_node --publish.port="$port"
-"$prefix/build-examples/remote_pool" 127.0.0.1 "$port"
+remote_out=$("$prefix/build-examples/remote_pool" "127.0.0.1:$port")
+grep -q "^1 nodes, echo -> hi$" <<< "$remote_out" || { echo "remote_pool said: $remote_out"; exit 1; }
 kill -TERM "$node_pid"
 wait "$node_pid"
 node_pid=
