@@ -14,8 +14,12 @@
 //   pyvisor-bench [--quick] [--json=FILE] [--compare=FILE] [--scenarios=["rtt"]]
 //   pyvisor-bench --from-json=FILE --compare=FILE   (compare stored figures)
 
+#include <arpa/inet.h>
 #include <malloc.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cmath>
@@ -38,6 +42,8 @@
 
 #include "actors/pool/expiring_index.hpp"
 #include "node/gateway.hpp"
+#include "pyvisor/client_endpoint.hpp"
+#include "pyvisor/cluster.hpp"
 #include "pyvisor/pool.hpp"
 #include "pyvisor/session_affinity.hpp"
 #include "pyvisor/worker.hpp"
@@ -61,11 +67,11 @@ struct bench_config : caf::actor_system_config {
   caf::timespan reply_spin = worker_config{}.reply_spin;
   size_t rtt_64b_only = 0;
   std::string node = PYVISOR_NODE_PATH;
-  std::vector<std::string> scenarios{"startup",  "rtt",   "throughput", "sessions",
-                                     "recovery", "large", "forkserver"};
+  std::vector<std::string> scenarios{"startup", "rtt",        "throughput", "sessions",
+                                     "recovery", "large", "forkserver", "cluster"};
 
   bench_config() {
-    add_pool_types(*this);
+    add_cluster_types(*this);
     use_sharing_scheduler(*this); // as the node does
 
     opt_group{custom_options_, "global"}
@@ -191,7 +197,8 @@ void startup(caf::actor_system& sys, const bench_config& cfg, report& r) {
 /// Sequential echo round trips through the C++ API. The caller sets no
 /// timeout of its own, as the README recommends (the pool answers every
 /// request by its deadline); `caller_timeout` measures what one costs.
-latency api_rtt(caf::actor_system& sys, const pool_actor& pool, size_t size, size_t count,
+template <class Handle>
+latency api_rtt(caf::actor_system& sys, const Handle& pool, size_t size, size_t count,
                 caf::duration caller_timeout = caf::infinite) {
   caf::scoped_actor self{sys};
   auto req = make_execute("echo", bytes_of(size));
@@ -686,6 +693,99 @@ void large(const bench_config& cfg, report& r) {
 
 // -- output -----------------------------------------------------------------------
 
+uint16_t free_port() {
+  auto fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&addr), len) != 0
+      || ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0)
+    throw std::runtime_error("cannot find a free port");
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+/// A mock-backend node publishing its pool on a free port.
+struct published_node {
+  uint16_t publish_port = free_port();
+  node_process proc;
+
+  published_node(const bench_config& cfg, caf::timespan latency)
+    : proc(cfg.node, cfg.python,
+           "size=2\nbackend=\"mock\"\nmax-in-flight=4\n[mock]\nlatency-min="
+             + std::to_string(latency.count()) + "ns\nlatency-max=" + std::to_string(latency.count())
+             + "ns\n[rpc]\nport=0\n[publish]\nport=" + std::to_string(publish_port) + "\n") {
+  }
+
+  std::string peer() const {
+    return "127.0.0.1:" + std::to_string(publish_port);
+  }
+};
+
+/// A cluster front (in this process) over `peers`, once ready.
+pool_actor ready_front(caf::actor_system& sys, std::vector<std::string> peers) {
+  cluster_config cc;
+  cc.peers = std::move(peers);
+  auto front = spawn_cluster(sys, cc);
+  caf::scoped_actor self{sys};
+  bool ok = false;
+  self->request(front, 30s, ready_atom::value)
+    .receive([&](pool_stats& st) {
+      ok = std::all_of(st.nodes.begin(), st.nodes.end(),
+                       [](const node_stats& n) { return n.state == node_state::up; });
+    },
+             [](caf::error&) {});
+  if (!ok)
+    throw std::runtime_error("the cluster front did not reach all its nodes");
+  return front;
+}
+
+/// Issue #16: a front over 1, 2 and 3 nodes whose workers are the limit
+/// (mock workers taking 20 ms: 2 x 4 in flight = 400 requests/s per node),
+/// and what the front adds to one request's round trip.
+void cluster(caf::actor_system& sys, const bench_config& cfg, report& r) {
+  std::vector<std::unique_ptr<published_node>> nodes;
+  for (int i = 0; i < 3; ++i)
+    nodes.push_back(std::make_unique<published_node>(cfg, 20ms));
+  double one = 0;
+  for (size_t n = 1; n <= 3; ++n) {
+    std::vector<std::string> peers;
+    for (size_t i = 0; i < n; ++i)
+      peers.push_back(nodes[i]->peer());
+    auto front = ready_front(sys, peers);
+    // Twice the capacity in flight: every worker always has work waiting.
+    auto window = 2 * 8 * n;
+    auto count = (cfg.quick ? 60 : 1200) * n;
+    api_throughput(sys, front, window, window); // warm-up
+    auto rate = api_throughput(sys, front, count, window);
+    caf::anon_send_exit(front, caf::exit_reason::user_shutdown);
+    r.figures["cluster." + std::to_string(n) + "nodes_per_s"] = rate;
+    if (n == 1)
+      one = rate;
+    else
+      r.ratios["cluster.scaling_" + std::to_string(n) + "_nodes"] = {
+        rate / (static_cast<double>(n) * one), 0.8, "higher",
+        "throughput through a front over " + std::to_string(n)
+          + " worker-bound mock nodes / (" + std::to_string(n) + " x over 1 node)"};
+  }
+  nodes.clear();
+  // Round trips to an idle, instant node: straight to its endpoint and
+  // through a front in this process.
+  published_node fast{cfg, caf::timespan{0}};
+  auto count = cfg.quick ? 50 : 2000;
+  auto direct = sys.middleman().remote_actor<client_actor>("127.0.0.1", fast.publish_port);
+  if (!direct)
+    throw std::runtime_error("cannot reach the node's endpoint: " + sys.render(direct.error()));
+  auto straight = api_rtt(sys, *direct, 64, count);
+  auto front = ready_front(sys, {fast.peer()});
+  auto through = api_rtt(sys, front, 64, count);
+  caf::anon_send_exit(front, caf::exit_reason::user_shutdown);
+  r.figures["cluster.direct_p50_us"] = straight.p50;
+  r.figures["cluster.front_p50_us"] = through.p50;
+  r.figures["cluster.front_added_p50_us"] = through.p50 - straight.p50;
+}
+
 bool meets(const ratio& x) {
   return x.direction == "lower" ? x.value <= x.target : x.value >= x.target;
 }
@@ -854,6 +954,8 @@ int main(int argc, char** argv) {
       large(cfg, r);
     if (want("forkserver"))
       forkserver(sys, cfg, r);
+    if (want("cluster"))
+      cluster(sys, cfg, r);
   } catch (const std::exception& e) {
     std::cerr << "pyvisor-bench: " << e.what() << "\n";
     return 1;
