@@ -201,6 +201,8 @@ void send_to(self_ptr self, uint64_t id, uint32_t n) {
   auto& st = self->state;
   auto& r = st.pending[id];
   auto& node = st.nodes[n];
+  if (!node.hdl) // not reachable by how nodes are picked; never send into the void
+    return finish(self, id, none_up(self));
   r.node = n;
   r.gen = node.gen;
   r.tried |= bit(n);
