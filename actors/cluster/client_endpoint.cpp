@@ -85,31 +85,28 @@ public:
     set_exit_handler([](caf::exit_msg&) {});
     set_error_handler([](caf::error&) {});
     return {
-      [this](execute& x) -> caf::result<payload> {
-        auto rp = make_response_promise<payload>();
-        request(pool_, caf::infinite, std::move(x))
-          .then([rp](payload& p) mutable { rp.deliver(std::move(p)); },
-                [rp](caf::error& err) mutable { rp.deliver(std::move(err)); });
-        return rp;
-      },
+      [this](execute& x) -> caf::result<payload> { return relay<payload>(std::move(x)); },
       [this](end_session_atom, std::string& id) -> caf::result<bool> {
-        auto rp = make_response_promise<bool>();
-        request(pool_, caf::infinite, end_session_atom::value, std::move(id))
-          .then([rp](bool existed) mutable { rp.deliver(existed); },
-                [rp](caf::error& err) mutable { rp.deliver(std::move(err)); });
-        return rp;
+        return relay<bool>(end_session_atom::value, std::move(id));
       },
       [this](status_atom) -> caf::result<pool_stats> {
-        auto rp = make_response_promise<pool_stats>();
-        request(pool_, caf::infinite, status_atom::value)
-          .then([rp](pool_stats& st) mutable { rp.deliver(std::move(st)); },
-                [rp](caf::error& err) mutable { rp.deliver(std::move(err)); });
-        return rp;
+        return relay<pool_stats>(status_atom::value);
       },
     };
   }
 
 private:
+  /// Asks the pool and answers with what it says: the reply leaves this
+  /// process from the endpoint, never from the pool or a worker.
+  template <class T, class... Ts>
+  caf::result<T> relay(Ts&&... xs) {
+    auto rp = make_response_promise<T>();
+    request(pool_, caf::infinite, std::forward<Ts>(xs)...)
+      .then([rp](T& x) mutable { rp.deliver(std::move(x)); },
+            [rp](caf::error& err) mutable { rp.deliver(std::move(err)); });
+    return rp;
+  }
+
   bool from_this_process(const caf::mailbox_element& x) const {
     return x.sender != nullptr && x.sender->node() == home_system().node();
   }
