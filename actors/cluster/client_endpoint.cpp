@@ -113,7 +113,7 @@ private:
 
   static std::string sender_name(const caf::mailbox_element& x) {
     if (x.sender == nullptr)
-      return "an anonymous remote sender";
+      return "an anonymous sender";
     return "actor " + std::to_string(x.sender->id()) + " on node " + to_string(x.sender->node());
   }
 
