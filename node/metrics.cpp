@@ -1,5 +1,6 @@
 #include "node/metrics.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <exception>
 #include <initializer_list>
@@ -111,6 +112,13 @@ void add_pool(std::vector<MetricFamily>& out, const pool_stats& st) {
                                           "state", [&](pool_state s) {
                                             return s == st.state ? 1.0 : 0.0;
                                           }));
+  if (!st.nodes.empty())
+    out.push_back(one_per_state<node_state>(
+      "pyvisor_cluster_nodes", "Nodes of this cluster front by state", "state",
+      [&](node_state s) {
+        return static_cast<double>(std::count_if(st.nodes.begin(), st.nodes.end(),
+                                                 [s](const node_stats& n) { return n.state == s; }));
+      }));
   auto num = [](uint64_t x) { return static_cast<double>(x); };
   add_scalars(out, {
     {"pyvisor_queue_depth", "Requests waiting for a worker", T::Gauge, num(st.queue)},

@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 import unittest
+import urllib.request
 
 from test_node import NODE, TEST_PY, Rpc, wait_gone
 
@@ -132,9 +133,11 @@ class ClusterTest(unittest.TestCase):
         return node
 
     def front_sections(self):
+        self.metrics_port = free_port()
         return {
             "pool": {"size": 0},
             "rpc": {"port": 0},
+            "metrics": {"port": self.metrics_port},
             "cluster": dict(self.front_cluster,
                             peers="[%s]" % ", ".join('"127.0.0.1:%d"' % p
                                                      for p in self.publish_ports)),
@@ -190,6 +193,10 @@ class FrontTest(ClusterTest):
         self.assertEqual(st["capacity"], 6 * 4)
         self.assertGreaterEqual(st["replies"]["ok"], 60)
         rpc.close()
+        scrape = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % self.metrics_port,
+                                        timeout=10).read().decode()
+        self.assertIn('pyvisor_cluster_nodes{state="up"} 3', scrape)
+        self.assertIn('pyvisor_cluster_nodes{state="lost"} 0', scrape)
 
     def test_sigkill_of_a_node_under_load_loses_nothing_and_it_rejoins(self):
         victim = 1
