@@ -123,9 +123,11 @@ int run(caf::actor_system& sys, const node_config& cfg) {
   caf::scoped_actor self{sys};
   started_parts parts{self, cfg, {}, {}, {}};
   service.status("starting " + std::to_string(cfg.pool.size) + " workers");
-  log().info("pyvisor-node starting: config {}, {} {} workers ({}){}",
+  log().info("pyvisor-node starting: config {}, {}{}",
              cfg.config_file_used.empty() ? "built-in defaults" : cfg.config_file_used,
-             cfg.pool.size, cfg.pool_backend, cfg.pool.worker.python,
+             cfg.pool.size == 0 ? std::string{"no pool of its own"}
+                                : std::to_string(cfg.pool.size) + " " + cfg.pool_backend
+                                    + " workers (" + cfg.pool.worker.python + ")",
              cfg.cluster.peers.empty()
                ? std::string{}
                : ", over " + std::to_string(cfg.cluster.peers.size()) + " peer nodes");

@@ -38,7 +38,7 @@ node_config::node_config()
   use_sharing_scheduler(*this);
   auto& w = pool.worker;
   opt_group{custom_options_, "pool"}
-    .add(pool.size, "size", "number of Python workers")
+    .add(pool.size, "size", "number of Python workers (0: none, with cluster.peers)")
     .add(pool_backend, "backend", "python (real processes) or mock (in-process, for tests)")
     .add(pool_start_method, "start-method",
          "fork-server (one template imports the modules once and forks every worker) or "
