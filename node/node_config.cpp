@@ -103,7 +103,9 @@ node_config::node_config()
     .add(rpc.message_timeout, "message-timeout",
          "time a message may take from its first byte to its last");
   opt_group{custom_options_, "publish"}
-    .add(publish_port, "port", "publish the pool to CAF applications on this port (0: off)")
+    .add(publish_port, "port",
+         "publish the pool (its client endpoint: execute, session end, stats) to CAF "
+         "applications and cluster fronts on this port (0: off)")
     .add(publish_host, "host", "address the published pool listens on")
     .add(publish_tls, "tls",
          "publish over TLS with mutual certificate authentication (needs openssl.certificate, "

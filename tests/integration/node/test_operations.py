@@ -316,7 +316,7 @@ class CommandLineTest(unittest.TestCase):
         self.assertRefused(["--nothing.like.it=1"], "unknown option '--nothing.like.it=1' "
                            "(--long-help lists every option)")
         self.assertRefused(["--pool.size=abc"], "invalid value 'abc' for '--pool.size': expected "
-                           "uint64 (number of Python workers)")
+                           "uint64 (number of Python workers (0: none, with cluster.peers))")
         self.assertRefused(["--pool.request-timeout=5"],
                            "invalid value '5' for '--pool.request-timeout': expected a duration "
                            "with its unit, such as 500ms, 5s or 2min (deadline of a request "
@@ -327,6 +327,19 @@ class CommandLineTest(unittest.TestCase):
                            "--SECTION.KEY=VALUE; see --help)")
         self.assertRefused(["--config-file=/nonexistent/node.ini"],
                            "cannot open the configuration file '/nonexistent/node.ini'")
+        # The cluster's keys (issue #16).
+        self.assertRefused(["--pool.size=0"], "invalid value for 'pool.size': 0 needs "
+                           "cluster.peers (a node without workers only serves over other nodes)")
+        self.assertRefused(['--cluster.peers=["10.0.0.2"]'], "invalid value for 'cluster.peers': "
+                           '"10.0.0.2" is not host:port (e.g. "10.0.0.2:7410", "[::1]:7410")')
+        self.assertRefused(["--pool.size=0", '--cluster.peers=["127.0.0.1:7410"]',
+                            "--publish.port=7411"],
+                           "invalid value for 'publish.port': this node has no pool to publish "
+                           "(pool.size=0)")
+        self.assertRefused(["--openssl.certificate=/nonexistent.pem"],
+                           "TLS needs openssl.key (with openssl.certificate, openssl.key and "
+                           "openssl.cafile: this node's certificate, its private key and the CA "
+                           "that signed every node's and client's certificate)")
         with tempfile.NamedTemporaryFile("w", suffix=".ini") as f:
             f.write("[pool\nsize=3\n")
             f.flush()
@@ -337,7 +350,10 @@ class CommandLineTest(unittest.TestCase):
         proc = self.run_node("--long-help")
         self.assertEqual(proc.returncode, 0, proc.stderr)
         out = proc.stdout
-        for expected in ("--pool.size=<uint64>", "number of Python workers (default: 2)",
+        for expected in ("--pool.size=<uint64>",
+                         "number of Python workers (0: none, with cluster.peers) (default: 2)",
+                         "--cluster.peers=<list of string>", "--publish.tls=<boolean>",
+                         "--publish.insecure=<boolean>", "--openssl.certificate=<file>",
                          "--metrics.port=<uint16>", "--rpc.port=<uint16>", "(default: 7400)",
                          "--pool.start-method=<string>", '(default: "fork-server")',
                          "configs/node.ini in the working directory", "sharing scheduler",
