@@ -283,6 +283,28 @@ class FrontTest(ClusterTest):
         rpc.close()
 
 
+class SessionExpiryTest(ClusterTest):
+    """Expiry stays the nodes' own: session_expired comes through unchanged."""
+
+    def node_sections(self, publish_port):
+        s = super().node_sections(publish_port)
+        s["session"] = {"timeout": "300ms", "cleanup-interval": "50ms", "remember": "10s"}
+        return s
+
+    def test_an_idle_session_expires_on_its_node(self):
+        rpc = Rpc(self.front.port)
+        opts = {"session": "short"}
+        self.assertIsNone(rpc.call("execute", "session.put", {"key": "k", "value": 1}, opts)[0])
+        self.assertEqual(rpc.call("execute", "session.get", {"key": "k"}, opts), (None, 1))
+        time.sleep(0.6)
+        err, _ = rpc.call("execute", "session.get", {"key": "k"}, opts)
+        self.assertEqual(err and err["code"], "session_expired", err)
+        # Still bound to its node, which remembers the id: expired again.
+        err, _ = rpc.call("execute", "session.get", {"key": "k"}, opts)
+        self.assertEqual(err and err["code"], "session_expired", err)
+        rpc.close()
+
+
 class FrontWithOwnPoolTest(ClusterTest):
     """A front whose own pool takes part (pool.size > 0 with cluster.peers)."""
 
