@@ -270,7 +270,7 @@ bool did_not_run(error_code code) {
          || code == error_code::shutting_down;
 }
 
-void lose(self_ptr self, uint32_t n, const std::string& why);
+void lose(self_ptr self, uint32_t n, const std::string& why, bool logged = false);
 
 void on_reply(self_ptr self, uint64_t id, uint32_t n, uint64_t gen, payload& p) {
   auto& st = self->state;
@@ -317,7 +317,7 @@ void connect(self_ptr self, uint32_t n);
 
 /// Node `n` is lost: what it held is retried or failed, its sessions are
 /// lost, and a remote node is reconnected after a back-off.
-void lose(self_ptr self, uint32_t n, const std::string& why) {
+void lose(self_ptr self, uint32_t n, const std::string& why, bool logged) {
   auto& st = self->state;
   auto& node = st.nodes[n];
   if (node.state == node_state::lost)
@@ -326,7 +326,7 @@ void lose(self_ptr self, uint32_t n, const std::string& why) {
   bool was_up = node.ever_up && node.state != node_state::connecting;
   if (node.local)
     log().error("cluster: local pool {} is gone: {}", node.peer, why);
-  else if (was_up || !node.tried)
+  else if (!logged && (was_up || !node.tried))
     log().warn("cluster: node {} lost: {}", node.peer, why);
   st.last_failure = "node " + node.peer + " lost: " + why;
   if (was_up && now - node.up_since >= st.cfg.reconnect.reset_after)
@@ -411,7 +411,7 @@ void connect(self_ptr self, uint32_t n) {
           log().warn("cluster: cannot connect to node {} (attempt {}): {}", st.nodes[n].peer,
                      f + 1, self->system().render(err));
         st.nodes[n].state = node_state::connecting; // lose() is a no-op on lost
-        lose(self, n, "cannot connect: " + self->system().render(err));
+        lose(self, n, "cannot connect: " + self->system().render(err), true);
       });
 }
 
