@@ -389,6 +389,7 @@ void connect(self_ptr self, uint32_t n) {
           return;
         auto expected = self->system().message_types<client_actor>();
         if (!ptr || ifs != expected) {
+          node.state = node_state::connecting; // lose() is a no-op on lost
           lose(self, n,
                ptr ? "it publishes another interface than pyvisor's client endpoint (not a "
                      "pyvisor node of this version?)"

@@ -27,6 +27,8 @@ namespace {
 struct fake_network {
   std::map<uint16_t, caf::actor> published;
   std::set<uint16_t> refusing;
+  /// Ports whose actor has another interface (an old node publishing its pool).
+  std::set<uint16_t> other_interface;
 };
 
 caf::behavior fake_connector(caf::event_based_actor* self, std::shared_ptr<fake_network> net) {
@@ -36,8 +38,9 @@ caf::behavior fake_connector(caf::event_based_actor* self, std::shared_ptr<fake_
       auto i = net->published.find(port);
       if (i == net->published.end() || net->refusing.count(port) > 0)
         return caf::make_error(caf::sec::cannot_connect_to_node);
-      return {self->system().node(), caf::actor_cast<caf::strong_actor_ptr>(i->second),
-              self->system().message_types<client_actor>()};
+      auto ifs = net->other_interface.count(port) > 0 ? self->system().message_types<pool_actor>()
+                                                      : self->system().message_types<client_actor>();
+      return {self->system().node(), caf::actor_cast<caf::strong_actor_ptr>(i->second), ifs};
     },
   };
 }
@@ -371,4 +374,23 @@ TEST_CASE_METHOD(fixture, "a front over pools of its own process needs no networ
   REQUIRE(call(make_execute("echo", 3)));
   // configure_atom reaches the local pools (the front has no remote peers).
   CHECK(ask<caf::timespan>(front, configure_atom::value, caf::timespan{1min}) == 5min);
+}
+
+TEST_CASE_METHOD(fixture, "a peer with another interface is not used, and retried like a lost one",
+                 "[unit][cluster]") {
+  add_node(7001, 1);
+  net->other_interface.insert(7001);
+  start(config({7001}));
+  self->send(front, ready_atom::value);
+  run();
+  CHECK(code(next_reply()) == error_code::unavailable);
+  CHECK(node(0).state == node_state::lost);
+  CHECK(stats().last_failure.find("another interface") != std::string::npos);
+  advance(200ms); // the second attempt: still the wrong interface, lost again
+  CHECK(node(0).state == node_state::lost);
+  // Upgraded: the third attempt (400 ms later) finds the endpoint.
+  net->other_interface.clear();
+  advance(400ms);
+  CHECK(node(0).state == node_state::up);
+  CHECK(call(make_execute("echo", 1)));
 }
