@@ -269,6 +269,30 @@ class FrontTest(ClusterTest):
         self.assertIn("rejoined", self.front.read_log())
         rpc.close()
 
+    def test_a_stopped_node_is_lost_within_node_timeout_and_rejoins(self):
+        rpc = Rpc(self.front.port, timeout=10)
+        victim = self.nodes[2]
+        # Requests in flight on it when it stops are retried elsewhere.
+        ids = [rpc.send("execute", ["sleep", {"ms": 300}, {"idempotent": True}])
+               for _ in range(12)]
+        time.sleep(0.1)
+        stopped_at = time.time()
+        os.kill(victim.proc.pid, signal.SIGSTOP)
+        try:
+            for i in ids:
+                self.assertIsNone(rpc.wait(i)[0])
+            self.assertTrue(wait_for(lambda: self.front.stats()["nodes"][2]["state"] == "lost"))
+            # heartbeat (200ms) + node-timeout (1s), with slack for a loaded machine
+            self.assertLess(time.time() - stopped_at, 4.0)
+            self.assertIn("did not answer its heartbeat", self.front.read_log())
+            for k in range(20):
+                self.assertEqual(rpc.call("execute", "echo", k), (None, k))
+        finally:
+            os.kill(victim.proc.pid, signal.SIGCONT)
+        self.assertTrue(self.wait_nodes(["up", "up", "up"]), self.front.stats()["nodes"])
+        self.assertEqual(self.front.stats()["nodes"][2]["restarts"], 1)
+        rpc.close()
+
     def test_losing_every_node_gives_unavailable_never_a_hang(self):
         rpc = Rpc(self.front.port, timeout=10)
         for node in self.nodes:
