@@ -24,7 +24,7 @@
 #include "actors/fork_server/fork_server.hpp"
 #include "actors/fork_server/template_actor.hpp"
 #include "actors/sweep_timer.hpp"
-#include "actors/worker/worker_channel.hpp"
+#include "actors/worker/worker_link.hpp"
 #include "messages/log.hpp"
 #include "pyvisor/registry.hpp"
 
@@ -76,9 +76,9 @@ std::string child_id_of(uint32_t slot) {
 
 struct slot_rec {
   worker_actor handle;
-  /// The Python backend's direct request path (actors/worker/worker_channel.hpp),
-  /// once the worker shared it; without it requests are delegated.
-  worker_channel_ptr channel;
+  /// The Python backend's request path (actors/worker/worker_link.hpp), once
+  /// the worker shared it; without it requests are delegated.
+  worker_link_ptr link;
   caf::actor_id actor = 0;
   worker_phase state = worker_phase::down;
   uint32_t in_flight = 0;
@@ -341,9 +341,9 @@ void dispatch(self_ptr self, queued& q, uint32_t slot) {
     ++s.running_sessions[q.req.session];
   ++s.in_flight;
   ++s.dispatched;
-  // Written to the worker's process from here when its channel takes it;
+  // Written to the worker's process from here when its link takes it;
   // the worker actor answers whatever it does not take, as it would.
-  if (s.channel && s.channel->try_submit(q.req, q.rp))
+  if (s.link && s.link->submit(q.req, q.rp) == admission::accepted)
     return;
   q.rp.delegate(s.handle, std::move(q.req));
 }
@@ -1209,17 +1209,17 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
       s.started_at_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                           std::chrono::system_clock::now().time_since_epoch())
                           .count();
-      s.channel = nullptr;
+      s.link = nullptr;
       auto actor = s.actor;
       if (st.cfg.backend == backend_kind::python)
-        self->request(hdl, caf::infinite, channel_atom::value)
+        self->request(hdl, caf::infinite, link_atom::value)
           .then(
-            [self, slot, actor](worker_channel_ptr& ch) {
+            [self, slot, actor](worker_link_ptr& link) {
               auto& s = self->state.slots[slot];
               if (s.actor != actor)
                 return;
-              ch->report_to(self->state.inbox, self->address());
-              s.channel = std::move(ch);
+              link->report_to(self->state.inbox, self->address());
+              s.link = std::move(link);
             },
             [](caf::error&) {
               // Gone already: child_down follows.
@@ -1254,7 +1254,7 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
       bool recycling = s.recycling;
       s.state = worker_phase::down;
       s.handle = nullptr;
-      s.channel = nullptr;
+      s.link = nullptr;
       s.actor = 0;
       s.in_flight = 0;
       s.running_sessions.clear();

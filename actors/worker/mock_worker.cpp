@@ -1,6 +1,7 @@
 #include "pyvisor/mock_worker.hpp"
 
 #include <algorithm>
+#include <limits>
 #include <map>
 #include <random>
 #include <unordered_map>
@@ -9,7 +10,8 @@
 #include "caf/stateful_actor.hpp"
 #include "caf/typed_event_based_actor.hpp"
 
-#include "actors/worker/request_ledger.hpp"
+#include "actors/worker/worker_lifecycle.hpp"
+#include "actors/worker/worker_link.hpp"
 #include "messages/log.hpp"
 
 namespace pyvisor {
@@ -26,7 +28,10 @@ using mock_impl = worker_actor::extend<caf::reacts_to<mock_reply_atom, uint64_t>
 
 struct mock_state {
   mock_config cfg;
-  std::unique_ptr<request_ledger> ledger;
+  /// The same request path as the Python worker's, without a process: the
+  /// mock runs requests itself, on its own timers.
+  worker_link_ptr link;
+  std::unique_ptr<worker_lifecycle> life;
   worker_status status;
   /// Results computed on arrival, delivered when their latency has passed.
   std::unordered_map<uint64_t, caf::expected<payload>> results;
@@ -40,6 +45,10 @@ using self_ptr = mock_impl::stateful_pointer<mock_state>;
 
 std::string tag_of(const mock_state& st) {
   return "mock worker " + std::to_string(st.cfg.id);
+}
+
+uint32_t in_flight(const mock_state& st) {
+  return st.link->snapshot(st.status).in_flight;
 }
 
 
@@ -103,7 +112,7 @@ action run_command(self_ptr self, const execute& req, caf::expected<payload>& re
     pk.pack(std::string{"sessions"});
     pk.pack(st.sessions.size());
     pk.pack(std::string{"served"});
-    pk.pack(st.ledger->served());
+    pk.pack(st.link->snapshot(st.status).served);
     pk.pack(std::string{"rss"});
     pk.pack(0);
     result = payload{std::vector<char>(buf.data(), buf.data() + buf.size())};
@@ -184,7 +193,9 @@ action run_command(self_ptr self, const execute& req, caf::expected<payload>& re
 mock_impl::behavior_type mock_fun(self_ptr self, mock_config cfg) {
   auto& st = self->state;
   st.cfg = std::move(cfg);
-  st.ledger = std::make_unique<request_ledger>(self, st.cfg);
+  st.link = std::make_shared<worker_link>(self->clock(), self->address(), st.cfg,
+                                          std::numeric_limits<size_t>::max());
+  st.life = std::make_unique<worker_lifecycle>(st.link);
   st.rng.seed(st.cfg.seed);
   st.status.id = st.cfg.id;
   st.status.python = "mock";
@@ -201,23 +212,30 @@ mock_impl::behavior_type mock_fun(self_ptr self, mock_config cfg) {
     self->send(self, mock_ready_atom::value);
   // Stopping, as the Python worker does: what is in flight may finish
   // within the stop grace; then the mock quits.
-  st.ledger->stop_on_exit(self, st.status, [self] {
+  st.life->stop_on_exit(self, st.status, [self] {
     auto& st = self->state;
-    if (st.ledger->in_flight() == 0)
-      st.ledger->finish_stop(self, tag_of(st) + " stopped");
+    if (in_flight(st) == 0)
+      st.life->finish_stop(self, tag_of(st) + " stopped");
     else
       self->delayed_send(self, st.cfg.stop_grace, mock_stop_timeout_atom::value);
   });
   return {
     [self](execute& req) -> caf::result<payload> {
       auto& st = self->state;
-      if (auto answer = st.ledger->screen(self, req, st.status.phase, st.cfg.id))
-        return std::move(*answer);
+      // What the mock runs, decided before the request goes into the link
+      // (which keeps it whole for a retry); run only if admitted.
+      execute probe;
+      probe.command = req.command;
+      probe.args = req.args;
+      probe.session = req.session;
+      auto [answer, id] = st.life->submit(self, req, st.cfg.id);
+      if (id == 0)
+        return std::move(answer);
       std::uniform_real_distribution<double> unit{0.0, 1.0};
       auto dice = unit(st.rng);
       caf::expected<payload> result{payload{}};
       caf::timespan extra{0};
-      auto act = run_command(self, req, result, extra);
+      auto act = run_command(self, probe, result, extra);
       if (act == action::reply) {
         if (dice < st.cfg.crash_rate)
           act = action::crash;
@@ -227,31 +245,31 @@ mock_impl::behavior_type mock_fun(self_ptr self, mock_config cfg) {
           result = make_error(error_code::python_error, "RuntimeError: injected by the mock",
                               "RuntimeError", "");
       }
-      auto rp = self->make_response_promise<payload>();
-      auto id = st.ledger->next_id();
-      st.ledger->add(id, req, rp);
       if (act == action::crash) {
         auto err = make_error(error_code::worker_crashed, tag_of(st) + " crashed");
-        st.ledger->retire(self, err, err);
-        return rp;
+        retirement r;
+        r.for_requests = err;
+        r.reason = err;
+        st.life->retire(self, std::move(r));
+        return std::move(answer);
       }
       if (act == action::hang)
-        return rp; // the deadline sweep answers it
+        return std::move(answer); // the deadline sweep answers it
       std::uniform_int_distribution<caf::timespan::rep> lat{
         st.cfg.latency_min.count(),
         std::max(st.cfg.latency_min.count(), st.cfg.latency_max.count())};
       auto delay = caf::timespan{lat(st.rng)} + extra;
       if (delay.count() <= 0) {
         // Answered at once: no timer.
-        st.ledger->complete(id, std::move(result));
-        return rp;
+        st.link->complete(id, std::move(result));
+        return std::move(answer);
       }
       st.results.emplace(id, std::move(result));
       self->delayed_send(self, delay, mock_reply_atom::value, id);
-      return rp;
+      return std::move(answer);
     },
-    [self](ready_atom) { return self->state.ledger->await_ready(self, self->state.status); },
-    [self](status_atom) { return self->state.ledger->snapshot(self->state.status); },
+    [self](ready_atom) { return self->state.life->await_ready(self, self->state.status); },
+    [self](status_atom) { return self->state.link->snapshot(self->state.status); },
     [self](drop_session_atom, std::string& session) { self->state.sessions.erase(session); },
     [self](mock_reply_atom, uint64_t id) {
       auto& st = self->state;
@@ -260,31 +278,43 @@ mock_impl::behavior_type mock_fun(self_ptr self, mock_config cfg) {
         return;
       auto result = std::move(i->second);
       st.results.erase(i);
-      st.ledger->complete(id, std::move(result));
-      if (st.status.phase == worker_phase::stopping && st.ledger->in_flight() == 0)
-        st.ledger->finish_stop(self, tag_of(st) + " stopped");
+      st.link->complete(id, std::move(result));
+      if (st.status.phase == worker_phase::stopping && in_flight(st) == 0)
+        st.life->finish_stop(self, tag_of(st) + " stopped");
     },
     [self](mock_ready_atom) {
       auto& st = self->state;
       if (st.status.phase != worker_phase::starting)
         return;
       st.status.phase = worker_phase::ready;
-      st.ledger->announce_ready(st.status);
+      st.life->announce_ready(st.status);
     },
     [self](sweep_atom) {
       auto& st = self->state;
+      auto late = st.link->sweep();
+      if (late.empty())
+        return;
+      auto msg = tag_of(st) + ": request " + std::to_string(late.front()) + " ('"
+                 + st.link->command_of(late.front()) + "') timed out; recycling the worker";
+      log().warn("{}", msg);
       // Nothing runs the overdue requests but timers: dropping their
       // results is the mock's kill, and what else is in flight is given up
       // at once (the mock runs requests concurrently: any may have started).
-      st.ledger->sweep(self, tag_of(st), [self](const std::vector<uint64_t>& overdue) {
-        for (auto id : overdue)
-          self->state.results.erase(id);
-        return false;
-      });
+      for (auto id : late)
+        st.results.erase(id);
+      auto timeout = make_error(error_code::timeout, msg);
+      retirement r;
+      r.for_requests = make_error(error_code::worker_crashed,
+                                  tag_of(st) + " recycled after another request timed out");
+      r.reason = timeout;
+      r.deliberate = true;
+      r.late = std::move(late);
+      r.late_error = timeout;
+      st.life->retire(self, std::move(r));
     },
     [self](mock_stop_timeout_atom) {
       auto& st = self->state;
-      st.ledger->finish_stop(self, tag_of(st) + " stopped before it finished its requests");
+      st.life->finish_stop(self, tag_of(st) + " stopped before it finished its requests");
     },
   };
 }

@@ -20,8 +20,8 @@
 #include "actors/fork_server/fork_server.hpp"
 #include "actors/process/python_process.hpp"
 #include "actors/worker/python_options.hpp"
-#include "actors/worker/request_ledger.hpp"
-#include "actors/worker/worker_channel.hpp"
+#include "actors/worker/worker_lifecycle.hpp"
+#include "actors/worker/worker_link.hpp"
 #include "messages/log.hpp"
 
 namespace pyvisor {
@@ -51,7 +51,7 @@ namespace {
 // The actor's full interface: the public contract plus what its own I/O
 // thread and timers send it.
 using worker_impl = worker_actor::extend<
-  caf::replies_to<channel_atom>::with<worker_channel_ptr>, caf::reacts_to<frame_atom, frame_ptr>,
+  caf::replies_to<link_atom>::with<worker_link_ptr>, caf::reacts_to<frame_atom, frame_ptr>,
   caf::reacts_to<exited_atom, int, int>, caf::reacts_to<broken_atom, std::string>,
   caf::reacts_to<sweep_atom>,
   caf::reacts_to<start_timeout_atom>, caf::reacts_to<settle_timeout_atom>,
@@ -65,12 +65,10 @@ struct worker_state {
   worker_config cfg;
   std::shared_ptr<python_process> proc;
   worker_status status;
-  /// Shared with the process's I/O thread, which answers replies itself
-  /// (see on_replies); every handler below that touches it holds its mutex.
-  std::shared_ptr<request_ledger> ledger;
-  /// The request path a dispatcher may use without this actor; open while
-  /// the worker is ready.
-  worker_channel_ptr channel;
+  /// The request path (shared with the process's I/O thread and with the
+  /// pool core, which submits through it) and the actor's life cycle on it.
+  worker_link_ptr link;
+  std::unique_ptr<worker_lifecycle> life;
   std::chrono::steady_clock::time_point spawned_at;
   /// Requests answered `timeout` by a recycle whose reply has not arrived:
   /// the oldest of them was running when the process was killed.
@@ -81,31 +79,30 @@ struct worker_state {
 
 using self_ptr = worker_impl::stateful_pointer<worker_state>;
 
-/// Held by every handler that touches the ledger (the I/O thread may be
-/// answering a reply at the same time).
-std::unique_lock<std::mutex> lock_ledger(self_ptr self) {
-  return std::unique_lock<std::mutex>{self->state.ledger->mutex()};
-}
-
 std::string tag_of(const worker_state& st) {
   auto tag = "worker " + std::to_string(st.cfg.id);
   // A forked worker's pid is known at its hello.
   return st.status.pid > 0 ? tag + " (pid " + std::to_string(st.status.pid) + ")" : tag;
 }
 
-worker_status snapshot(const worker_state& st) {
-  return st.ledger->snapshot(st.status);
-}
-
-// Fails everything outstanding and terminates. `for_requests` goes to the
-// in-flight requests, `reason` becomes the exit reason.
+// Kills the process, fails everything outstanding and terminates.
+// `for_requests` goes to the in-flight requests, `reason` becomes the exit
+// reason.
 void terminate(self_ptr self, const caf::error& for_requests, caf::error reason) {
   auto& st = self->state;
-  if (st.ledger->retiring())
+  if (st.link->retiring())
     return;
   if (st.proc)
     st.proc->signal(SIGKILL);
-  st.ledger->retire(self, for_requests, std::move(reason));
+  retirement r;
+  r.for_requests = for_requests;
+  r.reason = std::move(reason);
+  st.life->retire(self, std::move(r));
+}
+
+caf::error recycled_error(const worker_state& st) {
+  return make_error(error_code::worker_crashed,
+                    tag_of(st) + " recycled after another request timed out");
 }
 
 std::string describe_startup_exit(const worker_state& st, const exit_status& es) {
@@ -120,43 +117,6 @@ std::string describe_startup_exit(const worker_state& st, const exit_status& es)
   return msg;
 }
 
-// A Python error as the caller sees it; `prefix` goes before its message.
-caf::error error_of(const wire::remote_error& e, const std::string& prefix = {}) {
-  auto code = error_code::python_error;
-  if (!e.code.empty() && !from_string(e.code, code))
-    code = error_code::python_error;
-  auto msg = e.type.empty() || code != error_code::python_error ? e.message
-                                                                  : e.type + ": " + e.message;
-  return make_error(code, prefix + msg, e.type, e.traceback);
-}
-
-caf::expected<payload> result_of(wire::frame& f) {
-  if (f.ok)
-    return payload{std::move(f.result)};
-  return error_of(f.error);
-}
-
-// Runs on the process's I/O thread with the frames of one read: replies to
-// requests in flight are answered right here, straight to their callers
-// (one thread hand-off less per request than a detour through the actor);
-// the rest (hello, replies after a recycle or during retirement, unknown
-// ids) and everything after the first of them go to the actor in order.
-// Returns what is left for the actor.
-std::vector<wire::frame> on_replies(request_ledger& ledger, std::vector<wire::frame>&& fs) {
-  size_t answered = 0;
-  {
-    std::lock_guard<std::mutex> guard{ledger.mutex()};
-    for (; answered < fs.size(); ++answered) {
-      auto& f = fs[answered];
-      if (f.type != wire::frame_type::reply || !ledger.accepts_elsewhere(f.id))
-        break;
-      ledger.complete_elsewhere(f.id, result_of(f));
-    }
-  }
-  fs.erase(fs.begin(), fs.begin() + static_cast<std::ptrdiff_t>(answered));
-  return std::move(fs);
-}
-
 // The process is gone and every reply it wrote has been read: settle what is
 // still in flight. The Python worker runs requests one at a time in pipe
 // order, so the oldest unanswered request is the only one that can have
@@ -164,11 +124,11 @@ std::vector<wire::frame> on_replies(request_ledger& ledger, std::vector<wire::fr
 // none of the rest did.
 void settle(self_ptr self, const caf::error& err) {
   auto& st = self->state;
-  auto oldest = st.ledger->oldest();
+  auto oldest = st.link->oldest();
   size_t started = 1;
   if (!st.expired_unanswered.empty() && (oldest == 0 || *st.expired_unanswered.begin() < oldest))
     started = 0;
-  st.ledger->settle_sequential(self, err, started);
+  st.life->settle(self, err, started);
 }
 
 // The worker could not start: its hello said why, or its template's did (a
@@ -203,7 +163,6 @@ void on_frame(self_ptr self, wire::frame& f) {
       return;
     }
     st.status.phase = worker_phase::ready;
-    st.channel->set_open(true);
     if (f.pid > 0)
       st.status.pid = f.pid; // a forked worker's pid is known only now
     st.status.python = f.python;
@@ -213,10 +172,10 @@ void on_frame(self_ptr self, wire::frame& f) {
                 .count();
     log().info("{} ready in {} ms (Python {}, {} commands)", tag_of(st), ms, f.python,
                  f.commands.size());
-    st.ledger->announce_ready(st.status);
+    st.life->announce_ready(st.status);
     return;
   }
-  if (!st.ledger->complete(f.id, result_of(f))) {
+  if (!st.link->complete(f.id, result_of(f))) {
     auto msg = tag_of(st) + " replied to unknown request id " + std::to_string(f.id);
     log().error("{}: protocol error, stopping it", msg);
     auto err = make_error(error_code::protocol_error, msg);
@@ -227,7 +186,9 @@ void on_frame(self_ptr self, wire::frame& f) {
 worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
   auto& st = self->state;
   st.cfg = std::move(cfg);
-  st.ledger = std::make_shared<request_ledger>(self, st.cfg);
+  st.link = std::make_shared<worker_link>(self->clock(), self->address(), st.cfg,
+                                          st.cfg.max_frame_size);
+  st.life = std::make_unique<worker_lifecycle>(st.link);
   st.status.id = st.cfg.id;
   st.spawned_at = std::chrono::steady_clock::now();
   // Start the process: spawned, or forked from the pool's template.
@@ -245,8 +206,10 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
       caf::anon_send(hdl, std::forward<decltype(xs)>(xs)...);
   };
   process_callbacks cbs;
-  cbs.on_frames = [send_to_self, ledger = st.ledger](std::vector<wire::frame>&& fs) {
-    auto rest = on_replies(*ledger, std::move(fs));
+  // Replies to requests in flight are answered on the I/O thread, straight
+  // to their callers (worker_link::on_frames); the rest comes here, in order.
+  cbs.on_frames = [send_to_self, link = st.link](std::vector<wire::frame>&& fs) {
+    auto rest = link->on_frames(std::move(fs));
     if (!rest.empty())
       send_to_self(frame_atom::value, std::make_shared<std::vector<wire::frame>>(std::move(rest)));
   };
@@ -267,82 +230,50 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
     self->quit(err);
     return worker_impl::behavior_type::make_empty_behavior();
   }
-  st.channel = std::make_shared<worker_channel>(st.ledger, st.proc, st.cfg.max_frame_size);
+  st.link->attach(st.proc);
   st.status.pid = std::max(0, st.proc->pid()); // forked: known at its hello
-  self->attach_functor([proc = st.proc, ledger = st.ledger] {
-    {
-      std::lock_guard<std::mutex> guard{ledger->mutex()};
-      ledger->close();
-    }
-    proc->close();
-  });
+  self->attach_functor([link = st.link] { link->close(); });
   self->delayed_send(self, st.cfg.startup_timeout, start_timeout_atom::value);
   // Stopping: the process gets EOF, finishes what it holds and exits (or
   // is killed after the grace); its exit notice ends the stop.
-  st.ledger->stop_on_exit(self, st.status, [self] {
+  st.life->stop_on_exit(self, st.status, [self] {
     auto& st = self->state;
-    {
-      auto guard = lock_ledger(self);
-      st.channel->set_open(false);
-    }
     log().info("{} stopping", tag_of(st));
     st.proc->stop(std::chrono::duration_cast<std::chrono::milliseconds>(st.cfg.stop_grace));
   });
   return {
     [self](execute& req) -> caf::result<payload> {
-      auto guard = lock_ledger(self);
-      auto& st = self->state;
-      if (auto answer = st.ledger->screen(self, req, st.status.phase, st.cfg.id))
-        return std::move(*answer);
-      auto frame = st.channel->encode(req);
-      if (!st.channel->fits(frame))
-        return make_error(error_code::bad_request,
-                          "request of " + std::to_string(frame.size()) + " bytes exceeds the "
-                            + std::to_string(st.cfg.max_frame_size) + "-byte frame limit");
-      // After the checks: a promise takes the request's sender along.
-      auto rp = self->make_response_promise<payload>();
-      st.channel->send_locked(std::move(frame), req, rp);
-      return rp;
+      return self->state.life->submit(self, req, self->state.cfg.id).first;
     },
-    [self](channel_atom) { return self->state.channel; },
-    [self](ready_atom) {
-      auto guard = lock_ledger(self);
-      return self->state.ledger->await_ready(self, self->state.status);
-    },
+    [self](link_atom) { return self->state.link; },
+    [self](ready_atom) { return self->state.life->await_ready(self, self->state.status); },
     [self](status_atom) -> worker_status {
-      auto guard = lock_ledger(self);
-      return snapshot(self->state);
+      return self->state.link->snapshot(self->state.status);
     },
     [self](drop_session_atom, std::string& session) {
-      auto guard = lock_ledger(self);
       auto& st = self->state;
       if (st.status.phase == worker_phase::stopping || session.empty())
         return;
-      auto id = st.ledger->add_internal("session.drop");
-      std::vector<char> frame;
-      wire::append_request(frame, id, "session.drop", payload{}.bytes, session);
-      st.proc->send(std::move(frame));
+      st.link->drop_session(session);
     },
     [self](frame_atom, frame_ptr& fs) {
-      auto guard = lock_ledger(self);
       auto& st = self->state;
       for (auto& f : *fs) {
-        if (st.ledger->awaiting_settle()) {
+        if (st.life->awaiting_settle()) {
           // Recycled, process killed: the replies it wrote before dying
           // still count, and tell which requests it had finished.
           if (f.type == wire::frame_type::hello)
             continue;
           if (st.expired_unanswered.erase(f.id) == 0)
-            st.ledger->complete(f.id, result_of(f));
+            st.link->complete(f.id, result_of(f));
           continue;
         }
-        if (st.ledger->retiring())
+        if (st.link->retiring())
           return;
         on_frame(self, f);
       }
     },
     [self](broken_atom, std::string& reason) {
-      auto guard = lock_ledger(self);
       auto& st = self->state;
       auto msg = tag_of(st) + " broke the protocol: " + reason;
       log().error("{}; stopping it", msg);
@@ -350,19 +281,17 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
       terminate(self, err, err);
     },
     [self](exited_atom, int code, int sig) {
-      auto guard = lock_ledger(self);
       auto& st = self->state;
       exit_status es{code, sig};
-      if (st.ledger->awaiting_settle()) {
-        settle(self, make_error(error_code::worker_crashed,
-                                tag_of(st) + " recycled after another request timed out"));
+      if (st.life->awaiting_settle()) {
+        settle(self, recycled_error(st));
         return;
       }
-      if (st.ledger->retiring())
+      if (st.link->retiring())
         return; // killed by this actor on purpose; the reason is known
       if (st.status.phase == worker_phase::stopping) {
         log().info("{} stopped: {}", tag_of(st), es.describe());
-        st.ledger->finish_stop(self, tag_of(st) + " stopped: " + es.describe());
+        st.life->finish_stop(self, tag_of(st) + " stopped: " + es.describe());
         return;
       }
       auto msg = tag_of(st) + " "
@@ -379,52 +308,59 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
       }
       // Every reply it wrote was read before this notice: requests waiting
       // behind the one it died on never started and run elsewhere.
-      st.ledger->retire(self, err, err, false, {}, {}, true);
+      retirement r;
+      r.for_requests = err;
+      r.reason = err;
+      r.settle_later = true;
+      st.life->retire(self, std::move(r));
       settle(self, err);
     },
     [self](sweep_atom) {
-      auto guard = lock_ledger(self);
       auto& st = self->state;
-      st.ledger->sweep(self, tag_of(st), [self](const std::vector<uint64_t>& overdue) {
-        // The caller hears `timeout` at once; what else is in flight is
-        // settled once the killed process is reaped and its last replies
-        // are read (see settle): the requests that never started run
-        // elsewhere instead of failing.
-        auto& st = self->state;
-        st.expired_unanswered.insert(overdue.begin(), overdue.end());
-        if (st.proc)
-          st.proc->signal(SIGKILL);
-        self->delayed_send(self, settle_limit, settle_timeout_atom::value);
-        return true;
-      });
+      auto late = st.link->sweep();
+      if (late.empty())
+        return;
+      auto msg = tag_of(st) + ": request " + std::to_string(late.front()) + " ('"
+                 + st.link->command_of(late.front()) + "') timed out; recycling the worker";
+      log().warn("{}", msg);
+      // The caller hears `timeout` at once; what else is in flight is
+      // settled once the killed process is reaped and its last replies are
+      // read (see settle): the requests that never started run elsewhere
+      // instead of failing.
+      st.expired_unanswered.insert(late.begin(), late.end());
+      if (st.proc)
+        st.proc->signal(SIGKILL);
+      self->delayed_send(self, settle_limit, settle_timeout_atom::value);
+      auto timeout = make_error(error_code::timeout, msg);
+      retirement r;
+      r.for_requests = recycled_error(st);
+      r.reason = timeout;
+      r.deliberate = true;
+      r.late = std::move(late);
+      r.late_error = timeout;
+      r.settle_later = true;
+      st.life->retire(self, std::move(r));
     },
     [self](settle_timeout_atom) {
-      auto guard = lock_ledger(self);
       auto& st = self->state;
-      if (!st.ledger->awaiting_settle())
+      if (!st.life->awaiting_settle())
         return;
       log().warn("{}: killed process not reaped within {} ms; failing what it held", tag_of(st),
                  std::chrono::duration_cast<std::chrono::milliseconds>(settle_limit).count());
       // Without the exit notice it is unknown what started: give all up.
-      st.ledger->settle_sequential(
-        self,
-        make_error(error_code::worker_crashed,
-                   tag_of(st) + " recycled after another request timed out"),
-        std::numeric_limits<size_t>::max());
+      st.life->settle(self, recycled_error(st), std::numeric_limits<size_t>::max());
     },
     [self](start_failed_atom, std::string& code, std::string& type, std::string& message,
            std::string& traceback) {
-      auto guard = lock_ledger(self);
       auto& st = self->state;
       if (st.status.phase == worker_phase::stopping) {
-        st.ledger->finish_stop(self, tag_of(st) + " stopped before it started");
+        st.life->finish_stop(self, tag_of(st) + " stopped before it started");
         return;
       }
       start_failed(self, wire::remote_error{std::move(code), std::move(type), std::move(message),
                                             std::move(traceback)});
     },
     [self](start_timeout_atom) {
-      auto guard = lock_ledger(self);
       auto& st = self->state;
       if (st.status.phase != worker_phase::starting)
         return;

@@ -1,4 +1,5 @@
-// Unit tests of the deadline sweep and the stop that every worker backend
+// Unit tests of the ledger alone (bookkeeping and settle rules, no actor
+// system) and of the deadline sweep and the stop that every worker backend
 // runs through request_ledger (actors/worker/request_ledger.hpp), driven on
 // CAF's test clock through the mock; the Python worker runs the same code
 // (its integration tests add what is particular to a process: the kill, the
@@ -14,6 +15,7 @@
 #include "caf/stateful_actor.hpp"
 #include "caf/typed_event_based_actor.hpp"
 
+#include "actors/request_state.hpp"
 #include "actors/worker/request_ledger.hpp"
 #include "pyvisor/mock_worker.hpp"
 
@@ -87,85 +89,175 @@ error_code code_of_reply(const caf::expected<payload>& r) {
   return r ? error_code::none : code_of(r.error());
 }
 
-using retire_atom = caf::atom_constant<caf::atom("t_retire")>;
+} // namespace
 
-struct owner_state {
-  std::shared_ptr<request_ledger> ledger;
-};
+// -- the ledger alone: bookkeeping and settle rules, no actor system ----------
 
-/// The smallest owner of a ledger: it records each execute and leaves the
-/// answer to whoever plays the thread that reads replies (the test).
-caf::behavior ledger_owner(caf::stateful_actor<owner_state>* self,
-                           std::shared_ptr<std::shared_ptr<request_ledger>> out,
-                           worker_settings cfg) {
-  self->state.ledger = std::make_shared<request_ledger>(self, cfg);
-  *out = self->state.ledger;
-  return {
-    [self](execute& req) -> caf::result<payload> {
-      auto& ledger = *self->state.ledger;
-      std::lock_guard<std::mutex> guard{ledger.mutex()};
-      auto rp = self->make_response_promise<payload>();
-      ledger.add(ledger.next_id(), req, rp);
-      return rp;
-    },
-    [self](retire_atom) {
-      auto& ledger = *self->state.ledger;
-      std::lock_guard<std::mutex> guard{ledger.mutex()};
-      ledger.retire(self, make_error(error_code::worker_crashed, "gone"),
-                    make_error(error_code::worker_crashed, "gone"));
-    },
-    [](sweep_atom) {},
-  };
+namespace {
+
+using clock_type = ledger_clock;
+
+request_ledger::limits with_listener(bool listener = true) {
+  request_ledger::limits lim;
+  lim.request_timeout = 1s;
+  lim.attempt_timeout = 100ms;
+  lim.has_listener = listener;
+  return lim;
+}
+
+execute request(std::string command, caf::timespan timeout = 0s, bool idempotent = false,
+                std::string session = {}) {
+  auto req = make_execute(std::move(command));
+  req.timeout = timeout;
+  req.idempotent = idempotent;
+  req.session = std::move(session);
+  return req;
 }
 
 } // namespace
 
-TEST_CASE_METHOD(fixture, "a reply answered on the reading thread goes to its caller, counted first",
-                 "[unit][ledger]") {
-  worker_settings cfg;
-  cfg.listener = listener;
-  auto ledger_out = std::make_shared<std::shared_ptr<request_ledger>>();
-  auto owner = sys.spawn(ledger_owner, ledger_out, cfg);
-  run();
-  auto& ledger = **ledger_out;
-  auto who = std::make_unique<caf::scoped_actor>(sys);
-  (*who)->send(owner, make_execute("echo", std::string{"hi"}));
-  run();
-  auto drop = ledger.add_internal("session.drop");
-  {
-    std::lock_guard<std::mutex> guard{ledger.mutex()};
-    CHECK(ledger.accepts_elsewhere(1));
-    CHECK_FALSE(ledger.accepts_elsewhere(99)); // unknown: the owner decides
-    CHECK_FALSE(ledger.accepts_elsewhere(drop)); // nobody waits for it
-    ledger.complete_elsewhere(1, pack(std::string{"answered"}));
-    CHECK_FALSE(ledger.accepts_elsewhere(1)); // answered exactly once
-  }
-  run();
-  auto r = next_reply(*who);
-  REQUIRE(r);
-  CHECK(*unpack<std::string>(*r) == "answered");
-  CHECK(heard->done == std::vector<uint8_t>{0});
-  CHECK(ledger.in_flight() == 0);
+TEST_CASE("the ledger answers each request once, by id", "[unit][ledger]") {
+  request_ledger ledger{with_listener()};
+  auto t0 = clock_type::now();
+  auto a = request("echo");
+  auto id = ledger.add(a, {}, t0);
+  CHECK(id == 1);
+  CHECK(ledger.peek_id() == 2);
+  auto drop = ledger.add_internal("session.drop", t0);
+  CHECK(ledger.in_flight() == 1); // internal requests are nobody's
+  CHECK(ledger.awaits_reply(id));
+  CHECK_FALSE(ledger.awaits_reply(drop));
+  CHECK_FALSE(ledger.awaits_reply(99));
+  auto s = ledger.complete(id, pack(std::string{"hi"}), t0 + 5ms);
+  REQUIRE(s);
+  CHECK(s->what == verdict::answer);
+  CHECK(s->code() == error_code::none);
+  CHECK(s->service_ns == 5000000);
+  CHECK(s->entry.state == request_state::answered);
+  CHECK_FALSE(ledger.complete(id, payload{}, t0)); // exactly once
+  CHECK_FALSE(ledger.complete(42, payload{}, t0)); // unknown
+  auto internal = ledger.complete(drop, payload{}, t0);
+  REQUIRE(internal);
+  CHECK(internal->what == verdict::drop);
   CHECK(ledger.served() == 1);
-  auto next = ledger.peek_id();
-  (*who)->send(owner, make_execute("echo", std::string{"again"}));
-  run();
-  SECTION("a retiring owner answers its replies itself") {
-    caf::anon_send(owner, retire_atom::value);
-    run();
-    std::lock_guard<std::mutex> guard{ledger.mutex()};
-    CHECK_FALSE(ledger.accepts_elsewhere(next));
-    CHECK_FALSE(ledger.accepts_requests());
+  CHECK(ledger.empty());
+}
+
+TEST_CASE("an idempotent request is overdue at its attempt limit, others at their deadline",
+          "[unit][ledger]") {
+  request_ledger ledger{with_listener()};
+  auto t0 = clock_type::now();
+  auto plain = request("sleep", 300ms);
+  auto retried = request("sleep", 300ms, true);
+  auto defaulted = request("sleep");
+  auto p = ledger.add(plain, {}, t0);
+  auto r = ledger.add(retried, {}, t0);
+  auto d = ledger.add(defaulted, {}, t0);
+  CHECK(ledger.overdue(t0 + 99ms).empty());
+  CHECK(ledger.overdue(t0 + 100ms) == std::vector<uint64_t>{r});
+  CHECK(ledger.overdue(t0 + 300ms) == std::vector<uint64_t>{p, r});
+  CHECK(ledger.overdue(t0 + 1s) == std::vector<uint64_t>{p, r, d});
+  // Expired with time left, the idempotent request goes back with what is
+  // left of its deadline; the plain one fails.
+  auto back = ledger.expire(r, make_error(error_code::timeout, "late"), t0 + 100ms);
+  REQUIRE(back);
+  CHECK(back->what == verdict::retry);
+  CHECK(back->entry.request.timeout == 200ms);
+  CHECK(back->entry.state == request_state::retried);
+  auto failed = ledger.expire(p, make_error(error_code::timeout, "late"), t0 + 300ms);
+  REQUIRE(failed);
+  CHECK(failed->what == verdict::fail);
+  CHECK(failed->code() == error_code::timeout);
+  CHECK(failed->entry.state == request_state::expired);
+}
+
+TEST_CASE("a sequential worker's settlement: the oldest given up, the rest requeued",
+          "[unit][ledger]") {
+  request_ledger ledger{with_listener()};
+  auto t0 = clock_type::now();
+  auto running = request("sleep", 1s);
+  auto waiting = request("echo", 1s);
+  auto in_session = request("echo", 1s, false, "s1");
+  auto idempotent = request("echo", 1s, true);
+  ledger.add(running, {}, t0);
+  ledger.add(waiting, {}, t0);
+  ledger.add(in_session, {}, t0);
+  ledger.add(idempotent, {}, t0);
+  auto crashed = make_error(error_code::worker_crashed, "gone");
+  SECTION("one may have started") {
+    auto out = ledger.settle_sequential(crashed, 1, t0 + 400ms);
+    REQUIRE(out.size() == 4);
+    CHECK(out[0].what == verdict::fail);
+    CHECK(out[0].code() == error_code::worker_crashed);
+    CHECK(out[1].what == verdict::requeue);
+    CHECK(out[1].entry.request.timeout == 600ms);
+    CHECK(out[1].entry.state == request_state::requeued);
+    // Its state died with the worker, whatever it waited behind.
+    CHECK(out[2].what == verdict::fail);
+    CHECK(out[2].code() == error_code::session_lost);
+    CHECK(out[3].what == verdict::requeue); // never started: no attempt counted
   }
-  SECTION("a closed ledger (its owner is gone) answers nothing elsewhere") {
-    std::lock_guard<std::mutex> guard{ledger.mutex()};
-    CHECK(ledger.accepts_elsewhere(next));
-    ledger.close();
-    CHECK_FALSE(ledger.accepts_elsewhere(next));
-    CHECK_FALSE(ledger.accepts_requests());
+  SECTION("none is known to have started: every one is given up") {
+    auto out = ledger.fail_all(crashed, t0 + 400ms);
+    REQUIRE(out.size() == 4);
+    CHECK(out[1].what == verdict::fail);
+    CHECK(out[3].what == verdict::retry);
   }
-  caf::anon_send_exit(owner, caf::exit_reason::kill);
-  run();
+  SECTION("a request whose deadline passed while it waited is not requeued") {
+    auto out = ledger.settle_sequential(crashed, 1, t0 + 2s);
+    CHECK(out[1].what == verdict::fail);
+    CHECK(out[1].code() == error_code::timeout);
+    CHECK(out[3].what == verdict::fail); // no time left for another attempt
+  }
+  CHECK(ledger.empty());
+  CHECK(ledger.in_flight() == 0);
+}
+
+TEST_CASE("without a listener nothing is handed back", "[unit][ledger]") {
+  request_ledger ledger{with_listener(false)};
+  auto t0 = clock_type::now();
+  auto idempotent = request("echo", 1s, true);
+  ledger.add(idempotent, {}, t0);
+  auto out = ledger.settle_sequential(make_error(error_code::worker_crashed, "gone"), 0, t0);
+  REQUIRE(out.size() == 1);
+  CHECK(out[0].what == verdict::fail);
+  auto stray = request("echo");
+  auto refused = ledger.refuse(stray, {}, make_error(error_code::worker_crashed, "going"));
+  CHECK(refused.what == verdict::fail);
+}
+
+TEST_CASE("a request refused by a retiring worker runs elsewhere unless it names a session",
+          "[unit][ledger]") {
+  request_ledger ledger{with_listener()};
+  auto going = make_error(error_code::worker_crashed, "going");
+  auto stateless = request("echo");
+  auto s = ledger.refuse(stateless, {}, going);
+  CHECK(s.what == verdict::requeue);
+  CHECK(s.entry.request.command == "echo");
+  auto stateful = request("echo", 0s, false, "s1");
+  auto t = ledger.refuse(stateful, {}, going);
+  CHECK(t.what == verdict::fail);
+  CHECK(t.code() == error_code::session_lost);
+  CHECK(ledger.empty()); // refused requests never enter the ledger
+}
+
+TEST_CASE("a request's life follows its state machine", "[unit][ledger]") {
+  using s = request_state;
+  CHECK(may_move(s::admitted, s::queued));
+  CHECK(may_move(s::queued, s::admitted)); // routed, back in line
+  CHECK(may_move(s::queued, s::written));
+  CHECK(may_move(s::written, s::running));
+  CHECK(may_move(s::written, s::requeued));
+  CHECK_FALSE(may_move(s::running, s::requeued)); // it may have started
+  CHECK(may_move(s::running, s::retried));
+  CHECK(may_move(s::requeued, s::admitted));
+  for (size_t i = 0; i < request_state_count; ++i) {
+    auto from = static_cast<s>(i);
+    if (is_final(from))
+      for (size_t j = 0; j < request_state_count; ++j)
+        CHECK_FALSE(may_move(from, static_cast<s>(j)));
+  }
+  CHECK(to_string(s::requeued) == "requeued");
 }
 
 TEST_CASE_METHOD(fixture, "the deadline sweep recycles a worker whose request outlives it",

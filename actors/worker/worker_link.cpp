@@ -1,0 +1,339 @@
+#include "actors/worker/worker_link.hpp"
+
+#include <atomic>
+
+#include "caf/actor_cast.hpp"
+#include "caf/config.hpp"
+#include "caf/mailbox_element.hpp"
+#include "caf/response_promise.hpp"
+#include "caf/send.hpp"
+
+#include "actors/process/python_process.hpp"
+
+// reply_courier mirrors response_promise::deliver_impl / delegate of this
+// CAF version (stages: the last one is next; the promise's source, id and
+// remaining stages travel along). Re-read those before changing the version.
+static_assert(CAF_VERSION == 1706, "reply_courier mirrors CAF 0.17.6's response_promise");
+
+namespace pyvisor {
+
+// -- reply_courier ------------------------------------------------------------------
+
+namespace {
+
+/// What response_promise::deliver does, without an execution context;
+/// responses name `sender` (the worker).
+void deliver(caf::response_promise& rp, const caf::actor_addr& sender, caf::message msg) {
+  if (!rp.pending())
+    return;
+  auto stages = rp.stages();
+  if (stages.empty()) {
+    rp.source()->enqueue(caf::make_mailbox_element(caf::actor_cast<caf::strong_actor_ptr>(sender),
+                                                   rp.id().response_id(), {}, std::move(msg)),
+                         nullptr);
+  } else {
+    auto next = std::move(stages.back());
+    stages.pop_back();
+    next->enqueue(caf::make_mailbox_element(rp.source(), rp.id(), std::move(stages),
+                                            std::move(msg)),
+                  nullptr);
+  }
+  rp = caf::response_promise{};
+}
+
+/// What response_promise::delegate(receiver, ...) does, likewise.
+void delegate(caf::response_promise& rp, const caf::strong_actor_ptr& receiver,
+              caf::message msg) {
+  if (!rp.pending() || !receiver)
+    return;
+  receiver->enqueue(caf::make_mailbox_element(rp.source(), rp.id(), rp.stages(), std::move(msg)),
+                    nullptr);
+  rp = caf::response_promise{};
+}
+
+} // namespace
+
+reply_courier::reply_courier(caf::actor_addr owner, worker_listener_actor listener)
+  : owner_(std::move(owner)), owner_id_(owner_.id()), listener_(std::move(listener)) {
+  // nop
+}
+
+void reply_courier::report_to(std::shared_ptr<completion_inbox> inbox, caf::actor_addr wake) {
+  auto ref = std::make_shared<const inbox_ref>(inbox_ref{std::move(inbox), std::move(wake)});
+  std::atomic_store(&inbox_, std::move(ref));
+}
+
+void reply_courier::report(const settlement& s) const {
+  if (!listener_)
+    return;
+  auto code = s.code();
+  auto& req = s.entry.request;
+  if (auto ref = std::atomic_load(&inbox_)) {
+    if (ref->inbox->post(completion{owner_id_, static_cast<uint8_t>(code), s.service_ns,
+                                    req.session, req.command}))
+      if (auto hdl = caf::actor_cast<caf::actor>(ref->wake))
+        caf::anon_send(hdl, take_inbox_atom::value);
+    return;
+  }
+  caf::anon_send(listener_, done_atom::value, owner_id_, static_cast<uint8_t>(code),
+                 s.service_ns, req.session, req.command);
+}
+
+void reply_courier::carry_out(settlement& s) const {
+  auto& rp = static_cast<caf::response_promise&>(s.entry.promise);
+  switch (s.what) {
+    case verdict::answer:
+      report(s);
+      deliver(rp, owner_,
+              s.result ? caf::make_message(std::move(*s.result))
+                       : caf::make_message(s.result.error()));
+      return;
+    case verdict::fail:
+      report(s);
+      deliver(rp, owner_, caf::make_message(s.error));
+      return;
+    case verdict::retry:
+      delegate(rp, caf::actor_cast<caf::strong_actor_ptr>(listener_),
+               caf::make_message(retry_atom::value, std::move(s.entry.request)));
+      return;
+    case verdict::requeue:
+      delegate(rp, caf::actor_cast<caf::strong_actor_ptr>(listener_),
+               caf::make_message(requeue_atom::value, std::move(s.entry.request)));
+      return;
+    case verdict::drop:
+      return;
+  }
+}
+
+// -- worker_link --------------------------------------------------------------------
+
+caf::error error_of(const wire::remote_error& e, const std::string& prefix) {
+  auto code = error_code::python_error;
+  if (!e.code.empty() && !from_string(e.code, code))
+    code = error_code::python_error;
+  auto msg = e.type.empty() || code != error_code::python_error ? e.message
+                                                                  : e.type + ": " + e.message;
+  return make_error(code, prefix + msg, e.type, e.traceback);
+}
+
+caf::expected<payload> result_of(wire::frame& f) {
+  if (f.ok)
+    return payload{std::move(f.result)};
+  return error_of(f.error);
+}
+
+namespace {
+
+request_ledger::limits limits_of(const worker_settings& cfg) {
+  request_ledger::limits lim;
+  lim.request_timeout = cfg.request_timeout;
+  lim.attempt_timeout = cfg.attempt_timeout;
+  lim.has_listener = static_cast<bool>(cfg.listener);
+  return lim;
+}
+
+} // namespace
+
+worker_link::worker_link(caf::actor_clock& clock, caf::actor_addr owner,
+                         const worker_settings& cfg, size_t max_frame_size)
+  : clock_(&clock),
+    owner_(owner),
+    courier_(std::move(owner), cfg.listener),
+    max_frame_size_(max_frame_size),
+    ledger_(limits_of(cfg)) {
+  // nop
+}
+
+void worker_link::attach(std::shared_ptr<python_process> proc) {
+  std::lock_guard<std::mutex> guard{mtx_};
+  proc_ = std::move(proc);
+}
+
+admission worker_link::admit(const execute& req, size_t frame_bytes) const {
+  if (retiring_)
+    return admission::retiring;
+  if (closed_ || phase_ == worker_phase::stopping)
+    return admission::stopping;
+  if (frame_bytes > max_frame_size_)
+    return admission::too_large;
+  // Checked by submit() before the lock (the scan needs none).
+  (void) req;
+  return admission::accepted;
+}
+
+admission worker_link::submit(execute& req, caf::typed_response_promise<payload>& rp,
+                              uint64_t* id) {
+  // Scanning the args needs no lock: the I/O thread may be waiting on it.
+  bool valid = is_valid_msgpack(req.args);
+  std::vector<char> frame;
+  std::lock_guard<std::mutex> guard{mtx_};
+  if (!valid) {
+    // After the other checks: a retiring worker hands even bad requests back.
+    auto verdict = admit(req, 0);
+    return verdict == admission::accepted ? admission::bad_args : verdict;
+  }
+  size_t body = 0;
+  if (proc_) {
+    frame.reserve(req.args.bytes.size() + req.command.size() + req.session.size() + 48);
+    wire::append_request(frame, ledger_.peek_id(), req.command, req.args.bytes, req.session);
+    body = frame.size() - 4;
+  }
+  auto verdict = admit(req, body);
+  if (verdict != admission::accepted)
+    return verdict;
+  if (proc_)
+    proc_->send(std::move(frame));
+  auto added = ledger_.add(req, std::move(rp), now());
+  if (id != nullptr)
+    *id = added;
+  arm_sweep_locked();
+  return admission::accepted;
+}
+
+std::vector<wire::frame> worker_link::on_frames(std::vector<wire::frame>&& fs) {
+  std::vector<settlement> answered;
+  size_t n = 0;
+  {
+    std::lock_guard<std::mutex> guard{mtx_};
+    if (!retiring_ && !closed_) {
+      auto t = now();
+      for (; n < fs.size(); ++n) {
+        auto& f = fs[n];
+        if (f.type != wire::frame_type::reply || !ledger_.awaits_reply(f.id))
+          break;
+        answered.push_back(*ledger_.complete(f.id, result_of(f), t));
+      }
+    }
+  }
+  courier_.carry_out(answered);
+  fs.erase(fs.begin(), fs.begin() + static_cast<std::ptrdiff_t>(n));
+  return std::move(fs);
+}
+
+void worker_link::set_phase(worker_phase phase) {
+  std::lock_guard<std::mutex> guard{mtx_};
+  phase_ = phase;
+}
+
+worker_phase worker_link::phase() const {
+  std::lock_guard<std::mutex> guard{mtx_};
+  return phase_;
+}
+
+bool worker_link::complete(uint64_t id, caf::expected<payload> result) {
+  std::optional<settlement> s;
+  {
+    std::lock_guard<std::mutex> guard{mtx_};
+    s = ledger_.complete(id, std::move(result), now());
+  }
+  if (!s)
+    return false;
+  courier_.carry_out(*s);
+  return true;
+}
+
+void worker_link::drop_session(const std::string& session) {
+  std::lock_guard<std::mutex> guard{mtx_};
+  if (!proc_ || retiring_ || closed_ || phase_ == worker_phase::stopping)
+    return;
+  auto id = ledger_.add_internal("session.drop", now());
+  std::vector<char> frame;
+  wire::append_request(frame, id, "session.drop", payload{}.bytes, session);
+  proc_->send(std::move(frame));
+}
+
+bool worker_link::begin_retire(const caf::error& err) {
+  std::lock_guard<std::mutex> guard{mtx_};
+  if (retiring_)
+    return false;
+  retiring_ = true;
+  retire_error_ = err;
+  return true;
+}
+
+bool worker_link::retiring() const {
+  std::lock_guard<std::mutex> guard{mtx_};
+  return retiring_;
+}
+
+void worker_link::refuse(execute& req, caf::typed_response_promise<payload> rp) {
+  settlement s;
+  {
+    std::lock_guard<std::mutex> guard{mtx_};
+    s = ledger_.refuse(req, std::move(rp), retire_error_);
+  }
+  courier_.carry_out(s);
+}
+
+void worker_link::expire(const std::vector<uint64_t>& ids, const caf::error& err) {
+  std::vector<settlement> out;
+  {
+    std::lock_guard<std::mutex> guard{mtx_};
+    auto t = now();
+    for (auto id : ids)
+      if (auto s = ledger_.expire(id, err, t))
+        out.push_back(std::move(*s));
+  }
+  courier_.carry_out(out);
+}
+
+void worker_link::settle(const caf::error& err, size_t may_have_started) {
+  std::vector<settlement> out;
+  {
+    std::lock_guard<std::mutex> guard{mtx_};
+    out = ledger_.settle_sequential(err, may_have_started, now());
+  }
+  courier_.carry_out(out);
+}
+
+std::vector<uint64_t> worker_link::sweep() {
+  std::lock_guard<std::mutex> guard{mtx_};
+  sweep_.fired();
+  if (retiring_)
+    return {}; // what is left is settled by the retirement under way
+  auto late = ledger_.overdue(now());
+  if (late.empty() && !ledger_.empty())
+    arm_sweep_locked();
+  return late;
+}
+
+std::string worker_link::command_of(uint64_t id) const {
+  std::lock_guard<std::mutex> guard{mtx_};
+  auto e = ledger_.find(id);
+  return e ? e->request.command : std::string{};
+}
+
+uint64_t worker_link::oldest() const {
+  std::lock_guard<std::mutex> guard{mtx_};
+  return ledger_.oldest();
+}
+
+worker_status worker_link::snapshot(worker_status status) const {
+  std::lock_guard<std::mutex> guard{mtx_};
+  status.in_flight = ledger_.in_flight();
+  status.served = ledger_.served();
+  return status;
+}
+
+void worker_link::report_to(std::shared_ptr<completion_inbox> inbox, caf::actor_addr wake) {
+  courier_.report_to(std::move(inbox), std::move(wake));
+}
+
+void worker_link::close() {
+  std::shared_ptr<python_process> proc;
+  {
+    std::lock_guard<std::mutex> guard{mtx_};
+    closed_ = true;
+    proc = proc_;
+  }
+  // Outside the lock: close() joins the I/O thread, which may be waiting
+  // for the lock in on_frames().
+  if (proc)
+    proc->close();
+}
+
+void worker_link::arm_sweep_locked() {
+  sweep_.arm(*clock_, owner_);
+}
+
+} // namespace pyvisor
