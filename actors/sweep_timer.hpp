@@ -28,8 +28,12 @@ using sweep_atom = caf::atom_constant<caf::atom("pv_sweep")>;
 
 class sweep_timer {
 public:
-  /// Granularity of deadlines: a deadline fires at most this late.
-  static constexpr caf::timespan interval = std::chrono::milliseconds(10);
+  /// Granularity of deadlines by default: a deadline fires at most this late.
+  static constexpr caf::timespan default_interval = std::chrono::milliseconds(10);
+
+  explicit sweep_timer(caf::timespan interval = default_interval) : interval_(interval) {
+    // nop
+  }
 
   /// Schedules a sweep_atom to `self` unless one is pending.
   template <class Self>
@@ -37,7 +41,7 @@ public:
     if (armed_)
       return;
     armed_ = true;
-    self->delayed_send(self, interval, sweep_atom::value);
+    self->delayed_send(self, interval_, sweep_atom::value);
   }
 
   /// arm() for a thread that is not `owner`'s own (the owner's state must be
@@ -49,7 +53,7 @@ public:
     if (!hdl)
       return; // gone: nothing left to watch
     armed_ = true;
-    clock.schedule_message(clock.now() + interval, std::move(hdl),
+    clock.schedule_message(clock.now() + interval_, std::move(hdl),
                            caf::make_mailbox_element(nullptr, caf::make_message_id(), {},
                                                      sweep_atom::value));
   }
@@ -60,6 +64,7 @@ public:
   }
 
 private:
+  caf::timespan interval_;
   bool armed_ = false;
 };
 

@@ -126,6 +126,10 @@ struct pool_config {
   /// Share of the queue one requester (one connection) may hold, so that a
   /// burst from one client cannot crowd out everyone else.
   double queue_share = 0.5;
+  /// How often the pool looks at its queue for deadlines and retry
+  /// back-offs while requests wait: a queued request's deadline fires at
+  /// most this late. Dispatch does not wait for it (a reply wakes the pool).
+  caf::timespan sweep_interval = std::chrono::milliseconds(10);
   /// Deadline of a request that names none (queueing plus execution).
   caf::timespan request_timeout = std::chrono::seconds(30);
   /// Limit of one attempt of an idempotent request (0: its whole deadline):

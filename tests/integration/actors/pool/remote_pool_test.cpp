@@ -89,10 +89,19 @@ TEST_CASE("a published pool that gives up answers unavailable to remote callers"
   // The caller hears of the crash before the supervisor has counted it: the
   // pool gives up a moment later (meanwhile the other worker may serve).
   auto t_crash = std::chrono::steady_clock::now();
-  while (stats(self, *remote).state != pool_state::restarting
-         && std::chrono::steady_clock::now() - t_crash < 5s)
+  auto seen = stats(self, *remote);
+  while (seen.state != pool_state::restarting
+         && std::chrono::steady_clock::now() - t_crash < 5s) {
     std::this_thread::sleep_for(1ms);
+    seen = stats(self, *remote);
+  }
+  INFO("waited " << std::chrono::duration_cast<std::chrono::milliseconds>(
+                      std::chrono::steady_clock::now() - t_crash).count()
+                 << " ms; state " << to_string(seen.state) << ", pool restarts "
+                 << seen.pool_restarts << ", worker restarts " << seen.restarts);
   auto during = call(self, *remote, make_execute("echo", 2));
+  INFO("then: " << (during ? std::string{"served"} : to_string_readable(during.error()))
+                << "; state " << to_string(stats(self, *remote).state));
   REQUIRE(!during);
   CHECK(code_of(during.error()) == error_code::unavailable);
   CHECK(during.error().category() == error_category); // a pyvisor error, not CAF's
