@@ -293,7 +293,9 @@ TEST_CASE("a session request queued from a response continuation runs on the nex
   pc.max_in_flight = 1;
   pc.backend = backend_kind::python;
   pc.worker.python = PYVISOR_TEST_FAKE_WORKER;
+  pc.start = start_method::spawn; // the fake is a worker, not a template
   pc.sweep_interval = std::chrono::hours(1);
+  pc.healthy_after = std::chrono::hours(1); // no timer of its own wakes the pool either
   auto pool = spawn_pool(sys, pc);
   caf::scoped_actor self{sys};
   self->request(pool, 10s, ready_atom::value)
