@@ -23,33 +23,6 @@
 
 namespace pyvisor {
 
-bool parse_peer(const std::string& peer, std::string& host, uint16_t& port) {
-  std::string h;
-  std::string p;
-  if (!peer.empty() && peer.front() == '[') {
-    auto close = peer.find(']');
-    if (close == std::string::npos || close + 1 >= peer.size() || peer[close + 1] != ':')
-      return false;
-    h = peer.substr(1, close - 1);
-    p = peer.substr(close + 2);
-  } else {
-    auto colon = peer.rfind(':');
-    if (colon == std::string::npos || peer.find(':') != colon)
-      return false;
-    h = peer.substr(0, colon);
-    p = peer.substr(colon + 1);
-  }
-  if (h.empty() || p.empty() || p.size() > 5
-      || !std::all_of(p.begin(), p.end(), [](char c) { return c >= '0' && c <= '9'; }))
-    return false;
-  auto n = std::stoul(p);
-  if (n == 0 || n > 65535)
-    return false;
-  host = h;
-  port = static_cast<uint16_t>(n);
-  return true;
-}
-
 namespace {
 
 using heartbeat_atom = caf::atom_constant<caf::atom("cl_beat")>;

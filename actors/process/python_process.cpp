@@ -1,4 +1,5 @@
 #include "actors/process/python_process.hpp"
+#include "actors/process/child_output.hpp"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -60,63 +61,6 @@ std::once_flag sigpipe_once;
 /// caller needs one, and more would take the cores from the workers.
 std::atomic<bool> spinning{false};
 
-// Splits a byte stream into lines and logs each, tagged.
-struct line_logger {
-  std::string buf;
-
-  template <class OnLine>
-  void feed(const char* data, size_t size, OnLine&& on_line) {
-    buf.append(data, size);
-    size_t start = 0;
-    for (auto nl = buf.find('\n'); nl != std::string::npos; nl = buf.find('\n', start)) {
-      on_line(buf.substr(start, nl - start));
-      start = nl + 1;
-    }
-    buf.erase(0, start);
-    // A child that never writes a newline must not grow the buffer forever.
-    if (buf.size() > 64 * 1024) {
-      on_line(buf);
-      buf.clear();
-    }
-  }
-
-  template <class OnLine>
-  void flush(OnLine&& on_line) {
-    if (!buf.empty())
-      on_line(buf);
-    buf.clear();
-  }
-};
-
-/// A line of a Python `logging` record (python/pyvisor/worker.py, LOG_MARK):
-/// MARK levelno US logger US text.
-struct log_record {
-  spdlog::level::level_enum level;
-  std::string logger;
-  std::string text;
-};
-
-std::optional<log_record> python_log_record(const std::string& line) {
-  static constexpr std::string_view mark{"\x1fpyvisor-log\x1f"};
-  if (line.compare(0, mark.size(), mark) != 0)
-    return std::nullopt;
-  auto level_end = line.find('\x1f', mark.size());
-  auto name_end = level_end == std::string::npos ? level_end : line.find('\x1f', level_end + 1);
-  if (name_end == std::string::npos)
-    return std::nullopt;
-  int levelno = std::atoi(line.c_str() + mark.size());
-  log_record result;
-  result.level = levelno >= 50   ? spdlog::level::critical
-                 : levelno >= 40 ? spdlog::level::err
-                 : levelno >= 30 ? spdlog::level::warn
-                 : levelno >= 20 ? spdlog::level::info
-                 : levelno >= 10 ? spdlog::level::debug
-                                 : spdlog::level::trace;
-  result.logger = line.substr(level_end + 1, name_end - level_end - 1);
-  result.text = line.substr(name_end + 1);
-  return result;
-}
-
 } // namespace
 
 char process_state(pid_t pid) {
@@ -129,25 +73,6 @@ char process_state(pid_t pid) {
   if (paren == std::string::npos || paren + 2 >= line.size())
     return 0;
   return line[paren + 2];
-}
-
-int python_log_level() {
-  switch (log().level()) {
-    case spdlog::level::trace:
-      return 1;
-    case spdlog::level::debug:
-      return 10;
-    case spdlog::level::info:
-      return 20;
-    case spdlog::level::warn:
-      return 30;
-    case spdlog::level::err:
-      return 40;
-    case spdlog::level::critical:
-      return 50;
-    default:
-      return 100; // off: above CRITICAL
-  }
 }
 
 std::string exit_status::describe() const {
