@@ -29,7 +29,10 @@ namespace pyvisor {
 /// - (done_atom, worker actor id, code, service_ns, session, command) after each
 ///   request is answered; code is an error_code as uint8_t (CAF would turn the
 ///   enum into a caf::error), code is error_code::none for success; session is
-///   the request's (empty for stateless ones), command its command name.
+///   the request's (empty for stateless ones), command its command name. A
+///   listener that gave a Python worker's link a completion inbox
+///   (actors/worker/worker_link.hpp, report_to) gets these reports there
+///   instead of as messages, posted before each answer likewise.
 /// - (retry_atom, execute) delegated, with the original requester, for each
 ///   idempotent request in flight when the worker dies.
 /// - (requeue_atom, execute) delegated likewise for each request that

@@ -4,8 +4,27 @@
 // are workers of one backend (real Python processes or the in-process mock)
 // and a session-affinity actor. Requests flow: caller -> pool -> (affinity,
 // for session requests) -> worker, and the worker answers the caller
-// directly: the pool delegates each request and learns of its completion
-// from the worker's done report, so it never sits on the reply path.
+// directly. For the Python backend the pool writes each request into the
+// worker's pipe itself, through the worker's link
+// (actors/worker/worker_link.hpp), and the process's I/O thread answers the
+// caller; for the mock, and for whatever a worker's link does not admit,
+// the pool delegates the request to the worker actor. Either way the pool
+// learns of each completion from the worker's done report, so it never sits
+// on the reply path.
+//
+// Process-wide effects of linking and using pyvisor (an embedding
+// application should know them):
+// - SIGPIPE is ignored process-wide from the first worker's start (a write
+//   to a dead worker's pipe must fail with EPIPE, not kill the host); the
+//   host must not set SIGCHLD to SIG_IGN, or workers could not be reaped.
+// - Each Python worker has one thread of its own (named `pyvisor.io`) for
+//   its process's I/O, and a fork-server template one more.
+// - Replies are delivered to callers from those threads, outside CAF's
+//   scheduler, as a message from outside the actor system would be.
+// - Workers are children of the process (their own process groups, a
+//   parent-death signal): they die with it.
+// - Nothing here touches OpenSSL's functions; the caf-openssl mend that the
+//   node links (pyvisor::caf_openssl_mend) does, and only when linked.
 //
 // Guarantees:
 // - Workers start concurrently; ready_atom is answered once all said hello.
@@ -20,7 +39,8 @@
 //   back-off (retry_backoff, doubling), at most max_attempts times:
 //   at-least-once for idempotent requests, at-most-once for all others.
 //   Requests that provably never started on the dead worker are requeued
-//   instead, idempotent or not (see request_ledger.hpp, docs/protocol.md).
+//   instead, idempotent or not (see actors/worker/request_ledger.hpp,
+//   docs/protocol.md).
 // - Sessions: the first request naming a session binds it to a worker; later
 //   ones go to that worker (mode strict: they wait for it; mode hint: they
 //   may run elsewhere when the owner is busy, without the owner's state).

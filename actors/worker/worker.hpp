@@ -4,21 +4,25 @@
 // protocol (docs/protocol.md). Guarantees:
 // - Never blocks a scheduler thread: all pipe I/O runs on the process's own
 //   I/O thread (actors/process/python_process.hpp), which hands decoded frames over.
-// - Requests may be pipelined; replies are matched by id and delivered
-//   straight to each requester.
+// - Requests may be pipelined; replies are matched by id and answered
+//   straight to each requester, on the I/O thread (actors/worker/worker_link.hpp
+//   owns that path; this actor keeps the life cycle, worker_lifecycle.hpp).
 // - Ready only after the hello frame; `ready_atom` requests are answered then
 //   (or with the start-up error).
 // - A request that exceeds its deadline fails with `timeout` and the worker is
 //   recycled at once: its process is killed and the actor quits with reason
-//   `timeout`, so a late reply can never reach the next caller. Its other
-//   in-flight requests fail with `worker_crashed`. An idempotent request may
-//   have a shorter per-attempt limit (attempt_timeout); past it, it goes
-//   back to the listener for a retry while its deadline still allows.
-// - Process death fails every in-flight request with `worker_crashed`
-//   (naming exit code or signal) and the actor quits with that error; a
-//   protocol violation does the same with `protocol_error`. Requests that
-//   named a session fail with `session_lost` instead (the state died too),
-//   and idempotent ones are handed back for a retry (request_ledger.hpp).
+//   `timeout`, so a late reply can never reach the next caller. Of its other
+//   in-flight requests, those that waited behind the timed-out one in the
+//   pipe never started and are handed back to the listener to run elsewhere
+//   (requeue); session requests fail with `session_lost`. An idempotent
+//   request may have a shorter per-attempt limit (attempt_timeout); past it,
+//   it goes back to the listener for a retry while its deadline allows.
+// - Process death fails the request it was running with `worker_crashed`
+//   (naming exit code or signal; retried if idempotent) and hands back what
+//   waited behind it (it never started); the actor quits with that error. A
+//   protocol violation gives up everything with `protocol_error`. Requests
+//   that named a session fail with `session_lost` instead (the state died
+//   too). The rules: actors/worker/request_ledger.hpp.
 // - An exit message (e.g. a supervisor's user_shutdown) stops the worker
 //   gracefully: no new requests, queued ones are answered, the process gets
 //   EOF, then SIGTERM and SIGKILL after `stop_grace` each.
