@@ -291,26 +291,16 @@ mock_impl::behavior_type mock_fun(self_ptr self, mock_config cfg) {
     },
     [self](sweep_atom) {
       auto& st = self->state;
-      auto late = st.link->sweep();
-      if (late.empty())
-        return;
-      auto msg = tag_of(st) + ": request " + std::to_string(late.front()) + " ('"
-                 + st.link->command_of(late.front()) + "') timed out; recycling the worker";
-      log().warn("{}", msg);
       // Nothing runs the overdue requests but timers: dropping their
       // results is the mock's kill, and what else is in flight is given up
       // at once (the mock runs requests concurrently: any may have started).
-      for (auto id : late)
-        st.results.erase(id);
-      auto timeout = make_error(error_code::timeout, msg);
-      retirement r;
-      r.for_requests = make_error(error_code::worker_crashed,
-                                  tag_of(st) + " recycled after another request timed out");
-      r.reason = timeout;
-      r.deliberate = true;
-      r.late = std::move(late);
-      r.late_error = timeout;
-      st.life->retire(self, std::move(r));
+      st.life->sweep(self, tag_of(st),
+                     make_error(error_code::worker_crashed,
+                                tag_of(st) + " recycled after another request timed out"),
+                     false, [self](const std::vector<uint64_t>& late) {
+                       for (auto id : late)
+                         self->state.results.erase(id);
+                     });
     },
     [self](mock_stop_timeout_atom) {
       auto& st = self->state;

@@ -317,29 +317,18 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
     },
     [self](sweep_atom) {
       auto& st = self->state;
-      auto late = st.link->sweep();
-      if (late.empty())
-        return;
-      auto msg = tag_of(st) + ": request " + std::to_string(late.front()) + " ('"
-                 + st.link->command_of(late.front()) + "') timed out; recycling the worker";
-      log().warn("{}", msg);
       // The caller hears `timeout` at once; what else is in flight is
       // settled once the killed process is reaped and its last replies are
       // read (see settle): the requests that never started run elsewhere
       // instead of failing.
-      st.expired_unanswered.insert(late.begin(), late.end());
-      if (st.proc)
-        st.proc->signal(SIGKILL);
-      self->delayed_send(self, settle_limit, settle_timeout_atom::value);
-      auto timeout = make_error(error_code::timeout, msg);
-      retirement r;
-      r.for_requests = recycled_error(st);
-      r.reason = timeout;
-      r.deliberate = true;
-      r.late = std::move(late);
-      r.late_error = timeout;
-      r.settle_later = true;
-      st.life->retire(self, std::move(r));
+      st.life->sweep(self, tag_of(st), recycled_error(st), true,
+                     [self](const std::vector<uint64_t>& late) {
+                       auto& st = self->state;
+                       st.expired_unanswered.insert(late.begin(), late.end());
+                       if (st.proc)
+                         st.proc->signal(SIGKILL);
+                       self->delayed_send(self, settle_limit, settle_timeout_atom::value);
+                     });
     },
     [self](settle_timeout_atom) {
       auto& st = self->state;

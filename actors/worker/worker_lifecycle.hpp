@@ -31,6 +31,7 @@
 #include "caf/typed_response_promise.hpp"
 
 #include "actors/worker/worker_link.hpp"
+#include "messages/log.hpp"
 
 namespace pyvisor {
 
@@ -128,6 +129,33 @@ public:
       if (acked_)
         self->quit(std::move(r.reason));
     }
+  }
+
+  /// The deadline sweep (on sweep_atom): when a request is past its
+  /// deadline the worker counts as hung: `kill(overdue ids)` stops what
+  /// runs them, the overdue requests fail with `timeout` and the worker
+  /// retires deliberately (a recycle, not a crash); what else it held fails
+  /// with `for_requests`, now or (`settle_later`) at settle(). `tag` names
+  /// the worker in messages.
+  template <class Self, class Kill>
+  void sweep(Self* self, const std::string& tag, caf::error for_requests, bool settle_later,
+             Kill kill) {
+    auto late = link_->sweep();
+    if (late.empty())
+      return;
+    auto msg = tag + ": request " + std::to_string(late.front()) + " ('"
+               + link_->command_of(late.front()) + "') timed out; recycling the worker";
+    log().warn("{}", msg);
+    kill(late);
+    auto timeout = make_error(error_code::timeout, msg);
+    retirement r;
+    r.for_requests = std::move(for_requests);
+    r.reason = timeout;
+    r.deliberate = true;
+    r.late = std::move(late);
+    r.late_error = timeout;
+    r.settle_later = settle_later;
+    retire(self, std::move(r));
   }
 
   /// Whether retire() waits for settle().
