@@ -149,15 +149,16 @@ void worker_link::attach(std::shared_ptr<python_process> proc) {
   proc_ = std::move(proc);
 }
 
-admission worker_link::admit(const execute& req, size_t frame_bytes) const {
+admission worker_link::admit(bool valid_args, size_t frame_bytes) const {
+  // A retiring worker hands even bad requests back: it never ran them.
   if (retiring_)
     return admission::retiring;
   if (closed_ || phase_ == worker_phase::stopping)
     return admission::stopping;
+  if (!valid_args)
+    return admission::bad_args;
   if (frame_bytes > max_frame_size_)
     return admission::too_large;
-  // Checked by submit() before the lock (the scan needs none).
-  (void) req;
   return admission::accepted;
 }
 
@@ -167,18 +168,13 @@ admission worker_link::submit(execute& req, caf::typed_response_promise<payload>
   bool valid = is_valid_msgpack(req.args);
   std::vector<char> frame;
   std::lock_guard<std::mutex> guard{mtx_};
-  if (!valid) {
-    // After the other checks: a retiring worker hands even bad requests back.
-    auto verdict = admit(req, 0);
-    return verdict == admission::accepted ? admission::bad_args : verdict;
-  }
   size_t body = 0;
-  if (proc_) {
+  if (proc_ && valid) {
     frame.reserve(req.args.bytes.size() + req.command.size() + req.session.size() + 48);
     wire::append_request(frame, ledger_.peek_id(), req.command, req.args.bytes, req.session);
     body = frame.size() - 4;
   }
-  auto verdict = admit(req, body);
+  auto verdict = admit(valid, body);
   if (verdict != admission::accepted)
     return verdict;
   if (proc_)

@@ -89,9 +89,11 @@ public:
   /// happened, `rp` is untouched, and the answer is the caller's.
   admission submit(execute& req, caf::typed_response_promise<payload>& rp, uint64_t* id = nullptr);
 
-  /// The one admission predicate (see the top). `frame_bytes`: the size of
-  /// the request's frame body (0 without a process). Requires the lock.
-  admission admit(const execute& req, size_t frame_bytes) const;
+  /// The one admission predicate (see the top), in this order: retiring,
+  /// stopping, `valid_args` (the args are one msgpack value, scanned before
+  /// the lock), `frame_bytes` (the frame body's size, 0 without a process)
+  /// within the limit. Requires the lock.
+  admission admit(bool valid_args, size_t frame_bytes) const;
 
   /// The frame-size limit for messages.
   size_t max_frame_size() const noexcept {
