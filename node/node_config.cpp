@@ -152,7 +152,7 @@ namespace {
 bool ours(caf::string_view category) {
   for (const char* c :
        {"pool", "mock", "session", "rpc", "publish", "cluster", "metrics", "node", "log"})
-    if (category == c)
+    if (category.compare(c) == 0)
       return true;
   return false;
 }

@@ -132,24 +132,29 @@ int handshake_step(SSL* ssl, int (*real)(SSL*), bool accepting, void* caller) {
 
 } // namespace
 
-extern "C" int SSL_accept(SSL* ssl) {
+// Exported whatever the build's default visibility (-fvisibility=hidden in
+// the sanitizer tree): interposing is the point, and a hidden definition
+// would leave libcaf_openssl calling libssl's own.
+#define PYVISOR_INTERPOSE extern "C" __attribute__((visibility("default")))
+
+PYVISOR_INTERPOSE int SSL_accept(SSL* ssl) {
   static auto real = pyvisor::next_symbol<int (*)(SSL*)>("SSL_accept");
   return handshake_step(ssl, real, true, __builtin_return_address(0));
 }
 
-extern "C" int SSL_connect(SSL* ssl) {
+PYVISOR_INTERPOSE int SSL_connect(SSL* ssl) {
   static auto real = pyvisor::next_symbol<int (*)(SSL*)>("SSL_connect");
   return handshake_step(ssl, real, false, __builtin_return_address(0));
 }
 
-extern "C" int SSL_read(SSL* ssl, void* buf, int num) {
+PYVISOR_INTERPOSE int SSL_read(SSL* ssl, void* buf, int num) {
   static auto real = pyvisor::next_symbol<int (*)(SSL*, void*, int)>("SSL_read");
   if (called_by_caf_openssl(__builtin_return_address(0)))
     ERR_clear_error();
   return real(ssl, buf, num);
 }
 
-extern "C" int SSL_write(SSL* ssl, const void* buf, int num) {
+PYVISOR_INTERPOSE int SSL_write(SSL* ssl, const void* buf, int num) {
   static auto real = pyvisor::next_symbol<int (*)(SSL*, const void*, int)>("SSL_write");
   if (called_by_caf_openssl(__builtin_return_address(0)))
     ERR_clear_error();

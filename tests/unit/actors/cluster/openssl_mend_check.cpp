@@ -1,7 +1,10 @@
-// Which SSL_read a program calls: built twice, linked with pyvisor alone
-// (PYVISOR_EXPECT_MENDED=0: the program keeps libssl's own SSL_* functions)
-// and with pyvisor::caf_openssl_mend too (=1: the mend's definitions, in
-// the program, come first). Exits 0 when the expectation holds.
+// Which SSL_* functions libcaf_openssl calls: built twice, linked with
+// pyvisor alone (PYVISOR_EXPECT_MENDED=0: libssl's own) and with
+// pyvisor::caf_openssl_mend too (=1: the mend's definitions, in the program,
+// come first). A shared library's call binds to what the global scope
+// finds, so that is what is asked (dlsym(RTLD_DEFAULT)), not the address the
+// program itself sees: a hidden definition would fool the latter. Exits 0
+// when the expectation holds for every interposed function.
 #include <dlfcn.h>
 
 #include <cstdio>
@@ -15,13 +18,21 @@ int main() {
   // Linking pyvisor for real: a symbol of the library is used.
   volatile auto keep = &pyvisor::add_pool_types;
   (void) keep;
-  Dl_info info{};
-  auto fn = reinterpret_cast<void*>(&SSL_read);
-  if (dladdr(fn, &info) == 0 || info.dli_fname == nullptr) {
-    std::puts("SSL_read: not found by dladdr");
-    return 2;
+  // Linking libssl for real too, as the node does through CAF.
+  volatile auto keep_ssl = &SSL_read;
+  (void) keep_ssl;
+  int wrong = 0;
+  for (const char* name : {"SSL_accept", "SSL_connect", "SSL_read", "SSL_write"}) {
+    Dl_info info{};
+    auto fn = dlsym(RTLD_DEFAULT, name);
+    if (fn == nullptr || dladdr(fn, &info) == 0 || info.dli_fname == nullptr) {
+      std::printf("%s: not found\n", name);
+      return 2;
+    }
+    bool from_libssl = std::strstr(info.dli_fname, "libssl") != nullptr;
+    std::printf("%s comes from %s\n", name, info.dli_fname);
+    if (from_libssl != (PYVISOR_EXPECT_MENDED == 0))
+      ++wrong;
   }
-  bool from_libssl = std::strstr(info.dli_fname, "libssl") != nullptr;
-  std::printf("SSL_read comes from %s\n", info.dli_fname);
-  return from_libssl == (PYVISOR_EXPECT_MENDED == 0) ? 0 : 1;
+  return wrong == 0 ? 0 : 1;
 }
