@@ -45,7 +45,7 @@
 #include "pyvisor/client_endpoint.hpp"
 #include "pyvisor/cluster.hpp"
 #include "pyvisor/pool.hpp"
-#include "pyvisor/session_affinity.hpp"
+#include "actors/pool/session_affinity.hpp"
 #include "pyvisor/worker.hpp"
 #include "bench/references.hpp"
 #include "messages/log.hpp"

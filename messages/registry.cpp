@@ -2,6 +2,7 @@
 
 #include "caf/actor_system_config.hpp"
 
+#include "messages/worker_listener.hpp"
 #include "pyvisor/worker_actor.hpp"
 
 namespace pyvisor {

@@ -37,6 +37,7 @@
 #include "actors/pool/slot_table.hpp"
 #include "actors/sweep_timer.hpp"
 #include "actors/worker/completion_inbox.hpp"
+#include "messages/worker_listener.hpp"
 #include "pyvisor/pool.hpp"
 
 namespace pyvisor {

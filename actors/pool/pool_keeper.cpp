@@ -13,6 +13,7 @@
 #include "caf/typed_event_based_actor.hpp"
 
 #include "actors/pool/pool_core.hpp"
+#include "messages/internal_atoms.hpp"
 #include "messages/log.hpp"
 
 namespace pyvisor {

@@ -15,8 +15,7 @@
 
 #include "actors/fork_server/template_actor.hpp"
 #include "messages/log.hpp"
-#include "pyvisor/mock_worker.hpp"
-#include "pyvisor/worker.hpp"
+#include "actors/worker/reporting_worker.hpp"
 
 namespace pyvisor {
 
@@ -199,17 +198,16 @@ child_spec worker_spec_of(self_ptr self) {
     common.request_timeout = cfg.request_timeout;
     common.attempt_timeout = cfg.attempt_timeout;
     common.stop_grace = cfg.shutdown_timeout / 2;
-    common.listener = listener;
     if (cfg.backend == backend_kind::mock) {
       auto mc = cfg.mock;
       static_cast<worker_settings&>(mc) = common;
       mc.seed = cfg.mock.seed * 1000003 + (*incarnations)++;
-      return caf::actor_cast<caf::actor>(spawn_mock_worker(sys, mc));
+      return caf::actor_cast<caf::actor>(spawn_mock_worker(sys, mc, listener));
     }
     auto wc = cfg.worker;
     static_cast<worker_settings&>(wc) = common;
     wc.fork_from = forks;
-    return caf::actor_cast<caf::actor>(spawn_python_worker(sys, wc));
+    return caf::actor_cast<caf::actor>(spawn_python_worker(sys, wc, listener));
   };
   return spec;
 }

@@ -1,4 +1,4 @@
-#include "pyvisor/session_affinity.hpp"
+#include "actors/pool/session_affinity.hpp"
 
 #include <vector>
 

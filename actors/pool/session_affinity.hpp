@@ -19,6 +19,8 @@
 //   cannot exhaust the node's or a worker's memory.
 // - O(1) lookups; cleanup costs what expires (see expiring_index.hpp).
 // Time is the actor clock, so CAF's test coordinator drives expiry exactly.
+// Internal to the pool (not installed); its settings, part of pool_config,
+// are in session_settings.hpp.
 
 #pragma once
 
@@ -34,29 +36,14 @@
 #include "caf/timespan.hpp"
 #include "caf/typed_actor.hpp"
 
-#include "pyvisor/atoms.hpp"
+#include "pyvisor/session_settings.hpp"
+#include "messages/internal_atoms.hpp"
 #include "pyvisor/worker_actor.hpp"
 
 namespace pyvisor {
 
 /// No worker slot (e.g. no candidate available).
 constexpr uint32_t no_slot = std::numeric_limits<uint32_t>::max();
-
-struct session_settings {
-  /// Idle time after which a session expires.
-  caf::timespan timeout = std::chrono::minutes(5);
-  /// Period of the cleanup timer.
-  caf::timespan cleanup_interval = std::chrono::seconds(1);
-  /// How long an expired or lost id is remembered.
-  caf::timespan remember = std::chrono::minutes(10);
-  /// Live sessions at most: a request that would open one more is answered
-  /// `overloaded` (each costs the node ~120 bytes and its worker its state).
-  /// Remembered (expired, lost) ids are capped at the same number, the
-  /// oldest forgotten first.
-  size_t max_sessions = 100000;
-  /// Longest session id, in bytes (checked by the pool: `bad_request`).
-  size_t max_id_size = 256;
-};
 
 struct affinity_stats {
   uint64_t sessions = 0;

@@ -10,6 +10,7 @@
 #include "caf/stateful_actor.hpp"
 #include "caf/typed_event_based_actor.hpp"
 
+#include "actors/worker/reporting_worker.hpp"
 #include "actors/worker/worker_lifecycle.hpp"
 #include "actors/worker/worker_link.hpp"
 #include "messages/log.hpp"
@@ -190,11 +191,12 @@ action run_command(self_ptr self, const execute& req, caf::expected<payload>& re
   return action::reply;
 }
 
-mock_impl::behavior_type mock_fun(self_ptr self, mock_config cfg) {
+mock_impl::behavior_type mock_fun(self_ptr self, mock_config cfg,
+                                  worker_listener_actor listener) {
   auto& st = self->state;
   st.cfg = std::move(cfg);
   st.link = std::make_shared<worker_link>(self->clock(), self->address(), st.cfg,
-                                          std::numeric_limits<size_t>::max());
+                                          std::move(listener), std::numeric_limits<size_t>::max());
   st.life = std::make_unique<worker_lifecycle>(st.link);
   st.rng.seed(st.cfg.seed);
   st.status.id = st.cfg.id;
@@ -312,7 +314,12 @@ mock_impl::behavior_type mock_fun(self_ptr self, mock_config cfg) {
 } // namespace
 
 worker_actor spawn_mock_worker(caf::actor_system& sys, mock_config cfg) {
-  return sys.spawn(mock_fun, std::move(cfg));
+  return spawn_mock_worker(sys, std::move(cfg), worker_listener_actor{});
+}
+
+worker_actor spawn_mock_worker(caf::actor_system& sys, mock_config cfg,
+                               worker_listener_actor listener) {
+  return sys.spawn(mock_fun, std::move(cfg), std::move(listener));
 }
 
 } // namespace pyvisor

@@ -7,7 +7,7 @@
 // deterministically. Faults can also be injected at random: per request, with
 // the given probabilities, it replies with python_error, dies (failing its
 // in-flight requests with worker_crashed, idempotent ones handed back to its
-// listener), or hangs (the request times out and the mock quits with
+// pool), or hangs (the request times out and the mock quits with
 // `timeout`, exactly as a real worker is recycled). Latency is uniform in
 // [latency_min, latency_max]. The same seed gives the same behaviour.
 //
@@ -46,8 +46,8 @@ struct mock_command {
   caf::timespan latency{0};
 };
 
-/// Settings of one mock worker (worker_settings: id, deadlines, stop grace,
-/// listener).
+/// Settings of one mock worker (worker_settings: id, deadlines, stop
+/// grace).
 struct mock_config : worker_settings {
   caf::timespan latency_min{0};
   caf::timespan latency_max{0};

@@ -33,6 +33,7 @@
 
 #include "actors/worker/completion_inbox.hpp"
 #include "actors/worker/request_ledger.hpp"
+#include "messages/worker_listener.hpp"
 #include "pyvisor/worker_actor.hpp"
 
 namespace pyvisor {

@@ -19,6 +19,7 @@
 
 #include "actors/fork_server/fork_server.hpp"
 #include "actors/process/python_process.hpp"
+#include "actors/worker/reporting_worker.hpp"
 #include "actors/worker/python_options.hpp"
 #include "actors/worker/worker_lifecycle.hpp"
 #include "actors/worker/worker_link.hpp"
@@ -183,11 +184,12 @@ void on_frame(self_ptr self, wire::frame& f) {
   }
 }
 
-worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg) {
+worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg,
+                                      worker_listener_actor listener) {
   auto& st = self->state;
   st.cfg = std::move(cfg);
   st.link = std::make_shared<worker_link>(self->clock(), self->address(), st.cfg,
-                                          st.cfg.max_frame_size);
+                                          std::move(listener), st.cfg.max_frame_size);
   st.life = std::make_unique<worker_lifecycle>(st.link);
   st.status.id = st.cfg.id;
   st.spawned_at = std::chrono::steady_clock::now();
@@ -419,7 +421,12 @@ std::string default_python_dir() {
 }
 
 worker_actor spawn_python_worker(caf::actor_system& sys, worker_config cfg) {
-  return sys.spawn(worker_fun, std::move(cfg));
+  return spawn_python_worker(sys, std::move(cfg), worker_listener_actor{});
+}
+
+worker_actor spawn_python_worker(caf::actor_system& sys, worker_config cfg,
+                                 worker_listener_actor listener) {
+  return sys.spawn(worker_fun, std::move(cfg), std::move(listener));
 }
 
 } // namespace pyvisor

@@ -13,10 +13,11 @@
 //   recycled at once: its process is killed and the actor quits with reason
 //   `timeout`, so a late reply can never reach the next caller. Of its other
 //   in-flight requests, those that waited behind the timed-out one in the
-//   pipe never started and are handed back to the listener to run elsewhere
+//   pipe never started and are handed back to the pool to run elsewhere
 //   (requeue); session requests fail with `session_lost`. An idempotent
 //   request may have a shorter per-attempt limit (attempt_timeout); past it,
-//   it goes back to the listener for a retry while its deadline allows.
+//   it goes back to the pool for a retry while its deadline allows (a
+//   worker outside a pool fails them instead, see request_ledger.hpp).
 // - Process death fails the request it was running with `worker_crashed`
 //   (naming exit code or signal; retried if idempotent) and hands back what
 //   waited behind it (it never started); the actor quits with that error. A
@@ -46,7 +47,7 @@ namespace pyvisor {
 class fork_channel;
 
 /// Settings of one Python worker (worker_settings: id, deadlines, stop
-/// grace, listener).
+/// grace).
 struct worker_config : worker_settings {
   /// Interpreter; Debian's /usr/bin/python3 has python3-msgpack.
   std::string python = "/usr/bin/python3";

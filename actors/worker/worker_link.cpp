@@ -124,23 +124,24 @@ caf::expected<payload> result_of(wire::frame& f) {
 
 namespace {
 
-request_ledger::limits limits_of(const worker_settings& cfg) {
+request_ledger::limits limits_of(const worker_settings& cfg, bool has_listener) {
   request_ledger::limits lim;
   lim.request_timeout = cfg.request_timeout;
   lim.attempt_timeout = cfg.attempt_timeout;
-  lim.has_listener = static_cast<bool>(cfg.listener);
+  lim.has_listener = has_listener;
   return lim;
 }
 
 } // namespace
 
 worker_link::worker_link(caf::actor_clock& clock, caf::actor_addr owner,
-                         const worker_settings& cfg, size_t max_frame_size)
+                         const worker_settings& cfg, worker_listener_actor listener,
+                         size_t max_frame_size)
   : clock_(&clock),
     owner_(owner),
-    courier_(std::move(owner), cfg.listener),
+    courier_(std::move(owner), std::move(listener)),
     max_frame_size_(max_frame_size),
-    ledger_(limits_of(cfg)) {
+    ledger_(limits_of(cfg, static_cast<bool>(courier_.listener()))) {
   // nop
 }
 

@@ -75,10 +75,11 @@ caf::expected<payload> result_of(wire::frame& f);
 
 class worker_link {
 public:
-  /// `owner`: the worker actor; `max_frame_size`: the largest frame body
-  /// written to the process.
+  /// `owner`: the worker actor; `listener`: whom it reports to (the pool;
+  /// may be invalid); `max_frame_size`: the largest frame body written to
+  /// the process.
   worker_link(caf::actor_clock& clock, caf::actor_addr owner, const worker_settings& cfg,
-              size_t max_frame_size);
+              worker_listener_actor listener, size_t max_frame_size);
 
   /// Gives the link its process (before any request; the mock has none).
   void attach(std::shared_ptr<python_process> proc);

@@ -5,7 +5,7 @@
 #include "caf/send.hpp"
 
 #include "pyvisor/mock_worker.hpp"
-#include "pyvisor/session_affinity.hpp"
+#include "actors/pool/session_affinity.hpp"
 
 using namespace pyvisor;
 using namespace std::chrono_literals;

@@ -17,6 +17,7 @@
 
 #include "actors/request_state.hpp"
 #include "actors/worker/request_ledger.hpp"
+#include "actors/worker/reporting_worker.hpp"
 #include "pyvisor/mock_worker.hpp"
 
 using namespace pyvisor;
@@ -53,8 +54,7 @@ struct fixture : test::test_coordinator_fixture {
 
   void start(mock_config cfg) {
     cfg.id = 7;
-    cfg.listener = listener;
-    worker = spawn_mock_worker(sys, cfg);
+    worker = spawn_mock_worker(sys, cfg, listener);
     watch(worker);
     run();
     ask<worker_status>(worker, ready_atom::value);

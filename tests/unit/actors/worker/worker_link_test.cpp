@@ -24,6 +24,7 @@
 #include "caf/typed_event_based_actor.hpp"
 
 #include "actors/process/python_process.hpp"
+#include "actors/worker/reporting_worker.hpp"
 #include "actors/worker/worker_link.hpp"
 #include "pyvisor/pool.hpp"
 #include "pyvisor/worker.hpp"
@@ -112,8 +113,7 @@ struct fixture {
     worker_config wc;
     wc.id = 1;
     wc.python = PYVISOR_TEST_FAKE_WORKER;
-    wc.listener = listener;
-    worker = spawn_python_worker(sys, wc);
+    worker = spawn_python_worker(sys, wc, listener);
     caf::scoped_actor self{sys};
     self->request(worker, 5s, ready_atom::value)
       .receive([](worker_status&) {}, [](caf::error& err) { FAIL(to_string_readable(err)); });
@@ -163,8 +163,7 @@ TEST_CASE("a reply is answered on the process's I/O thread, reported first",
   auto listener = sys.spawn(fake_listener, heard);
   caf::scoped_actor owner{sys};
   worker_settings ws;
-  ws.listener = listener;
-  auto link = std::make_shared<worker_link>(sys.clock(), owner->address(), ws, 1 << 20);
+  auto link = std::make_shared<worker_link>(sys.clock(), owner->address(), ws, listener, 1 << 20);
   auto inbox = std::make_shared<completion_inbox>();
   link->report_to(inbox, caf::actor_addr{});
   std::mutex mtx;
