@@ -177,12 +177,15 @@ public:
   }
 
   /// Request `id` ran out of time on this (now suspect) worker: given up
-  /// with `err` (an idempotent request with time left is retried).
+  /// with `err` (an idempotent request with time left is retried). Its
+  /// caller hears `err` itself even when it names a session: it was too
+  /// slow, which session_lost would not tell it (its session's state is
+  /// lost with the worker all the same; later requests hear that).
   std::optional<settlement> expire(uint64_t id, const caf::error& err, ledger_time now) {
     auto e = take(id);
     if (!e)
       return std::nullopt;
-    return e->internal ? settlement{} : give_up(std::move(*e), err, now);
+    return e->internal ? settlement{} : give_up(std::move(*e), err, now, true);
   }
 
   /// The worker is gone and cannot tell what started: every request is
@@ -306,8 +309,10 @@ private:
 
   // This worker cannot answer `e`: an idempotent request with time left
   // goes back for another attempt (the caller's deadline is absolute: the
-  // next attempt gets what is left of it), any other fails with `err`.
-  settlement give_up(ledger_entry e, const caf::error& err, ledger_time now) const {
+  // next attempt gets what is left of it), any other fails with `err` (for
+  // a session request session_lost, unless `own_fault`: `e` itself is why).
+  settlement give_up(ledger_entry e, const caf::error& err, ledger_time now,
+                     bool own_fault = false) const {
     settlement s;
     s.service_ns = elapsed_ns(e, now);
     auto elapsed = now - e.started;
@@ -319,7 +324,7 @@ private:
       e.state = request_state::retried;
     } else {
       s.what = verdict::fail;
-      s.error = for_request(e.request, err);
+      s.error = own_fault ? err : for_request(e.request, err);
       e.state = code_of(err) == error_code::timeout ? request_state::expired
                                                     : request_state::answered;
     }

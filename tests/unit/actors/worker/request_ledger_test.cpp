@@ -171,6 +171,27 @@ TEST_CASE("an idempotent request is overdue at its attempt limit, others at thei
   CHECK(failed->entry.state == request_state::expired);
 }
 
+TEST_CASE("a session request that times out answers timeout; its session's others session_lost",
+          "[unit][ledger]") {
+  request_ledger ledger{with_listener()};
+  auto t0 = clock_type::now();
+  auto slow = request("sleep", 50ms, false, "s1");
+  auto next = request("echo", 1s, false, "s1");
+  auto slow_id = ledger.add(slow, {}, t0);
+  ledger.add(next, {}, t0);
+  auto late = make_error(error_code::timeout, "too slow");
+  auto expired = ledger.expire(slow_id, late, t0 + 60ms);
+  REQUIRE(expired);
+  CHECK(expired->what == verdict::fail);
+  // Too slow, not "worker died": the caller can tell the two apart.
+  CHECK(expired->code() == error_code::timeout);
+  CHECK(expired->entry.state == request_state::expired);
+  // The worker is recycled: what waited in the session lost its state.
+  auto rest = ledger.settle_sequential(late, 0, t0 + 60ms);
+  REQUIRE(rest.size() == 1);
+  CHECK(rest[0].code() == error_code::session_lost);
+}
+
 TEST_CASE("a sequential worker's settlement: the oldest given up, the rest requeued",
           "[unit][ledger]") {
   request_ledger ledger{with_listener()};
@@ -296,6 +317,19 @@ TEST_CASE_METHOD(fixture, "the deadline sweep recycles a worker whose request ou
   auto down = next_down();
   REQUIRE(down);
   CHECK(code_of(*down) == error_code::timeout);
+}
+
+TEST_CASE_METHOD(fixture, "a timed-out session request answers timeout on the worker's path",
+                 "[unit][ledger]") {
+  start(mock_config{});
+  auto hung = send(with(make_execute("hang", 0, "s1"), 50ms));
+  auto behind = send(with(make_execute("sleep", std::map<std::string, int>{{"ms", 1000}}, "s1"),
+                          10s));
+  advance(60ms);
+  auto timed_out = next_reply(*hung);
+  REQUIRE_FALSE(timed_out);
+  CHECK(code_of(timed_out.error()) == error_code::timeout);
+  CHECK(code_of_reply(next_reply(*behind)) == error_code::session_lost);
 }
 
 TEST_CASE_METHOD(fixture, "an idempotent request past its attempt limit is retried elsewhere",
