@@ -309,8 +309,13 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
               auto& st = self->state;
               if (auto i = st.slots.find(worker)) {
                 auto& s = st.slots[*i];
-                if (deliberate)
+                if (deliberate) {
                   prove(self, *i, true);
+                  if (!s.self_recycled) {
+                    s.self_recycled = true;
+                    ++st.counters.recycled;
+                  }
+                }
                 s.state = worker_phase::down;
                 s.in_flight = 0;
                 s.running_sessions.clear();

@@ -289,7 +289,10 @@ struct pool_stats {
   uint64_t retries = 0;
   /// Requests handed back by a dying worker on which they never started.
   uint64_t requeued = 0;
+  /// Workers replaced after they died (crashes, failed starts).
   uint64_t restarts = 0;
+  /// Workers replaced on purpose: max_requests, max_age, max_rss, and a
+  /// worker recycled because a request outlived its deadline on it.
   uint64_t recycled = 0;
   /// Worker service time of every command (estimated, see
   /// latency_histogram.hpp).

@@ -420,6 +420,7 @@ void on_child_down(self_ptr self, const std::string& id, caf::error& reason) {
     return;
   auto& s = st.slots[slot];
   bool recycling = s.recycling;
+  bool self_recycled = s.self_recycled;
   s.reset();
   self->send(st.affinity, worker_down_atom::value, slot);
   auto info = info_of(reason);
@@ -456,7 +457,7 @@ void on_child_down(self_ptr self, const std::string& id, caf::error& reason) {
       .then([](caf::actor&) {}, [id](caf::error& err) {
         log().error("pool: cannot restart recycled worker {}: {}", id, to_string_readable(err));
       });
-  } else {
+  } else if (!self_recycled) {
     ++s.restarts;
     ++st.counters.restarts;
   }

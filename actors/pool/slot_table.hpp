@@ -53,7 +53,13 @@ struct slot_rec {
   caf::actor_clock::time_point started;
   /// Bumped whenever the slot gets a new worker or loses one.
   uint32_t incarnation = 0;
+  /// The pool retires this worker (max_requests, max_age, max_rss): it
+  /// starts the replacement itself.
   bool recycling = false;
+  /// The worker recycled itself (a request outlived its deadline there):
+  /// its supervisor starts the replacement. Counted as recycled, like the
+  /// pool's own recycles, not as a restart.
+  bool self_recycled = false;
   /// This incarnation answered a request / was told to the supervisor as
   /// proven (its death then does not count toward restart intensity).
   bool served_ok = false;
@@ -76,6 +82,7 @@ struct slot_rec {
     dispatched = 0;
     pid = 0;
     recycling = false;
+    self_recycled = false;
     served_ok = false;
     proven = false;
     running_sessions.clear();

@@ -237,6 +237,20 @@ class ErrorsTest(NodeTest):
         err, _ = self.rpc.call("execute", "sleep", {"ms": 2000}, {"timeout_ms": 200})
         self.assertCode(err, "timeout")
         self.assertEqual(self.rpc.call("execute", "ping", None), (None, "pong"))
+        # The worker it hung on was recycled, and the stats say so: a
+        # recycle, not a crash.
+        _, st = self.rpc.call("stats")
+        self.assertEqual((st["recycled"], st["restarts"]), (1, 0), st)
+
+    def test_a_timed_out_session_request_answers_timeout(self):
+        # Too slow is not a dead worker: the caller hears timeout. The
+        # recycle took the session's state, which its next request hears.
+        self.rpc.call("execute", "session.put", {"key": "k", "value": 1}, {"session": "slow"})
+        err, _ = self.rpc.call("execute", "sleep", {"ms": 2000},
+                               {"session": "slow", "timeout_ms": 200})
+        self.assertCode(err, "timeout")
+        self.assertCode(self.rpc.call("execute", "ping", None, {"session": "slow"})[0],
+                        "session_lost")
 
     def test_worker_crashed(self):
         err, _ = self.rpc.call("execute", "crash", {"code": 3})
