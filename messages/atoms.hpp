@@ -24,5 +24,8 @@ using end_session_atom = caf::atom_constant<caf::atom("pv_endsess")>;
 using health_atom = caf::atom_constant<caf::atom("pv_health")>;
 /// Changes a runtime setting (e.g. the session timeout) while running.
 using configure_atom = caf::atom_constant<caf::atom("pv_config")>;
+/// Cancels the sender's request that it tagged so (execute::tag; 0: all of
+/// its requests): answered `cancelled` now, interrupted if it runs.
+using cancel_atom = caf::atom_constant<caf::atom("pv_cancel")>;
 
 } // namespace pyvisor

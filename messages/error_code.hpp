@@ -51,12 +51,14 @@ enum class error_code : uint8_t {
   unknown_method,
   /// No pool can serve now (it is restarting after giving up); retry later.
   unavailable,
+  /// The caller (or its connection) cancelled the request.
+  cancelled,
   // Add new codes above this line, and their names to the table below
   // (name_of checks both).
 };
 
 /// Number of error codes, none included (the last one + 1).
-constexpr size_t error_code_count = static_cast<size_t>(error_code::unavailable) + 1;
+constexpr size_t error_code_count = static_cast<size_t>(error_code::cancelled) + 1;
 
 /// The wire names (name_of, from_string, to_string; names.hpp).
 template <>
@@ -75,6 +77,7 @@ struct enum_names<error_code> {
     {error_code::protocol_error, "protocol_error"},
     {error_code::unknown_method, "unknown_method"},
     {error_code::unavailable, "unavailable"},
+    {error_code::cancelled, "cancelled"},
   }}};
 };
 

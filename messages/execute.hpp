@@ -40,12 +40,15 @@ struct execute {
   bool idempotent = false;
   /// Set by the runtime: how often this request was already retried.
   uint32_t attempts = 0;
+  /// The caller's own name for this request (0: none), unique among its
+  /// requests in flight: what it passes to cancel it (cancel_atom, pool.hpp).
+  uint64_t tag = 0;
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, execute& x) {
   return f(caf::meta::type_name("pyvisor::execute"), x.command, x.args, x.session,
-           x.timeout, x.idempotent, x.attempts);
+           x.timeout, x.idempotent, x.attempts, x.tag);
 }
 
 /// Convenience: builds an execute request from any msgpack-adaptable value.

@@ -29,6 +29,9 @@ using worker_down_atom = caf::atom_constant<caf::atom("pv_wdown")>;
 /// that a lost pool held (they answer session_lost).
 using sessions_atom = caf::atom_constant<caf::atom("pv_sesslst")>;
 using sessions_lost_atom = caf::atom_constant<caf::atom("pv_seslost")>;
+/// The pool cancels a requester's requests on a worker it delegates to
+/// (cancel_for_atom, requester, tag; see pool_actor's cancel_atom).
+using cancel_for_atom = caf::atom_constant<caf::atom("pv_cancfor")>;
 /// A pool tells its keeper that it gave up (cause, its sessions).
 using pool_failed_atom = caf::atom_constant<caf::atom("pv_pfailed")>;
 

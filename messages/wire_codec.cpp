@@ -69,11 +69,15 @@ void pack_reply_head(packer& pk, uint64_t id, bool ok) {
 } // namespace
 
 void append_request(std::vector<char>& out, uint64_t id, std::string_view cmd,
-                    const std::vector<char>& args, std::string_view session) {
+                    const std::vector<char>& args, std::string_view session, double deadline) {
   auto pos = begin_frame(out);
   pyvisor::detail::vector_writer w{out};
   packer pk{w};
-  pk.pack_map(4);
+  pk.pack_map(deadline > 0 ? 5 : 4);
+  if (deadline > 0) {
+    pack_str(pk, "deadline");
+    pk.pack_double(deadline);
+  }
   pack_str(pk, "id");
   pk.pack_uint64(id);
   pack_str(pk, "cmd");
@@ -177,6 +181,8 @@ std::string decode(const char* data, size_t size, frame& out) {
         out.python = as_string(value);
       } else if (key == "commands") {
         out.commands = value.as<std::vector<std::string>>();
+      } else if (key == "control") {
+        out.control = value.as<bool>();
       }
       // Unknown keys are ignored so that the protocol can grow.
     }
@@ -198,6 +204,79 @@ std::string decode(const char* data, size_t size, frame& out) {
       out.result.push_back('\xc0');
   }
   return {};
+}
+
+void append_control(std::vector<char>& out, const std::vector<uint64_t>& revoke,
+                    uint64_t interrupt, std::string_view reason) {
+  pyvisor::detail::vector_writer w{out};
+  packer pk{w};
+  pk.pack_map((revoke.empty() ? 0 : 1) + (interrupt == 0 ? 0 : 2));
+  if (!revoke.empty()) {
+    pack_str(pk, "revoke");
+    pk.pack_array(static_cast<uint32_t>(revoke.size()));
+    for (auto id : revoke)
+      pk.pack_uint64(id);
+  }
+  if (interrupt != 0) {
+    pack_str(pk, "interrupt");
+    pk.pack_uint64(interrupt);
+    pack_str(pk, "reason");
+    pack_str(pk, reason);
+  }
+}
+
+bool is_control_message(const char* data, size_t size) noexcept {
+  if (size == 0)
+    return false;
+  auto b = static_cast<unsigned char>(data[0]);
+  return (b >= 0x80 && b <= 0x8f) || b == 0xde || b == 0xdf;
+}
+
+std::optional<control_message> decode_control(const char* data, size_t size) noexcept {
+  try {
+    msgpack_cursor cur{data, size};
+    size_t entries = 0;
+    if (!cur.map_header(entries))
+      return std::nullopt;
+    control_message result;
+    for (size_t i = 0; i < entries; ++i) {
+      auto key_handle = cur.next();
+      auto value_handle = cur.next();
+      auto key = as_string(key_handle.get());
+      if (key == "revoke")
+        result.revoke = value_handle.get().as<std::vector<uint64_t>>();
+      else if (key == "interrupt")
+        result.interrupt = value_handle.get().as<uint64_t>();
+      else if (key == "reason")
+        result.reason = as_string(value_handle.get());
+    }
+    if (cur.offset() != size)
+      return std::nullopt;
+    return result;
+  } catch (...) {
+    return std::nullopt;
+  }
+}
+
+std::optional<std::vector<uint64_t>> decode_revoked(const char* data, size_t size) noexcept {
+  try {
+    msgpack_cursor cur{data, size};
+    size_t entries = 0;
+    if (!cur.map_header(entries))
+      return std::nullopt;
+    std::optional<std::vector<uint64_t>> result;
+    for (size_t i = 0; i < entries; ++i) {
+      auto key_handle = cur.next();
+      auto value_handle = cur.next();
+      if (as_string(key_handle.get()) == "revoked")
+        result = value_handle.get().as<std::vector<uint64_t>>();
+    }
+    if (cur.offset() != size)
+      return std::nullopt;
+    return result;
+  } catch (...) {
+    return std::nullopt;
+  }
 }
 
 bool is_single_msgpack_value(const char* data, size_t size) noexcept {

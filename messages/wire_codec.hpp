@@ -16,6 +16,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -50,12 +51,43 @@ struct frame {
   int64_t pid = 0;
   std::string python;
   std::vector<std::string> commands;
+  /// Hello only: the worker speaks the control protocol (interrupts,
+  /// revokes, stack dumps; docs/protocol.md, "Control").
+  bool control = false;
 };
 
 /// Appends a complete request frame (length prefix included) to `out`.
 /// `args` must hold exactly one msgpack value; it is copied verbatim.
+/// `deadline`: when the caller stops waiting, in CLOCK_MONOTONIC seconds
+/// (the worker's time.monotonic()); 0 leaves it out.
 void append_request(std::vector<char>& out, uint64_t id, std::string_view cmd,
-                    const std::vector<char>& args, std::string_view session);
+                    const std::vector<char>& args, std::string_view session,
+                    double deadline = 0);
+
+/// Appends one control message (node -> worker, no length prefix: the
+/// control socket keeps message boundaries): take back the requests
+/// `revoke` if not begun, interrupt request `interrupt` (0: none) if it
+/// runs, for `reason` ("timeout" or "cancelled").
+void append_control(std::vector<char>& out, const std::vector<uint64_t>& revoke,
+                    uint64_t interrupt = 0, std::string_view reason = "cancelled");
+
+/// A control message as a worker reads it (append_control's fields).
+struct control_message {
+  std::vector<uint64_t> revoke;
+  uint64_t interrupt = 0;
+  std::string reason;
+};
+
+/// Decodes a control message (node -> worker); nothing if malformed.
+std::optional<control_message> decode_control(const char* data, size_t size) noexcept;
+
+/// Whether a packet from a worker's control socket is a message (a msgpack
+/// map) rather than stack-dump text (faulthandler's, ASCII).
+bool is_control_message(const char* data, size_t size) noexcept;
+
+/// The ids of a worker's {revoked: [ids]} answer; nothing for any other
+/// or malformed message.
+std::optional<std::vector<uint64_t>> decode_revoked(const char* data, size_t size) noexcept;
 
 /// Appends a reply frame; used by tests and by workers written in C++.
 void append_reply(std::vector<char>& out, uint64_t id, const std::vector<char>& result);

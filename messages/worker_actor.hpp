@@ -41,6 +41,10 @@ struct worker_settings {
   /// worker gets this between EOF, SIGTERM and SIGKILL each, the mock this
   /// in all; what is still unanswered then fails with shutting_down.
   caf::timespan stop_grace = std::chrono::seconds(2);
+  /// A request past its deadline (or cancelled) is interrupted, not killed:
+  /// the worker gets this long to stop it (pyvisor.Interrupted raised in the
+  /// handler) before it is killed, its stack dumped to the log first.
+  caf::timespan interrupt_grace = std::chrono::seconds(1);
 };
 
 using worker_actor = caf::typed_actor<

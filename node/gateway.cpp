@@ -286,12 +286,22 @@ bool handle_message(caf::io::broker* self, conn_ptr st, const char* data, size_t
     forward<bool>(self, st, msgid, notification,
                   [](bool) { return pack(std::string{"pong"}).bytes; }, health_atom::value);
   } else if (m.method == "execute") {
+    // Tagged with its msgid (+1: 0 names no request) so that a cancel of
+    // this connection can name it.
+    if (!notification)
+      m.request.tag = uint64_t{msgid} + 1;
     forward<payload>(self, st, msgid, notification,
                      [](payload& result) { return std::move(result.bytes); },
                      std::move(m.request));
   } else if (m.method == "session.end") {
     forward<bool>(self, st, msgid, notification, [](bool) { return pack(true).bytes; },
                   end_session_atom::value, std::move(m.session_id));
+  } else if (m.method == "cancel") {
+    // This connection's request: the broker is its requester at the pool.
+    // Unknown or answered already: nothing happens.
+    self->send(st->pool, cancel_atom::value, uint64_t{m.cancel_id} + 1);
+    if (!notification)
+      respond(self, *st, msgid, pack(true).bytes);
   } else if (m.method == "stats") {
     forward<pool_stats>(self, st, msgid, notification,
                         [](const pool_stats& x) { return pack(x).bytes; }, status_atom::value);
@@ -299,7 +309,7 @@ bool handle_message(caf::io::broker* self, conn_ptr st, const char* data, size_t
     respond_error(self, *st, msgid,
                   rpc_error_of(error_code::unknown_method,
                                "no method '" + m.method
-                                 + "' (known: ping, execute, session.end, stats)"));
+                                 + "' (known: ping, execute, cancel, session.end, stats)"));
   }
   return true;
 }

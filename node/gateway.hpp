@@ -8,6 +8,8 @@
 //   ping                        -> "pong" (unavailable while the pool cannot serve)
 //   execute [cmd, args(, opts)] -> the command's result; opts: session (str),
 //                                  timeout_ms (int), idempotent (bool)
+//   cancel [msgid]              -> true (as a notification: nothing); cancels
+//                                  that request of this connection
 //   session.end [id]            -> true
 //   stats                       -> map (workers, sessions, queue, replies, ...)
 // Errors are maps {code, message} plus `details` (a Python traceback) and

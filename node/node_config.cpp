@@ -59,6 +59,12 @@ node_config::node_config()
     .add(pool.retry_backoff, "retry-backoff", "delay before retrying an idempotent request")
     .add(pool.attempt_timeout, "attempt-timeout",
          "limit of one attempt of an idempotent request (0s: its whole deadline)")
+    .add(pool.interrupt_grace, "interrupt-grace",
+         "time an interrupted handler (timed out or cancelled) gets to stop before its "
+         "worker is killed")
+    .add(pool.take_back_after, "take-back-after",
+         "a request written behind one that has run this long is taken back to run on an "
+         "idle worker")
     .add(pool.max_restarts, "max-restarts", "restart intensity: restarts per period")
     .add(pool.restart_period, "restart-period", "restart intensity: the period")
     .add(pool.backoff.initial, "backoff-initial", "delay before a first restart")

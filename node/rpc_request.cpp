@@ -104,6 +104,13 @@ void decode(const char* data, size_t size, rpc_message& m, bool& have_msgid) {
       if (!err.empty())
         return bad(err);
     }
+  } else if (m.method == "cancel") {
+    if (nparams != 1)
+      return bad("cancel takes [msgid]");
+    auto id_h = cur.next();
+    if (id_h.get().type != msgpack::type::POSITIVE_INTEGER || id_h.get().via.u64 > 0xffffffffu)
+      return bad("cancel takes the msgid of a request: an unsigned 32-bit integer");
+    m.cancel_id = static_cast<uint32_t>(id_h.get().via.u64);
   } else if (m.method == "session.end") {
     if (nparams != 1)
       return bad("session.end takes [session_id]");

@@ -37,6 +37,8 @@ struct rpc_message {
   execute request;
   /// method == "session.end": the session.
   std::string session_id;
+  /// method == "cancel": the msgid of the request to cancel.
+  uint32_t cancel_id = 0;
 };
 
 /// Decodes the complete message [data, data + size).

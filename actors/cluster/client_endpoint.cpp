@@ -10,6 +10,7 @@
 #include <cstring>
 #include <utility>
 #include <memory>
+#include <map>
 
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -85,7 +86,37 @@ public:
     set_exit_handler([](caf::exit_msg&) {});
     set_error_handler([](caf::error&) {});
     return {
-      [this](execute& x) -> caf::result<payload> { return relay<payload>(std::move(x)); },
+      [this](execute& x) -> caf::result<payload> {
+        // At the pool the endpoint is the requester of every peer's
+        // requests: a tag of its own (never 0, which would mean all of
+        // them) stands for the peer's.
+        if (x.tag == 0)
+          return relay<payload>(std::move(x));
+        auto key = std::make_pair(caf::actor_cast<caf::actor_addr>(current_sender()), x.tag);
+        auto own = ++next_tag_;
+        tags_[key] = own;
+        x.tag = own;
+        auto rp = make_response_promise<payload>();
+        request(pool_, caf::infinite, std::move(x))
+          .then(
+            [this, rp, key, own](payload& p) mutable {
+              forget_tag(key, own);
+              rp.deliver(std::move(p));
+            },
+            [this, rp, key, own](caf::error& err) mutable {
+              forget_tag(key, own);
+              rp.deliver(std::move(err));
+            });
+        return rp;
+      },
+      [this](cancel_atom, uint64_t tag) {
+        auto who = caf::actor_cast<caf::actor_addr>(current_sender());
+        for (auto i = tags_.lower_bound({who, tag == 0 ? 1 : tag}); i != tags_.end(); ++i) {
+          if (i->first.first != who || (tag != 0 && i->first.second != tag))
+            break;
+          send(pool_, cancel_atom::value, i->second);
+        }
+      },
       [this](end_session_atom, std::string& id) -> caf::result<bool> {
         return relay<bool>(end_session_atom::value, std::move(id));
       },
@@ -117,7 +148,16 @@ private:
     return "actor " + std::to_string(x.sender->id()) + " on node " + to_string(x.sender->node());
   }
 
+  void forget_tag(const std::pair<caf::actor_addr, uint64_t>& key, uint64_t own) {
+    auto i = tags_.find(key);
+    if (i != tags_.end() && i->second == own)
+      tags_.erase(i);
+  }
+
   pool_actor pool_;
+  /// (peer, its tag) -> the endpoint's tag at the pool, while in flight.
+  std::map<std::pair<caf::actor_addr, uint64_t>, uint64_t> tags_;
+  uint64_t next_tag_ = 0;
   /// Messages turned away (enqueue runs on any thread).
   std::atomic<uint64_t> ignored_{0};
 };

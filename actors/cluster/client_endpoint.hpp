@@ -4,8 +4,8 @@
 // internals accept more (workers registering, done reports, exit messages).
 // None of those may be reachable from another machine. So a node never
 // publishes its pool: it publishes a client endpoint, a separate actor whose
-// typed interface is `client_actor` - execute, end_session_atom and
-// status_atom, nothing else - and which:
+// typed interface is `client_actor` - execute, end_session_atom,
+// status_atom and cancel_atom, nothing else - and which:
 // - answers every request itself (request + response promise, never
 //   delegate), so that the only actor of this process whose address a
 //   remote peer ever learns is the endpoint (a delegated request would be
@@ -38,7 +38,9 @@ namespace pyvisor {
 using client_actor = caf::typed_actor<
   caf::replies_to<execute>::with<payload>,
   caf::replies_to<end_session_atom, std::string>::with<bool>,
-  caf::replies_to<status_atom>::with<pool_stats>>;
+  caf::replies_to<status_atom>::with<pool_stats>,
+  /// Cancels the sender's request it tagged so (pool_actor's cancel_atom).
+  caf::reacts_to<cancel_atom, uint64_t>>;
 
 /// Spawns an endpoint in front of `pool`; it ends when `pool` ends.
 client_actor spawn_client_endpoint(caf::actor_system& sys, pool_actor pool);

@@ -5,6 +5,7 @@
 #include <random>
 #include <set>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "caf/actor_system.hpp"
 #include "caf/actor_system_config.hpp"
@@ -73,6 +74,10 @@ struct pending_req {
   uint64_t tried = 0;
   /// It created its session's binding: it may move while nothing ran.
   bool fresh_binding = false;
+  /// Who asked, and its tag (execute::tag): what a cancel names. On the
+  /// nodes the front is the requester, and the request's tag is its id here.
+  caf::actor_addr caller;
+  uint64_t caller_tag = 0;
 };
 
 struct binding {
@@ -94,6 +99,9 @@ struct cluster_state {
   std::minstd_rand rng{0xc1a5};
   uint32_t rotate = 0;
   std::string last_failure;
+  /// Callers monitored until they go down: a vanished caller's requests
+  /// are cancelled on their nodes.
+  std::unordered_set<caf::actor_addr> callers;
 
   static inline const char* name = "pyvisor.cluster";
 };
@@ -157,6 +165,25 @@ void finish(self_ptr self, uint64_t id, caf::error err) {
   count(self, code_of(err));
   i->second.rp.deliver(std::move(err));
   st.pending.erase(i);
+}
+
+void release(self_ptr self, pending_req& r);
+
+/// Cancels the requests of `caller` (tagged `tag`, or all with 0): answered
+/// `cancelled` now, and the node that has one cancels it there.
+void cancel_of(self_ptr self, const caf::actor_addr& caller, uint64_t tag) {
+  auto& st = self->state;
+  std::vector<uint64_t> ids;
+  for (auto& kv : st.pending)
+    if (kv.second.caller == caller && (tag == 0 || kv.second.caller_tag == tag))
+      ids.push_back(kv.first);
+  for (auto id : ids) {
+    auto& r = st.pending[id];
+    if (r.node != no_node && st.nodes[r.node].gen == r.gen && st.nodes[r.node].hdl)
+      self->send(st.nodes[r.node].hdl, cancel_atom::value, id);
+    release(self, r);
+    finish(self, id, make_error(error_code::cancelled, "the request was cancelled"));
+  }
 }
 
 /// Takes request `id` off the node it was sent to.
@@ -544,6 +571,10 @@ cluster_impl::behavior_type cluster_actor(self_ptr self, cluster_config cfg) {
   self->delayed_send(self, st.cfg.heartbeat, heartbeat_atom::value);
   self->set_down_handler([self](caf::down_msg& dm) {
     auto& st = self->state;
+    if (st.callers.erase(dm.source) > 0) {
+      cancel_of(self, dm.source, 0);
+      return;
+    }
     for (uint32_t i = 0; i < st.nodes.size(); ++i)
       if (st.nodes[i].hdl && st.nodes[i].hdl.address() == dm.source)
         lose(self, i, "its connection closed (" + self->system().render(dm.reason) + ")");
@@ -570,9 +601,18 @@ cluster_impl::behavior_type cluster_actor(self_ptr self, cluster_config cfg) {
                                            : st.cfg.request_timeout;
       r.rp = rp;
       r.deadline = self->clock().now() + timeout;
+      r.caller = caf::actor_cast<caf::actor_addr>(
+        static_cast<caf::response_promise&>(rp).source());
+      r.caller_tag = x.tag;
+      if (r.caller && st.callers.insert(r.caller).second)
+        self->monitor(r.caller);
       r.req = std::move(x);
+      r.req.tag = id;
       dispatch(self, id, 0);
       return rp;
+    },
+    [self](cancel_atom, uint64_t tag) {
+      cancel_of(self, caf::actor_cast<caf::actor_addr>(self->current_sender()), tag);
     },
     [self](ready_atom) -> caf::result<pool_stats> {
       auto rp = self->make_response_promise<pool_stats>();

@@ -22,7 +22,7 @@ bool send_with_fds(int sock, const std::vector<char>& body, const int* fds, size
   msghdr msg{};
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
-  alignas(cmsghdr) char ctrl[CMSG_SPACE(sizeof(int) * 4)] = {};
+  alignas(cmsghdr) char ctrl[CMSG_SPACE(sizeof(int) * 5)] = {};
   if (n > 0) {
     msg.msg_control = ctrl;
     msg.msg_controllen = CMSG_SPACE(sizeof(int) * n);
@@ -99,8 +99,9 @@ std::optional<launched_child> fork_server::fork(const child_fds& fds,
     pk.pack(id);
     body.assign(buf.data(), buf.data() + buf.size());
   }
-  int attached[4] = {fds.request, fds.reply, fds.out, fds.err};
-  if (!send_with_fds(control_fd_, body, attached, 4)) {
+  // The worker's control socket, when it has one, goes as a fifth.
+  int attached[5] = {fds.request, fds.reply, fds.out, fds.err, fds.control};
+  if (!send_with_fds(control_fd_, body, attached, fds.control >= 0 ? 5 : 4)) {
     error = std::string{"cannot reach the fork-server template: "} + std::strerror(errno);
     return std::nullopt;
   }

@@ -23,6 +23,7 @@
 #include <memory>
 #include <string>
 #include <type_traits>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -43,6 +44,8 @@
 namespace pyvisor {
 
 using age_tick_atom = caf::atom_constant<caf::atom("pl_agetick")>;
+/// Timer: look again for requests to take back (try_take_back).
+using take_back_atom = caf::atom_constant<caf::atom("pl_takebk")>;
 /// Timer: (slot, incarnation) has been ready for healthy_after.
 using proven_tick_atom = caf::atom_constant<caf::atom("pl_proven")>;
 
@@ -50,7 +53,7 @@ using pool_impl = pool_actor::extend_with<worker_listener_actor>::extend<
   caf::reacts_to<child_up_atom, std::string, caf::actor>,
   caf::reacts_to<child_down_atom, std::string, caf::error>,
   caf::reacts_to<sweep_atom>, caf::reacts_to<age_tick_atom>, caf::reacts_to<take_inbox_atom>,
-  caf::reacts_to<proven_tick_atom, uint32_t, uint32_t>>;
+  caf::reacts_to<proven_tick_atom, uint32_t, uint32_t>, caf::reacts_to<take_back_atom>>;
 
 struct core_state {
   core_state()
@@ -78,6 +81,11 @@ struct core_state {
   uint64_t next_stats_waiter = 0;
   /// Watches the queue's deadlines and back-offs while anything waits.
   sweep_timer sweep;
+  /// Requesters monitored (once each, until they go down): the requests of
+  /// one that terminates are cancelled, queued or running.
+  std::unordered_set<caf::actor_addr> watched;
+  /// A take_back_atom is pending.
+  bool take_back_armed = false;
   bool stopping = false;
   /// The supervisor gave up; everything is answered `unavailable` until the
   /// keeper stops this core.
@@ -101,8 +109,17 @@ using self_ptr = pool_impl::stateful_pointer<core_state>;
 /// Answers `q` with `err`, counted.
 void fail(self_ptr self, queued& q, caf::error err);
 
-/// Dispatches what waits as far as workers have room.
+/// Dispatches what waits as far as workers have room; then takes back
+/// requests stuck behind a slow one when a worker is idle.
 void try_dispatch(self_ptr self);
+
+/// Cancels the requests of `requester` (its request tagged `tag`, or all of
+/// them with 0): queued ones are answered `cancelled`, those on workers are
+/// answered and stopped there (worker_link::cancel).
+void cancel_requests(self_ptr self, const caf::actor_addr& requester, uint64_t tag);
+
+/// Monitors `requester` unless it is already.
+void watch(self_ptr self, const caf::actor_addr& requester);
 
 /// A worker answered a request (its done report): load, stats, proof of
 /// health, recycling.

@@ -213,6 +213,20 @@ public:
     }
   }
 
+  /// The waiting requests of `requester` (with `tag`, or all when it is
+  /// 0), taken out of line.
+  std::vector<queued_ptr> take_of(const caf::actor_addr& requester, uint64_t tag) {
+    std::vector<queued_ptr> result;
+    for (auto i = items_.begin(); i != items_.end();) {
+      auto& q = *i->second;
+      if (q.requester == requester && (tag == 0 || q.req.tag == tag))
+        result.push_back(take(i++));
+      else
+        ++i;
+    }
+    return result;
+  }
+
   /// A requester went away: its waiting requests give up their places
   /// (nobody is left to answer).
   void forget(const caf::actor_addr& requester) {

@@ -111,6 +111,7 @@ void admit(self_ptr self, queued_ptr q, bool is_retry) {
   auto& st = self->state;
   q->requester = requester_of(*q);
   if (!is_retry) {
+    watch(self, q->requester);
     if (auto err = st.queue.refusal(q->requester)) {
       fail(self, *q, std::move(err));
       return;
@@ -252,11 +253,11 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
   st.keeper = std::move(keeper);
   st.slots = slot_table{st.cfg.size, st.cfg.max_in_flight};
   st.queue = fair_queue{st.cfg.queue_size, st.cfg.queue_share};
-  st.queue.on_watch = [self](const caf::actor_addr& who, bool watch) {
-    if (watch)
-      self->monitor(who);
-    else
-      self->demonitor(who);
+  // Requesters are watched until they go down (watch()), not only while
+  // requests of theirs wait: running ones are cancelled too.
+  st.queue.on_watch = [self](const caf::actor_addr& who, bool on) {
+    if (on)
+      watch(self, who);
   };
   st.sweep = sweep_timer{st.cfg.sweep_interval};
   st.affinity = spawn_session_affinity(self->system(), st.cfg.session);
@@ -300,6 +301,17 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
               try_dispatch(self);
             }),
     guarded(self, [self](take_inbox_atom) { try_dispatch(self); }),
+    guarded(self,
+            [self](cancel_atom, uint64_t tag) {
+              auto who = caf::actor_cast<caf::actor_addr>(self->current_sender());
+              if (who)
+                cancel_requests(self, who, tag);
+            }),
+    guarded(self,
+            [self](take_back_atom) {
+              self->state.take_back_armed = false;
+              try_dispatch(self);
+            }),
     guarded(self,
             [self](dying_atom, uint64_t worker, bool deliberate) {
               // Learned before the supervisor's report: stop dispatching there
@@ -415,7 +427,67 @@ void fail(self_ptr self, queued& q, caf::error err) {
   q.rp.deliver(std::move(err));
 }
 
+void watch(self_ptr self, const caf::actor_addr& requester) {
+  if (requester && self->state.watched.insert(requester).second)
+    self->monitor(requester);
+}
+
+void cancel_requests(self_ptr self, const caf::actor_addr& requester, uint64_t tag) {
+  auto& st = self->state;
+  for (auto& q : st.queue.take_of(requester, tag)) {
+    q->state = request_state::answered;
+    fail(self, *q, make_error(error_code::cancelled, "the request was cancelled while queued"));
+  }
+  for (auto& s : st.slots) {
+    if (s.link)
+      s.link->cancel(requester, tag);
+    else if (s.handle)
+      caf::anon_send(caf::actor_cast<caf::actor>(s.handle), cancel_for_atom::value, requester,
+                     tag);
+  }
+}
+
+namespace {
+
+// No request waits behind a slow one on a busy worker while another worker
+// is idle: a worker with requests written behind the one it runs (for
+// take_back_after, or being interrupted) is asked to give back those it has
+// not begun; they are requeued (and dispatched here) when it answers. While
+// the one it runs is younger than that, look again when it will not be.
+void try_take_back(self_ptr self) {
+  auto& st = self->state;
+  if (!st.queue.empty() || st.stopping || st.failed)
+    return;
+  bool idle = false;
+  bool backlog = false;
+  for (auto& s : st.slots) {
+    idle |= s.state == worker_phase::ready && s.in_flight == 0;
+    backlog |= s.link && s.in_flight >= 2;
+  }
+  if (!idle || !backlog)
+    return;
+  bool young = false;
+  for (auto& s : st.slots)
+    if (s.link && s.in_flight >= 2 && s.link->take_back(st.cfg.take_back_after) == 0)
+      young = true;
+  if (young && !st.take_back_armed) {
+    st.take_back_armed = true;
+    self->delayed_send(self, st.cfg.take_back_after, take_back_atom::value);
+  }
+}
+
+void dispatch_queue(self_ptr self);
+
+} // namespace
+
 void try_dispatch(self_ptr self) {
+  dispatch_queue(self);
+  try_take_back(self);
+}
+
+namespace {
+
+void dispatch_queue(self_ptr self) {
   auto& st = self->state;
   // Every dispatch needs a worker with room (the hint fallback too): when
   // none has any, the queue need not be scanned at all.
@@ -461,6 +533,8 @@ void try_dispatch(self_ptr self) {
     dispatch_in_turn(self, *item, target);
   }
 }
+
+} // namespace
 
 pool_actor spawn_pool_core(caf::actor_system& sys, pool_config cfg, caf::actor keeper,
                            std::vector<std::string> lost_sessions) {

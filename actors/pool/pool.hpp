@@ -154,9 +154,19 @@ struct pool_config {
   /// Deadline of a request that names none (queueing plus execution).
   caf::timespan request_timeout = std::chrono::seconds(30);
   /// Limit of one attempt of an idempotent request (0: its whole deadline):
-  /// past it, its worker counts as hung, is recycled, and the request is
-  /// retried while its deadline allows.
+  /// past it, the request is interrupted there (interrupt_grace) and
+  /// retried elsewhere while its deadline allows.
   caf::timespan attempt_timeout = std::chrono::seconds(5);
+  /// A request past its deadline or attempt limit, or cancelled, is
+  /// interrupted (pyvisor.Interrupted in its handler) and its worker lives
+  /// on; only a handler still running this long after is killed (its stack
+  /// logged first), and with it the worker's sessions.
+  caf::timespan interrupt_grace = std::chrono::seconds(1);
+  /// A stateless request written to a worker behind one that has run this
+  /// long is taken back (if the worker has not begun it) when another
+  /// worker is idle, and runs there: no request waits behind a slow one
+  /// while a worker could run it.
+  caf::timespan take_back_after = std::chrono::milliseconds(20);
   /// Attempts of an idempotent request whose worker died (first one included).
   uint32_t max_attempts = 3;
   /// Delay before the first retry; it doubles for each further one (at most
@@ -344,7 +354,14 @@ using pool_actor = caf::typed_actor<
   caf::replies_to<health_atom>::with<bool>,
   caf::replies_to<end_session_atom, std::string>::with<bool>,
   /// Sets the session idle timeout at run time; replies with the previous one.
-  caf::replies_to<configure_atom, caf::timespan>::with<caf::timespan>>;
+  caf::replies_to<configure_atom, caf::timespan>::with<caf::timespan>,
+  /// Cancels the sender's request tagged `tag` (execute::tag; 0: every
+  /// request of the sender): still queued, it is answered `cancelled` and
+  /// never runs; written to a worker, it is answered `cancelled` at once and
+  /// the worker revokes it (not begun) or interrupts it (running); already
+  /// answered or unknown, nothing happens. The requests of a requester
+  /// actor that terminates are cancelled the same way.
+  caf::reacts_to<cancel_atom, uint64_t>>;
 
 /// Spawns a pool behind its keeper (the handle stays valid across restarts).
 pool_actor spawn_pool(caf::actor_system& sys, pool_config cfg);

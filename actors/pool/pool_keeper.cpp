@@ -273,6 +273,12 @@ keeper_impl::behavior_type keeper_fun(self_ptr self, pool_config cfg) {
         return self->delegate(st.core, configure_atom::value, timeout);
       return previous;
     },
+    [self](cancel_atom, uint64_t tag) {
+      // As the sender's own: the core cancels what that sender asked for.
+      if (auto& core = self->state.core)
+        caf::send_as(caf::actor_cast<caf::actor>(self->current_sender()), core,
+                     cancel_atom::value, tag);
+    },
     [self](pool_failed_atom, std::string& cause, std::vector<std::string>& sessions) {
       auto& st = self->state;
       if (!st.core || self->current_sender() != caf::actor_cast<caf::strong_actor_ptr>(st.core)

@@ -197,6 +197,7 @@ child_spec worker_spec_of(self_ptr self) {
     common.id = worker_id_of(slot_of(id));
     common.request_timeout = cfg.request_timeout;
     common.attempt_timeout = cfg.attempt_timeout;
+    common.interrupt_grace = cfg.interrupt_grace;
     common.stop_grace = cfg.shutdown_timeout / 2;
     if (cfg.backend == backend_kind::mock) {
       auto mc = cfg.mock;
@@ -306,8 +307,15 @@ void prove(self_ptr self, uint32_t slot, bool excuse) {
 void on_done(self_ptr self, uint64_t worker, uint8_t code, int64_t ns,
              const std::string& session, const std::string& command) {
   auto& st = self->state;
-  st.counters.count(command, static_cast<error_code>(code), ns);
   auto i = st.slots.find(worker);
+  if (code == moved_on_code) {
+    // Taken back or retried from a worker that lives on: counted where it
+    // ends; here it only leaves.
+    if (i)
+      st.slots[*i].finished(session);
+    return;
+  }
+  st.counters.count(command, static_cast<error_code>(code), ns);
   if (!i)
     return;
   auto& s = st.slots[*i];
@@ -481,8 +489,12 @@ void on_down(self_ptr self, caf::down_msg& dm) {
     }
     return;
   }
-  // A requester went away: its queued requests give up their places.
-  st.queue.forget(dm.source);
+  // A requester went away: its queued requests give up their places, and
+  // what it has running is cancelled (nobody waits for it).
+  if (st.watched.erase(dm.source) > 0) {
+    st.queue.forget(dm.source);
+    cancel_requests(self, dm.source, 0);
+  }
 }
 
 void on_exit(self_ptr self, caf::exit_msg& msg) {

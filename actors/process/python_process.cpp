@@ -140,15 +140,16 @@ std::string python_process::spawn() {
   if (pipe2(req, O_CLOEXEC) != 0 || pipe2(rep, O_CLOEXEC) != 0 || pipe2(out, O_CLOEXEC) != 0
       || pipe2(err, O_CLOEXEC) != 0 || pipe2(status, O_CLOEXEC) != 0)
     return fail("cannot create pipes");
+  int ctl[2] = {-1, -1};
+  if ((opts_.control_socket || opts_.worker_control)
+      && socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, ctl) != 0)
+    return fail("cannot create the control socket");
   if (opts_.launcher) {
     close_fd(status[0]);
     close_fd(status[1]);
-    return launch(req, rep, out, err);
+    control_fd_ = ctl[0];
+    return launch(req, rep, out, err, ctl[1]);
   }
-  int ctl[2] = {-1, -1};
-  if (opts_.control_socket
-      && socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, ctl) != 0)
-    return fail("cannot create the control socket");
   // Everything the child needs is prepared before fork: between fork and exec
   // only async-signal-safe calls are allowed in a multi-threaded process.
   std::vector<std::string> argv_store;
@@ -241,6 +242,8 @@ std::string python_process::spawn() {
 void python_process::adopt(int req_w, int rep_r, int out_r, int err_r) {
   for (int fd : {req_w, rep_r, out_r, err_r})
     set_nonblocking(fd);
+  if (opts_.worker_control && control_fd_ >= 0)
+    set_nonblocking(control_fd_);
   rep_r_ = rep_r;
   out_r_ = out_r;
   err_r_ = err_r;
@@ -251,18 +254,19 @@ void python_process::adopt(int req_w, int rep_r, int out_r, int err_r) {
   pipes_ready_ = true;
 }
 
-std::string python_process::launch(int req[2], int rep[2], int out[2], int err[2]) {
-  child_fds fds{req[0], rep[1], out[1], err[1]};
+std::string python_process::launch(int req[2], int rep[2], int out[2], int err[2],
+                                   int ctl_child) {
+  child_fds fds{req[0], rep[1], out[1], err[1], ctl_child};
   auto cancelled = [this] {
     std::lock_guard<std::mutex> guard{mtx_};
     return closing_;
   };
   auto child = opts_.launcher->launch(fds, cancelled, launch_error_);
   // The child holds its ends now (or never will): the host's copies go.
-  for (int* fd : {&req[0], &rep[1], &out[1], &err[1]})
+  for (int* fd : {&req[0], &rep[1], &out[1], &err[1], &ctl_child})
     close_fd(*fd);
   if (!child) {
-    for (int* fd : {&req[1], &rep[0], &out[0], &err[0]})
+    for (int* fd : {&req[1], &rep[0], &out[0], &err[0], &control_fd_})
       close_fd(*fd);
     if (launch_error_.message.empty())
       launch_error_.message = "the worker could not be created";
@@ -410,9 +414,36 @@ void python_process::run(std::promise<std::string>* started) {
   };
   auto on_out = [&](const char* d, size_t n) { out_lines.feed(d, n, log_out); };
   auto on_err = [&](const char* d, size_t n) { err_lines.feed(d, n, log_err); };
+  // A worker's control socket: each packet is a message (its answer to a
+  // revoke) or a piece of a stack dump.
+  int ctl_r = opts_.worker_control ? control_fd_ : -1;
+  auto drain_control = [&] {
+    while (ctl_r >= 0) {
+      auto n = recv(ctl_r, buf, sizeof(buf), MSG_DONTWAIT);
+      if (n < 0 && errno == EINTR)
+        continue;
+      if (n <= 0) {
+        if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK))
+          ctl_r = -1; // the child's end is gone; the fd is closed with the object
+        return;
+      }
+      auto size = static_cast<size_t>(n);
+      if (wire::is_control_message(buf, size)) {
+        if (auto ids = wire::decode_revoked(buf, size); ids && cbs_.on_revoked)
+          cbs_.on_revoked(std::move(*ids));
+        continue;
+      }
+      std::lock_guard<std::mutex> guard{mtx_};
+      constexpr size_t max_dump = size_t{64} << 10;
+      if (stack_dump_.size() < max_dump)
+        stack_dump_.append(buf, std::min(size, max_dump - stack_dump_.size()));
+    }
+  };
   // Replies first: every frame the child wrote before dying is delivered
-  // before on_exit.
+  // before on_exit. The control socket before the replies: a revoked
+  // request is settled before any reply that came after the revoke.
   auto drain_pipes = [&] {
+    drain_control();
     if (rep_r_ >= 0)
       drain(rep_r_, on_reply_bytes);
     if (out_r_ >= 0)
@@ -448,7 +479,7 @@ void python_process::run(std::promise<std::string>* started) {
     }
     if (now >= kill_at)
       signal(SIGKILL);
-    pollfd fds[6];
+    pollfd fds[7];
     nfds_t nfds = 0;
     auto add = [&](int fd, short events) {
       if (fd >= 0)
@@ -462,6 +493,7 @@ void python_process::run(std::promise<std::string>* started) {
     add(rep_r_, POLLIN);
     add(out_r_, POLLIN);
     add(err_r_, POLLIN);
+    add(ctl_r, POLLIN);
     int write_fd = -1;
     if (want_write) {
       std::lock_guard<std::mutex> guard{mtx_};
@@ -620,6 +652,10 @@ void python_process::stop(std::chrono::milliseconds grace) {
 
 void python_process::signal(int sig) {
   std::lock_guard<std::mutex> guard{mtx_};
+  signal_locked(sig);
+}
+
+void python_process::signal_locked(int sig) {
   if (reaped_)
     return;
   // Through the pidfd when there is one: a launched child is reaped by its
@@ -628,6 +664,25 @@ void python_process::signal(int sig) {
     syscall(SYS_pidfd_send_signal, pidfd_, sig, nullptr, 0);
   else if (pid_ > 0)
     ::kill(pid_, sig);
+}
+
+bool python_process::send_control(const std::vector<char>& msg, int sig) {
+  std::lock_guard<std::mutex> guard{mtx_};
+  if (reaped_ || !opts_.worker_control || control_fd_ < 0)
+    return false;
+  ssize_t n;
+  do {
+    n = ::send(control_fd_, msg.data(), msg.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+  } while (n < 0 && errno == EINTR);
+  if (n != static_cast<ssize_t>(msg.size()))
+    return false;
+  signal_locked(sig);
+  return true;
+}
+
+std::string python_process::take_stack_dump() {
+  std::lock_guard<std::mutex> guard{mtx_};
+  return std::exchange(stack_dump_, std::string{});
 }
 
 void python_process::close() {

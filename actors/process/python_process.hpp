@@ -92,6 +92,7 @@ struct child_fds {
   int reply = -1;   ///< write end of the reply pipe (fd 4)
   int out = -1;     ///< write end of the stdout pipe (fd 1)
   int err = -1;     ///< write end of the stderr pipe (fd 2)
+  int control = -1; ///< the child's end of its control socket (fd 5), if any
 };
 
 /// A child someone else created for this host.
@@ -140,6 +141,10 @@ struct process_options {
   /// Gives the child a SOCK_SEQPACKET socket as fd 5, the host keeping the
   /// other end (take_control_fd), e.g. to pass descriptors to a template.
   bool control_socket = false;
+  /// Gives the child a control socket as fd 5 whose other end the I/O
+  /// thread reads (a worker's interrupts, revokes and stack dumps:
+  /// send_control, on_revoked, take_stack_dump). Implies control_socket.
+  bool worker_control = false;
   /// How long the I/O thread busy-polls after a reply before it sleeps
   /// (0: never); only while the child's requests come one at a time from a
   /// quick caller, and by one thread of the process at a time (see run()).
@@ -155,6 +160,9 @@ struct process_callbacks {
   std::function<void(exit_status)> on_exit;
   /// With a launcher only: the child could not be created (no on_exit then).
   std::function<void(wire::remote_error)> on_start_failed;
+  /// worker_control: the child answered a revoke with the ids it will
+  /// never run (before any later on_frames of the same read).
+  std::function<void(std::vector<uint64_t>)> on_revoked;
 };
 
 class python_process {
@@ -190,6 +198,15 @@ public:
   /// recycled pid can never be hit).
   void signal(int sig);
 
+  /// worker_control: sends one control message and then `sig` (the
+  /// message is there before the signal arrives). Never blocks: a child
+  /// that does not read its control socket loses the message (false).
+  bool send_control(const std::vector<char>& msg, int sig);
+
+  /// worker_control: the stack-dump text the child wrote on its control
+  /// socket so far (faulthandler's; at most 64 KiB), taken.
+  std::string take_stack_dump();
+
   /// Kills the child if still running, joins the I/O thread and drops the
   /// callbacks. Idempotent; must not be called from a callback.
   void close();
@@ -205,7 +222,9 @@ private:
   void flush_locked();
   std::string spawn();
   /// The launcher's part of spawn(): the child's ends go to the launcher.
-  std::string launch(int req[2], int rep[2], int out[2], int err[2]);
+  std::string launch(int req[2], int rep[2], int out[2], int err[2], int ctl_child);
+  /// signal() under mtx_.
+  void signal_locked(int sig);
   /// Takes the host's ends of the child's pipes (non-blocking from now on).
   void adopt(int req_w, int rep_r, int out_r, int err_r);
   /// Collects the child's exit status if it ended.
@@ -239,6 +258,7 @@ private:
   std::chrono::milliseconds stop_grace_{0};
   bool closing_ = false;
   std::deque<std::string> stderr_tail_;
+  std::string stack_dump_;
 };
 
 } // namespace pyvisor

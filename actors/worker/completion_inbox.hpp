@@ -33,6 +33,11 @@ using take_inbox_atom = caf::atom_constant<caf::atom("pv_inbox")>;
 
 /// One `done` report: what (done_atom, worker, code, ns, session, command)
 /// carries (messages/worker_actor.hpp).
+/// The code of a report that only frees the worker's place: the request
+/// goes on elsewhere (retried or requeued from a worker that lives on) and
+/// is counted where it ends.
+constexpr uint8_t moved_on_code = 0xff;
+
 struct completion {
   uint64_t worker = 0;
   uint8_t code = 0;

@@ -22,10 +22,14 @@ namespace {
 using mock_reply_atom = caf::atom_constant<caf::atom("mk_reply")>;
 using mock_ready_atom = caf::atom_constant<caf::atom("mk_ready")>;
 using mock_stop_timeout_atom = caf::atom_constant<caf::atom("mk_stoptm")>;
+/// The link's control message (an interrupt or a revoke), as bytes.
+using mock_control_atom = caf::atom_constant<caf::atom("mk_ctl")>;
 
 using mock_impl = worker_actor::extend<caf::reacts_to<mock_reply_atom, uint64_t>,
                                        caf::reacts_to<mock_ready_atom>, caf::reacts_to<sweep_atom>,
-                                       caf::reacts_to<mock_stop_timeout_atom>>;
+                                       caf::reacts_to<mock_stop_timeout_atom>,
+                                       caf::reacts_to<mock_control_atom, std::vector<char>>,
+                                       caf::reacts_to<cancel_for_atom, caf::actor_addr, uint64_t>>;
 
 struct mock_state {
   mock_config cfg;
@@ -198,6 +202,11 @@ mock_impl::behavior_type mock_fun(self_ptr self, mock_config cfg,
   st.link = std::make_shared<worker_link>(self->clock(), self->address(), st.cfg,
                                           std::move(listener), std::numeric_limits<size_t>::max());
   st.life = std::make_unique<worker_lifecycle>(st.link);
+  st.link->enable_control([weak = self->address()](const std::vector<char>& msg) {
+    if (auto hdl = caf::actor_cast<caf::actor>(weak))
+      caf::anon_send(hdl, mock_control_atom::value, msg);
+    return true;
+  });
   st.rng.seed(st.cfg.seed);
   st.status.id = st.cfg.id;
   st.status.python = "mock";
@@ -296,13 +305,48 @@ mock_impl::behavior_type mock_fun(self_ptr self, mock_config cfg,
       // Nothing runs the overdue requests but timers: dropping their
       // results is the mock's kill, and what else is in flight is given up
       // at once (the mock runs requests concurrently: any may have started).
-      st.life->sweep(self, tag_of(st),
-                     make_error(error_code::worker_crashed,
-                                tag_of(st) + " recycled after another request timed out"),
-                     false, [self](const std::vector<uint64_t>& late) {
-                       for (auto id : late)
-                         self->state.results.erase(id);
-                     });
+      auto due = st.link->sweep();
+      if (!due.late.empty()) {
+        // As the Python worker: the caller hears `timeout` now and the
+        // request is interrupted (see mock_control_atom).
+        st.link->interrupt(due.late,
+                           make_error(error_code::timeout,
+                                      st.life->timed_out(tag_of(st), due.late.front(),
+                                                         "interrupting it")));
+        return;
+      }
+      if (due.stuck.empty())
+        return;
+      // A hang ignores interrupts: dropping what it runs is the mock's
+      // kill, and what else is in flight is given up at once (the mock runs
+      // requests concurrently: any may have started).
+      st.life->recycle(self, {},
+                       tag_of(st) + ": request " + std::to_string(due.stuck.front())
+                         + " still ran after it was interrupted; recycling the worker",
+                       make_error(error_code::worker_crashed,
+                                  tag_of(st) + " recycled after another request timed out"),
+                       false, [self](const std::vector<uint64_t>&) { self->state.results.clear(); });
+    },
+    [self](cancel_for_atom, const caf::actor_addr& requester, uint64_t tag) {
+      self->state.link->cancel(requester, tag);
+    },
+    [self](mock_control_atom, std::vector<char>& bytes) {
+      // What a handler does when interrupted: one that runs on a timer
+      // (sleep, latency) stops after latency_min, with the interrupt's
+      // code; a hang cannot be interrupted. Everything has begun (the mock
+      // runs requests concurrently), so nothing is revoked.
+      auto& st = self->state;
+      auto msg = wire::decode_control(bytes.data(), bytes.size());
+      if (!msg)
+        return;
+      if (!msg->revoke.empty())
+        st.link->on_revoked({});
+      auto i = st.results.find(msg->interrupt);
+      if (msg->interrupt == 0 || i == st.results.end())
+        return;
+      auto code = msg->reason == "timeout" ? error_code::timeout : error_code::cancelled;
+      i->second = make_error(code, "interrupted", "Interrupted", "");
+      self->delayed_send(self, st.cfg.latency_min, mock_reply_atom::value, msg->interrupt);
     },
     [self](mock_stop_timeout_atom) {
       auto& st = self->state;

@@ -22,7 +22,14 @@
 //   pipe order) only the oldest unanswered request can have started; the
 //   others are requeued (a session request still fails: its state is gone);
 // - a retry or a requeue keeps what is left of the caller's deadline: an
-//   absolute deadline, carried as the remaining timeout.
+//   absolute deadline, carried as the remaining timeout;
+// - a request answered before the worker finished it (timed out and being
+//   interrupted, or cancelled) is *detached*: its caller has its answer,
+//   the entry stays until the worker's reply (dropped) or its revoke, so
+//   the ledger still knows what the worker is busy with; past its grace
+//   it is `stuck` and the owner kills the worker;
+// - a request taken back (revoked) from a live worker that confirmed it
+//   never began it is requeued; its slot is freed (settlement::frees_slot).
 
 #pragma once
 
@@ -35,9 +42,12 @@
 #include <utility>
 #include <vector>
 
+#include "caf/actor_addr.hpp"
+#include "caf/actor_cast.hpp"
 #include "caf/actor_clock.hpp"
 #include "caf/error.hpp"
 #include "caf/expected.hpp"
+#include "caf/response_promise.hpp"
 #include "caf/typed_response_promise.hpp"
 
 #include "actors/request_state.hpp"
@@ -57,6 +67,10 @@ struct ledger_entry {
   /// Sent by the worker itself (e.g. drop session); nobody waits for it.
   bool internal = false;
   request_state state = request_state::written;
+  /// The caller has its answer (see the top); the worker may still run it.
+  bool detached = false;
+  /// A revoke was asked for (take_back) and not answered yet.
+  bool revoking = false;
   ledger_time started;
   /// When this attempt is overdue (see request_ledger::add).
   ledger_time deadline;
@@ -80,6 +94,9 @@ struct settlement {
   caf::error error;
   /// Time since the request was written (reported with answer and fail).
   int64_t service_ns = 0;
+  /// A retry or requeue from a worker that lives on: its listener must
+  /// hear that the request left (with answer and fail it always does).
+  bool frees_slot = false;
 
   /// The code a done report carries (answer and fail).
   error_code code() const {
@@ -129,8 +146,11 @@ public:
       e.request.idempotent = req.idempotent;
       e.request.session = req.session;
       e.request.timeout = req.timeout;
+      e.request.tag = req.tag;
     }
     auto id = next_id_++;
+    if (entries_.empty())
+      head_since_ = now;
     entries_.emplace(id, std::move(e));
     ++external_;
     return id;
@@ -164,8 +184,28 @@ public:
     auto e = take(id);
     if (!e)
       return std::nullopt;
+    // The worker runs one request at a time: having answered this one, it
+    // has begun the next.
+    head_since_ = now;
     settlement s;
     s.service_ns = elapsed_ns(*e, now);
+    if (e->detached) {
+      ++served_;
+      return s; // drop: its caller had its answer
+    }
+    if (!e->internal && now - e->started >= e->request.timeout) {
+      // Past the caller's deadline (the sweep had not noticed yet): a
+      // timeout, never a late success.
+      ++served_;
+      auto late = std::chrono::duration_cast<std::chrono::milliseconds>(now - e->started
+                                                                        - e->request.timeout);
+      s.what = verdict::fail;
+      s.error = make_error(error_code::timeout, "the reply came " + std::to_string(late.count())
+                                                  + " ms after the request's deadline");
+      s.entry = std::move(*e);
+      s.entry.state = request_state::expired;
+      return s;
+    }
     if (!e->internal) {
       ++served_;
       s.what = verdict::answer;
@@ -185,7 +225,74 @@ public:
     auto e = take(id);
     if (!e)
       return std::nullopt;
-    return e->internal ? settlement{} : give_up(std::move(*e), err, now, true);
+    if (e->internal || e->detached)
+      return settlement{};
+    return give_up(std::move(*e), err, now, true);
+  }
+
+  /// As expire(), but the worker lives on and is interrupted: the caller
+  /// hears `err` now (an idempotent request with time left is retried
+  /// elsewhere), the entry stays detached until the worker's reply, at
+  /// most until `now + grace` (then overdue() calls it stuck).
+  std::optional<settlement> detach(uint64_t id, const caf::error& err, ledger_time now,
+                                   caf::timespan grace) {
+    auto i = entries_.find(id);
+    if (i == entries_.end() || i->second.internal || i->second.detached)
+      return std::nullopt;
+    auto& kept = i->second;
+    ledger_entry e;
+    e.promise = std::move(kept.promise);
+    e.request = std::move(kept.request);
+    e.started = kept.started;
+    e.deadline = kept.deadline;
+    kept.request.command = e.request.command;
+    kept.request.session = e.request.session;
+    kept.detached = true;
+    kept.deadline = now + grace;
+    --external_;
+    auto s = code_of(err) == error_code::cancelled ? fail_now(std::move(e), err, now)
+                                                    : give_up(std::move(e), err, now, true);
+    s.frees_slot = true;
+    return s;
+  }
+
+  /// Requests that may be taken back from this worker to run elsewhere:
+  /// stateless ones written behind the request it runs, when that one has
+  /// run for `min_age` or is being interrupted. Marked revoking (asked
+  /// once); the worker's answer goes to revoked().
+  std::vector<uint64_t> take_back(ledger_time now, caf::timespan min_age) {
+    std::vector<uint64_t> result;
+    auto head = oldest_any();
+    if (head == 0)
+      return result;
+    auto& h = entries_.at(head);
+    if (!h.detached && now - head_since_ < min_age)
+      return result;
+    for (auto& kv : entries_) {
+      auto& e = kv.second;
+      if (kv.first != head && !e.internal && !e.detached && !e.revoking
+          && e.request.session.empty()) {
+        e.revoking = true;
+        result.push_back(kv.first);
+      }
+    }
+    std::sort(result.begin(), result.end());
+    return result;
+  }
+
+  /// The worker will never run `ids` (its answer to a revoke): requeued,
+  /// or dropped when detached (a cancelled request that never ran).
+  std::vector<settlement> revoked(const std::vector<uint64_t>& ids, ledger_time now) {
+    std::vector<settlement> result;
+    for (auto id : ids) {
+      auto e = take(id);
+      if (!e || e->internal || e->detached)
+        continue;
+      auto s = requeue(std::move(*e), make_error(error_code::timeout, "taken back"), now);
+      s.frees_slot = true;
+      result.push_back(std::move(s));
+    }
+    return result;
   }
 
   /// The worker is gone and cannot tell what started: every request is
@@ -209,6 +316,8 @@ public:
     result.reserve(ids.size());
     for (size_t i = 0; i < ids.size(); ++i) {
       auto e = take(ids[i]);
+      if (e->detached)
+        continue; // answered already; it still held its place in line
       if (i < may_have_started) {
         e->state = request_state::running;
         result.push_back(give_up(std::move(*e), err, now));
@@ -243,12 +352,32 @@ public:
 
   /// Ids of requests whose attempt deadline has passed, oldest first.
   std::vector<uint64_t> overdue(ledger_time now) const {
-    std::vector<uint64_t> result;
+    return overdue_where(now, false);
+  }
+
+  /// Ids of detached requests still unanswered past their grace, oldest
+  /// first: the worker did not stop them when asked.
+  std::vector<uint64_t> stuck(ledger_time now) const {
+    return overdue_where(now, true);
+  }
+
+  /// Whether any request is detached (the worker runs one nobody awaits).
+  bool any_detached() const {
     for (auto& kv : entries_)
-      if (!kv.second.internal && kv.second.deadline <= now)
-        result.push_back(kv.first);
-    std::sort(result.begin(), result.end());
-    return result;
+      if (kv.second.detached)
+        return true;
+    return false;
+  }
+
+  /// The deadline of a request that names none.
+  caf::timespan default_timeout() const noexcept {
+    return lim_.request_timeout;
+  }
+
+  /// Whether request `id` is detached (its caller has its answer).
+  bool detached(uint64_t id) const {
+    auto i = entries_.find(id);
+    return i != entries_.end() && i->second.detached;
   }
 
   /// The oldest request still in flight (by id, i.e. pipe order), or 0.
@@ -262,6 +391,21 @@ public:
 
   bool empty() const noexcept {
     return entries_.empty();
+  }
+
+  /// The ids of requests whose caller is `caller` (every one with `tag`
+  /// 0, else the one it tagged so), not yet answered.
+  std::vector<uint64_t> of_caller(const caf::actor_addr& caller, uint64_t tag) {
+    std::vector<uint64_t> result;
+    for (auto& kv : entries_) {
+      auto& e = kv.second;
+      if (e.internal || e.detached || (tag != 0 && e.request.tag != tag))
+        continue;
+      auto& rp = static_cast<caf::response_promise&>(e.promise);
+      if (caf::actor_cast<caf::actor_addr>(rp.source()) == caller)
+        result.push_back(kv.first);
+    }
+    return result;
   }
 
   /// Requests awaited by callers (internal ones excluded).
@@ -298,9 +442,38 @@ private:
       return std::nullopt;
     std::optional<ledger_entry> result{std::move(i->second)};
     entries_.erase(i);
-    if (!result->internal)
+    if (!result->internal && !result->detached)
       --external_;
     return result;
+  }
+
+  std::vector<uint64_t> overdue_where(ledger_time now, bool detached) const {
+    std::vector<uint64_t> result;
+    for (auto& kv : entries_)
+      if (!kv.second.internal && kv.second.detached == detached && kv.second.deadline <= now)
+        result.push_back(kv.first);
+    std::sort(result.begin(), result.end());
+    return result;
+  }
+
+  /// The oldest entry, detached ones included (what the worker runs).
+  uint64_t oldest_any() const {
+    uint64_t result = 0;
+    for (auto& kv : entries_)
+      if (!kv.second.internal && (result == 0 || kv.first < result))
+        result = kv.first;
+    return result;
+  }
+
+  // `e` ends with `err` for its caller, retry or not (a cancel).
+  settlement fail_now(ledger_entry e, const caf::error& err, ledger_time now) const {
+    settlement s;
+    s.service_ns = elapsed_ns(e, now);
+    s.what = verdict::fail;
+    s.error = err;
+    e.state = request_state::answered;
+    s.entry = std::move(e);
+    return s;
   }
 
   static int64_t elapsed_ns(const ledger_entry& e, ledger_time now) {
@@ -360,6 +533,8 @@ private:
   uint64_t next_id_ = 1;
   uint32_t external_ = 0;
   uint64_t served_ = 0;
+  /// Since when the oldest request has been the one the worker runs.
+  ledger_time head_since_;
 };
 
 } // namespace pyvisor

@@ -6,7 +6,6 @@
 #include <climits>
 #include <cstdlib>
 #include <limits>
-#include <set>
 
 #include <spdlog/logger.h>
 
@@ -35,6 +34,8 @@ using broken_atom = caf::atom_constant<caf::atom("pv_broken")>;
 using start_timeout_atom = caf::atom_constant<caf::atom("pv_starttm")>;
 using settle_timeout_atom = caf::atom_constant<caf::atom("pv_settle")>;
 using start_failed_atom = caf::atom_constant<caf::atom("pv_startfl")>;
+/// The stack of a stuck request was asked for: kill it now.
+using kill_stuck_atom = caf::atom_constant<caf::atom("pv_killst")>;
 
 // Frames cross from the I/O thread to the actor in batches (all frames of one
 // read) behind a shared pointer: the actor moves the result bytes out instead
@@ -56,11 +57,18 @@ using worker_impl = worker_actor::extend<
   caf::reacts_to<exited_atom, int, int>, caf::reacts_to<broken_atom, std::string>,
   caf::reacts_to<sweep_atom>,
   caf::reacts_to<start_timeout_atom>, caf::reacts_to<settle_timeout_atom>,
+  caf::reacts_to<kill_stuck_atom, uint64_t>,
+  caf::reacts_to<cancel_for_atom, caf::actor_addr, uint64_t>,
   caf::reacts_to<start_failed_atom, std::string, std::string, std::string, std::string>>;
 
 /// How long a recycled worker waits for its killed process to be reaped
 /// before it settles its requests without knowing which ones started.
 constexpr auto settle_limit = std::chrono::seconds(2);
+
+/// Between asking a stuck worker for its stack (faulthandler, on SIGUSR2)
+/// and killing it: the dump is written by a C signal handler in
+/// microseconds; this leaves the I/O thread time to read it.
+constexpr auto dump_wait = std::chrono::milliseconds(200);
 
 struct worker_state {
   worker_config cfg;
@@ -71,9 +79,10 @@ struct worker_state {
   worker_link_ptr link;
   std::unique_ptr<worker_lifecycle> life;
   std::chrono::steady_clock::time_point spawned_at;
-  /// Requests answered `timeout` by a recycle whose reply has not arrived:
-  /// the oldest of them was running when the process was killed.
-  std::set<uint64_t> expired_unanswered;
+  /// A stuck request's stack dump was asked for (kill_stuck_atom pending).
+  bool dumping = false;
+  /// The dump, once taken: the details of what the kill costs others.
+  std::string stack_dump;
 
   static inline const char* name = "pyvisor.worker";
 };
@@ -103,7 +112,8 @@ void terminate(self_ptr self, const caf::error& for_requests, caf::error reason)
 
 caf::error recycled_error(const worker_state& st) {
   return make_error(error_code::worker_crashed,
-                    tag_of(st) + " recycled after another request timed out");
+                    tag_of(st) + " recycled after another request timed out", "",
+                    st.stack_dump);
 }
 
 std::string describe_startup_exit(const worker_state& st, const exit_status& es) {
@@ -120,16 +130,32 @@ std::string describe_startup_exit(const worker_state& st, const exit_status& es)
 
 // The process is gone and every reply it wrote has been read: settle what is
 // still in flight. The Python worker runs requests one at a time in pipe
-// order, so the oldest unanswered request is the only one that can have
-// started; if that one was already answered `timeout` (expired_unanswered),
-// none of the rest did.
+// order, so the oldest unanswered request (answered `timeout` already, or
+// not) is the only one that can have started.
 void settle(self_ptr self, const caf::error& err) {
+  self->state.life->settle(self, err, 1);
+}
+
+// A request did not stop when interrupted: its stack goes to the log (and
+// into what the kill costs others), then the worker is killed and recycled.
+void kill_stuck(self_ptr self, uint64_t id) {
   auto& st = self->state;
-  auto oldest = st.link->oldest();
-  size_t started = 1;
-  if (!st.expired_unanswered.empty() && (oldest == 0 || *st.expired_unanswered.begin() < oldest))
-    started = 0;
-  st.life->settle(self, err, started);
+  st.dumping = false;
+  if (st.link->retiring())
+    return;
+  st.stack_dump = st.proc ? st.proc->take_stack_dump() : std::string{};
+  auto grace = std::chrono::duration_cast<std::chrono::milliseconds>(st.cfg.interrupt_grace);
+  auto why = tag_of(st) + ": request " + std::to_string(id) + " ('" + st.link->command_of(id)
+             + "') still ran " + std::to_string(grace.count())
+             + " ms after it was interrupted; killing the worker";
+  log().error("{}; its Python stack:\n{}", why,
+              st.stack_dump.empty() ? std::string{"(no stack dump arrived)"} : st.stack_dump);
+  st.life->recycle(self, {}, why, recycled_error(st), true, [self](const std::vector<uint64_t>&) {
+    auto& st = self->state;
+    if (st.proc)
+      st.proc->signal(SIGKILL);
+    self->delayed_send(self, settle_limit, settle_timeout_atom::value);
+  });
 }
 
 // The worker could not start: its hello said why, or its template's did (a
@@ -168,6 +194,15 @@ void on_frame(self_ptr self, wire::frame& f) {
       st.status.pid = f.pid; // a forked worker's pid is known only now
     st.status.python = f.python;
     st.status.commands = f.commands;
+    if (f.control) {
+      // Interrupts instead of kills (docs/protocol.md, "Control"). Weak:
+      // the process holds the link through its callbacks.
+      std::weak_ptr<python_process> weak = st.proc;
+      st.link->enable_control([weak](const std::vector<char>& msg) {
+        auto proc = weak.lock();
+        return proc && proc->send_control(msg, SIGUSR1);
+      });
+    }
     auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                 std::chrono::steady_clock::now() - st.spawned_at)
                 .count();
@@ -195,6 +230,11 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg,
   st.spawned_at = std::chrono::steady_clock::now();
   // Start the process: spawned, or forked from the pool's template.
   auto opts = python_options(st.cfg, "pyvisor.worker", "worker " + std::to_string(st.cfg.id));
+  // The control socket: fd 5 (a forked worker gets it from its template).
+  opts.worker_control = true;
+  if (!st.cfg.fork_from) {
+    opts.args.insert(opts.args.begin() + 6, {"--control-fd", "5"});
+  }
   if (st.cfg.fork_from)
     opts.launcher = std::make_shared<fork_launcher>(
       st.cfg.fork_from, std::chrono::steady_clock::now()
@@ -215,6 +255,7 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg,
     if (!rest.empty())
       send_to_self(frame_atom::value, std::make_shared<std::vector<wire::frame>>(std::move(rest)));
   };
+  cbs.on_revoked = [link = st.link](std::vector<uint64_t> ids) { link->on_revoked(ids); };
   cbs.on_protocol_error = [send_to_self](std::string reason) {
     send_to_self(broken_atom::value, std::move(reason));
   };
@@ -266,8 +307,7 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg,
           // still count, and tell which requests it had finished.
           if (f.type == wire::frame_type::hello)
             continue;
-          if (st.expired_unanswered.erase(f.id) == 0)
-            st.link->complete(f.id, result_of(f));
+          st.link->complete(f.id, result_of(f));
           continue;
         }
         if (st.link->retiring())
@@ -319,18 +359,44 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg,
     },
     [self](sweep_atom) {
       auto& st = self->state;
-      // The caller hears `timeout` at once; what else is in flight is
-      // settled once the killed process is reaped and its last replies are
-      // read (see settle): the requests that never started run elsewhere
-      // instead of failing.
-      st.life->sweep(self, tag_of(st), recycled_error(st), true,
-                     [self](const std::vector<uint64_t>& late) {
-                       auto& st = self->state;
-                       st.expired_unanswered.insert(late.begin(), late.end());
-                       if (st.proc)
-                         st.proc->signal(SIGKILL);
-                       self->delayed_send(self, settle_limit, settle_timeout_atom::value);
-                     });
+      auto due = st.link->sweep();
+      if (!due.stuck.empty()) {
+        if (!st.dumping) {
+          st.dumping = true;
+          if (st.proc)
+            st.proc->signal(SIGUSR2); // faulthandler: every thread's stack
+          self->delayed_send(self, dump_wait, kill_stuck_atom::value, due.stuck.front());
+        }
+        return;
+      }
+      if (due.late.empty())
+        return;
+      auto timeout = make_error(error_code::timeout,
+                                st.life->timed_out(tag_of(st), due.late.front(), "interrupted"));
+      if (st.link->controlled()) {
+        // The worker lives on, its sessions too: the handler is
+        // interrupted, the caller hears `timeout` now, and only a handler
+        // still running after the grace costs the worker (stuck, above).
+        log().warn("{}", st.life->timed_out(tag_of(st), due.late.front(), "interrupting it"));
+        st.link->interrupt(due.late, timeout);
+        return;
+      }
+      // No interrupts: the caller hears `timeout` at once; what else is in
+      // flight is settled once the killed process is reaped and its last
+      // replies are read (see settle): the requests that never started run
+      // elsewhere instead of failing.
+      st.life->recycle(self, due.late,
+                       st.life->timed_out(tag_of(st), due.late.front(), "recycling the worker"),
+                       recycled_error(st), true, [self](const std::vector<uint64_t>&) {
+                         auto& st = self->state;
+                         if (st.proc)
+                           st.proc->signal(SIGKILL);
+                         self->delayed_send(self, settle_limit, settle_timeout_atom::value);
+                       });
+    },
+    [self](kill_stuck_atom, uint64_t id) { kill_stuck(self, id); },
+    [self](cancel_for_atom, const caf::actor_addr& requester, uint64_t tag) {
+      self->state.link->cancel(requester, tag);
     },
     [self](settle_timeout_atom) {
       auto& st = self->state;

@@ -131,31 +131,33 @@ public:
     }
   }
 
-  /// The deadline sweep (on sweep_atom): when a request is past its
-  /// deadline the worker counts as hung: `kill(overdue ids)` stops what
-  /// runs them, the overdue requests fail with `timeout` and the worker
-  /// retires deliberately (a recycle, not a crash); what else it held fails
-  /// with `for_requests`, now or (`settle_later`) at settle(). `tag` names
-  /// the worker in messages.
+  /// A request is past its deadline (`late`, from worker_link::sweep) and
+  /// cannot be interrupted, or did not stop when it was (`stuck`): the
+  /// worker counts as hung: `kill(ids)` stops what runs them, the late
+  /// requests fail with `timeout` and the worker retires deliberately (a
+  /// recycle, not a crash); what else it held fails with `for_requests`,
+  /// now or (`settle_later`) at settle(). `tag` names the worker and `why`
+  /// says what happened, in messages.
   template <class Self, class Kill>
-  void sweep(Self* self, const std::string& tag, caf::error for_requests, bool settle_later,
-             Kill kill) {
-    auto late = link_->sweep();
-    if (late.empty())
-      return;
-    auto msg = tag + ": request " + std::to_string(late.front()) + " ('"
-               + link_->command_of(late.front()) + "') timed out; recycling the worker";
-    log().warn("{}", msg);
+  void recycle(Self* self, const std::vector<uint64_t>& late, const std::string& why,
+               caf::error for_requests, bool settle_later, Kill kill) {
+    log().warn("{}", why);
     kill(late);
-    auto timeout = make_error(error_code::timeout, msg);
+    auto timeout = make_error(error_code::timeout, why);
     retirement r;
     r.for_requests = std::move(for_requests);
     r.reason = timeout;
     r.deliberate = true;
-    r.late = std::move(late);
+    r.late = late;
     r.late_error = timeout;
     r.settle_later = settle_later;
     retire(self, std::move(r));
+  }
+
+  /// What recycle() says of the late request `id`.
+  std::string timed_out(const std::string& tag, uint64_t id, const std::string& then) const {
+    return tag + ": request " + std::to_string(id) + " ('" + link_->command_of(id)
+           + "') timed out; " + then;
   }
 
   /// Whether retire() waits for settle().

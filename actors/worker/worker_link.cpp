@@ -66,17 +66,18 @@ void reply_courier::report_to(std::shared_ptr<completion_inbox> inbox, caf::acto
 void reply_courier::report(const settlement& s) const {
   if (!listener_)
     return;
-  auto code = s.code();
+  auto code = s.what == verdict::retry || s.what == verdict::requeue ? moved_on_code
+                                                                      : static_cast<uint8_t>(s.code());
   auto& req = s.entry.request;
   if (auto ref = std::atomic_load(&inbox_)) {
-    if (ref->inbox->post(completion{owner_id_, static_cast<uint8_t>(code), s.service_ns,
+    if (ref->inbox->post(completion{owner_id_, code, s.service_ns,
                                     req.session, req.command}))
       if (auto hdl = caf::actor_cast<caf::actor>(ref->wake))
         caf::anon_send(hdl, take_inbox_atom::value);
     return;
   }
-  caf::anon_send(listener_, done_atom::value, owner_id_, static_cast<uint8_t>(code),
-                 s.service_ns, req.session, req.command);
+  caf::anon_send(listener_, done_atom::value, owner_id_, code, s.service_ns, req.session,
+                 req.command);
 }
 
 void reply_courier::carry_out(settlement& s) const {
@@ -93,10 +94,14 @@ void reply_courier::carry_out(settlement& s) const {
       deliver(rp, owner_, caf::make_message(s.error));
       return;
     case verdict::retry:
+      if (s.frees_slot)
+        report(s);
       delegate(rp, caf::actor_cast<caf::strong_actor_ptr>(listener_),
                caf::make_message(retry_atom::value, std::move(s.entry.request)));
       return;
     case verdict::requeue:
+      if (s.frees_slot)
+        report(s);
       delegate(rp, caf::actor_cast<caf::strong_actor_ptr>(listener_),
                caf::make_message(requeue_atom::value, std::move(s.entry.request)));
       return;
@@ -141,7 +146,8 @@ worker_link::worker_link(caf::actor_clock& clock, caf::actor_addr owner,
     owner_(owner),
     courier_(std::move(owner), std::move(listener)),
     max_frame_size_(max_frame_size),
-    ledger_(limits_of(cfg, static_cast<bool>(courier_.listener()))) {
+    ledger_(limits_of(cfg, static_cast<bool>(courier_.listener()))),
+    interrupt_grace_(cfg.interrupt_grace) {
   // nop
 }
 
@@ -171,8 +177,15 @@ admission worker_link::submit(execute& req, caf::typed_response_promise<payload>
   std::lock_guard<std::mutex> guard{mtx_};
   size_t body = 0;
   if (proc_ && valid) {
-    frame.reserve(req.args.bytes.size() + req.command.size() + req.session.size() + 48);
-    wire::append_request(frame, ledger_.peek_id(), req.command, req.args.bytes, req.session);
+    frame.reserve(req.args.bytes.size() + req.command.size() + req.session.size() + 64);
+    // The caller's deadline in the worker's time.monotonic() (CLOCK_MONOTONIC,
+    // which steady_clock is here), for ctx.deadline.
+    auto timeout = req.timeout.count() > 0 ? req.timeout : ledger_.default_timeout();
+    auto deadline = std::chrono::duration<double>(
+                      std::chrono::steady_clock::now().time_since_epoch() + timeout)
+                      .count();
+    wire::append_request(frame, ledger_.peek_id(), req.command, req.args.bytes, req.session,
+                         deadline);
     body = frame.size() - 4;
   }
   auto verdict = admit(valid, body);
@@ -283,15 +296,110 @@ void worker_link::settle(const caf::error& err, size_t may_have_started) {
   courier_.carry_out(out);
 }
 
-std::vector<uint64_t> worker_link::sweep() {
+sweep_due worker_link::sweep() {
   std::lock_guard<std::mutex> guard{mtx_};
   sweep_.fired();
   if (retiring_)
     return {}; // what is left is settled by the retirement under way
-  auto late = ledger_.overdue(now());
-  if (late.empty() && !ledger_.empty())
+  auto t = now();
+  sweep_due due{ledger_.overdue(t), ledger_.stuck(t)};
+  if (due.stuck.empty() && !ledger_.empty())
     arm_sweep_locked();
-  return late;
+  return due;
+}
+
+void worker_link::enable_control(control_sender send) {
+  std::lock_guard<std::mutex> guard{mtx_};
+  control_ = std::move(send);
+}
+
+bool worker_link::controlled() const {
+  std::lock_guard<std::mutex> guard{mtx_};
+  return static_cast<bool>(control_);
+}
+
+std::vector<settlement> worker_link::stop_locked(const std::vector<uint64_t>& ids,
+                                                 const caf::error& err, pending_control& out) {
+  std::vector<settlement> result;
+  auto t = now();
+  std::vector<uint64_t> told;
+  for (auto id : ids)
+    if (auto s = ledger_.detach(id, err, t, interrupt_grace_)) {
+      result.push_back(std::move(*s));
+      told.push_back(id);
+    }
+  if (!told.empty() && control_ && !retiring_ && !closed_) {
+    // One message: those not begun are revoked, the one running (only the
+    // oldest can be) is interrupted; the worker decides which is which.
+    auto reason = code_of(err) == error_code::timeout ? "timeout" : "cancelled";
+    wire::append_control(out.msg, told, told.front(), reason);
+    out.send = control_;
+  }
+  if (!result.empty())
+    arm_sweep_locked();
+  return result;
+}
+
+void worker_link::interrupt(const std::vector<uint64_t>& ids, const caf::error& err) {
+  std::vector<settlement> out;
+  pending_control ctl;
+  {
+    std::lock_guard<std::mutex> guard{mtx_};
+    out = stop_locked(ids, err, ctl);
+  }
+  ctl.flush();
+  courier_.carry_out(out);
+}
+
+size_t worker_link::cancel(const caf::actor_addr& caller, uint64_t tag) {
+  std::vector<settlement> out;
+  pending_control ctl;
+  {
+    std::lock_guard<std::mutex> guard{mtx_};
+    if (retiring_ || closed_)
+      return 0;
+    auto ids = ledger_.of_caller(caller, tag);
+    if (ids.empty())
+      return 0;
+    out = stop_locked(ids, make_error(error_code::cancelled, "the request was cancelled"), ctl);
+  }
+  ctl.flush();
+  courier_.carry_out(out);
+  return out.size();
+}
+
+size_t worker_link::take_back(caf::timespan min_age) {
+  pending_control ctl;
+  size_t n = 0;
+  {
+    std::lock_guard<std::mutex> guard{mtx_};
+    if (!control_ || retiring_ || closed_)
+      return 0;
+    auto ids = ledger_.take_back(now(), min_age);
+    if (ids.empty())
+      return 0;
+    wire::append_control(ctl.msg, ids);
+    ctl.send = control_;
+    n = ids.size();
+  }
+  ctl.flush();
+  return n;
+}
+
+void worker_link::on_revoked(const std::vector<uint64_t>& ids) {
+  std::vector<settlement> out;
+  {
+    std::lock_guard<std::mutex> guard{mtx_};
+    if (closed_)
+      return;
+    out = ledger_.revoked(ids, now());
+  }
+  courier_.carry_out(out);
+}
+
+bool worker_link::busy_detached() const {
+  std::lock_guard<std::mutex> guard{mtx_};
+  return ledger_.any_detached();
 }
 
 std::string worker_link::command_of(uint64_t id) const {

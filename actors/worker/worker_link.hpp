@@ -27,6 +27,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -65,6 +66,19 @@ enum class admission : uint8_t {
   /// The frame exceeds the frame limit: bad_request.
   too_large,
 };
+
+/// What the deadline sweep found (worker_link::sweep).
+struct sweep_due {
+  /// Past their deadline: to be stopped (interrupted, or the worker killed).
+  std::vector<uint64_t> late;
+  /// Interrupted or cancelled and still running past the grace: the worker
+  /// did not stop them and is killed.
+  std::vector<uint64_t> stuck;
+};
+
+/// Carries one control message to the worker (worker_link::enable_control);
+/// false when it could not.
+using control_sender = std::function<bool(const std::vector<char>&)>;
 
 /// A worker's error reply as the caller sees it; `prefix` goes before its
 /// message (a Python error's type before its text).
@@ -134,9 +148,39 @@ public:
   /// request_ledger::settle_sequential (fail_all with the maximum).
   void settle(const caf::error& err, size_t may_have_started);
 
-  /// The sweep_atom arrived: the overdue requests, oldest first (the sweep
-  /// is re-armed while requests remain and none is overdue).
-  std::vector<uint64_t> sweep();
+  /// The sweep_atom arrived: the late and the stuck requests, oldest first
+  /// (the sweep is re-armed while requests remain).
+  sweep_due sweep();
+
+  /// The worker speaks the control protocol (its hello said so): from now
+  /// on a late or cancelled request is interrupted through `send`, and the
+  /// worker killed only when it is still running it `grace` later.
+  void enable_control(control_sender send);
+  bool controlled() const;
+
+  /// Answers the late requests `ids` with `err` now (an idempotent one is
+  /// retried elsewhere) and asks the worker to stop them: interrupted if
+  /// running, revoked if not begun (request_ledger::detach).
+  void interrupt(const std::vector<uint64_t>& ids, const caf::error& err);
+
+  /// Cancels the requests of `caller` (tag 0: all of them, else the one it
+  /// tagged so): answered `cancelled` now, then interrupted or revoked as
+  /// above. Returns how many. Without control the worker is not told (the
+  /// request runs to its end, its reply dropped).
+  size_t cancel(const caf::actor_addr& caller, uint64_t tag);
+
+  /// Asks the worker to give back the stateless requests written behind
+  /// the one it has run for `min_age` (request_ledger::take_back); those it
+  /// never began are requeued once it answers (on_revoked). Returns how
+  /// many were asked for.
+  size_t take_back(caf::timespan min_age);
+
+  /// The I/O thread's part: the worker will never run `ids`.
+  void on_revoked(const std::vector<uint64_t>& ids);
+
+  /// Requests detached from their callers (interrupted or cancelled) that
+  /// the worker still runs.
+  bool busy_detached() const;
 
   /// The command of request `id` (for messages), or empty.
   std::string command_of(uint64_t id) const;
@@ -170,6 +214,23 @@ private:
   // Requires mtx_.
   void arm_sweep_locked();
 
+  // A control message made under the lock, sent after it (like delivery,
+  // a send never runs under the link's lock).
+  struct pending_control {
+    std::vector<char> msg;
+    control_sender send;
+    void flush() const {
+      if (send)
+        send(msg);
+    }
+  };
+
+  // Detaches `ids` with `err` and prepares the message that tells the
+  // worker to stop them. Requires mtx_; the caller carries out the
+  // settlements and sends `out` after unlocking.
+  std::vector<settlement> stop_locked(const std::vector<uint64_t>& ids, const caf::error& err,
+                                      pending_control& out);
+
   caf::actor_clock* clock_;
   caf::actor_addr owner_;
   reply_courier courier_;
@@ -182,6 +243,8 @@ private:
   worker_phase phase_ = worker_phase::starting;
   bool retiring_ = false;
   bool closed_ = false;
+  caf::timespan interrupt_grace_;
+  control_sender control_;
   caf::error retire_error_;
 };
 

@@ -18,7 +18,7 @@ exception is reported to the caller as ``python_error`` with its traceback.
 
 __version__ = "0.1.0"
 
-__all__ = ["command", "commands", "on_start", "Context", "Error", "BadRequest"]
+__all__ = ["command", "commands", "on_start", "Context", "Error", "BadRequest", "Interrupted"]
 
 _registry = {}
 _on_start = []
@@ -34,6 +34,22 @@ class BadRequest(Error):
     """The caller sent arguments the command cannot use."""
 
     code = "bad_request"
+
+
+class Interrupted(BaseException):
+    """Raised inside a handler the node interrupts: its request timed out or
+    was cancelled (``code`` says which). A ``BaseException``, like
+    ``KeyboardInterrupt``, so that ``except Exception`` in user code lets it
+    through; ``finally`` blocks and context managers run as it unwinds. The
+    worker answers and goes on serving; a session keeps the state the
+    handler left. A handler that swallows it (or is stuck in one C call) is
+    killed after the node's ``pool.interrupt-grace``."""
+
+    code = "cancelled"
+
+    def __init__(self, message="", code="cancelled"):
+        super().__init__(message)
+        self.code = code
 
 
 def command(name):
@@ -86,11 +102,24 @@ def lookup(name):
 
 
 class Context:
-    """What a handler knows about the call besides its arguments."""
+    """What a handler knows about the call besides its arguments.
 
-    __slots__ = ("session_id", "session", "worker")
+    ``deadline``: when the caller stops waiting, in ``time.monotonic()``
+    terms (None when the node did not say), e.g. to pass a budget on:
+    ``timeout=ctx.deadline - time.monotonic()``. ``cancelled``: whether the
+    node has interrupted this call (timed out or cancelled), for code that
+    polls, in another thread say; the handler's own thread gets
+    :class:`Interrupted` raised."""
 
-    def __init__(self, session_id, session, worker):
+    __slots__ = ("session_id", "session", "worker", "deadline", "_rid")
+
+    def __init__(self, session_id, session, worker, deadline=None, rid=None):
         self.session_id = session_id
         self.session = session
         self.worker = worker
+        self.deadline = deadline
+        self._rid = rid
+
+    @property
+    def cancelled(self):
+        return self._rid is not None and getattr(self.worker, "interrupted_id", None) == self._rid

@@ -190,7 +190,7 @@ class _Template:
                             "result": {"pid": pid, "code": code, "signal": sig}})
 
     def fork_one(self, msgpack):
-        msg, fds = _recv_fds(self.ctl, 4096, 4)
+        msg, fds = _recv_fds(self.ctl, 4096, 5)
         if not msg:
             return False  # the node closed the control socket
         try:
@@ -199,10 +199,10 @@ class _Template:
             for fd in fds:
                 os.close(fd)
             return True
-        if len(fds) != 4:
+        if len(fds) not in (4, 5):
             for fd in fds:
                 os.close(fd)
-            self.reply(rid, error="expected 4 descriptors, got %d" % len(fds))
+            self.reply(rid, error="expected 4 or 5 descriptors, got %d" % len(fds))
             return True
         sys.stdout.flush()
         sys.stderr.flush()
@@ -251,20 +251,21 @@ class _Template:
             import fcntl
 
             devnull = os.open(os.devnull, os.O_RDONLY)
-            req, rep, out, err = fds
-            # Above the targets first: a descriptor may already sit at 0-4.
+            req, rep, out, err = fds[:4]
+            # Above the targets first: a descriptor may already sit at 0-5.
             moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
-                     for fd in (devnull, out, err, req, rep)]
+                     for fd in [devnull, out, err, req, rep] + fds[4:]]
             for target, fd in enumerate(moved):
                 os.dup2(fd, target, inheritable=target < 3)
-            os.closerange(5, 1 << 16)
+            control = 5 if len(fds) == 5 else None
+            os.closerange(len(moved), 1 << 16)
             import random
 
             random.seed()
             from pyvisor import worker as w
 
             w.guard_process_group()
-            code = w.serve_imported(w.Worker(3, 4))
+            code = w.serve_imported(w.Worker(3, 4, control))
         except BaseException:  # noqa: BLE001
             import traceback
 

@@ -17,6 +17,56 @@ def sleep(args, ctx):
     return args["ms"]
 
 
+@command("stuck")
+def stuck(args, ctx):
+    """Sleeps {ms} with the interrupt signal blocked: what a handler stuck in
+    one long C call looks like to the node (the interrupt cannot get in; a
+    stack dump can)."""
+    import signal
+
+    if not isinstance(args, dict) or not isinstance(args.get("ms"), (int, float)):
+        raise BadRequest("expected {ms: number}")
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
+    try:
+        time.sleep(args["ms"] / 1000.0)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGUSR1])
+    return args["ms"]
+
+
+@command("spin")
+def spin(args, ctx):
+    """A pure-Python loop of {ms} (no sleep, no I/O): interruptible only
+    between bytecodes."""
+    if not isinstance(args, dict) or not isinstance(args.get("ms"), (int, float)):
+        raise BadRequest("expected {ms: number}")
+    end = time.monotonic() + args["ms"] / 1000.0
+    n = 0
+    while time.monotonic() < end:
+        n += 1
+    return n
+
+
+@command("budget")
+def budget(args, ctx):
+    """What the handler sees of its call: seconds left to ctx.deadline, and
+    whether ctx.cancelled (set once the node interrupts the call)."""
+    left = None if ctx.deadline is None else ctx.deadline - time.monotonic()
+    return {"left": left, "cancelled": ctx.cancelled}
+
+
+@command("sleep_then_report")
+def sleep_then_report(args, ctx):
+    """Sleeps {ms}; if interrupted, records in its session that its
+    `finally` ran (state a handler leaves stays, as after any exception)."""
+    try:
+        time.sleep(args["ms"] / 1000.0)
+    finally:
+        if ctx.session is not None:
+            ctx.session["finally_ran"] = True
+    return args["ms"]
+
+
 @command("crash")
 def crash(args, ctx):
     code = args.get("code", 1) if isinstance(args, dict) else 1

@@ -1,7 +1,7 @@
 """The pyvisor worker loop: serves requests from a pyvisor node over pipes.
 
 Started by the node as ``python3 -c "...pyvisor.worker.main()" --in-fd 3
---out-fd 4 [--module NAME ...]`` (``python3 -m pyvisor.worker`` works too);
+--out-fd 4 --control-fd 5 [--module NAME ...]`` (``python3 -m pyvisor.worker`` works too);
 the protocol is specified in docs/protocol.md. The
 protocol runs on its own file descriptors, so ``print()`` and logging in user
 code go to stdout/stderr, which the node logs, tagged with this worker.
@@ -62,7 +62,7 @@ def _error_map(exc, code=None):
         tb = "".join(traceback.format_tb(exc.__traceback__))
     # Only pyvisor's own exceptions choose their code (SystemExit.code, for
     # one, is an exit status; OSError and HTTP errors have codes of their own).
-    if code is None and isinstance(exc, pyvisor.Error):
+    if code is None and isinstance(exc, (pyvisor.Error, pyvisor.Interrupted)):
         code = getattr(exc, "code", None)
     if not isinstance(code, str):
         code = None
@@ -105,12 +105,77 @@ def _salvage(body):
 class Worker:
     """One worker process: the session table and the two protocol pipes."""
 
-    def __init__(self, in_fd, out_fd):
+    def __init__(self, in_fd, out_fd, control_fd=None):
         self.inp = os.fdopen(in_fd, "rb", buffering=1 << 16)
         self.out_fd = out_fd
         self.sessions = {}
         self.served = 0
         self._packer = msgpack.Packer(use_bin_type=True)
+        # The interrupt and revoke protocol (docs/protocol.md, "Control"):
+        # `started` is the id of the latest request begun (ids grow in pipe
+        # order, so a larger id has not started and can still be revoked);
+        # `running` is true only while its handler may be interrupted.
+        self.ctl = control_fd
+        self.started = 0
+        self.running = False
+        self.interrupted_id = None
+        self.revoked = set()
+
+    def enable_control(self):
+        """Interrupts (SIGUSR1 after a control message) and stack dumps
+        (SIGUSR2, faulthandler, onto the control socket). False without a
+        control socket."""
+        if self.ctl is None:
+            return False
+        import faulthandler
+        import signal
+
+        os.set_blocking(self.ctl, False)
+        signal.signal(signal.SIGUSR1, self._on_control)
+        faulthandler.register(signal.SIGUSR2, file=self.ctl, all_threads=True, chain=False)
+        return True
+
+    def _on_control(self, signum, frame):
+        """Runs in the main thread between bytecodes, so `started` and
+        `running` cannot change under it: a revoke takes only requests not
+        begun, an interrupt hits only the request it names, and only while
+        its handler runs (never the next request, never the serve loop)."""
+        target = None
+        reason = "cancelled"
+        while True:
+            try:
+                data = os.read(self.ctl, 1 << 16)
+            except InterruptedError:
+                continue
+            except OSError:  # BlockingIOError: nothing more
+                break
+            if not data:
+                break
+            try:
+                msg = msgpack.unpackb(data, raw=False)
+            except Exception:  # noqa: BLE001  not ours to answer
+                continue
+            if not isinstance(msg, dict):
+                continue
+            ids = msg.get("revoke")
+            if isinstance(ids, list):
+                taken = [i for i in ids if isinstance(i, int) and i > self.started]
+                try:
+                    os.write(self.ctl, self._packer.pack({"revoked": taken}))
+                except OSError:
+                    taken = []  # the node did not hear it: they still run
+                self.revoked.update(taken)
+            t = msg.get("interrupt")
+            if isinstance(t, int) and t == self.started:
+                target = t
+                if msg.get("reason") == "timeout":
+                    reason = "timeout"
+        if target is not None and self.running and target == self.started \
+                and self.interrupted_id != target:
+            self.interrupted_id = target
+            raise pyvisor.Interrupted(
+                "request %d was interrupted (%s)" % (target, "timed out" if reason == "timeout"
+                                                     else "cancelled"), reason)
 
     def write_raw(self, data):
         view = memoryview(data)
@@ -167,12 +232,21 @@ class Worker:
             session = self.sessions.get(session_id)
             if session is None:
                 session = self.sessions[session_id] = {}
+        deadline = req.get("deadline")
+        ctx = pyvisor.Context(session_id, session, self,
+                              deadline if isinstance(deadline, (int, float)) else None, rid)
         try:
-            result = fn(req.get("args"), pyvisor.Context(session_id, session, self))
+            try:
+                self.running = True
+                result = fn(req.get("args"), ctx)
+            finally:
+                # Cleared first: an interrupt can no longer be raised from
+                # here on (see _on_control).
+                self.running = False
         except BaseException as exc:  # noqa: BLE001
             # The caller gets it and the worker keeps serving, whatever the
             # handler raised: sys.exit() (SystemExit), KeyboardInterrupt,
-            # an exception whose __str__ raises too.
+            # pyvisor.Interrupted, an exception whose __str__ raises too.
             return {"id": rid, "ok": False, "error": _error_map(exc)}
         finally:
             self.served += 1
@@ -187,6 +261,13 @@ class Worker:
                 return EXIT_PROTOCOL
             if req is None:
                 return 0
+            rid = req.get("id")
+            # Begun from here: a revoke can no longer take it. Stored before
+            # the check, so a revoke that runs in between is seen by it.
+            self.started = rid
+            if rid in self.revoked:
+                self.revoked.discard(rid)  # revoked: never run, never answered
+                continue
             try:
                 reply = self.handle(req)
             except BaseException as exc:  # noqa: BLE001  e.g. a session id that is a list
@@ -203,7 +284,7 @@ def _parse_args(argv):
     """--in-fd N --out-fd N [--module NAME ...]: the node's fixed command
     line. Parsed by hand because importing argparse costs more than the rest
     of the worker's start-up."""
-    opts = {"in_fd": 3, "out_fd": 4, "module": []}
+    opts = {"in_fd": 3, "out_fd": 4, "control_fd": None, "module": []}
     it = iter(argv)
     for arg in it:
         value = next(it, None)
@@ -213,6 +294,8 @@ def _parse_args(argv):
             opts["in_fd"] = int(value)
         elif arg == "--out-fd":
             opts["out_fd"] = int(value)
+        elif arg == "--control-fd":
+            opts["control_fd"] = int(value)
         elif arg == "--module":
             opts["module"].append(value)
         else:
@@ -353,12 +436,15 @@ def serve_imported(worker):
         send_start_failure(worker, exc, "an on_start hook failed: %s: %s" % (
             type(exc).__name__, _safe_str(exc)))
         return EXIT_IMPORT_FAILED
-    worker.send({
+    hello = {
         "hello": True,
         "pid": os.getpid(),
         "python": sys.version.split()[0],
         "commands": pyvisor.commands(),
-    })
+    }
+    if worker.enable_control():
+        hello["control"] = True
+    worker.send(hello)
     return worker.serve()
 
 
@@ -366,7 +452,7 @@ def main(argv=None):
     opts = _parse_args(sys.argv[1:] if argv is None else argv)
     guard_process_group()
     route_logging()
-    worker = Worker(opts["in_fd"], opts["out_fd"])
+    worker = Worker(opts["in_fd"], opts["out_fd"], opts["control_fd"])
     for name in opts["module"]:
         if not import_user_module(worker, name):
             return EXIT_IMPORT_FAILED

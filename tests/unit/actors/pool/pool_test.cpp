@@ -305,7 +305,9 @@ TEST_CASE_METHOD(fixture, "session expiry is configured through the pool", "[uni
 }
 
 TEST_CASE_METHOD(fixture, "a hung worker costs only its own request", "[unit][pool]") {
-  start(mock_pool(2, 4, 10ms));
+  auto cfg = mock_pool(2, 4, 10ms);
+  cfg.interrupt_grace = 100ms;
+  start(cfg);
   auto hang = make_execute("hang");
   hang.timeout = 500ms;
   self->send(pool, hang);
@@ -321,7 +323,10 @@ TEST_CASE_METHOD(fixture, "a hung worker costs only its own request", "[unit][po
   auto late = replies();
   REQUIRE(late.size() == 1);
   CHECK(code_of(late.front().error()) == error_code::timeout);
-  // The hung worker was recycled, which counts as that, not as a crash.
+  CHECK(stats().recycled == 0); // interrupted; the hang may yet stop
+  advance(100ms);
+  // It did not: the hung worker was recycled, which counts as that, not
+  // as a crash.
   CHECK(stats().recycled == 1);
   CHECK(stats().restarts == 0);
 }
@@ -330,13 +335,14 @@ TEST_CASE_METHOD(fixture, "an idempotent request stuck on a hung worker is retri
                  "[unit][pool]") {
   auto cfg = mock_pool(2, 4, 10ms);
   cfg.attempt_timeout = 200ms;
+  cfg.interrupt_grace = 50ms;
   start(cfg);
   auto hang = make_execute("hang");
   hang.idempotent = true;
   hang.timeout = 1s;
   self->send(pool, hang); // hangs on every worker it reaches
   run();
-  advance(200ms); // first attempt times out; the worker is recycled, retry
+  advance(200ms); // first attempt times out: interrupted there, retried
   CHECK(replies().empty());
   CHECK(stats().retries == 1);
   for (int i = 0; i < 60; ++i)
@@ -581,4 +587,83 @@ TEST_CASE_METHOD(fixture, "command names that are not UTF-8 count as other comma
   CHECK(st.commands.size() == 2);
   CHECK(st.commands.at(other_commands).replies.at("unknown_command") == 4);
   CHECK(st.commands.count("caf\xc3\xa9") == 1);
+}
+
+namespace {
+
+execute tagged(execute req, uint64_t tag, caf::timespan timeout = 10s) {
+  req.tag = tag;
+  req.timeout = timeout;
+  return req;
+}
+
+} // namespace
+
+TEST_CASE_METHOD(fixture, "a cancelled queued request is answered cancelled and never runs",
+                 "[unit][pool]") {
+  start(mock_pool(1, 1, 1ms));
+  self->send(pool, tagged(make_execute("sleep", sleep_args{{"ms", 100}}), 1));
+  using kv = std::map<std::string, std::string>;
+  self->send(pool, tagged(make_execute("session.put", kv{{"key", "k"}, {"value", "v"}}, "s"), 2));
+  run();
+  CHECK(stats().queue == 1);
+  self->send(pool, cancel_atom::value, uint64_t{2});
+  run();
+  auto rs = replies();
+  REQUIRE(rs.size() == 1);
+  CHECK(code_of(rs.front().error()) == error_code::cancelled);
+  advance(101ms);
+  CHECK(count_code(replies(), error_code::none) == 1);
+  // It never ran: the session has nothing.
+  self->send(pool, make_execute("session.get", kv{{"key", "k"}}, "s"));
+  run();
+  advance(1ms);
+  auto got = replies();
+  REQUIRE(got.size() == 1);
+  REQUIRE(got.front());
+  CHECK(got.front()->bytes == pack(msgpack::type::nil_t{}).bytes);
+  CHECK(stats().replies.at("cancelled") == 1);
+}
+
+TEST_CASE_METHOD(fixture, "a cancelled running request is answered at once; the worker lives on",
+                 "[unit][pool]") {
+  start(mock_pool(1, 4, 2ms));
+  self->send(pool, tagged(make_execute("sleep", sleep_args{{"ms", 1000}}), 7));
+  run();
+  advance(10ms);
+  CHECK(replies().empty());
+  self->send(pool, cancel_atom::value, uint64_t{8}); // unknown: nothing
+  self->send(pool, cancel_atom::value, uint64_t{7});
+  run();
+  auto rs = replies();
+  REQUIRE(rs.size() == 1);
+  CHECK(code_of(rs.front().error()) == error_code::cancelled);
+  self->send(pool, cancel_atom::value, uint64_t{7}); // answered already: nothing
+  run();
+  CHECK(replies().empty());
+  advance(2ms); // the interrupted handler stops
+  CHECK(stats().workers.front().in_flight == 0);
+  CHECK(call(make_execute("ping")));
+  advance(2s);
+  CHECK(stats().recycled == 0);
+  CHECK(stats().restarts == 0);
+}
+
+TEST_CASE_METHOD(fixture, "the requests of a requester that terminates are cancelled",
+                 "[unit][pool]") {
+  start(mock_pool(1, 4, 2ms));
+  auto p = pool;
+  auto requester = sys.spawn([p](caf::event_based_actor* self) {
+    self->request(p, caf::infinite, tagged(make_execute("sleep", sleep_args{{"ms", 1000}}), 1))
+      .then([](payload&) {}, [](caf::error&) {});
+    self->request(p, caf::infinite, tagged(make_execute("sleep", sleep_args{{"ms", 1000}}), 2))
+      .then([](payload&) {}, [](caf::error&) {});
+  });
+  run();
+  CHECK(stats().workers.front().in_flight == 2);
+  caf::anon_send_exit(requester, caf::exit_reason::kill);
+  run();
+  advance(2ms);
+  CHECK(stats().workers.front().in_flight == 0);
+  CHECK(stats().replies.at("cancelled") == 2);
 }
