@@ -10,6 +10,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -89,6 +90,10 @@ struct connection_state {
   size_t pending_output = 0;
   bool reading = true;
   bool closed = false;
+  /// Input ended with requests still running: the first byte of the next
+  /// response went out ahead as a probe (see probe_peer), so that next
+  /// response is written without it.
+  bool probe_sent = false;
   /// Requests sent to the pool and not yet answered; closed by drain_atom.
   drain_gate requests;
 
@@ -100,6 +105,12 @@ struct connection_state {
 using conn_ptr = std::shared_ptr<connection_state>;
 
 using message_timeout_atom = caf::atom_constant<caf::atom("gw_msg_to")>;
+/// Timer: has the client that closed its input gone (probe_peer)?
+using probe_atom = caf::atom_constant<caf::atom("gw_probe")>;
+
+/// How often a connection whose input ended looks whether its client is
+/// still there while its requests run.
+constexpr auto probe_interval = std::chrono::milliseconds(50);
 
 /// Counts what the framer holds now toward the gateway-wide input cap.
 void account(connection_state& st) {
@@ -154,6 +165,11 @@ void write_response(caf::io::broker* self, connection_state& st, uint32_t msgid,
   detail::vector_writer w{out};
   packer pk{w};
   pk.pack_array(4);
+  if (st.probe_sent) {
+    // Sent ahead by probe_peer: every response starts with this byte.
+    out.erase(out.begin() + static_cast<std::ptrdiff_t>(before));
+    st.probe_sent = false;
+  }
   pk.pack_uint8(1);
   pk.pack_uint32(msgid);
   if (err != nullptr) {
@@ -387,6 +403,34 @@ void check_message_timeout(caf::io::broker* self, const conn_ptr& st) {
                  + " ms (rpc.message-timeout)");
 }
 
+/// A client's input ended (EOF) while its requests run: it half-closed and
+/// waits for its replies, or it closed and is gone; TCP cannot tell the two
+/// apart until something is written. So the first byte of the next response
+/// (0x94, the array header every response starts with) is written now: a
+/// half-closed client just reads it early, a closed socket answers it with a
+/// reset, which the timer sees (POLLERR/POLLHUP on the writing end). A gone
+/// client's connection then closes, and the pool cancels its requests.
+void probe_peer(caf::io::broker* self, const conn_ptr& st) {
+  if (st->closed || st->requests.in_flight() == 0)
+    return;
+  if (!st->probe_sent && st->pending_output == 0) {
+    self->wr_buf(st->out).push_back(static_cast<char>(0x94));
+    st->pending_output += 1;
+    self->flush(st->out);
+    st->probe_sent = true;
+  }
+  if (st->probe_sent) {
+    pollfd p{static_cast<int>(st->out.id()), POLLOUT, 0};
+    if (::poll(&p, 1, 0) > 0 && (p.revents & (POLLERR | POLLHUP)) != 0) {
+      log().info("rpc: a client left with {} requests running; cancelling them",
+                 st->requests.in_flight());
+      close_connection(self, *st, "");
+      return;
+    }
+  }
+  self->delayed_send(self, probe_interval, probe_atom::value);
+}
+
 caf::behavior connection(caf::io::broker* self, caf::io::connection_handle hdl, pool_actor pool,
                          gateway_shared_ptr shared) {
   auto st = std::make_shared<connection_state>(shared->cfg);
@@ -437,7 +481,9 @@ caf::behavior connection(caf::io::broker* self, caf::io::connection_handle hdl, 
         log().info("rpc: a client closed its connection in the middle of a message");
       release_input(*st);
       finish_if_done(self, *st);
+      probe_peer(self, st);
     },
+    [self, st](probe_atom) { probe_peer(self, st); },
     [self, st](drain_atom) {
       // Answered now or by finished_one once the last request completes.
       st->requests.close(self->make_response_promise());

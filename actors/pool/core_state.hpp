@@ -163,7 +163,10 @@ public:
 
   ~activation() {
     auto& st = self_->state;
-    bool wanted = !st.queue.empty() || st.slots.any_draining();
+    // A report matters now when something waits, a worker drains, or a
+    // worker holds requests behind the one it runs (one that becomes idle
+    // may take them back: try_take_back).
+    bool wanted = !st.queue.empty() || st.slots.any_draining() || st.slots.any_backlog();
     // Reports that came in since the take above were not told to wake us.
     if (st.inbox->wake_when_posted(wanted))
       self_->send(self_, take_inbox_atom::value);

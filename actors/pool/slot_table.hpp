@@ -179,6 +179,12 @@ public:
     });
   }
 
+  /// Whether any worker has requests written behind the one it runs.
+  bool any_backlog() const {
+    return std::any_of(slots_.begin(), slots_.end(),
+                       [](const slot_rec& s) { return s.link && s.in_flight >= 2; });
+  }
+
   /// Whether any worker is draining (waits to be recycled).
   bool any_draining() const {
     return std::any_of(slots_.begin(), slots_.end(), [](const slot_rec& s) {
