@@ -25,6 +25,9 @@ using route_atom = caf::atom_constant<caf::atom("pv_route")>;
 /// Tells the session-affinity actor that a worker came up / went down.
 using worker_up_atom = caf::atom_constant<caf::atom("pv_wup")>;
 using worker_down_atom = caf::atom_constant<caf::atom("pv_wdown")>;
+/// A request of this session that the affinity routed has ended (the
+/// session is active from its route to its end: it never expires meanwhile).
+using session_done_atom = caf::atom_constant<caf::atom("pv_sessdn")>;
 /// Lists the live sessions of a session-affinity actor / seeds it with ids
 /// that a lost pool held (they answer session_lost).
 using sessions_atom = caf::atom_constant<caf::atom("pv_sesslst")>;

@@ -109,6 +109,10 @@ using self_ptr = pool_impl::stateful_pointer<core_state>;
 /// Answers `q` with `err`, counted.
 void fail(self_ptr self, queued& q, caf::error err);
 
+/// A routed request of `session` (may be empty: nothing) ended: its
+/// session is idle from now on unless others of its requests are not.
+void session_done(self_ptr self, const std::string& session);
+
 /// Dispatches what waits as far as workers have room; then takes back
 /// requests stuck behind a slow one when a worker is idle.
 void try_dispatch(self_ptr self);

@@ -65,9 +65,21 @@ public:
   /// `on_expired(id, value)` before each removal. Returns how many expired.
   template <class F>
   size_t expire(int64_t cutoff, F&& on_expired) {
+    return expire(cutoff, cutoff, [](const Value&) { return false; },
+                  std::forward<F>(on_expired));
+  }
+
+  /// As above, except that an entry for which `keep(value)` holds is
+  /// touched at `now` (> cutoff) instead: it is in use, not idle.
+  template <class Keep, class F>
+  size_t expire(int64_t cutoff, int64_t now, Keep&& keep, F&& on_expired) {
     size_t n = 0;
     while (head_ != nullptr && head_->stamp <= cutoff) {
       auto& e = *head_;
+      if (keep(e.value)) {
+        touch(e, now);
+        continue;
+      }
       on_expired(*e.key, e.value);
       erase(e);
       ++n;

@@ -154,6 +154,9 @@ void route(self_ptr self, queued_ptr q) {
     .then(guarded(self,
                   [self, q](uint32_t slot, uint32_t incarnation) mutable {
                     auto& st = self->state;
+                    // Routed to a slot: the session is active until this
+                    // request ends (fail() or its worker's report say so).
+                    q->routed = slot != no_slot;
                     if (auto err = refusal(st)) {
                       fail(self, *q, std::move(err));
                       return;
@@ -424,7 +427,15 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
 
 void fail(self_ptr self, queued& q, caf::error err) {
   self->state.counters.count(q.req.command, code_of(err));
+  if (q.routed)
+    session_done(self, q.req.session);
   q.rp.deliver(std::move(err));
+}
+
+void session_done(self_ptr self, const std::string& session) {
+  auto& st = self->state;
+  if (!session.empty() && st.affinity)
+    self->send(st.affinity, session_done_atom::value, session);
 }
 
 void watch(self_ptr self, const caf::actor_addr& requester) {

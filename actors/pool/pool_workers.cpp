@@ -307,6 +307,9 @@ void prove(self_ptr self, uint32_t slot, bool excuse) {
 void on_done(self_ptr self, uint64_t worker, uint8_t code, int64_t ns,
              const std::string& session, const std::string& command) {
   auto& st = self->state;
+  // Every session request a worker reports was routed (retried ones route
+  // again).
+  session_done(self, session);
   auto i = st.slots.find(worker);
   if (code == moved_on_code) {
     // Taken back or retried from a worker that lives on: counted where it

@@ -18,6 +18,8 @@ struct binding {
   uint32_t slot = no_slot;
   /// The slot's incarnation when bound; a newer one means the state is gone.
   uint32_t incarnation = 0;
+  /// Requests routed and not yet ended: while any, the session is active.
+  uint32_t active = 0;
 };
 
 enum class tombstone : uint8_t { expired, lost };
@@ -89,8 +91,9 @@ void cleanup(self_ptr self) {
   auto timeout = st.settings.timeout.count();
   // Inserting into `remembered` while `sessions` expires is fine: they are
   // separate containers.
-  st.sessions.expire(now - timeout,
-                     [&](const std::string& id, binding& b) { on_expired(self, id, b, now); });
+  st.sessions.expire(
+    now - timeout, now, [](const binding& b) { return b.active > 0; },
+    [&](const std::string& id, binding& b) { on_expired(self, id, b, now); });
   st.remembered.expire(now - st.settings.remember.count(), [](const std::string&, tombstone) {});
 }
 
@@ -107,7 +110,7 @@ session_affinity_actor spawn_session_affinity(caf::actor_system& sys, session_se
         auto now = now_ns(self);
         if (auto e = st.sessions.find(id)) {
           // Exact expiry at lookup time, from the same setting as cleanup.
-          if (now - e->stamp > st.settings.timeout.count()) {
+          if (e->value.active == 0 && now - e->stamp > st.settings.timeout.count()) {
             auto b = e->value;
             st.sessions.erase(*e);
             on_expired(self, id, b, now);
@@ -127,6 +130,7 @@ session_affinity_actor spawn_session_affinity(caf::actor_system& sys, session_se
             return session_lost_error(id, "its worker (slot " + std::to_string(b.slot)
                                             + ") died");
           }
+          ++e->value.active;
           st.sessions.touch(*e, now);
           return {b.slot, b.incarnation};
         }
@@ -146,7 +150,7 @@ session_affinity_actor spawn_session_affinity(caf::actor_system& sys, session_se
         if (candidate == no_slot || !slot(self, candidate).up)
           return {no_slot, uint32_t{0}};
         auto& s = slot(self, candidate);
-        st.sessions.insert(id, binding{candidate, s.incarnation}, now);
+        st.sessions.insert(id, binding{candidate, s.incarnation, 1}, now);
         ++st.stats.bound;
         return {candidate, s.incarnation};
       },
@@ -199,8 +203,8 @@ session_affinity_actor spawn_session_affinity(caf::actor_system& sys, session_se
         std::vector<std::string> ids;
         auto& st = self->state;
         auto now = now_ns(self);
-        st.sessions.for_each([&](const std::string& id, const binding&, int64_t stamp) {
-          if (now - stamp <= st.settings.timeout.count())
+        st.sessions.for_each([&](const std::string& id, const binding& b, int64_t stamp) {
+          if (b.active > 0 || now - stamp <= st.settings.timeout.count())
             ids.push_back(id);
         });
         return ids;
@@ -210,6 +214,14 @@ session_affinity_actor spawn_session_affinity(caf::actor_system& sys, session_se
         for (auto& id : ids)
           remember(self, id, tombstone::lost, now);
         self->state.stats.lost += ids.size();
+      },
+      [self](session_done_atom, const std::string& id) {
+        auto& st = self->state;
+        if (auto e = st.sessions.find(id)) {
+          if (e->value.active > 0)
+            --e->value.active;
+          st.sessions.touch(*e, now_ns(self)); // idle from now on
+        }
       },
       [self](cleanup_atom) {
         cleanup(self);

@@ -4,6 +4,9 @@
 // request that names a session; it answers with the slot that must serve it,
 // binding a new session to the candidate (the pool's least-loaded worker).
 // Guarantees:
+// - A session with a request routed and not yet ended (session_done_atom)
+//   is active and never expires; its idle time counts from the end of its
+//   last request.
 // - Idle expiry has one source of truth: `session_settings::timeout`, read by
 //   both the lookup (exact: a session idle for longer than the timeout is
 //   expired when looked up, even between cleanup ticks) and the periodic
@@ -77,6 +80,8 @@ using session_affinity_actor = caf::typed_actor<
   /// Sets the idle timeout at run time; replies with the previous one.
   caf::replies_to<configure_atom, caf::timespan>::with<caf::timespan>,
   caf::replies_to<status_atom>::with<affinity_stats>,
+  /// A request of this session that route_atom answered with a slot ended.
+  caf::reacts_to<session_done_atom, std::string>,
   /// Runs the cleanup now (the timer sends it too).
   caf::reacts_to<cleanup_atom>,
   /// The ids of all live (bound, unexpired) sessions.

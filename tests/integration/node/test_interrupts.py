@@ -234,6 +234,17 @@ class NoHeadOfLineBlockingTest(InterruptTest):
         self.assertEqual(self.rpc.wait(slow), (None, 2000))
 
 
+class SessionActiveTest(InterruptTest):
+    extra_ini = "[pool]\nsize=1\n[session]\ntimeout=500ms\ncleanup-interval=50ms\n"
+
+    def test_a_session_does_not_expire_during_its_own_long_call(self):
+        self.put("long", 3)
+        self.assertEqual(self.call("sleep", {"ms": 900}, {"session": "long"}), (None, 900))
+        self.assertEqual(self.get("long"), (None, 3))
+        time.sleep(0.8)  # idle now, from the end of its last request
+        self.assertCode(self.get("long")[0], "session_expired")
+
+
 class WorkerProcess:
     """A worker process driven directly over its pipes and control socket
     (docs/protocol.md), no node: the protocol's own guarantees."""

@@ -667,3 +667,58 @@ TEST_CASE_METHOD(fixture, "the requests of a requester that terminates are cance
   CHECK(stats().workers.front().in_flight == 0);
   CHECK(stats().replies.at("cancelled") == 2);
 }
+
+TEST_CASE_METHOD(fixture, "a session is active while its requests run: idle time counts from "
+                          "the end of the last one",
+                 "[unit][pool]") {
+  start(mock_pool(1, 4, 1ms)); // session timeout 200 ms, cleanup every 50 ms
+  self->send(pool, make_execute("sleep", sleep_args{{"ms", 500}}, "busy"));
+  run();
+  for (int i = 0; i < 10; ++i)
+    advance(50ms); // 500 ms: past the timeout, the cleanup ran ten times
+  advance(2ms);
+  auto rs = replies();
+  REQUIRE(rs.size() == 1);
+  CHECK(rs.front());
+  self->send(pool, make_execute("ping", msgpack::type::nil_t{}, "busy"));
+  run();
+  advance(1ms);
+  rs = replies();
+  REQUIRE(rs.size() == 1);
+  CHECK(rs.front()); // not session_expired: it was working, not idle
+  for (int i = 0; i < 5; ++i)
+    advance(50ms); // now idle for 250 ms
+  self->send(pool, make_execute("ping", msgpack::type::nil_t{}, "busy"));
+  run();
+  advance(1ms);
+  rs = replies();
+  REQUIRE(rs.size() == 1);
+  REQUIRE_FALSE(rs.front());
+  CHECK(code_of(rs.front().error()) == error_code::session_expired);
+}
+
+TEST_CASE_METHOD(fixture, "a session whose queued request is cancelled becomes idle again",
+                 "[unit][pool]") {
+  start(mock_pool(1, 1, 1ms));
+  self->send(pool, make_execute("ping", msgpack::type::nil_t{}, "s")); // binds it
+  run();
+  advance(1ms);
+  REQUIRE(replies().size() == 1);
+  self->send(pool, make_execute("sleep", sleep_args{{"ms", 100}}));
+  self->send(pool, tagged(make_execute("ping", msgpack::type::nil_t{}, "s"), 3));
+  run();
+  CHECK(stats().queue == 1); // routed (active), waiting for the worker
+  self->send(pool, cancel_atom::value, uint64_t{3});
+  run();
+  advance(101ms);
+  CHECK(count_code(replies(), error_code::cancelled) == 1);
+  for (int i = 0; i < 6; ++i)
+    advance(50ms);
+  self->send(pool, make_execute("ping", msgpack::type::nil_t{}, "s"));
+  run();
+  advance(1ms);
+  auto rs = replies();
+  REQUIRE(rs.size() == 1);
+  REQUIRE_FALSE(rs.front());
+  CHECK(code_of(rs.front().error()) == error_code::session_expired);
+}

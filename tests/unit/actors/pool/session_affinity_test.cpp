@@ -33,8 +33,19 @@ struct fixture : test::test_coordinator_fixture {
   /// The incarnation the last successful route() named.
   uint32_t last_incarnation = 0;
 
-  /// Routes `id` with candidate slot 0 and returns the slot or the error.
+  /// A request of `id` with candidate slot 0: routed and, when it got a
+  /// slot, ended at once (session_done); the slot or the error.
   caf::expected<uint32_t> route(const std::string& id, uint32_t candidate = 0) {
+    auto r = route_only(id, candidate);
+    if (r && *r != no_slot) {
+      self->send(aff, session_done_atom::value, id);
+      run();
+    }
+    return r;
+  }
+
+  /// Routes `id` and leaves its request running (the session is active).
+  caf::expected<uint32_t> route_only(const std::string& id, uint32_t candidate = 0) {
     self->send(aff, route_atom::value, id, candidate);
     run();
     caf::expected<uint32_t> result{caf::error{}};
@@ -219,4 +230,17 @@ TEST_CASE_METHOD(capped_fixture, "remembered ids are capped too, the oldest forg
   CHECK(stats().remembered == 3);
   CHECK(route("a") == uint32_t{0}); // forgotten: new again
   CHECK(code_of(route("e").error()) == error_code::session_expired);
+}
+
+TEST_CASE_METHOD(fixture, "a session with a request running never expires; idle counts from its end",
+                 "[unit][affinity]") {
+  REQUIRE(route_only("s") == 0u); // its request runs ...
+  advance(10s);                   // ... far past the timeout and many cleanups
+  REQUIRE(route("s") == 0u);      // still its session (a second request, ended)
+  self->send(aff, session_done_atom::value, std::string{"s"}); // the first ends
+  run();
+  CHECK(stats().expired == 0);
+  advance(300ms); // the timeout is 200 ms
+  CHECK_FALSE(route("s"));
+  CHECK(stats().expired == 1);
 }
