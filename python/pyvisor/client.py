@@ -30,6 +30,13 @@ one connection run concurrently (the node answers them as they complete)::
 Its methods are those of Client, as coroutines; ``timeout`` (seconds, per
 request, None: wait forever) raises ``asyncio.TimeoutError``. When the
 connection ends, every request still waiting raises ConnectionError.
+
+Cancelling: a request whose awaiting task is cancelled (``task.cancel()``,
+``asyncio.wait_for`` running out, the client's own ``timeout``) is cancelled
+on the node too: still queued it never runs, running it is interrupted
+(``pyvisor.Interrupted`` in its handler). With Client, ``cancel(msgid)``
+cancels a request sent with ``send()``; its ``receive()`` then raises
+RemoteError ``cancelled`` (unless its answer was already on the way).
 """
 
 import asyncio
@@ -114,6 +121,12 @@ class Client:
 
     def call(self, method, *params):
         return self.receive(self.send(method, params))
+
+    def cancel(self, msgid):
+        """Cancels request `msgid` (sent with send()) on the node: answered
+        `cancelled` if it was still queued or running; nothing if it was
+        answered already."""
+        self._sock.sendall(msgpack.packb([2, "cancel", [msgid]], use_bin_type=True))
 
     def pipeline(self, requests):
         """Sends all (method, params) pairs, then collects their outcomes in
@@ -219,6 +232,11 @@ class AsyncClient:
             await self._writer.drain()
             error, result = await asyncio.wait_for(
                 future, self._timeout if timeout is ... else timeout)
+        except (asyncio.CancelledError, asyncio.TimeoutError):
+            # Nobody waits for it any more: the node need not run it.
+            if self._closed is None and method == "execute" and not self._writer.is_closing():
+                self._writer.write(msgpack.packb([2, "cancel", [msgid]], use_bin_type=True))
+            raise
         finally:
             self._pending.pop(msgid, None)  # a late answer is dropped
         if error is not None:

@@ -17,7 +17,7 @@ import unittest
 from test_node import NODE, ROOT, Node, wait_gone
 
 sys.path.insert(0, os.path.join(ROOT, "python"))
-from pyvisor.client import AsyncClient, RemoteError  # noqa: E402  (the source tree's)
+from pyvisor.client import AsyncClient, Client, RemoteError  # noqa: E402  (the source tree's)
 
 
 class PipInstallTest(unittest.TestCase):
@@ -123,6 +123,37 @@ class AsyncClientTest(unittest.TestCase):
                 await asyncio.sleep(1.0)
                 self.assertEqual(await c.execute("echo", "later"), "later")
         self.run_async(main())
+
+    def test_a_cancelled_task_cancels_its_request_on_the_node(self):
+        async def main():
+            async with await AsyncClient.connect("127.0.0.1", self.node.port) as c:
+                pids = sorted((await c.stats())["workers"], key=lambda w: w["id"])
+                task = asyncio.ensure_future(c.execute("sleep", {"ms": 5000}))
+                await asyncio.sleep(0.2)
+                task.cancel()
+                with self.assertRaises(asyncio.CancelledError):
+                    await task
+                # wait_for running out cancels too.
+                with self.assertRaises(asyncio.TimeoutError):
+                    await asyncio.wait_for(c.execute("sleep", {"ms": 5000}), 0.2)
+                await asyncio.sleep(0.2)
+                stats = await c.stats()
+                self.assertEqual(stats["replies"].get("cancelled"), 2, stats)
+                self.assertEqual(sum(w["in_flight"] for w in stats["workers"]), 0)
+                # Interrupted, not killed: the same workers serve on.
+                self.assertEqual([w["pid"] for w in sorted(stats["workers"], key=lambda w: w["id"])],
+                                 [w["pid"] for w in pids])
+        self.run_async(main())
+
+    def test_the_blocking_client_cancels_a_pipelined_request(self):
+        with Client("127.0.0.1", self.node.port) as c:
+            slow = c.send("execute", ["sleep", {"ms": 5000}])
+            fast = c.send("execute", ["echo", 1])
+            c.cancel(slow)
+            with self.assertRaises(RemoteError) as e:
+                c.receive(slow)
+            self.assertEqual(e.exception.code, "cancelled")
+            self.assertEqual(c.receive(fast), 1)
 
     def test_a_node_that_goes_away_fails_what_waits(self):
         async def main():
