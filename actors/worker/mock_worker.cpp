@@ -320,9 +320,10 @@ mock_impl::behavior_type mock_fun(self_ptr self, mock_config cfg,
       // A hang ignores interrupts: dropping what it runs is the mock's
       // kill, and what else is in flight is given up at once (the mock runs
       // requests concurrently: any may have started).
-      st.life->recycle(self, {},
-                       tag_of(st) + ": request " + std::to_string(due.stuck.front())
-                         + " still ran after it was interrupted; recycling the worker",
+      auto why = tag_of(st) + ": request " + std::to_string(due.stuck.front())
+                 + " still ran after it was interrupted; recycling the worker";
+      log().warn("{}", why);
+      st.life->recycle(self, {}, why,
                        make_error(error_code::worker_crashed,
                                   tag_of(st) + " recycled after another request timed out"),
                        false, [self](const std::vector<uint64_t>&) { self->state.results.clear(); });

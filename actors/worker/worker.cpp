@@ -385,9 +385,10 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg,
       // flight is settled once the killed process is reaped and its last
       // replies are read (see settle): the requests that never started run
       // elsewhere instead of failing.
-      st.life->recycle(self, due.late,
-                       st.life->timed_out(tag_of(st), due.late.front(), "recycling the worker"),
-                       recycled_error(st), true, [self](const std::vector<uint64_t>&) {
+      auto why = st.life->timed_out(tag_of(st), due.late.front(), "recycling the worker");
+      log().warn("{}", why);
+      st.life->recycle(self, due.late, why, recycled_error(st), true,
+                       [self](const std::vector<uint64_t>&) {
                          auto& st = self->state;
                          if (st.proc)
                            st.proc->signal(SIGKILL);

@@ -31,7 +31,6 @@
 #include "caf/typed_response_promise.hpp"
 
 #include "actors/worker/worker_link.hpp"
-#include "messages/log.hpp"
 
 namespace pyvisor {
 
@@ -136,12 +135,11 @@ public:
   /// worker counts as hung: `kill(ids)` stops what runs them, the late
   /// requests fail with `timeout` and the worker retires deliberately (a
   /// recycle, not a crash); what else it held fails with `for_requests`,
-  /// now or (`settle_later`) at settle(). `tag` names the worker and `why`
-  /// says what happened, in messages.
+  /// now or (`settle_later`) at settle(). `why` says what happened (the
+  /// caller has logged it).
   template <class Self, class Kill>
   void recycle(Self* self, const std::vector<uint64_t>& late, const std::string& why,
                caf::error for_requests, bool settle_later, Kill kill) {
-    log().warn("{}", why);
     kill(late);
     auto timeout = make_error(error_code::timeout, why);
     retirement r;

@@ -6,8 +6,10 @@ the node settings of a level file (configs/chaos-<level>.ini), then:
 
 1. Load: `concurrency` clients, started gradually over `ramp_up`, each making
    blocking MessagePack-RPC calls: stateless idempotent echo calls, session
-   calls (put, then get and compare, on a session of its own) and slow
-   idempotent sleep calls.
+   calls (put, then get and compare, on a session of its own), slow
+   idempotent sleep calls and, with `cancel_share`, cancelled calls: a sleep
+   or spin with a random deadline, cancelled (a notification) after a random
+   delay, or not; any answer counts, but exactly one.
 2. Faults, one every `interval` seconds while the load runs, each kind in
    turn, all against real OS processes (pids from the node's stats and from
    /proc): kill1 (SIGKILL a worker), killN (SIGKILL two), stop (SIGSTOP a
@@ -21,7 +23,8 @@ the node settings of a level file (configs/chaos-<level>.ini), then:
 4. SIGTERM: the node must exit 0 and no Python process may be left.
 
 Every operation ends ok, failed (with its error code) or lost (no reply by
-its deadline). Pass criteria (light and medium): lost = 0; leftover Python
+its deadline). Pass criteria (light and medium): lost = 0; every request
+answered exactly once (no duplicate or unknown msgid); leftover Python
 processes = 0; idempotent stateless operations >= 99 % ok during faults;
 session operations fail only with session_lost / session_expired, and
 session_lost only for sessions whose worker really died; verification 100 %
@@ -58,15 +61,25 @@ class Rpc:
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
         self.msgid = 0
+        self.unanswered = set()
+        self.duplicates = 0
+
+    def notify(self, method, params):
+        self.sock.sendall(msgpack.packb([2, method, params], use_bin_type=True))
 
     def send(self, method, params):
         self.msgid += 1
         self.sock.sendall(msgpack.packb([0, self.msgid, method, params], use_bin_type=True))
+        self.unanswered.add(self.msgid)
         return self.msgid
 
     def read(self):
         while True:
             for msg in self.unpacker:
+                if msg[1] in self.unanswered:
+                    self.unanswered.discard(msg[1])
+                else:
+                    self.duplicates += 1  # answered twice, or never asked
                 return msg[1], msg[2], msg[3]
             data = self.sock.recv(1 << 16)
             if not data:
@@ -80,7 +93,10 @@ class Rpc:
             if i == msgid:
                 return err, res
 
-    def close(self):
+    def close(self, chaos=None):
+        if chaos is not None and self.duplicates:
+            chaos.record("answers", time.time(), "failed", "answered_twice",
+                         "%d replies to msgids not waiting" % self.duplicates)
         try:
             self.sock.close()
         except OSError:
@@ -223,11 +239,11 @@ class Chaos:
             err, res = rpc.call(method, params)
         except socket.timeout:
             self.record(cls, t0, "lost", "no reply within %.1fs" % deadline)
-            rpc.close()
+            rpc.close(self)
             return Rpc(self.port, 30), "lost", None
         except (ConnectionError, OSError) as e:
             self.record(cls, t0, "failed", "connection", str(e))
-            rpc.close()
+            rpc.close(self)
             return Rpc(self.port, 30), {"code": "connection"}, None
         if err:
             self.record(cls, t0, "failed", err.get("code"), err.get("message"))
@@ -241,6 +257,7 @@ class Chaos:
         load = self.cfg["load"]
         session_share = float(load["session_share"])
         slow_share = float(load["slow_share"])
+        cancel_share = float(load.get("cancel_share", "0"))
         deadline = 20.0
         session, owner, expected, gen = None, None, 0, 0
         done = 0
@@ -277,13 +294,49 @@ class Chaos:
                 rpc, _, _ = self.call_op(rpc, "slow", "execute",
                                          ["sleep", {"ms": rng.randint(20, 120)}, {"idempotent": True}],
                                          deadline)
+            elif r < session_share + slow_share + cancel_share:
+                rpc = self.cancel_op(rpc, rng, deadline)
             else:
                 value = [n, done, "x" * rng.randint(0, 64)]
                 rpc, err, res = self.call_op(rpc, "idem", "execute",
                                              ["echo", value, {"idempotent": True}], deadline)
                 if not err and err != "lost" and res != value:
                     self.record("idem", time.time(), "failed", "wrong_result", repr(res)[:80])
-        rpc.close()
+        rpc.close(self)
+
+    def cancel_op(self, rpc, rng, deadline):
+        """A sleep or spin with a random deadline, cancelled after a random
+        delay (or not): ok, timeout and cancelled are all fine answers (and
+        worker_crashed while workers are killed); it must come exactly once."""
+        t0 = time.time()
+        command = rng.choice(["sleep", "spin"])
+        ms = rng.randint(5, 300)
+        opts = {"timeout_ms": rng.randint(10, 400)}
+        rpc.sock.settimeout(deadline)
+        try:
+            msgid = rpc.send("execute", [command, {"ms": ms}, opts])
+            if rng.random() < 0.6:
+                time.sleep(rng.random() * 0.15)
+                rpc.notify("cancel", [msgid])
+            while True:
+                i, err, _ = rpc.read()
+                if i == msgid:
+                    break
+        except socket.timeout:
+            self.record("cancel", t0, "lost", "no reply within %.1fs" % deadline)
+            rpc.close(self)
+            return Rpc(self.port, 30)
+        except (ConnectionError, OSError) as e:
+            self.record("cancel", t0, "failed", "connection", str(e))
+            rpc.close(self)
+            return Rpc(self.port, 30)
+        if err is None:
+            self.record("cancel", t0, "ok")
+        elif err.get("code") in ("timeout", "cancelled", "worker_crashed", "overloaded"):
+            self.record("cancel", t0, "ok", err.get("code"))
+        else:
+            self.record("cancel", t0, "failed", err.get("code"), err.get("message"))
+        return rpc
 
     def check_session_failure(self, err, owner):
         """Session failures are allowed only as session_lost for a dead owner
@@ -545,9 +598,14 @@ class Chaos:
                        and o["code"] not in ("session_lost", "session_expired")]
         verify = [o for o in self.ops if o["phase"] == "verify"]
         lost = sum(1 for o in self.ops if o["outcome"] == "lost")
+        twice = [o for o in self.ops if o["cls"] == "answers"]
+        cancel_bad = [o for o in self.ops if o["cls"] == "cancel" and o["outcome"] == "failed"
+                      and o["code"] != "connection"]
         limit = float(self.cfg["verify"]["full_strength_within"])
         criteria = {
             "lost == 0": lost == 0,
+            "every request answered exactly once": not twice,
+            "cancelled calls answered ok/timeout/cancelled": not cancel_bad,
             "leftover Python processes == 0": not self.leftover,
             "idempotent ok >= 99% during faults": bool(idem) and idem_ok >= 0.99 * len(idem),
             "session failures only session_lost/expired for dead owners": not session_bad,
