@@ -1,6 +1,7 @@
 // pyvisor-bench: pyvisor's performance, as ratios to references measured in
 // the same run on the same machine (absolute times on shared machines mean
-// little). Scenarios: startup, rtt, throughput, sessions, recovery, large,
+// little). Scenarios: startup, rtt, throughput, sessions, recovery, interrupts
+// (what a cancel and a timeout cost now that they interrupt), large,
 // forkserver (start methods with a heavy user module); the
 // references are a raw pipe floor, the worker floor (the real Python worker
 // driven by one C++ thread, no runtime) and Python's ProcessPoolExecutor
@@ -68,7 +69,8 @@ struct bench_config : caf::actor_system_config {
   size_t rtt_64b_only = 0;
   std::string node = PYVISOR_NODE_PATH;
   std::vector<std::string> scenarios{"startup", "rtt",        "throughput", "sessions",
-                                     "recovery", "large", "forkserver", "cluster"};
+                                     "recovery", "interrupts", "large", "forkserver",
+                                     "cluster"};
 
   bench_config() {
     add_cluster_types(*this);
@@ -454,6 +456,54 @@ void recovery(caf::actor_system& sys, const bench_config& cfg, report& r) {
   r.figures["recovery.bare_interpreter_us"] = bare;
   r.ratios["recovery.vs_bare"] = {median(xs) / bare, 2.0, "lower",
                                   "kill -9 to replacement ready / bare interpreter start-up"};
+}
+
+// -- interrupts and cancels (issue #25) ----------------------------------------------
+
+/// What a cancel and a timeout cost now that they interrupt instead of
+/// killing: microseconds from the cancel to its answer and to the worker
+/// being free (the next ping answered), from a timeout's answer to the
+/// worker being free, against what a kill costs (replacement ready).
+void interrupts(caf::actor_system& sys, const bench_config& cfg, report& r) {
+  int reps = cfg.quick ? 2 : 20;
+  auto pc = python_pool(cfg, 1);
+  pc.worker.modules = {"pyvisor.testing"};
+  running_pool p{sys, pc};
+  caf::scoped_actor self{sys};
+  auto ping_us = [&](double since) {
+    double t = 0;
+    self->request(p.pool, 10s, make_execute("ping"))
+      .receive([&](payload&) { t = now_us() - since; }, [](caf::error&) {});
+    return t;
+  };
+  std::vector<double> to_answer;
+  std::vector<double> to_free;
+  std::vector<double> timeout_free;
+  for (int i = 0; i < reps; ++i) {
+    auto req = make_execute("sleep", std::map<std::string, int>{{"ms", 5000}});
+    req.tag = 1;
+    self->send(p.pool, req);
+    std::this_thread::sleep_for(50ms);
+    auto t0 = now_us();
+    self->send(p.pool, cancel_atom::value, uint64_t{1});
+    self->receive([&](caf::error&) { to_answer.push_back(now_us() - t0); },
+                  [&](payload&) { to_answer.push_back(now_us() - t0); });
+    to_free.push_back(ping_us(t0));
+    auto late = make_execute("sleep", std::map<std::string, int>{{"ms", 5000}});
+    late.timeout = 100ms;
+    double answered = 0;
+    self->request(p.pool, 10s, late)
+      .receive([&](payload&) { answered = now_us(); }, [&](caf::error&) { answered = now_us(); });
+    timeout_free.push_back(ping_us(answered));
+  }
+  auto replacement = kill_to_replacement_us(p);
+  r.figures["interrupts.cancel_to_answer_us"] = median(to_answer);
+  r.figures["interrupts.cancel_to_worker_free_us"] = median(to_free);
+  r.figures["interrupts.timeout_to_worker_free_us"] = median(timeout_free);
+  r.figures["interrupts.kill_to_replacement_us"] = replacement;
+  r.ratios["interrupts.free_after_interrupt_vs_kill"] = {
+    median(timeout_free) / replacement, 0.5, "lower",
+    "worker free after a timeout's interrupt / a killed worker's replacement ready"};
 }
 
 // -- fork server (issue #13) --------------------------------------------------------
@@ -950,6 +1000,8 @@ int main(int argc, char** argv) {
       sessions(sys, cfg, r);
     if (want("recovery"))
       recovery(sys, cfg, r);
+    if (want("interrupts"))
+      interrupts(sys, cfg, r);
     if (want("large"))
       large(cfg, r);
     if (want("forkserver"))
