@@ -136,6 +136,18 @@ void settle(self_ptr self, const caf::error& err) {
   self->state.life->settle(self, err, 1);
 }
 
+// Kills the hung worker's process and retires it deliberately; what it held
+// is settled once the process is reaped and its last replies are read.
+void recycle(self_ptr self, const std::string& why) {
+  auto& st = self->state;
+  st.life->recycle(self, why, recycled_error(st), true, [self] {
+    auto& st = self->state;
+    if (st.proc)
+      st.proc->signal(SIGKILL);
+    self->delayed_send(self, settle_limit, settle_timeout_atom::value);
+  });
+}
+
 // A request did not stop when interrupted: its stack goes to the log (and
 // into what the kill costs others), then the worker is killed and recycled.
 void kill_stuck(self_ptr self, uint64_t id) {
@@ -150,12 +162,7 @@ void kill_stuck(self_ptr self, uint64_t id) {
              + " ms after it was interrupted; killing the worker";
   log().error("{}; its Python stack:\n{}", why,
               st.stack_dump.empty() ? std::string{"(no stack dump arrived)"} : st.stack_dump);
-  st.life->recycle(self, {}, why, recycled_error(st), true, [self](const std::vector<uint64_t>&) {
-    auto& st = self->state;
-    if (st.proc)
-      st.proc->signal(SIGKILL);
-    self->delayed_send(self, settle_limit, settle_timeout_atom::value);
-  });
+  recycle(self, why);
 }
 
 // The worker could not start: its hello said why, or its template's did (a
@@ -381,19 +388,15 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg,
         st.link->interrupt(due.late, timeout);
         return;
       }
-      // No interrupts: the caller hears `timeout` at once; what else is in
+      // No interrupts: the caller hears `timeout` at once (detached: the
+      // ledger still knows the late request came first); what else is in
       // flight is settled once the killed process is reaped and its last
       // replies are read (see settle): the requests that never started run
       // elsewhere instead of failing.
       auto why = st.life->timed_out(tag_of(st), due.late.front(), "recycling the worker");
       log().warn("{}", why);
-      st.life->recycle(self, due.late, why, recycled_error(st), true,
-                       [self](const std::vector<uint64_t>&) {
-                         auto& st = self->state;
-                         if (st.proc)
-                           st.proc->signal(SIGKILL);
-                         self->delayed_send(self, settle_limit, settle_timeout_atom::value);
-                       });
+      st.link->interrupt(due.late, make_error(error_code::timeout, why));
+      recycle(self, why);
     },
     [self](kill_stuck_atom, uint64_t id) { kill_stuck(self, id); },
     [self](cancel_for_atom, const caf::actor_addr& requester, uint64_t tag) {

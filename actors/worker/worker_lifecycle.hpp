@@ -42,11 +42,6 @@ struct retirement {
   caf::error reason;
   /// The worker recycles itself on purpose (a timeout), it did not crash.
   bool deliberate = false;
-  /// Requests that outlived their deadline here: expired with `late_error`
-  /// only after the listener was told, so that a caller who hears of its
-  /// timeout cannot send its next request here before the listener knows.
-  std::vector<uint64_t> late;
-  caf::error late_error;
   /// The requests still in flight are settled by settle() (once the process
   /// is gone and every reply it wrote was read), not failed now.
   bool settle_later = false;
@@ -122,7 +117,6 @@ public:
                     static_cast<uint64_t>(self->id()), r.deliberate)
         .then([acked](bool) { acked(); }, [acked](caf::error&) { acked(); });
     }
-    link_->expire(r.late, r.late_error);
     if (settled_) {
       link_->settle(r.for_requests, std::numeric_limits<size_t>::max());
       if (acked_)
@@ -130,24 +124,21 @@ public:
     }
   }
 
-  /// A request is past its deadline (`late`, from worker_link::sweep) and
-  /// cannot be interrupted, or did not stop when it was (`stuck`): the
-  /// worker counts as hung: `kill(ids)` stops what runs them, the late
-  /// requests fail with `timeout` and the worker retires deliberately (a
-  /// recycle, not a crash); what else it held fails with `for_requests`,
-  /// now or (`settle_later`) at settle(). `why` says what happened (the
-  /// caller has logged it).
+  /// A request past its deadline cannot be interrupted, or did not stop
+  /// when it was: the worker counts as hung. `kill()` stops its process and
+  /// the worker retires deliberately (a recycle, not a crash); what it held
+  /// fails with `for_requests`, now or (`settle_later`) at settle(); the
+  /// late requests were answered `timeout` already (worker_link::interrupt).
+  /// `why` says what happened (the caller has logged it).
   template <class Self, class Kill>
-  void recycle(Self* self, const std::vector<uint64_t>& late, const std::string& why,
-               caf::error for_requests, bool settle_later, Kill kill) {
-    kill(late);
+  void recycle(Self* self, const std::string& why, caf::error for_requests, bool settle_later,
+               Kill kill) {
+    kill();
     auto timeout = make_error(error_code::timeout, why);
     retirement r;
     r.for_requests = std::move(for_requests);
     r.reason = timeout;
     r.deliberate = true;
-    r.late = late;
-    r.late_error = timeout;
     r.settle_later = settle_later;
     retire(self, std::move(r));
   }

@@ -275,18 +275,6 @@ void worker_link::refuse(execute& req, caf::typed_response_promise<payload> rp) 
   courier_.carry_out(s);
 }
 
-void worker_link::expire(const std::vector<uint64_t>& ids, const caf::error& err) {
-  std::vector<settlement> out;
-  {
-    std::lock_guard<std::mutex> guard{mtx_};
-    auto t = now();
-    for (auto id : ids)
-      if (auto s = ledger_.expire(id, err, t))
-        out.push_back(std::move(*s));
-  }
-  courier_.carry_out(out);
-}
-
 void worker_link::settle(const caf::error& err, size_t may_have_started) {
   std::vector<settlement> out;
   {
@@ -323,11 +311,19 @@ std::vector<settlement> worker_link::stop_locked(const std::vector<uint64_t>& id
   std::vector<settlement> result;
   auto t = now();
   std::vector<uint64_t> told;
-  for (auto id : ids)
-    if (auto s = ledger_.detach(id, err, t, interrupt_grace_)) {
+  for (auto id : ids) {
+    // A worker that cannot be interrupted runs a cancelled request to its
+    // end: it is stuck (killed) only once past its own deadline.
+    auto grace = interrupt_grace_;
+    if (!control_)
+      if (auto e = ledger_.find(id))
+        grace = std::max(caf::timespan{0}, std::chrono::duration_cast<caf::timespan>(
+                                             e->deadline - t));
+    if (auto s = ledger_.detach(id, err, t, grace)) {
       result.push_back(std::move(*s));
       told.push_back(id);
     }
+  }
   if (!told.empty() && control_ && !retiring_ && !closed_) {
     // One message: those not begun are revoked, the one running (only the
     // oldest can be) is interrupted; the worker decides which is which.

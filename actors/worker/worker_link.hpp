@@ -142,9 +142,6 @@ public:
   /// request_ledger::refuse).
   void refuse(execute& req, caf::typed_response_promise<payload> rp);
 
-  /// Expires the requests `ids` with `err` (request_ledger::expire).
-  void expire(const std::vector<uint64_t>& ids, const caf::error& err);
-
   /// request_ledger::settle_sequential (fail_all with the maximum).
   void settle(const caf::error& err, size_t may_have_started);
 

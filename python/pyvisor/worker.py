@@ -233,8 +233,8 @@ class Worker:
             if session is None:
                 session = self.sessions[session_id] = {}
         deadline = req.get("deadline")
-        ctx = pyvisor.Context(session_id, session, self,
-                              deadline if isinstance(deadline, (int, float)) else None, rid)
+        # A number from the node (docs/protocol.md); not checked per request.
+        ctx = pyvisor.Context(session_id, session, self, deadline, rid)
         try:
             try:
                 self.running = True
@@ -253,6 +253,7 @@ class Worker:
         return {"id": rid, "ok": True, "result": result}
 
     def serve(self):
+        revoked = self.revoked  # the same set the signal handler adds to
         while True:
             try:
                 req = self.read_frame()
@@ -265,8 +266,8 @@ class Worker:
             # Begun from here: a revoke can no longer take it. Stored before
             # the check, so a revoke that runs in between is seen by it.
             self.started = rid
-            if rid in self.revoked:
-                self.revoked.discard(rid)  # revoked: never run, never answered
+            if revoked and rid in revoked:
+                revoked.discard(rid)  # revoked: never run, never answered
                 continue
             try:
                 reply = self.handle(req)
