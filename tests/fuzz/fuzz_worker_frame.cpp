@@ -1,6 +1,7 @@
 // libFuzzer target: what a (broken or hostile) worker process can write on
 // its reply pipe. The input is the raw pipe stream: length-prefixed frames
-// fed to the node's frame_reader in two arbitrary chunks.
+// fed to the node's frame_reader in two arbitrary chunks. The same bytes, as
+// one packet of its control socket, go through the revoke-answer decoder.
 #include <cstddef>
 #include <cstdint>
 
@@ -22,5 +23,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   };
   if (reader.feed(bytes + 1, cut > 0 ? cut - 1 : 0, on_frame))
     reader.feed(bytes + cut, size - cut, on_frame);
+  if (pyvisor::wire::is_control_message(bytes, size))
+    (void) pyvisor::wire::decode_revoked(bytes, size);
+  else if (pyvisor::wire::decode_revoked(bytes, size))
+    __builtin_trap(); // dump text is never taken for a message
   return 0;
 }

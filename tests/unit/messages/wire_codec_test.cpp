@@ -207,3 +207,41 @@ TEST_CASE("payloads unpack into the caller's types or fail with bad_request", "[
   CHECK_FALSE(is_valid_msgpack(two_values));
   CHECK(payload{}.is_nil());
 }
+
+TEST_CASE("control messages round-trip; dump text is never a message", "[unit][wire]") {
+  std::vector<char> msg;
+  wire::append_control(msg, {3, 5}, 3, "timeout");
+  REQUIRE(wire::is_control_message(msg.data(), msg.size()));
+  auto c = wire::decode_control(msg.data(), msg.size());
+  REQUIRE(c);
+  CHECK(c->revoke == std::vector<uint64_t>{3, 5});
+  CHECK(c->interrupt == 3);
+  CHECK(c->reason == "timeout");
+  std::vector<char> revoke_only;
+  wire::append_control(revoke_only, {7});
+  auto r = wire::decode_control(revoke_only.data(), revoke_only.size());
+  REQUIRE(r);
+  CHECK(r->interrupt == 0);
+  // The worker's answer.
+  auto answer = pack(std::map<std::string, std::vector<uint64_t>>{{"revoked", {5}}});
+  auto ids = wire::decode_revoked(answer.bytes.data(), answer.bytes.size());
+  REQUIRE(ids);
+  CHECK(*ids == std::vector<uint64_t>{5});
+  std::string dump = "Current thread 0x00007f (most recent call first):\n";
+  CHECK_FALSE(wire::is_control_message(dump.data(), dump.size()));
+  CHECK_FALSE(wire::decode_revoked(dump.data(), dump.size()));
+  auto other = pack(std::map<std::string, int>{{"x", 1}});
+  CHECK_FALSE(wire::decode_revoked(other.bytes.data(), other.bytes.size()));
+}
+
+TEST_CASE("a request frame carries the caller's deadline when given", "[unit][wire]") {
+  std::vector<char> with;
+  wire::append_request(with, 9, "echo", pack(1).bytes, "", 1234.5);
+  auto h = msgpack::unpack(with.data() + 4, with.size() - 4);
+  auto fields = h.get().as<std::map<std::string, msgpack::object>>();
+  CHECK(fields.at("deadline").as<double>() == 1234.5);
+  std::vector<char> without;
+  wire::append_request(without, 9, "echo", pack(1).bytes, "");
+  auto h2 = msgpack::unpack(without.data() + 4, without.size() - 4);
+  CHECK(h2.get().as<std::map<std::string, msgpack::object>>().count("deadline") == 0);
+}
