@@ -309,7 +309,8 @@ class Chaos:
     def cancel_op(self, rpc, rng, deadline):
         """A sleep or spin with a random deadline, cancelled after a random
         delay (or not): ok, timeout and cancelled are all fine answers (and
-        worker_crashed while workers are killed); it must come exactly once."""
+        worker_crashed / protocol_error while workers are killed or write
+        garbage, overloaded in a burst); it must come exactly once."""
         t0 = time.time()
         command = rng.choice(["sleep", "spin"])
         ms = rng.randint(5, 300)
@@ -334,7 +335,8 @@ class Chaos:
             return Rpc(self.port, 30)
         if err is None:
             self.record("cancel", t0, "ok")
-        elif err.get("code") in ("timeout", "cancelled", "worker_crashed", "overloaded"):
+        elif err.get("code") in ("timeout", "cancelled", "worker_crashed", "protocol_error",
+                                 "overloaded"):
             self.record("cancel", t0, "ok", err.get("code"))
         else:
             self.record("cancel", t0, "failed", err.get("code"), err.get("message"))
