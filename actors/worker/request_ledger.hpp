@@ -262,7 +262,7 @@ public:
   /// once); the worker's answer goes to revoked().
   std::vector<uint64_t> take_back(ledger_time now, caf::timespan min_age) {
     std::vector<uint64_t> result;
-    auto head = oldest_any();
+    auto head = oldest();
     if (head == 0)
       return result;
     auto& h = entries_.at(head);
@@ -361,14 +361,6 @@ public:
     return overdue_where(now, true);
   }
 
-  /// Whether any request is detached (the worker runs one nobody awaits).
-  bool any_detached() const {
-    for (auto& kv : entries_)
-      if (kv.second.detached)
-        return true;
-    return false;
-  }
-
   /// The deadline of a request that names none.
   caf::timespan default_timeout() const noexcept {
     return lim_.request_timeout;
@@ -380,7 +372,8 @@ public:
     return i != entries_.end() && i->second.detached;
   }
 
-  /// The oldest request still in flight (by id, i.e. pipe order), or 0.
+  /// The oldest request still in flight (by id, i.e. pipe order; detached
+  /// ones included: what the worker runs), or 0.
   uint64_t oldest() const {
     uint64_t result = 0;
     for (auto& kv : entries_)
@@ -453,15 +446,6 @@ private:
       if (!kv.second.internal && kv.second.detached == detached && kv.second.deadline <= now)
         result.push_back(kv.first);
     std::sort(result.begin(), result.end());
-    return result;
-  }
-
-  /// The oldest entry, detached ones included (what the worker runs).
-  uint64_t oldest_any() const {
-    uint64_t result = 0;
-    for (auto& kv : entries_)
-      if (!kv.second.internal && (result == 0 || kv.first < result))
-        result = kv.first;
     return result;
   }
 

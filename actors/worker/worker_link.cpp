@@ -393,20 +393,10 @@ void worker_link::on_revoked(const std::vector<uint64_t>& ids) {
   courier_.carry_out(out);
 }
 
-bool worker_link::busy_detached() const {
-  std::lock_guard<std::mutex> guard{mtx_};
-  return ledger_.any_detached();
-}
-
 std::string worker_link::command_of(uint64_t id) const {
   std::lock_guard<std::mutex> guard{mtx_};
   auto e = ledger_.find(id);
   return e ? e->request.command : std::string{};
-}
-
-uint64_t worker_link::oldest() const {
-  std::lock_guard<std::mutex> guard{mtx_};
-  return ledger_.oldest();
 }
 
 worker_status worker_link::snapshot(worker_status status) const {

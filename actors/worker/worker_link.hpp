@@ -151,7 +151,7 @@ public:
 
   /// The worker speaks the control protocol (its hello said so): from now
   /// on a late or cancelled request is interrupted through `send`, and the
-  /// worker killed only when it is still running it `grace` later.
+  /// worker killed only when it is still running it interrupt_grace later.
   void enable_control(control_sender send);
   bool controlled() const;
 
@@ -162,8 +162,9 @@ public:
 
   /// Cancels the requests of `caller` (tag 0: all of them, else the one it
   /// tagged so): answered `cancelled` now, then interrupted or revoked as
-  /// above. Returns how many. Without control the worker is not told (the
-  /// request runs to its end, its reply dropped).
+  /// above. Returns how many. Without control the worker is not told: the
+  /// request runs on, its reply dropped, and is stuck (the worker killed)
+  /// only past its own deadline.
   size_t cancel(const caf::actor_addr& caller, uint64_t tag);
 
   /// Asks the worker to give back the stateless requests written behind
@@ -175,15 +176,8 @@ public:
   /// The I/O thread's part: the worker will never run `ids`.
   void on_revoked(const std::vector<uint64_t>& ids);
 
-  /// Requests detached from their callers (interrupted or cancelled) that
-  /// the worker still runs.
-  bool busy_detached() const;
-
   /// The command of request `id` (for messages), or empty.
   std::string command_of(uint64_t id) const;
-
-  /// The oldest request in flight (pipe order), or 0.
-  uint64_t oldest() const;
 
   /// `status` with the ledger's counts.
   worker_status snapshot(worker_status status) const;

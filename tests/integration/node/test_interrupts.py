@@ -27,28 +27,20 @@ import unittest
 
 import msgpack
 
-from test_node import ROOT, TEST_PY, Node, Rpc, wait_gone
+import test_node
+from test_node import ROOT, TEST_PY, Rpc
 
 PYTHON_DIR = os.path.join(ROOT, "python")
 
 
-class InterruptTest(unittest.TestCase):
+class InterruptTest(test_node.NodeTest):
     extra_ini = "[pool]\nsize=1\ninterrupt-grace=300ms\n"
 
-    def setUp(self):
-        self.node = Node(self.extra_ini)
-        self.rpc = Rpc(self.node.port)
-        self.pids = set(self.node.pids())
-
     def tearDown(self):
-        self.pids.update(self.node.pids() if self.node.proc.poll() is None else [])
-        self.rpc.close()
-        self.node.close()
-        self.assertTrue(wait_gone(self.pids), "a Python worker outlived its node")
-
-    def assertCode(self, err, code):
-        self.assertIsNotNone(err, "expected an error %s" % code)
-        self.assertEqual(err["code"], code, err)
+        # Workers started after setUp (replacements of killed ones) too.
+        if self.node.proc.poll() is None:
+            self.pids = set(self.pids) | set(self.node.pids())
+        super().tearDown()
 
     def call(self, *args):
         return self.rpc.call("execute", *args)
