@@ -155,6 +155,16 @@ void kill_stuck(self_ptr self, uint64_t id) {
   st.dumping = false;
   if (st.link->retiring())
     return;
+  if (st.link->command_of(id).empty()) {
+    // It stopped during the dump wait after all: the worker lives on (the
+    // sweep looks at what else is in flight).
+    log().info("{}: request {} stopped {} ms after it was asked for its stack", tag_of(st), id,
+               std::chrono::duration_cast<std::chrono::milliseconds>(dump_wait).count());
+    if (st.proc)
+      st.proc->take_stack_dump();
+    self->send(self, sweep_atom::value);
+    return;
+  }
   st.stack_dump = st.proc ? st.proc->take_stack_dump() : std::string{};
   auto grace = std::chrono::duration_cast<std::chrono::milliseconds>(st.cfg.interrupt_grace);
   auto why = tag_of(st) + ": request " + std::to_string(id) + " ('" + st.link->command_of(id)
@@ -239,9 +249,8 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg,
   auto opts = python_options(st.cfg, "pyvisor.worker", "worker " + std::to_string(st.cfg.id));
   // The control socket: fd 5 (a forked worker gets it from its template).
   opts.worker_control = true;
-  if (!st.cfg.fork_from) {
+  if (!st.cfg.fork_from)
     opts.args.insert(opts.args.begin() + 6, {"--control-fd", "5"});
-  }
   if (st.cfg.fork_from)
     opts.launcher = std::make_shared<fork_launcher>(
       st.cfg.fork_from, std::chrono::steady_clock::now()
@@ -378,14 +387,15 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg,
       }
       if (due.late.empty())
         return;
-      auto timeout = make_error(error_code::timeout,
-                                st.life->timed_out(tag_of(st), due.late.front(), "interrupted"));
       if (st.link->controlled()) {
         // The worker lives on, its sessions too: the handler is
         // interrupted, the caller hears `timeout` now, and only a handler
         // still running after the grace costs the worker (stuck, above).
         log().warn("{}", st.life->timed_out(tag_of(st), due.late.front(), "interrupting it"));
-        st.link->interrupt(due.late, timeout);
+        st.link->interrupt(due.late,
+                           make_error(error_code::timeout,
+                                      st.life->timed_out(tag_of(st), due.late.front(),
+                                                         "its handler was interrupted")));
         return;
       }
       // No interrupts: the caller hears `timeout` at once (detached: the

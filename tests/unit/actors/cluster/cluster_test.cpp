@@ -394,3 +394,47 @@ TEST_CASE_METHOD(fixture, "a peer with another interface is not used, and retrie
   CHECK(node(0).state == node_state::up);
   CHECK(call(make_execute("echo", 1)));
 }
+
+TEST_CASE_METHOD(fixture, "a cancel reaches the node that runs the request", "[unit][cluster]") {
+  add_node(7001, 1);
+  start(config({7001}));
+  ask<pool_stats>(front, ready_atom::value);
+  auto slow = sleeping(5000);
+  slow.tag = 42;
+  self->send(front, slow);
+  run();
+  CHECK(node(0).in_flight == 1);
+  self->send(front, cancel_atom::value, uint64_t{41}); // another tag: nothing
+  run();
+  CHECK(node(0).in_flight == 1);
+  self->send(front, cancel_atom::value, uint64_t{42});
+  run();
+  auto r = next_reply();
+  REQUIRE_FALSE(r);
+  CHECK(code_of(r.error()) == error_code::cancelled);
+  // On the node too: its worker is free at once (the mock stops at its
+  // latency, 0 here), not after the 5 s sleep.
+  advance(1ms);
+  auto pool_side = ask<pool_stats>(pools[0], status_atom::value);
+  CHECK(pool_side.workers.front().in_flight == 0);
+  CHECK(pool_side.replies.at("cancelled") == 1);
+}
+
+TEST_CASE_METHOD(fixture, "a vanished caller's requests are cancelled on their nodes",
+                 "[unit][cluster]") {
+  add_node(7001, 1);
+  start(config({7001}));
+  ask<pool_stats>(front, ready_atom::value);
+  auto f = front;
+  auto caller = sys.spawn([f](caf::event_based_actor* self) {
+    self->request(f, caf::infinite, sleeping(5000)).then([](payload&) {}, [](caf::error&) {});
+  });
+  run();
+  CHECK(node(0).in_flight == 1);
+  caf::anon_send_exit(caller, caf::exit_reason::kill);
+  run();
+  advance(1ms);
+  CHECK(node(0).in_flight == 0);
+  auto pool_side = ask<pool_stats>(pools[0], status_atom::value);
+  CHECK(pool_side.workers.front().in_flight == 0);
+}
