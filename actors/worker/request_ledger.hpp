@@ -419,7 +419,12 @@ public:
     auto code = code_of(err);
     if (code == error_code::session_lost || code == error_code::shutting_down)
       return err;
-    return session_lost_error(req.session, "its worker failed: " + to_string_readable(err));
+    // The details (a stuck handler's stack dump, say) stay with it.
+    auto lost = session_lost_error(req.session, "its worker failed: " + to_string_readable(err));
+    auto details = info_of(err).traceback;
+    if (details.empty())
+      return lost;
+    return make_error(error_code::session_lost, info_of(lost).message, "", std::move(details));
   }
 
 private:

@@ -108,9 +108,17 @@ class TimeoutKeepsSessionsTest(InterruptTest):
     def test_a_handler_stuck_in_a_c_call_is_killed_after_the_grace_with_its_stack_logged(self):
         self.put("keep", 1)
         pid = self.worker_pid()
-        err, _, took = self.timed("stuck", {"ms": 5000}, {"timeout_ms": 200})
+        t0 = time.monotonic()
+        stuck = self.rpc.send("execute", ["stuck", {"ms": 5000}, {"timeout_ms": 200}])
+        behind = self.rpc.send("execute", ["session.get", {"key": "k"}, {"session": "keep"}])
+        err, _ = self.rpc.wait(stuck)
         self.assertCode(err, "timeout")
-        self.assertLess(took, 0.6)  # by its deadline, not after the grace
+        self.assertLess(time.monotonic() - t0, 0.6)  # by its deadline, not after the grace
+        # The session request waiting behind it is lost with the worker, and
+        # its caller learns where the worker was stuck.
+        err, _ = self.rpc.wait(behind)
+        self.assertCode(err, "session_lost")
+        self.assertIn("in stuck", err.get("details", ""))
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and self.stats()["recycled"] < 1:
             time.sleep(0.05)
