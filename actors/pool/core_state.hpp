@@ -86,6 +86,9 @@ struct core_state {
   std::unordered_set<caf::actor_addr> watched;
   /// A take_back_atom is pending.
   bool take_back_armed = false;
+  /// Session requests out of line while the affinity routes them: a cancel
+  /// marks them, and their continuation answers `cancelled`.
+  std::unordered_set<queued_ptr> routing;
   bool stopping = false;
   /// The supervisor gave up; everything is answered `unavailable` until the
   /// keeper stops this core.

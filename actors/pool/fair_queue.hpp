@@ -62,6 +62,8 @@ struct queued {
   uint32_t slot = no_slot;
   uint32_t incarnation = 0;
   bool routed = false;
+  /// Cancelled while out of line being routed (see core_state::routing).
+  bool cancelled = false;
   /// A retry waits for its back-off before it is dispatched again.
   caf::actor_clock::time_point not_before;
   /// Place in the queue, fixed at admission: a session request that leaves

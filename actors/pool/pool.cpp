@@ -146,6 +146,7 @@ void admit(self_ptr self, queued_ptr q, bool is_retry) {
 void route(self_ptr self, queued_ptr q) {
   auto& st = self->state;
   auto candidate = st.slots.pick();
+  st.routing.insert(q);
   // Routing is a round trip to the affinity actor; the candidate is only
   // used if the session is new. The continuation runs inside an activation
   // (guarded): the request it queues is dispatched on the next reply, not
@@ -154,9 +155,16 @@ void route(self_ptr self, queued_ptr q) {
     .then(guarded(self,
                   [self, q](uint32_t slot, uint32_t incarnation) mutable {
                     auto& st = self->state;
+                    st.routing.erase(q);
                     // Routed to a slot: the session is active until this
                     // request ends (fail() or its worker's report say so).
                     q->routed = slot != no_slot;
+                    if (q->cancelled) {
+                      fail(self, *q,
+                           make_error(error_code::cancelled,
+                                      "the request was cancelled while queued"));
+                      return;
+                    }
                     if (auto err = refusal(st)) {
                       fail(self, *q, std::move(err));
                       return;
@@ -181,7 +189,10 @@ void route(self_ptr self, queued_ptr q) {
                     enqueue(self, std::move(q));
                     try_dispatch(self);
                   }),
-          guarded(self, [self, q](caf::error& err) { fail(self, *q, std::move(err)); }));
+          guarded(self, [self, q](caf::error& err) {
+            self->state.routing.erase(q);
+            fail(self, *q, std::move(err));
+          }));
 }
 
 /// The back-off of idempotent retries: retry_backoff, doubling per attempt,
@@ -449,6 +460,9 @@ void cancel_requests(self_ptr self, const caf::actor_addr& requester, uint64_t t
     q->state = request_state::answered;
     fail(self, *q, make_error(error_code::cancelled, "the request was cancelled while queued"));
   }
+  for (auto& q : st.routing)
+    if (q->requester == requester && (tag == 0 || q->req.tag == tag))
+      q->cancelled = true;
   for (auto& s : st.slots) {
     if (s.link)
       s.link->cancel(requester, tag);

@@ -722,3 +722,29 @@ TEST_CASE_METHOD(fixture, "a session whose queued request is cancelled becomes i
   REQUIRE_FALSE(rs.front());
   CHECK(code_of(rs.front().error()) == error_code::session_expired);
 }
+
+TEST_CASE_METHOD(fixture, "a session request cancelled while it is being routed never runs",
+                 "[unit][pool]") {
+  start(mock_pool(1, 4, 1ms));
+  using kv = std::map<std::string, std::string>;
+  self->send(pool, make_execute("ping", msgpack::type::nil_t{}, "s")); // binds it
+  run();
+  advance(1ms);
+  REQUIRE(replies().size() == 1);
+  // The cancel arrives while the affinity's answer is on its way.
+  self->send(pool, tagged(make_execute("session.put", kv{{"key", "k"}, {"value", "v"}}, "s"), 5));
+  self->send(pool, cancel_atom::value, uint64_t{5});
+  run();
+  advance(1ms);
+  auto rs = replies();
+  REQUIRE(rs.size() == 1);
+  REQUIRE_FALSE(rs.front());
+  CHECK(code_of(rs.front().error()) == error_code::cancelled);
+  self->send(pool, make_execute("session.get", kv{{"key", "k"}}, "s"));
+  run();
+  advance(1ms);
+  auto got = replies();
+  REQUIRE(got.size() == 1);
+  REQUIRE(got.front());
+  CHECK(got.front()->bytes == pack(msgpack::type::nil_t{}).bytes);
+}
