@@ -42,6 +42,8 @@
 #include "node/metrics.hpp"
 #include "node/node_config.hpp"
 #include "node/service_notify.hpp"
+#include "pyvisor/caf_io_mend.hpp"
+#include "pyvisor/caf_openssl_mend.hpp"
 #include "pyvisor/client_endpoint.hpp"
 #include "pyvisor/cluster.hpp"
 #include "pyvisor/pool.hpp"
@@ -87,6 +89,31 @@ void raise_descriptor_limit() {
     if (::setrlimit(RLIMIT_NOFILE, &lim) != 0)
       log().warn("could not raise the file descriptor limit to {}", lim.rlim_max);
   }
+}
+
+/// Limits on whatever reaches CAF's ports (actors/cluster/caf_io_mend.hpp),
+/// set before the actor system makes its first connection.
+/// Returns what stops the node from starting (empty: nothing).
+std::string guard_ports(const node_config& cfg) {
+  if (!caf_io_mend::active())
+    log().warn("the caf-io mend is not in effect: the published port has no connection, "
+               "handshake or message size limit");
+  // The node's own descriptors: per worker its pipes, control socket and
+  // pidfd (fewer than 8), the fork server's, the log, certificate files,
+  // the metrics endpoint.
+  caf_io_mend::set_descriptor_reserve(128 + 8 * cfg.pool.size);
+  caf_io_mend::set_max_message_size(cfg.publish_max_message_size);
+  if (cfg.publish_port != 0)
+    caf_io_mend::guard({"publish", cfg.publish_port, cfg.publish_max_connections,
+                        std::chrono::duration_cast<std::chrono::milliseconds>(
+                          cfg.publish_handshake_timeout)});
+  // Credentials read once, now, rather than per connection by CAF.
+  if (!cfg.openssl_certificate.empty() || !cfg.openssl_key.empty()
+      || !cfg.openssl_cafile.empty() || !cfg.openssl_capath.empty())
+    return caf_openssl_mend::preload(cfg.openssl_certificate, cfg.openssl_key,
+                                     cfg.openssl_passphrase, cfg.openssl_cafile,
+                                     cfg.openssl_capath);
+  return {};
 }
 
 bool stop_within(caf::scoped_actor& self, const caf::actor& who, caf::exit_reason reason,
@@ -154,7 +181,8 @@ int run(caf::actor_system& sys, const node_config& cfg) {
   std::unique_ptr<metrics_exporter> metrics;
   if (cfg.metrics_port != 0) {
     std::string why;
-    metrics = start_metrics(sys, served, rpc.counters, cfg.metrics_host, cfg.metrics_port, why);
+    metrics = start_metrics(sys, served, {rpc.counters, caf_io_mend::counters}, cfg.metrics_host,
+                            cfg.metrics_port, why);
     if (!metrics) {
       log().error("{}", why);
       parts.stop_all();
@@ -313,6 +341,10 @@ int main(int argc, char** argv) {
   }
   setup_logging(cfg);
   raise_descriptor_limit();
+  if (auto problem = guard_ports(cfg); !problem.empty()) {
+    log().error("{}", problem);
+    return 1;
+  }
   cfg.load<caf::io::middleman>();
   cfg.load<caf::openssl::manager>();
   caf::actor_system sys{cfg};

@@ -167,11 +167,31 @@ void add_gateway(std::vector<MetricFamily>& out, const gateway_counters& c) {
   });
 }
 
+void add_port_refusals(std::vector<MetricFamily>& out, const caf_io_mend::refusals& r) {
+  auto f = family("pyvisor_port_refusals_total",
+                  "Connections to CAF's ports (the published port; descriptors for every "
+                  "port) refused or closed by the node, by reason: max_connections "
+                  "(publish.max-connections), silent (nothing within "
+                  "publish.handshake-timeout), oversized (over publish.max-message-size), "
+                  "descriptor_reserve (the descriptors kept for workers were reached), "
+                  "no_descriptor (none left at all)",
+                  MetricType::Counter);
+  for (auto [reason, value] : {std::pair{"max_connections", r.max_connections},
+                               std::pair{"silent", r.silent},
+                               std::pair{"oversized", r.oversized},
+                               std::pair{"descriptor_reserve", r.descriptor_reserve},
+                               std::pair{"no_descriptor", r.no_descriptor}}) {
+    auto m = sample(MetricType::Counter, static_cast<double>(value));
+    m.label.push_back({"reason", reason});
+    f.metric.push_back(std::move(m));
+  }
+  out.push_back(std::move(f));
+}
+
 class pool_collector : public prometheus::Collectable {
 public:
-  pool_collector(caf::actor_system& sys, pool_actor pool,
-                 std::shared_ptr<const gateway_counters> counters)
-    : sys_(sys), pool_(std::move(pool)), counters_(std::move(counters)) {
+  pool_collector(caf::actor_system& sys, pool_actor pool, metrics_sources sources)
+    : sys_(sys), pool_(std::move(pool)), sources_(std::move(sources)) {
     // nop
   }
 
@@ -193,15 +213,17 @@ public:
     add_scalars(out, {{"pyvisor_pool_up",
                        "1 if the pool answered this scrape's status request within 2 s",
                        MetricType::Gauge, up ? 1.0 : 0.0}});
-    if (counters_)
-      add_gateway(out, *counters_);
+    if (sources_.rpc)
+      add_gateway(out, *sources_.rpc);
+    if (sources_.port_refusals)
+      add_port_refusals(out, sources_.port_refusals());
     return out;
   }
 
 private:
   caf::actor_system& sys_;
   pool_actor pool_;
-  std::shared_ptr<const gateway_counters> counters_;
+  metrics_sources sources_;
 };
 
 class exporter final : public metrics_exporter {
@@ -224,21 +246,25 @@ private:
 
 } // namespace
 
-std::unique_ptr<metrics_exporter>
-start_metrics(caf::actor_system& sys, pool_actor pool,
-              std::shared_ptr<const gateway_counters> counters, const std::string& host,
-              uint16_t port, std::string& why) {
+std::unique_ptr<metrics_exporter> start_metrics(caf::actor_system& sys, pool_actor pool,
+                                                metrics_sources sources,
+                                                const std::string& host, uint16_t port,
+                                                std::string& why) {
   // civetweb's notation: an IPv6 address goes in brackets.
   auto address = (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":"
                  + std::to_string(port);
   std::unique_ptr<prometheus::Exposer> exposer;
   try {
-    exposer = std::make_unique<prometheus::Exposer>(address, 1);
+    // civetweb's options: a connection holds a thread until its request is
+    // read (30 s by default); with one thread, one idle client blocked
+    // every scrape.
+    exposer = std::make_unique<prometheus::Exposer>(std::vector<std::string>{
+      "listening_ports", address, "num_threads", "4", "request_timeout_ms", "2000"});
   } catch (const std::exception& ex) {
     why = "cannot serve metrics on " + address + " (metrics.host, metrics.port): " + ex.what();
     return nullptr;
   }
-  auto collector = std::make_shared<pool_collector>(sys, std::move(pool), std::move(counters));
+  auto collector = std::make_shared<pool_collector>(sys, std::move(pool), std::move(sources));
   return std::make_unique<exporter>(std::move(exposer), std::move(collector));
 }
 

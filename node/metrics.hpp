@@ -14,12 +14,14 @@
 
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 
 #include "caf/fwd.hpp"
 
 #include "node/gateway.hpp"
+#include "pyvisor/caf_io_mend.hpp"
 #include "pyvisor/pool.hpp"
 
 namespace pyvisor {
@@ -30,11 +32,21 @@ public:
   virtual ~metrics_exporter();
 };
 
-/// Serves the pool's and the gateway's metrics on host:port; or returns null
-/// and says in `why` why it cannot (the address is taken, not an address, ...).
-std::unique_ptr<metrics_exporter>
-start_metrics(caf::actor_system& sys, pool_actor pool,
-              std::shared_ptr<const gateway_counters> counters, const std::string& host,
-              uint16_t port, std::string& why);
+/// What the node counts besides the pool and the gateway.
+struct metrics_sources {
+  std::shared_ptr<const gateway_counters> rpc;
+  /// The caf-io mend's refusals (published port, descriptors); may be empty.
+  std::function<caf_io_mend::refusals()> port_refusals;
+};
+
+/// Serves the pool's, the gateway's and the mend's metrics on host:port; or
+/// returns null and says in `why` why it cannot (the address is taken, not
+/// an address, ...). Several threads serve scrapes, and a connection that
+/// sends no request within 2 s is closed: an idle client cannot hold the
+/// endpoint.
+std::unique_ptr<metrics_exporter> start_metrics(caf::actor_system& sys, pool_actor pool,
+                                                metrics_sources sources,
+                                                const std::string& host, uint16_t port,
+                                                std::string& why);
 
 } // namespace pyvisor

@@ -117,7 +117,16 @@ node_config::node_config()
          "publish over TLS with mutual certificate authentication (needs openssl.certificate, "
          "openssl.key and openssl.cafile)")
     .add(publish_insecure, "insecure",
-         "allow publishing without TLS on an address that is not loopback");
+         "allow publishing without TLS on an address that is not loopback")
+    .add(publish_max_connections, "max-connections",
+         "open connections to the published port; more are closed at once")
+    .add(publish_handshake_timeout, "handshake-timeout",
+         "a connection to the published port that has not sent its first message (TLS and "
+         "CAF handshakes) within this long is closed")
+    .add(publish_max_message_size, "max-message-size",
+         "largest CAF message a peer may announce, on the published port and on this node's "
+         "connections to cluster.peers (more: the connection is closed before anything is "
+         "allocated)");
   auto& cl = cluster;
   opt_group{custom_options_, "cluster"}
     .add(cl.peers, "peers",
@@ -422,6 +431,16 @@ std::string node_config::validate() const {
     return "invalid value for 'cluster.reconnect-backoff-max': below cluster.reconnect-backoff";
   if (!positive(cluster.session_retention))
     return "invalid value for 'cluster.session-retention': must be > 0";
+  if (publish_max_connections < 1)
+    return "invalid value for 'publish.max-connections': must be >= 1";
+  if (!positive(publish_handshake_timeout))
+    return "invalid value for 'publish.handshake-timeout': must be > 0";
+  // A front forwards what its clients send; a node answers what its workers
+  // return: a limit below either would end the connection of every caller.
+  if (auto needed = std::max(rpc.max_message_size, pool.worker.max_frame_size) + (size_t{1} << 20);
+      publish_max_message_size < needed)
+    return "invalid value for 'publish.max-message-size': must be >= " + std::to_string(needed)
+           + " (rpc.max-message-size or pool.max-frame-size plus 1 MiB)";
   // TLS: CAF's OpenSSL module throws from the actor system's constructor
   // (or from its I/O thread at the first connection) on half a setting or
   // an unreadable file; check everything here and name the key.

@@ -39,6 +39,11 @@ struct node_config : caf::actor_system_config {
   std::string publish_host = "127.0.0.1";
   bool publish_tls = false;
   bool publish_insecure = false;
+  size_t publish_max_connections = 64;
+  caf::timespan publish_handshake_timeout = std::chrono::seconds(10);
+  /// Above pool.max-frame-size and rpc.max-message-size (64 MiB each): a
+  /// front forwards requests of that size to the nodes, which answer alike.
+  size_t publish_max_message_size = size_t{128} << 20;
   // [cluster]: peers, heartbeat, timeouts, back-off (the front's settings;
   // its request deadline and attempts are the pool's).
   cluster_config cluster;

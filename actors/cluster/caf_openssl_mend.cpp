@@ -1,8 +1,9 @@
 // The caf-openssl mend: a component apart from the library, linked only by
 // what publishes or connects over TLS through CAF's OpenSSL module (the
 // node; an embedding application that asks for it by linking
-// pyvisor::caf_openssl_mend). It defines SSL_accept, SSL_connect, SSL_read
-// and SSL_write in the program: the dynamic linker resolves
+// pyvisor::caf_openssl_mend). It defines SSL_accept, SSL_connect, SSL_read,
+// SSL_write and the three SSL_CTX_* calls that read credential files in the
+// program: the dynamic linker resolves
 // libcaf_openssl's calls to these first, and they pass every call on to
 // libssl (dlsym RTLD_NEXT), changing only calls that come from
 // libcaf_openssl (return address checked with dladdr, cached per thread).
@@ -17,14 +18,19 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
-#include <array>
+#include <algorithm>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <string>
+#include <utility>
 
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
+#include "actors/cluster/caf_openssl_mend.hpp"
+#include "actors/cluster/interposition.hpp"
 #include "messages/log.hpp"
 
 namespace pyvisor {
@@ -72,11 +78,6 @@ void log_refused(SSL* ssl, bool accepting) {
     log().warn("TLS: handshake with {}{} failed: {}{}", peer_of(ssl), subject, reason, detail);
 }
 
-template <class F>
-F next_symbol(const char* name) {
-  return reinterpret_cast<F>(::dlsym(RTLD_NEXT, name));
-}
-
 } // namespace
 } // namespace pyvisor
 
@@ -101,18 +102,7 @@ F next_symbol(const char* name) {
 namespace {
 
 bool called_by_caf_openssl(void* return_address) {
-  // Few call sites, each asked about once per thread.
-  thread_local std::array<std::pair<void*, bool>, 16> known{};
-  thread_local size_t count = 0;
-  for (size_t i = 0; i < count; ++i)
-    if (known[i].first == return_address)
-      return known[i].second;
-  Dl_info info{};
-  bool result = ::dladdr(return_address, &info) != 0 && info.dli_fname != nullptr
-                && std::strstr(info.dli_fname, "libcaf_openssl") != nullptr;
-  if (count < known.size())
-    known[count++] = {return_address, result};
-  return result;
+  return pyvisor::interposition::called_from(return_address, "libcaf_openssl");
 }
 
 int handshake_step(SSL* ssl, int (*real)(SSL*), bool accepting, void* caller) {
@@ -138,25 +128,225 @@ int handshake_step(SSL* ssl, int (*real)(SSL*), bool accepting, void* caller) {
 #define PYVISOR_INTERPOSE extern "C" __attribute__((visibility("default")))
 
 PYVISOR_INTERPOSE int SSL_accept(SSL* ssl) {
-  static auto real = pyvisor::next_symbol<int (*)(SSL*)>("SSL_accept");
+  static auto real = pyvisor::interposition::next_symbol<int (*)(SSL*)>("SSL_accept");
   return handshake_step(ssl, real, true, __builtin_return_address(0));
 }
 
 PYVISOR_INTERPOSE int SSL_connect(SSL* ssl) {
-  static auto real = pyvisor::next_symbol<int (*)(SSL*)>("SSL_connect");
+  static auto real = pyvisor::interposition::next_symbol<int (*)(SSL*)>("SSL_connect");
   return handshake_step(ssl, real, false, __builtin_return_address(0));
 }
 
 PYVISOR_INTERPOSE int SSL_read(SSL* ssl, void* buf, int num) {
-  static auto real = pyvisor::next_symbol<int (*)(SSL*, void*, int)>("SSL_read");
+  static auto real = pyvisor::interposition::next_symbol<int (*)(SSL*, void*, int)>("SSL_read");
   if (called_by_caf_openssl(__builtin_return_address(0)))
     ERR_clear_error();
   return real(ssl, buf, num);
 }
 
 PYVISOR_INTERPOSE int SSL_write(SSL* ssl, const void* buf, int num) {
-  static auto real = pyvisor::next_symbol<int (*)(SSL*, const void*, int)>("SSL_write");
+  static auto real = pyvisor::interposition::next_symbol<int (*)(SSL*, const void*, int)>("SSL_write");
   if (called_by_caf_openssl(__builtin_return_address(0)))
     ERR_clear_error();
   return real(ssl, buf, num);
+}
+
+// -- credentials, read once ----------------------------------------------------
+// CAF's session::create_ssl_context makes a new SSL_CTX for every connection
+// and loads openssl.certificate, .key and .cafile/.capath into it from their
+// files, throwing (uncaught, in its multiplexer) when a load fails. Here each
+// file is loaded once into an object kept for the process's life, and every
+// later context gets that object; a load that fails is logged and answered
+// as done, so that CAF carries on with a context that lacks it and the
+// handshake fails: that connection, not the process (a peer without our
+// certificate, or we without a trusted CA, is refused: it fails closed).
+namespace pyvisor {
+namespace {
+
+using chain_file_fn = int (*)(SSL_CTX*, const char*);
+using key_file_fn = int (*)(SSL_CTX*, const char*, int);
+using verify_locations_fn = int (*)(SSL_CTX*, const char*, const char*);
+
+struct credential_cache {
+  std::mutex mtx;
+  /// Per certificate file: a context holding the certificate and its chain.
+  std::map<std::string, SSL_CTX*> chains;
+  std::map<std::pair<std::string, int>, EVP_PKEY*> keys;
+  std::map<std::pair<std::string, std::string>, X509_STORE*> stores;
+  log_throttle failures;
+};
+
+credential_cache& credentials() {
+  static auto* cache = new credential_cache; // kept for the process's life
+  return *cache;
+}
+
+std::string openssl_reason() {
+  char reason[256] = "unknown reason";
+  if (auto code = ERR_peek_last_error())
+    ERR_error_string_n(code, reason, sizeof(reason));
+  ERR_clear_error();
+  return reason;
+}
+
+chain_file_fn real_chain_file() {
+  static auto f = interposition::next_symbol<chain_file_fn>("SSL_CTX_use_certificate_chain_file");
+  return f;
+}
+
+key_file_fn real_key_file() {
+  static auto f = interposition::next_symbol<key_file_fn>("SSL_CTX_use_PrivateKey_file");
+  return f;
+}
+
+verify_locations_fn real_verify_locations() {
+  static auto f = interposition::next_symbol<verify_locations_fn>("SSL_CTX_load_verify_locations");
+  return f;
+}
+
+// Each loader holds the cache's lock, loads into a scratch context with the
+// real libssl function, and keeps what it loaded; `why` gets OpenSSL's reason
+// on failure.
+
+SSL_CTX* chain_of(credential_cache& c, const std::string& file, std::string& why) {
+  if (auto i = c.chains.find(file); i != c.chains.end())
+    return i->second;
+  auto* scratch = SSL_CTX_new(TLS_method());
+  if (scratch == nullptr || real_chain_file()(scratch, file.c_str()) != 1) {
+    why = openssl_reason();
+    SSL_CTX_free(scratch);
+    return nullptr;
+  }
+  return c.chains[file] = scratch;
+}
+
+EVP_PKEY* key_of(credential_cache& c, const std::string& file, int type, pem_password_cb* cb,
+                 void* userdata, std::string& why) {
+  if (auto i = c.keys.find({file, type}); i != c.keys.end())
+    return i->second;
+  auto* scratch = SSL_CTX_new(TLS_method());
+  EVP_PKEY* key = nullptr;
+  if (scratch != nullptr) {
+    SSL_CTX_set_default_passwd_cb(scratch, cb);
+    SSL_CTX_set_default_passwd_cb_userdata(scratch, userdata);
+    if (real_key_file()(scratch, file.c_str(), type) == 1
+        && (key = SSL_CTX_get0_privatekey(scratch)) != nullptr)
+      EVP_PKEY_up_ref(key);
+  }
+  if (key == nullptr)
+    why = openssl_reason();
+  SSL_CTX_free(scratch);
+  if (key != nullptr)
+    c.keys[{file, type}] = key;
+  return key;
+}
+
+X509_STORE* store_of(credential_cache& c, const std::string& cafile, const std::string& capath,
+                     std::string& why) {
+  if (auto i = c.stores.find({cafile, capath}); i != c.stores.end())
+    return i->second;
+  auto* scratch = SSL_CTX_new(TLS_method());
+  X509_STORE* store = nullptr;
+  if (scratch != nullptr
+      && real_verify_locations()(scratch, cafile.empty() ? nullptr : cafile.c_str(),
+                                 capath.empty() ? nullptr : capath.c_str())
+           == 1
+      && (store = SSL_CTX_get_cert_store(scratch)) != nullptr)
+    X509_STORE_up_ref(store);
+  if (store == nullptr)
+    why = openssl_reason();
+  SSL_CTX_free(scratch);
+  if (store != nullptr)
+    c.stores[{cafile, capath}] = store;
+  return store;
+}
+
+void log_load_failure(credential_cache& c, const char* what, const std::string& file,
+                      const std::string& why) {
+  if (auto n = c.failures.due())
+    log().error("TLS: cannot load {} '{}' ({}): {} connection(s) failed for it", what, file,
+                why, n);
+}
+
+int pass_phrase(char* buf, int size, int, void* userdata) {
+  auto& phrase = *static_cast<const std::string*>(userdata);
+  auto n = std::min<size_t>(phrase.size(), static_cast<size_t>(size));
+  std::memcpy(buf, phrase.data(), n);
+  return static_cast<int>(n);
+}
+
+} // namespace
+
+std::string caf_openssl_mend::preload(const std::string& certificate, const std::string& key,
+                                      const std::string& passphrase, const std::string& cafile,
+                                      const std::string& capath) {
+  auto& c = credentials();
+  std::lock_guard<std::mutex> guard{c.mtx};
+  std::string why;
+  if (!certificate.empty() && chain_of(c, certificate, why) == nullptr)
+    return "cannot load the certificate '" + certificate + "' (openssl.certificate): " + why;
+  if (!key.empty()) {
+    // CAF sets its passphrase callback only when a passphrase is set: the
+    // same here, so that an encrypted key without one fails alike.
+    auto phrase = passphrase;
+    if (key_of(c, key, SSL_FILETYPE_PEM, passphrase.empty() ? nullptr : pass_phrase,
+               passphrase.empty() ? nullptr : &phrase, why)
+        == nullptr)
+      return "cannot load the private key '" + key + "' (openssl.key, openssl.passphrase): "
+             + why;
+  }
+  if ((!cafile.empty() || !capath.empty()) && store_of(c, cafile, capath, why) == nullptr)
+    return "cannot load the trusted CA certificates '" + cafile + capath
+           + "' (openssl.cafile, openssl.capath): " + why;
+  return {};
+}
+
+} // namespace pyvisor
+
+PYVISOR_INTERPOSE int SSL_CTX_use_certificate_chain_file(SSL_CTX* ctx, const char* file) {
+  if (!called_by_caf_openssl(__builtin_return_address(0)))
+    return pyvisor::real_chain_file()(ctx, file);
+  auto& c = pyvisor::credentials();
+  std::lock_guard<std::mutex> guard{c.mtx};
+  std::string why;
+  if (auto* loaded = pyvisor::chain_of(c, file, why)) {
+    SSL_CTX_use_certificate(ctx, SSL_CTX_get0_certificate(loaded));
+    STACK_OF(X509)* chain = nullptr;
+    SSL_CTX_get0_chain_certs(loaded, &chain);
+    if (chain != nullptr)
+      SSL_CTX_set1_chain(ctx, chain);
+  } else {
+    pyvisor::log_load_failure(c, "the certificate", file, why);
+  }
+  return 1;
+}
+
+PYVISOR_INTERPOSE int SSL_CTX_use_PrivateKey_file(SSL_CTX* ctx, const char* file, int type) {
+  if (!called_by_caf_openssl(__builtin_return_address(0)))
+    return pyvisor::real_key_file()(ctx, file, type);
+  auto& c = pyvisor::credentials();
+  std::lock_guard<std::mutex> guard{c.mtx};
+  std::string why;
+  // A key not loaded yet is read with the callback CAF set on this context.
+  if (auto* key = pyvisor::key_of(c, file, type, SSL_CTX_get_default_passwd_cb(ctx),
+                                  SSL_CTX_get_default_passwd_cb_userdata(ctx), why))
+    SSL_CTX_use_PrivateKey(ctx, key);
+  else
+    pyvisor::log_load_failure(c, "the private key", file, why);
+  return 1;
+}
+
+PYVISOR_INTERPOSE int SSL_CTX_load_verify_locations(SSL_CTX* ctx, const char* cafile,
+                                                    const char* capath) {
+  if (!called_by_caf_openssl(__builtin_return_address(0)))
+    return pyvisor::real_verify_locations()(ctx, cafile, capath);
+  auto& c = pyvisor::credentials();
+  std::lock_guard<std::mutex> guard{c.mtx};
+  std::string why;
+  std::string file = cafile ? cafile : "", path = capath ? capath : "";
+  if (auto* store = pyvisor::store_of(c, file, path, why))
+    SSL_CTX_set1_cert_store(ctx, store);
+  else
+    pyvisor::log_load_failure(c, "the trusted CA certificates", file + path, why);
+  return 1;
 }

@@ -51,20 +51,21 @@ def worker_sections(size=2):
 class Proc:
     """A pyvisor-node process; `sections` is its whole configuration."""
 
-    def __init__(self, sections, expect_start=True):
+    def __init__(self, sections, expect_start=True, preexec=None):
         self.dir = tempfile.TemporaryDirectory()
         path = os.path.join(self.dir.name, "node.ini")
         with open(path, "w") as f:
             f.write(ini(sections))
         self.log = open(os.path.join(self.dir.name, "node.log"), "w+")
         self.proc = subprocess.Popen([NODE, "--config-file=" + path], stdout=subprocess.PIPE,
-                                     stderr=self.log, text=True)
+                                     stderr=self.log, text=True, preexec_fn=preexec)
         self.port = None
         if expect_start:
             line = self.proc.stdout.readline()
             if "listening on" not in line:
+                log = self.read_log()
                 self.close()
-                raise RuntimeError("node did not start: %r\n%s" % (line, self.read_log()))
+                raise RuntimeError("node did not start: %r\n%s" % (line, log))
             self.port = int(line.strip().rsplit(":", 1)[1])
 
     def read_log(self):

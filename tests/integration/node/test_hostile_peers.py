@@ -1,0 +1,313 @@
+"""Integration tests of issue #26: whatever reaches a node's published port
+(and a front's outgoing connections), the node keeps working.
+
+Each node here runs with the descriptor limit the issue measured (1024, soft
+and hard, set in the child before exec), so the floods reach it:
+- 1,100 silent connections to a TLS-published port (the node used to abort:
+  caf-openssl opened the certificate file per connection),
+- the same to a plain published port (descriptors ran out, CAF's accept loop
+  spun, every worker restart failed),
+- a forged 32-byte BASP header announcing a 1.25 GiB payload, to a node's
+  port and from a fake peer to a front (both allocated what it announced).
+Throughout, RPC clients are served and a killed worker is replaced; after the
+flood, a real front connects to the published port again. Silent connections
+are closed after publish.handshake-timeout.
+
+Every process is killed in tearDown, even when a test fails, and every
+worker pid a node reported is checked to be gone.
+
+Run: PYVISOR_NODE=build/pyvisor-node python3 -m unittest -v test_hostile_peers
+"""
+
+import os
+import resource
+import signal
+import socket
+import struct
+import tempfile
+import threading
+import time
+import unittest
+
+from test_cluster import Proc, free_port, make_certificates, openssl_section, wait_for, \
+    worker_sections
+from test_node import Rpc, wait_gone
+
+FLOOD = 1100
+FD_LIMIT = 1024
+# basp::header: operation, two padding bytes, flags, payload_len (u32),
+# operation_data (u64), source and dest actor (u64), big-endian.
+BASP_HEADER = struct.Struct(">BBBBIQQQ")
+CLIENT_HANDSHAKE = 1
+SERVER_HANDSHAKE = 0
+
+
+def limit_descriptors():
+    resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT))
+
+
+def rss_mb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) // 1024
+    return 0
+
+
+def cpu_seconds(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def open_descriptors(pid):
+    return len(os.listdir("/proc/%d/fd" % pid))
+
+
+def closed_by_peer(sock, timeout):
+    """True if the peer closed `sock` (EOF or reset) within `timeout`."""
+    sock.settimeout(timeout)
+    try:
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return True
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except socket.timeout:
+        return False
+
+
+class HostilePeerTest(unittest.TestCase):
+    handshake_timeout = "1s"
+
+    def setUp(self):
+        # The flood needs more descriptors than the test runner's default.
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < 4 * FLOOD:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4 * FLOOD), hard))
+        self.procs = []
+        self.pids = []
+        self.socks = []
+
+    def tearDown(self):
+        for s in self.socks:
+            s.close()
+        for p in self.procs:
+            p.close()
+        self.assertTrue(wait_gone(self.pids), "a Python worker outlived its node")
+
+    def start(self, sections, fd_limit=True):
+        proc = Proc(sections, preexec=limit_descriptors if fd_limit else None)
+        self.procs.append(proc)
+        if sections["pool"]["size"]:
+            self.pids += proc.pids()
+        return proc
+
+    def node_sections(self, publish_port, **publish):
+        s = worker_sections()
+        s["publish"] = dict({"port": publish_port,
+                             "handshake-timeout": self.handshake_timeout}, **publish)
+        s["pool"]["startup-timeout"] = "10s"
+        return s
+
+    def flood(self, port, count=FLOOD):
+        """Opens `count` silent connections; those refused at once are closed."""
+        for _ in range(count):
+            s = socket.socket()
+            s.settimeout(5)
+            try:
+                s.connect(("127.0.0.1", port))
+            except OSError:
+                s.close()
+                continue
+            self.socks.append(s)
+
+    def end_flood(self):
+        for s in self.socks:
+            s.close()
+        self.socks = []
+
+    def assert_serves(self, node):
+        rpc = Rpc(node.port, timeout=10)
+        try:
+            self.assertEqual(rpc.call("ping"), (None, "pong"))
+            self.assertEqual(rpc.call("execute", "echo", "still here"), (None, "still here"))
+        finally:
+            rpc.close()
+
+    def assert_worker_restarts(self, node):
+        before = node.pids()
+        os.kill(before[0], signal.SIGKILL)
+        fresh = wait_for(lambda: [p for p in node.pids() if p not in before]
+                         if len(node.pids()) == len(before) else [], limit=20)
+        self.assertTrue(fresh, "a killed worker was not replaced during the flood:\n"
+                        + node.read_log()[-3000:])
+        self.pids += fresh
+        self.assert_serves(node)
+
+    def assert_silent_ones_closed(self, limit):
+        """Every flood connection is closed by the node within `limit` s."""
+        deadline = time.time() + limit
+        still_open = 0
+        for s in self.socks:
+            if not closed_by_peer(s, max(0.01, deadline - time.time())):
+                still_open += 1
+        self.assertEqual(still_open, 0, "silent connections were left open")
+
+    def front_over(self, publish_port, openssl=None):
+        s = {"pool": {"size": 0}, "rpc": {"port": 0},
+             "cluster": {"peers": '["127.0.0.1:%d"]' % publish_port, "heartbeat": "200ms",
+                         "node-timeout": "2s", "reconnect-backoff": "100ms",
+                         "reconnect-backoff-max": "300ms", "connect-timeout": "3s"},
+             "log": {"level": '"info"'}}
+        if openssl:
+            s["openssl"] = openssl
+        return self.start(s, fd_limit=False)
+
+    def assert_front_serves(self, front):
+        def up():
+            try:
+                nodes = front.stats()["nodes"]
+            except (OSError, AssertionError):
+                return False
+            return [n["state"] for n in nodes] == ["up"]
+        self.assertTrue(wait_for(up, limit=20), front.read_log()[-3000:])
+        rpc = Rpc(front.port, timeout=10)
+        try:
+            self.assertEqual(rpc.call("execute", "echo", "via front"), (None, "via front"))
+        finally:
+            rpc.close()
+
+
+class TlsFloodTest(HostilePeerTest):
+    def setUp(self):
+        super().setUp()
+        self.certdir = tempfile.TemporaryDirectory()
+        self.certs = make_certificates(self.certdir.name)
+
+    def tearDown(self):
+        super().tearDown()
+        self.certdir.cleanup()
+
+    def test_silent_connections_to_a_tls_port_do_not_kill_the_node(self):
+        port = free_port()
+        s = self.node_sections(port, tls="true")
+        s["openssl"] = openssl_section(self.certs, "node")
+        node = self.start(s)
+        self.flood(port)
+        self.assertIsNone(node.proc.poll(), "the node died of the flood:\n" + node.read_log())
+        self.assert_serves(node)
+        self.assert_worker_restarts(node)
+        self.assert_silent_ones_closed(limit=10)
+        self.assertIsNone(node.proc.poll(), node.read_log())
+        self.end_flood()
+        self.assert_front_serves(self.front_over(port, openssl_section(self.certs, "front")))
+
+
+class PlainFloodTest(HostilePeerTest):
+    def test_a_flood_of_the_plain_port_leaves_rpc_workers_and_the_port_working(self):
+        port = free_port()
+        node = self.start(self.node_sections(port))
+        self.flood(port)
+        # Nothing spins while the flood holds its connections.
+        cpu0, t0 = cpu_seconds(node.proc.pid), time.time()
+        time.sleep(0.5)
+        busy = (cpu_seconds(node.proc.pid) - cpu0) / (time.time() - t0)
+        self.assertLess(busy, 0.5, "the node spins during the flood")
+        self.assertLess(open_descriptors(node.proc.pid), FD_LIMIT)
+        self.assert_serves(node)
+        self.assert_worker_restarts(node)
+        self.assert_silent_ones_closed(limit=10)
+        self.end_flood()
+        self.assert_front_serves(self.front_over(port))
+
+    def test_connections_beyond_max_connections_are_closed_at_once(self):
+        port = free_port()
+        self.handshake_timeout = "30s"
+        node = self.start(self.node_sections(port, **{"max-connections": 8}))
+        self.flood(port, count=8)
+        extra = socket.create_connection(("127.0.0.1", port))
+        self.socks.append(extra)
+        self.assertTrue(closed_by_peer(extra, 5), "a ninth connection was kept")
+        self.assertIn("publish.max-connections", node.read_log())
+        self.end_flood()
+        self.assert_front_serves(self.front_over(port))
+
+
+def read_server_handshake(sock):
+    data = b""
+    while len(data) < BASP_HEADER.size:
+        chunk = sock.recv(BASP_HEADER.size - len(data))
+        if not chunk:
+            raise ConnectionError("closed before the server handshake")
+        data += chunk
+    hdr = BASP_HEADER.unpack(data)
+    payload = hdr[4]
+    while payload:
+        payload -= len(sock.recv(min(payload, 65536)))
+    return hdr
+
+
+class ForgedHeaderTest(HostilePeerTest):
+    announced = 0x50000000
+
+    def test_a_forged_header_to_a_published_port_allocates_nothing(self):
+        port = free_port()
+        node = self.start(self.node_sections(port))
+        before = rss_mb(node.proc.pid)
+        victims = []
+        for _ in range(3):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            self.socks.append(s)
+            read_server_handshake(s)
+            s.sendall(BASP_HEADER.pack(CLIENT_HANDSHAKE, 0, 0, 0, self.announced, 0, 0, 0))
+            victims.append(s)
+        for s in victims:
+            self.assertTrue(closed_by_peer(s, 5), "a forged header's connection stayed open")
+        self.assertLess(rss_mb(node.proc.pid) - before, 100,
+                        "the node allocated what a forged header announced")
+        self.assertIn("publish.max-message-size", node.read_log())
+        self.assert_serves(node)
+        self.assert_front_serves(self.front_over(port))
+
+    def test_a_forged_server_handshake_to_a_front_allocates_nothing(self):
+        listener = socket.create_server(("127.0.0.1", 0))
+        self.socks.append(listener)
+        port = listener.getsockname()[1]
+        stop = threading.Event()
+        accepted = []
+
+        def fake_node():
+            listener.settimeout(0.2)
+            while not stop.is_set():
+                try:
+                    c, _ = listener.accept()
+                except socket.timeout:
+                    continue
+                accepted.append(c)
+                c.sendall(BASP_HEADER.pack(SERVER_HANDSHAKE, 0, 0, 0, self.announced, 1, 0, 0))
+
+        t = threading.Thread(target=fake_node)
+        t.start()
+        try:
+            front = self.front_over(port)
+            before = rss_mb(front.proc.pid)
+            self.assertTrue(wait_for(lambda: len(accepted) >= 2, limit=15),
+                            "the front did not try to connect (again)")
+            self.assertLess(rss_mb(front.proc.pid) - before, 100,
+                            "the front allocated what a forged handshake announced")
+            self.assertIsNone(front.proc.poll())
+            err, st = Rpc(front.port).call("stats")
+            self.assertIsNone(err)
+            self.assertNotEqual(st["nodes"][0]["state"], "up")
+            self.assertIn("publish.max-message-size", front.read_log())
+        finally:
+            stop.set()
+            t.join()
+            for c in accepted:
+                c.close()
+
+
+if __name__ == "__main__":
+    unittest.main()
