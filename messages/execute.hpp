@@ -23,8 +23,17 @@
 namespace pyvisor {
 
 /// Largest request deadline: the pool clamps longer ones to it and the RPC
-/// gateway refuses them, so that `now + timeout` can never overflow.
+/// gateway refuses them, so that `now + timeout` can never overflow. The
+/// operator's own bound (pool.max-request-timeout) is at most this.
 constexpr caf::timespan max_request_timeout = std::chrono::hours(24 * 30);
+
+/// How long a request that asks for `asked` (0: nothing) may take: the
+/// receiver's default, or what it asked clamped to the receiver's bound.
+inline caf::timespan effective_timeout(caf::timespan asked, caf::timespan default_timeout,
+                                       caf::timespan bound) {
+  bound = std::min(bound, max_request_timeout);
+  return asked.count() > 0 ? std::min(asked, bound) : std::min(default_timeout, bound);
+}
 
 /// Runs `command` with `args` in a Python worker.
 struct execute {

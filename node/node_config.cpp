@@ -19,6 +19,8 @@ namespace pyvisor {
 
 namespace {
 
+constexpr caf::timespan longest_duration = std::chrono::hours(24 * 365);
+
 const char* name_of(backend_kind x) {
   return x == backend_kind::mock ? "mock" : "python";
 }
@@ -48,6 +50,8 @@ node_config::node_config()
     .add(w.python_path, "python-path", "extra import paths for the workers")
     .add(w.startup_timeout, "startup-timeout", "time a worker may take to say hello")
     .add(pool.request_timeout, "request-timeout", "deadline of a request that names none")
+    .add(pool.max_request_timeout, "max-request-timeout",
+         "longest deadline a request may ask for (timeout_ms); longer ones are clamped to it")
     .add(pool.queue_size, "queue-size", "requests that may wait for a worker")
     .add(pool.queue_share, "queue-share", "share of the queue one connection may hold")
     .add(pool.max_in_flight, "max-in-flight", "requests in flight per worker")
@@ -405,6 +409,37 @@ std::string node_config::validate() const {
     }
   }
   auto positive = [](caf::timespan t) { return t.count() > 0; };
+  // Every duration, whatever it is for: not negative (none means "before
+  // now"), and not beyond a year (a deadline that far is no policy, and
+  // `now + it` overflows CAF's clock near 292 years).
+  for (auto& opt : custom_options_) {
+    if (!ours(opt.category()))
+      continue;
+    auto value = opt.get();
+    auto t = value ? caf::get_if<caf::timespan>(&*value) : nullptr;
+    if (t == nullptr)
+      continue;
+    if (t->count() < 0)
+      return "invalid value for '" + str(opt.full_name()) + "': must not be negative";
+    if (*t > longest_duration)
+      return "invalid value for '" + str(opt.full_name()) + "': must be at most 8760h (365 days)";
+  }
+  if (!positive(pool.max_request_timeout) || pool.max_request_timeout > max_request_timeout)
+    return "invalid value for 'pool.max-request-timeout': must be between 1ns and 720h (30 days)";
+  if (pool.request_timeout > pool.max_request_timeout)
+    return "invalid value for 'pool.request-timeout': above pool.max-request-timeout";
+  // A cleanup runs over every session: more often than this, it is all the
+  // pool does.
+  if (pool.session.cleanup_interval < std::chrono::milliseconds(10))
+    return "invalid value for 'session.cleanup-interval': must be >= 10ms";
+  // CAF's own keys that start but cannot work.
+  if (caf::get_or(content, "scheduler.max-threads", caf::defaults::scheduler::max_threads) == 0)
+    return "invalid value for 'scheduler.max-threads': must be >= 1 (0 runs no actor)";
+  if (caf::get_or(content, "middleman.max-consecutive-reads",
+                  caf::defaults::middleman::max_consecutive_reads)
+      == 0)
+    return "invalid value for 'middleman.max-consecutive-reads': must be >= 1 (0 reads "
+           "nothing)";
   if (pool.size > 1024)
     return "invalid value for 'pool.size': must be between 1 and 1024 (or 0 with cluster.peers)";
   if (pool.size == 0 && cluster.peers.empty())
@@ -550,6 +585,7 @@ publish_config node_config::make_publish_config() const {
 cluster_config node_config::make_cluster_config() const {
   auto cfg = cluster;
   cfg.request_timeout = pool.request_timeout;
+  cfg.max_request_timeout = pool.max_request_timeout;
   cfg.max_attempts = pool.max_attempts;
   cfg.tls = !openssl_certificate.empty();
   return cfg;

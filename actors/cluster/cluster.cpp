@@ -597,10 +597,10 @@ cluster_impl::behavior_type cluster_actor(self_ptr self, cluster_config cfg) {
       auto rp = self->make_response_promise<payload>();
       auto id = ++st.next_id;
       auto& r = st.pending[id];
-      auto timeout = x.timeout.count() > 0 ? std::min(x.timeout, max_request_timeout)
-                                           : st.cfg.request_timeout;
       r.rp = rp;
-      r.deadline = self->clock().now() + timeout;
+      r.deadline = self->clock().now()
+                   + effective_timeout(x.timeout, st.cfg.request_timeout,
+                                       st.cfg.max_request_timeout);
       r.caller = caf::actor_cast<caf::actor_addr>(
         static_cast<caf::response_promise&>(rp).source());
       r.caller_tag = x.tag;

@@ -70,6 +70,8 @@ struct cluster_config {
                            std::chrono::seconds(30)};
   /// Deadline of a request that names none (sent on to the node with it).
   caf::timespan request_timeout = std::chrono::seconds(30);
+  /// Longest deadline a caller may ask for (longer ones are clamped).
+  caf::timespan max_request_timeout = std::chrono::minutes(10);
   /// Attempts of an idempotent request whose node was lost (first included).
   uint32_t max_attempts = 3;
   /// A session's binding to its node is forgotten after this long idle

@@ -83,9 +83,9 @@ caf::error check_session_id(const core_state& st, const std::string& id) {
 /// The absolute deadline of a request admitted now: its own timeout (clamped
 /// so that `now + timeout` cannot overflow, see pool.hpp) or the default.
 caf::actor_clock::time_point deadline_of(self_ptr self, const execute& req) {
-  auto timeout = req.timeout.count() > 0 ? std::min(req.timeout, max_request_timeout)
-                                         : self->state.cfg.request_timeout;
-  return self->clock().now() + timeout;
+  auto& cfg = self->state.cfg;
+  return self->clock().now()
+         + effective_timeout(req.timeout, cfg.request_timeout, cfg.max_request_timeout);
 }
 
 /// Who sent the request: the original caller, kept through delegation.

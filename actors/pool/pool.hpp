@@ -153,6 +153,9 @@ struct pool_config {
   caf::timespan sweep_interval = std::chrono::milliseconds(10);
   /// Deadline of a request that names none (queueing plus execution).
   caf::timespan request_timeout = std::chrono::seconds(30);
+  /// Longest deadline a caller may ask for: longer ones are clamped to it,
+  /// so that no client holds a worker beyond the operator's policy.
+  caf::timespan max_request_timeout = std::chrono::minutes(10);
   /// Limit of one attempt of an idempotent request (0: its whole deadline):
   /// past it, the request is interrupted there (interrupt_grace) and
   /// retried elsewhere while its deadline allows.

@@ -28,6 +28,7 @@ import tempfile
 import threading
 import time
 import unittest
+import urllib.request
 
 from test_cluster import Proc, free_port, make_certificates, openssl_section, wait_for, \
     worker_sections
@@ -225,14 +226,38 @@ class PlainFloodTest(HostilePeerTest):
     def test_connections_beyond_max_connections_are_closed_at_once(self):
         port = free_port()
         self.handshake_timeout = "30s"
-        node = self.start(self.node_sections(port, **{"max-connections": 8}))
+        s = self.node_sections(port, **{"max-connections": 8})
+        metrics = free_port()
+        s["metrics"] = {"port": metrics}
+        node = self.start(s)
         self.flood(port, count=8)
         extra = socket.create_connection(("127.0.0.1", port))
         self.socks.append(extra)
         self.assertTrue(closed_by_peer(extra, 5), "a ninth connection was kept")
         self.assertIn("publish.max-connections", node.read_log())
+        self.assertIn('pyvisor_port_refusals_total{reason="max_connections"} 1',
+                      scrape(metrics))
         self.end_flood()
         self.assert_front_serves(self.front_over(port))
+
+
+def scrape(port, timeout=5):
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=timeout) as r:
+        return r.read().decode()
+
+
+class MetricsEndpointTest(HostilePeerTest):
+    def test_idle_connections_do_not_block_a_scrape(self):
+        s = worker_sections()
+        metrics = free_port()
+        s["metrics"] = {"port": metrics}
+        self.start(s)
+        for _ in range(3):
+            self.socks.append(socket.create_connection(("127.0.0.1", metrics)))
+        self.assertIn("pyvisor_pool_up 1", scrape(metrics, timeout=5))
+        # And they are closed, not held for ever.
+        for sock in self.socks:
+            self.assertTrue(closed_by_peer(sock, 10), "an idle metrics connection was kept")
 
 
 def read_server_handshake(sock):

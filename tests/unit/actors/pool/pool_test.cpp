@@ -167,6 +167,27 @@ TEST_CASE_METHOD(fixture, "a request waiting past its deadline times out", "[uni
   CHECK(count_code(replies(), error_code::none) == 1);
 }
 
+TEST_CASE_METHOD(fixture, "a deadline beyond max_request_timeout is clamped to it",
+                 "[unit][pool][deadline]") {
+  // A client asking for a day cannot hold a worker or a queue place beyond
+  // the operator's policy: clamped to 300 ms, the running request and the
+  // one queued behind it time out as if they had asked for that.
+  auto cfg = mock_pool(1, 1, 1s);
+  cfg.max_request_timeout = 300ms;
+  start(cfg);
+  auto req = make_execute("ping");
+  req.timeout = 24h;
+  self->send(pool, req);
+  self->send(pool, req);
+  run();
+  for (int i = 0; i < 29; ++i)
+    advance(10ms);
+  CHECK(replies().empty());
+  advance(10ms);
+  advance(10ms);
+  CHECK(count_code(replies(), error_code::timeout) == 2);
+}
+
 TEST_CASE_METHOD(fixture, "a requester that is gone no longer holds a queue place",
                  "[unit][pool]") {
   auto cfg = mock_pool(1, 1, 1s);

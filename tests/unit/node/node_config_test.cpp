@@ -1,0 +1,82 @@
+// Unit tests of the node's configuration checks (node/node_config.hpp) for
+// the limits an operator sets (issue #26): what cannot work is refused at
+// start, naming the key, instead of starting and misbehaving (a deadline
+// that overflows, a negative delay, a cleanup that takes a core, a
+// scheduler without threads).
+#include "support/catch_caf.hpp"
+
+#include <string>
+#include <vector>
+
+#include "node/node_config.hpp"
+
+using namespace pyvisor;
+
+namespace {
+
+/// What the node would say about these arguments (empty: it starts).
+std::string problem_with(std::vector<std::string> args) {
+  args.insert(args.begin(), {"pyvisor-node", "--config-file=/dev/null"});
+  std::vector<char*> argv;
+  for (auto& a : args)
+    argv.push_back(a.data());
+  node_config cfg;
+  return cfg.read(static_cast<int>(argv.size()), argv.data());
+}
+
+} // namespace
+
+TEST_CASE("the defaults start", "[unit][node][config]") {
+  CHECK(problem_with({}) == "");
+}
+
+TEST_CASE("negative durations are refused, naming the key", "[unit][node][config]") {
+  for (std::string key : {"pool.max-age", "pool.attempt-timeout", "pool.retry-backoff",
+                          "pool.backoff-initial", "pool.backoff-reset", "session.remember",
+                          "pool.healthy-after", "cluster.session-retention"}) {
+    INFO(key);
+    auto problem = problem_with({"--" + key + "=-1s"});
+    CHECK(problem == "invalid value for '" + key + "': must not be negative");
+  }
+}
+
+TEST_CASE("durations beyond their maximum are refused, not clamped", "[unit][node][config]") {
+  // 2562047h is what overflowed into ~10 ms deadlines.
+  CHECK(problem_with({"--pool.request-timeout=2562047h"})
+        == "invalid value for 'pool.request-timeout': must be at most 8760h (365 days)");
+  CHECK(problem_with({"--pool.max-age=9600h"})
+        == "invalid value for 'pool.max-age': must be at most 8760h (365 days)");
+  CHECK(problem_with({"--pool.max-request-timeout=744h"})
+        == "invalid value for 'pool.max-request-timeout': must be between 1ns and 720h (30 days)");
+  CHECK(problem_with({"--pool.request-timeout=20min"})
+        == "invalid value for 'pool.request-timeout': above pool.max-request-timeout");
+  CHECK(problem_with({"--pool.request-timeout=20min", "--pool.max-request-timeout=1h"}) == "");
+}
+
+TEST_CASE("settings that start but cannot work are refused", "[unit][node][config]") {
+  CHECK(problem_with({"--session.cleanup-interval=1ns"})
+        == "invalid value for 'session.cleanup-interval': must be >= 10ms");
+  CHECK(problem_with({"--scheduler.max-threads=0"}).find("'scheduler.max-threads'")
+        != std::string::npos);
+  CHECK(problem_with({"--middleman.max-consecutive-reads=0"})
+          .find("'middleman.max-consecutive-reads'")
+        != std::string::npos);
+  CHECK(problem_with({"--scheduler.max-threads=1", "--middleman.max-consecutive-reads=1"})
+        == "");
+}
+
+TEST_CASE("the published port's limits are checked", "[unit][node][config]") {
+  CHECK(problem_with({"--publish.max-connections=0"})
+        == "invalid value for 'publish.max-connections': must be >= 1");
+  CHECK(problem_with({"--publish.handshake-timeout=0s"})
+        == "invalid value for 'publish.handshake-timeout': must be > 0");
+  // Below what a front forwards or a worker answers: every caller would
+  // lose the connection.
+  CHECK(problem_with({"--publish.max-message-size=1000000"}).find("publish.max-message-size")
+        != std::string::npos);
+  CHECK(problem_with({"--publish.max-message-size=1000000", "--rpc.max-message-size=4096",
+                      "--pool.max-frame-size=4096", "--rpc.max-pending-output=4096",
+                      "--rpc.max-buffered-input=4096"})
+        == "invalid value for 'publish.max-message-size': must be >= 1052672 "
+           "(rpc.max-message-size or pool.max-frame-size plus 1 MiB)");
+}
