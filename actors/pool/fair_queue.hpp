@@ -128,6 +128,12 @@ public:
     if (auto i = requesters_.find(q.requester); i != requesters_.end())
       round = std::max(round, i->second.last_round + 1);
     queue_key key{round, next_back_++};
+    // Nothing waits: every tail is behind everything waiting (see
+    // prune_session_tails). Forgotten now, not at the next sweep, which only
+    // runs while requests wait: sessions that are routed at once (the queue
+    // is empty) and refused (max-sessions) left one tail each for ever.
+    if (items_.empty())
+      session_tail_.clear();
     if (!q.req.session.empty()) {
       auto& tail = session_tail_[q.req.session];
       if (key < tail)
@@ -202,6 +208,11 @@ public:
   /// Whether the requester records outgrew their bound (prune(true)).
   bool too_many_requesters() const noexcept {
     return requesters_.size() > 2 * capacity_ + 64;
+  }
+
+  /// Session tails kept (bounded: see place and prune_session_tails).
+  size_t session_tails() const noexcept {
+    return session_tail_.size();
   }
 
   /// Forgets the session tails behind everything waiting (those sessions
