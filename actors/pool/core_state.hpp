@@ -89,6 +89,15 @@ struct core_state {
   /// Session requests out of line while the affinity routes them: a cancel
   /// marks them, and their continuation answers `cancelled`.
   std::unordered_set<queued_ptr> routing;
+  /// Session ends waiting for the requests of their session admitted before
+  /// them (queued or being routed): an end is ordered after those, which are
+  /// then in their worker's pipe ahead of its drop, so that the worker
+  /// forgets the state they make.
+  struct pending_end {
+    size_t waiting = 0;
+    std::vector<caf::typed_response_promise<bool>> promises;
+  };
+  std::unordered_map<std::string, pending_end> ending;
   bool stopping = false;
   /// The supervisor gave up; everything is answered `unavailable` until the
   /// keeper stops this core.

@@ -64,6 +64,9 @@ struct queued {
   bool routed = false;
   /// Cancelled while out of line being routed (see core_state::routing).
   bool cancelled = false;
+  /// An end of its session arrived after it: the end waits until this
+  /// request has left the pool (core_state::ending).
+  bool holds_end = false;
   /// A retry waits for its back-off before it is dispatched again.
   caf::actor_clock::time_point not_before;
   /// Place in the queue, fixed at admission: a session request that leaves
@@ -238,18 +241,6 @@ public:
         ++i;
     }
     return result;
-  }
-
-  /// A requester went away: its waiting requests give up their places
-  /// (nobody is left to answer).
-  void forget(const caf::actor_addr& requester) {
-    requesters_.erase(requester);
-    for (auto i = items_.begin(); i != items_.end();) {
-      if (i->second->requester == requester)
-        i = items_.erase(i);
-      else
-        ++i;
-    }
   }
 
 private:

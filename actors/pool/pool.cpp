@@ -37,6 +37,36 @@ void add_pool_types(caf::actor_system_config& cfg) {
 
 namespace {
 
+/// `q` leaves the pool (written to its worker, or answered): an end of its
+/// session waiting for it runs once nothing else it waits for remains.
+void release_end(self_ptr self, queued& q, const std::string& session) {
+  if (!q.holds_end)
+    return;
+  q.holds_end = false;
+  auto& st = self->state;
+  auto i = st.ending.find(session);
+  if (i == st.ending.end() || --i->second.waiting > 0)
+    return;
+  auto promises = std::move(i->second.promises);
+  auto id = i->first;
+  st.ending.erase(i);
+  if (!st.affinity) {
+    for (auto& rp : promises)
+      rp.deliver(unavailable_error("the pool gave up and is being restarted"));
+    return;
+  }
+  self->request(st.affinity, caf::infinite, end_session_atom::value, std::move(id))
+    .then(
+      [promises](bool existed) mutable {
+        for (auto& rp : promises)
+          rp.deliver(existed);
+      },
+      [promises](caf::error& err) mutable {
+        for (auto& rp : promises)
+          rp.deliver(err);
+      });
+}
+
 void dispatch(self_ptr self, queued& q, uint32_t slot) {
   auto& st = self->state;
   auto& s = st.slots[slot];
@@ -53,10 +83,15 @@ void dispatch(self_ptr self, queued& q, uint32_t slot) {
   q.state = request_state::written;
   // Written to the worker's process from here when its link takes it;
   // the worker actor answers whatever it does not take, with the same
-  // admission rule (worker_link.hpp).
-  if (s.link && s.link->submit(q.req, q.rp) == admission::accepted)
+  // admission rule (worker_link.hpp). A waiting end of its session is
+  // released only after that, so that its drop comes behind it.
+  if (s.link && s.link->submit(q.req, q.rp) == admission::accepted) {
+    release_end(self, q, q.req.session);
     return;
+  }
+  auto session = q.holds_end ? q.req.session : std::string{};
   q.rp.delegate(s.handle, std::move(q.req));
+  release_end(self, q, session);
 }
 
 /// Why this pool takes no request now (it gave up, or it is stopping), or
@@ -404,11 +439,32 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
               return rp;
             }),
     [self](end_session_atom, std::string& id) -> caf::result<bool> {
-      if (!self->state.affinity)
+      auto& st = self->state;
+      if (!st.affinity)
         return unavailable_error("the pool gave up and is being restarted");
-      if (auto err = check_session_id(self->state, id))
+      if (auto err = check_session_id(st, id))
         return err;
-      return self->delegate(self->state.affinity, end_session_atom::value, std::move(id));
+      // In the session's order: after its requests that wait here (they
+      // run, then the worker drops the state, theirs included).
+      size_t waiting = 0;
+      auto hold = [&](queued& q) {
+        if (q.req.session == id && !q.holds_end) {
+          q.holds_end = true;
+          ++waiting;
+        }
+      };
+      for (auto& kv : st.queue)
+        hold(*kv.second);
+      for (auto& q : st.routing)
+        hold(*q);
+      auto i = st.ending.find(id);
+      if (waiting == 0 && i == st.ending.end())
+        return self->delegate(st.affinity, end_session_atom::value, std::move(id));
+      auto& e = st.ending[id];
+      e.waiting += waiting;
+      auto rp = self->make_response_promise<bool>();
+      e.promises.push_back(rp);
+      return rp;
     },
     [self](configure_atom, caf::timespan timeout) -> caf::result<caf::timespan> {
       auto& st = self->state;
@@ -441,6 +497,7 @@ void fail(self_ptr self, queued& q, caf::error err) {
   if (q.routed)
     session_done(self, q.req.session);
   q.rp.deliver(std::move(err));
+  release_end(self, q, q.req.session);
 }
 
 void session_done(self_ptr self, const std::string& session) {

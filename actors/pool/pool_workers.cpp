@@ -494,10 +494,8 @@ void on_down(self_ptr self, caf::down_msg& dm) {
   }
   // A requester went away: its queued requests give up their places, and
   // what it has running is cancelled (nobody waits for it).
-  if (st.watched.erase(dm.source) > 0) {
-    st.queue.forget(dm.source);
+  if (st.watched.erase(dm.source) > 0)
     cancel_requests(self, dm.source, 0);
-  }
 }
 
 void on_exit(self_ptr self, caf::exit_msg& msg) {

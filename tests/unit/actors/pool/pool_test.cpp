@@ -769,3 +769,38 @@ TEST_CASE_METHOD(fixture, "a session request cancelled while it is being routed 
   REQUIRE(got.front());
   CHECK(got.front()->bytes == pack(msgpack::type::nil_t{}).bytes);
 }
+
+TEST_CASE_METHOD(fixture, "a session's end runs after its queued requests and the worker forgets "
+                          "what they made",
+                 "[unit][pool][session]") {
+  using kv = std::map<std::string, std::string>;
+  start(mock_pool(1, 1, 1ms));
+  self->send(pool, make_execute("ping", msgpack::type::nil_t{}, "s")); // binds it
+  run();
+  advance(1ms);
+  REQUIRE(replies().size() == 1);
+  // The worker is busy: the put waits in the pool's queue when the end
+  // comes.
+  self->send(pool, make_execute("sleep", sleep_args{{"ms", 100}}));
+  self->send(pool, make_execute("session.put", kv{{"key", "k"}, {"value", "v"}}, "s"));
+  self->send(pool, end_session_atom::value, std::string{"s"});
+  run();
+  bool ended = false;
+  self->receive([&](bool existed) { ended = existed; }, caf::after(0s) >> [] {});
+  CHECK_FALSE(ended); // not before the put has gone to the worker
+  advance(101ms);
+  advance(1ms);
+  CHECK(count_code(replies(), error_code::none) == 2); // the sleep and the put
+  self->receive([&](bool existed) { ended = existed; }, caf::after(0s) >> [] {});
+  CHECK(ended);
+  // A later request of the same id is a new session: nothing of the put is
+  // left on the worker.
+  self->send(pool, make_execute("session.keys", msgpack::type::nil_t{}, "s"));
+  run();
+  advance(1ms);
+  auto rs = replies();
+  REQUIRE(rs.size() == 1);
+  REQUIRE(rs.front());
+  CHECK(unpack<std::vector<std::string>>(*rs.front())->empty());
+  CHECK(stats().sessions == 1);
+}
