@@ -60,6 +60,8 @@ rpc_error to_rpc_error(const caf::error& err) {
 struct gateway_shared {
   gateway_config cfg;
   std::atomic<size_t> buffered_input{0};
+  /// Response bytes not yet written, over all connections.
+  std::atomic<size_t> pending_output{0};
 };
 
 using gateway_shared_ptr = std::shared_ptr<gateway_shared>;
@@ -99,6 +101,18 @@ struct connection_state {
 
   explicit connection_state(const gateway_config& cfg) : framer(cfg.max_message_size) {
     // nop
+  }
+
+  ~connection_state() {
+    if (shared)
+      shared->pending_output -= pending_output;
+  }
+
+  /// Response bytes not yet written are `n` now (also gateway-wide).
+  void set_pending_output(size_t n) {
+    shared->pending_output += n;
+    shared->pending_output -= pending_output;
+    pending_output = n;
   }
 };
 
@@ -191,7 +205,7 @@ void write_response(caf::io::broker* self, connection_state& st, uint32_t msgid,
   } else {
     pk.pack_nil();
   }
-  st.pending_output += out.size() - before;
+  st.set_pending_output(st.pending_output + out.size() - before);
   st.shared->cfg.counters->bytes_sent += out.size() - before;
   if (result != nullptr) {
     // The result's bytes as the worker produced them, never re-encoded. A
@@ -208,7 +222,7 @@ void write_response(caf::io::broker* self, connection_state& st, uint32_t msgid,
       rest.reserve(rest.size() + size);
       rest.insert(rest.end(), result->begin(), result->end());
     }
-    st.pending_output += size;
+    st.set_pending_output(st.pending_output + size);
     st.shared->cfg.counters->bytes_sent += size;
   }
   self->flush(st.out);
@@ -301,6 +315,17 @@ bool handle_message(caf::io::broker* self, conn_ptr st, const char* data, size_t
     // tell a node that listens from one that works.
     forward<bool>(self, st, msgid, notification,
                   [](bool) { return pack(std::string{"pong"}).bytes; }, health_atom::value);
+  } else if (m.method == "execute" && st->pending_output > 0
+             && st->shared->pending_output > st->shared->cfg.max_pending_output_total) {
+    // Clients leave this much unread: no new results for one that is among
+    // them until it reads (one that reads everything is served).
+    if (!notification)
+      respond_error(self, *st, msgid,
+                    rpc_error_of(error_code::overloaded,
+                                 "the node holds " + std::to_string(st->shared->pending_output)
+                                   + " bytes of responses clients have not read "
+                                     "(rpc.max-pending-output-total), some of them this "
+                                     "connection's; read them, then retry"));
   } else if (m.method == "execute") {
     // Tagged with its msgid (+1: 0 names no request) so that a cancel of
     // this connection can name it.
@@ -415,7 +440,7 @@ void probe_peer(caf::io::broker* self, const conn_ptr& st) {
     return;
   if (!st->probe_sent && st->pending_output == 0) {
     self->wr_buf(st->out).push_back(static_cast<char>(0x94));
-    st->pending_output += 1;
+    st->set_pending_output(st->pending_output + 1);
     self->flush(st->out);
     st->probe_sent = true;
   }
@@ -466,7 +491,7 @@ caf::behavior connection(caf::io::broker* self, caf::io::connection_handle hdl, 
     },
     [self, st](message_timeout_atom) { check_message_timeout(self, st); },
     [self, st](const caf::io::data_transferred_msg& msg) {
-      st->pending_output = msg.remaining;
+      st->set_pending_output(msg.remaining);
       finish_if_done(self, *st);
     },
     [self, st](const caf::io::connection_closed_msg& msg) {

@@ -75,6 +75,10 @@ struct gateway_config {
   /// Response bytes a client may leave unread before the node closes its
   /// connection (a client that never reads must not exhaust the node's memory).
   size_t max_pending_output = size_t{64} << 20;
+  /// Response bytes all clients together may leave unread: beyond it, a
+  /// connection that leaves any unread gets `overloaded` for new requests
+  /// until it reads (clients that read keep being served).
+  size_t max_pending_output_total = size_t{256} << 20;
   /// Open connections; more are accepted and closed at once. Each costs two
   /// file descriptors (reading and writing ends, see gateway.cpp), so
   /// spawn_gateway lowers it to what RLIMIT_NOFILE allows, with a warning.

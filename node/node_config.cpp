@@ -54,6 +54,8 @@ node_config::node_config()
          "longest deadline a request may ask for (timeout_ms); longer ones are clamped to it")
     .add(pool.queue_size, "queue-size", "requests that may wait for a worker")
     .add(pool.queue_share, "queue-share", "share of the queue one connection may hold")
+    .add(pool.max_queued_bytes, "max-queued-bytes",
+         "bytes of arguments the queue may hold (0: any); more: overloaded")
     .add(pool.max_in_flight, "max-in-flight", "requests in flight per worker")
     .add(pool.max_requests, "max-requests", "recycle a worker after N requests (0: never)")
     .add(pool.max_age, "max-age", "recycle a worker after this long (0: never)")
@@ -106,6 +108,9 @@ node_config::node_config()
     .add(rpc.max_message_size, "max-message-size", "largest RPC message accepted")
     .add(rpc.max_pending_output, "max-pending-output",
          "response bytes a client may leave unread before it is disconnected")
+    .add(rpc.max_pending_output_total, "max-pending-output-total",
+         "response bytes all clients together may leave unread; beyond it, a client that "
+         "leaves any unread gets overloaded for new requests")
     .add(rpc.max_connections, "max-connections",
          "open connections; more are accepted and closed at once")
     .add(rpc.max_buffered_input, "max-buffered-input",
@@ -541,6 +546,8 @@ std::string node_config::validate() const {
     return "invalid value for 'rpc.max-message-size': must be >= 1024";
   if (rpc.max_pending_output < rpc.max_message_size)
     return "invalid value for 'rpc.max-pending-output': below rpc.max-message-size";
+  if (rpc.max_pending_output_total < rpc.max_pending_output)
+    return "invalid value for 'rpc.max-pending-output-total': below rpc.max-pending-output";
   if (rpc.max_connections == 0)
     return "invalid value for 'rpc.max-connections': must be > 0";
   if (rpc.max_buffered_input < rpc.max_message_size)

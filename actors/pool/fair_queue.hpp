@@ -85,8 +85,15 @@ public:
   /// request, (requester, false) when its last one leaves.
   std::function<void(const caf::actor_addr&, bool)> on_watch;
 
-  fair_queue(size_t capacity, double share) : capacity_(capacity), share_(share) {
+  /// `max_bytes`: the arguments' bytes that may wait at most (0: any).
+  fair_queue(size_t capacity, double share, size_t max_bytes = 0)
+    : capacity_(capacity), share_(share), max_bytes_(max_bytes) {
     // nop
+  }
+
+  /// Bytes of the arguments of the requests waiting.
+  size_t bytes() const noexcept {
+    return bytes_;
   }
 
   bool empty() const noexcept {
@@ -107,11 +114,18 @@ public:
 
   /// Why a new request of `requester` cannot wait here (the queue is full,
   /// or the requester holds its share), or an empty error.
-  caf::error refusal(const caf::actor_addr& requester) const {
+  caf::error refusal(const caf::actor_addr& requester, size_t bytes = 0) const {
     if (items_.size() >= capacity_)
       return make_error(error_code::overloaded, "the pool's queue is full ("
                                                   + std::to_string(capacity_)
                                                   + " requests waiting); retry later");
+    // The first request always waits, whatever its size (the frame limit
+    // bounds it): a budget must not refuse what an idle pool would run.
+    if (max_bytes_ != 0 && !items_.empty() && bytes_ + bytes > max_bytes_)
+      return make_error(error_code::overloaded,
+                        "the pool's queue holds " + std::to_string(bytes_)
+                          + " bytes of arguments (pool.max-queued-bytes: "
+                          + std::to_string(max_bytes_) + "); retry later");
     if (items_.empty())
       return caf::error{};
     auto i = requesters_.find(requester);
@@ -149,6 +163,7 @@ public:
   /// Puts `q` in line at its place (q->key).
   void push(queued_ptr q) {
     q->state = request_state::queued;
+    bytes_ += q->req.args.bytes.size();
     if (q->requester) {
       auto& r = requesters_[q->requester];
       if (r.queued++ == 0 && on_watch)
@@ -163,6 +178,7 @@ public:
   queued_ptr take(iterator i) {
     auto q = std::move(i->second);
     items_.erase(i);
+    bytes_ -= q->req.args.bytes.size();
     q->state = request_state::admitted;
     if (!q->requester)
       return q;
@@ -257,6 +273,8 @@ private:
 
   size_t capacity_;
   double share_;
+  size_t max_bytes_;
+  size_t bytes_ = 0;
   map_type items_;
   int64_t next_back_ = 1;
   int64_t next_front_ = 0;

@@ -147,7 +147,7 @@ void admit(self_ptr self, queued_ptr q, bool is_retry) {
   q->requester = requester_of(*q);
   if (!is_retry) {
     watch(self, q->requester);
-    if (auto err = st.queue.refusal(q->requester)) {
+    if (auto err = st.queue.refusal(q->requester, q->req.args.bytes.size())) {
       fail(self, *q, std::move(err));
       return;
     }
@@ -301,7 +301,7 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
   st.cfg = std::move(cfg);
   st.keeper = std::move(keeper);
   st.slots = slot_table{st.cfg.size, st.cfg.max_in_flight};
-  st.queue = fair_queue{st.cfg.queue_size, st.cfg.queue_share};
+  st.queue = fair_queue{st.cfg.queue_size, st.cfg.queue_share, st.cfg.max_queued_bytes};
   // Requesters are watched until they go down (watch()), not only while
   // requests of theirs wait: running ones are cancelled too.
   st.queue.on_watch = [self](const caf::actor_addr& who, bool on) {

@@ -147,6 +147,9 @@ struct pool_config {
   /// Share of the queue one requester (one connection) may hold, so that a
   /// burst from one client cannot crowd out everyone else.
   double queue_share = 0.5;
+  /// Bytes of arguments the queue may hold (0: any); a request beyond it
+  /// fails with `overloaded` (the first waiting one is always taken).
+  size_t max_queued_bytes = size_t{256} << 20;
   /// How often the pool looks at its queue for deadlines and retry
   /// back-offs while requests wait: a queued request's deadline fires at
   /// most this late. Dispatch does not wait for it (a reply wakes the pool).

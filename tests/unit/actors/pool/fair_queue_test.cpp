@@ -52,3 +52,27 @@ TEST_CASE("a session's later request keeps its place behind the earlier one",
   queue.place(*session_request("y"), false);
   CHECK(queue.session_tails() == 1);
 }
+
+TEST_CASE("the bytes waiting have a budget; the first request always waits",
+          "[unit][pool][queue]") {
+  fair_queue queue{100, 1.0, 1000};
+  auto big = [] {
+    auto q = std::make_shared<queued>();
+    q->req.command = "echo";
+    q->req.args.bytes.assign(600, 'x');
+    return q;
+  };
+  auto first = big();
+  CHECK_FALSE(queue.refusal(first->requester, 600)); // alone: taken whatever its size
+  first->key = queue.place(*first, false);
+  queue.push(first);
+  CHECK(queue.bytes() == 600);
+  auto second = big();
+  auto err = queue.refusal(second->requester, 600);
+  REQUIRE(err);
+  CHECK(code_of(err) == error_code::overloaded);
+  CHECK(info_of(err).message.find("pool.max-queued-bytes") != std::string::npos);
+  queue.take(queue.begin());
+  CHECK(queue.bytes() == 0);
+  CHECK_FALSE(queue.refusal(second->requester, 600));
+}
