@@ -61,6 +61,9 @@ node_config::node_config()
     .add(pool.max_age, "max-age", "recycle a worker after this long (0: never)")
     .add(pool.max_rss, "max-rss",
          "recycle a worker whose resident set exceeds this many bytes (0: never)")
+    .add(pool.stopped_check, "stopped-check",
+         "how often the pool looks for stopped worker processes (SIGSTOP); one stopped at "
+         "two looks in a row is killed and replaced (0s: never)")
     .add(pool.max_attempts, "max-attempts", "attempts of an idempotent request")
     .add(pool.retry_backoff, "retry-backoff", "delay before retrying an idempotent request")
     .add(pool.attempt_timeout, "attempt-timeout",

@@ -153,6 +153,10 @@ void maybe_recycle(self_ptr self, uint32_t slot, bool check_rss = false);
 /// How often max_age and max_rss are checked (0: neither is set).
 caf::timespan recycle_tick(const pool_config& cfg);
 
+/// Kills the worker in `slot` if its process was found stopped at this look
+/// and the one before (pool_config::stopped_check).
+void kill_if_stopped(self_ptr self, uint32_t slot);
+
 void prove(self_ptr self, uint32_t slot, bool excuse = false);
 
 void deliver_ready_if_all(self_ptr self);

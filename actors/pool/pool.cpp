@@ -482,8 +482,11 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
     guarded(self,
             [self](age_tick_atom) {
               auto& st = self->state;
-              for (uint32_t i = 0; i < st.slots.size(); ++i)
+              for (uint32_t i = 0; i < st.slots.size(); ++i) {
                 maybe_recycle(self, i, true);
+                if (st.cfg.stopped_check.count() > 0)
+                  kill_if_stopped(self, i);
+              }
               if (!st.stopping && !st.failed)
                 self->delayed_send(self, recycle_tick(st.cfg), age_tick_atom::value);
             }),

@@ -187,6 +187,11 @@ struct pool_config {
   /// worker_max_memory_per_child). Checked every second; RSS counts the
   /// pages a forked worker shares with its template too.
   uint64_t max_rss = 0;
+  /// How often the pool looks whether a worker's process is stopped
+  /// (SIGSTOP, a debugger's stop): one found stopped at two looks in a row
+  /// serves nothing while it looks ready, and is killed and replaced (its
+  /// requests that had not started go to others). 0: never.
+  caf::timespan stopped_check = std::chrono::milliseconds(500);
   session_settings session;
   affinity_mode mode = affinity_mode::strict;
   /// Restart intensity of the worker supervisor: more than max_restarts

@@ -3,6 +3,7 @@
 // (core_state.hpp says how the core is split).
 #include "actors/pool/core_state.hpp"
 
+#include <signal.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -14,6 +15,7 @@
 #include "caf/send.hpp"
 
 #include "actors/fork_server/template_actor.hpp"
+#include "actors/process/python_process.hpp"
 #include "messages/log.hpp"
 #include "actors/worker/reporting_worker.hpp"
 
@@ -253,11 +255,33 @@ void start_workers(self_ptr self) {
 
 caf::timespan recycle_tick(const pool_config& cfg) {
   caf::timespan tick{0};
-  if (cfg.max_age.count() > 0)
-    tick = cfg.max_age / 4;
-  if (cfg.max_rss > 0 && (tick.count() == 0 || tick > std::chrono::seconds(1)))
-    tick = std::chrono::seconds(1);
+  auto at_most = [&](caf::timespan t) {
+    if (t.count() > 0 && (tick.count() == 0 || tick > t))
+      tick = t;
+  };
+  at_most(cfg.max_age / 4);
+  if (cfg.max_rss > 0)
+    at_most(std::chrono::seconds(1));
+  at_most(cfg.stopped_check);
   return tick;
+}
+
+void kill_if_stopped(self_ptr self, uint32_t slot) {
+  auto& st = self->state;
+  auto& s = st.slots[slot];
+  bool live = s.state == worker_phase::ready || s.state == worker_phase::draining;
+  auto state = live && s.pid > 0 ? process_state(static_cast<pid_t>(s.pid)) : 0;
+  if (state != 'T' && state != 't') {
+    s.stopped_looks = 0;
+    return;
+  }
+  if (++s.stopped_looks < 2)
+    return;
+  s.stopped_looks = 0;
+  log().error("pool: worker {} (pid {}) is stopped (SIGSTOP or a debugger) and serves "
+              "nothing: killing it, a new worker takes its place",
+              worker_id_of(slot), s.pid);
+  ::kill(static_cast<pid_t>(s.pid), SIGKILL);
 }
 
 void maybe_recycle(self_ptr self, uint32_t slot, bool check_rss) {

@@ -50,6 +50,9 @@ struct slot_rec {
   uint64_t restarts = 0;
   int64_t pid = 0;
   int64_t started_at_ms = 0;
+  /// Looks in a row (pool_config::stopped_check) that found the process
+  /// stopped.
+  uint32_t stopped_looks = 0;
   caf::actor_clock::time_point started;
   /// Bumped whenever the slot gets a new worker or loses one.
   uint32_t incarnation = 0;

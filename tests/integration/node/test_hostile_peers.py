@@ -285,6 +285,27 @@ class HeldBytesTest(HostilePeerTest):
         self.assertTrue(set(codes) <= {None, "overloaded"}, codes)
 
 
+class StoppedWorkerTest(HostilePeerTest):
+    def test_a_stopped_worker_is_replaced_within_a_bounded_time(self):
+        s = worker_sections()
+        s["pool"]["stopped-check"] = "200ms"
+        node = self.start(s, fd_limit=False)
+        before = node.pids()
+        os.kill(before[0], signal.SIGSTOP)
+        fresh = wait_for(lambda: [p for p in node.pids() if p not in before], limit=10)
+        self.assertTrue(fresh, "a stopped worker still counts as ready:\n" + node.read_log())
+        self.pids += fresh
+        self.assertTrue(wait_gone([before[0]]), "the stopped worker was not killed")
+        self.assertIn("is stopped", node.read_log())
+        # Every request is served, none waits for the stopped one.
+        rpc = Rpc(node.port, timeout=10)
+        try:
+            for i in range(8):
+                self.assertEqual(rpc.call("execute", "echo", i), (None, i))
+        finally:
+            rpc.close()
+
+
 def scrape(port, timeout=5):
     with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=timeout) as r:
         return r.read().decode()
