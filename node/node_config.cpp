@@ -59,6 +59,10 @@ node_config::node_config()
     .add(pool.max_in_flight, "max-in-flight", "requests in flight per worker")
     .add(pool.max_requests, "max-requests", "recycle a worker after N requests (0: never)")
     .add(pool.max_age, "max-age", "recycle a worker after this long (0: never)")
+    .add(w.max_memory, "max-memory",
+         "hard limit of a worker's data in bytes (RLIMIT_DATA; 0: none): a handler that "
+         "allocates beyond it gets a MemoryError (python_error) and the worker is replaced "
+         "after its requests")
     .add(pool.max_rss, "max-rss",
          "recycle a worker whose resident set exceeds this many bytes (0: never)")
     .add(pool.stopped_check, "stopped-check",

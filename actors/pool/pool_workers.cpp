@@ -329,7 +329,7 @@ void prove(self_ptr self, uint32_t slot, bool excuse) {
 }
 
 void on_done(self_ptr self, uint64_t worker, uint8_t code, int64_t ns,
-             const std::string& session, const std::string& command) {
+             const std::string& session, const std::string& command, bool retire) {
   auto& st = self->state;
   // Every session request a worker reports was routed (retried ones route
   // again).
@@ -351,6 +351,12 @@ void on_done(self_ptr self, uint64_t worker, uint8_t code, int64_t ns,
   if (!s.served_ok && answered_by_worker(static_cast<error_code>(code))) {
     s.served_ok = true;
     prove(self, *i);
+  }
+  if (retire && s.state == worker_phase::ready) {
+    log().warn("pool: worker {} (pid {}) ran out of memory (MemoryError answered to '{}'; "
+               "pool.max-memory): recycling it after its requests",
+               worker_id_of(*i), s.pid, command);
+    s.state = worker_phase::draining;
   }
   maybe_recycle(self, *i);
 }

@@ -44,6 +44,9 @@ struct completion {
   int64_t service_ns = 0;
   std::string session;
   std::string command;
+  /// The worker should be replaced once its requests are done: a handler
+  /// ran out of memory (pool.max-memory; a MemoryError answered).
+  bool retire = false;
 };
 
 class completion_inbox {

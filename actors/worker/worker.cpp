@@ -464,6 +464,10 @@ process_options python_options(const worker_config& cfg, const std::string& modu
     pythonpath += std::string{":"} + existing;
   opts.env = {"PYTHONPATH=" + pythonpath, "PYTHONUNBUFFERED=1",
               "PYVISOR_LOG_LEVEL=" + std::to_string(python_log_level())};
+  // Applied by each worker to itself (python/pyvisor/worker.py), not by a
+  // fork-server template, which forks them with its environment.
+  if (cfg.max_memory > 0)
+    opts.env.push_back("PYVISOR_MAX_MEMORY=" + std::to_string(cfg.max_memory));
   opts.tag = std::move(tag);
   opts.max_frame_size = cfg.max_frame_size;
   opts.reply_spin = std::chrono::duration_cast<std::chrono::microseconds>(cfg.reply_spin);

@@ -59,6 +59,12 @@ struct worker_config : worker_settings {
   /// Largest frame body in either direction: a request whose frame would be
   /// larger is refused with bad_request, a larger reply is a protocol error.
   size_t max_frame_size = wire::default_max_frame_size;
+  /// Hard limit of the worker process's data (RLIMIT_DATA: its heap and
+  /// private mappings, what a forked worker shares with its template
+  /// included), 0: none. A handler that allocates beyond it gets a
+  /// MemoryError, answered as python_error, and the pool replaces the worker
+  /// after its requests.
+  uint64_t max_memory = 0;
   /// How long the process's I/O thread busy-polls after a reply before it
   /// sleeps (0: never), only while requests come one at a time from a
   /// caller that sends its next one within the spin, and one thread per

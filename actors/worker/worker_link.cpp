@@ -69,9 +69,13 @@ void reply_courier::report(const settlement& s) const {
   auto code = s.what == verdict::retry || s.what == verdict::requeue ? moved_on_code
                                                                       : static_cast<uint8_t>(s.code());
   auto& req = s.entry.request;
+  // A MemoryError means the process hit its limit (or is close to it):
+  // whatever it holds now may be what fails the next request.
+  bool retire = s.what == verdict::answer && !s.result
+                && info_of(s.result.error()).python_type == "MemoryError";
   if (auto ref = std::atomic_load(&inbox_)) {
     if (ref->inbox->post(completion{owner_id_, code, s.service_ns,
-                                    req.session, req.command}))
+                                    req.session, req.command, retire}))
       if (auto hdl = caf::actor_cast<caf::actor>(ref->wake))
         caf::anon_send(hdl, take_inbox_atom::value);
     return;

@@ -431,6 +431,18 @@ def serve_imported(worker):
     """What every worker does once its modules are imported (spawned, or
     forked from a template that imported them): the on_start hooks, the
     hello, then requests until EOF. Returns the exit code."""
+    limit = os.environ.get("PYVISOR_MAX_MEMORY")
+    if limit:
+        # pool.max-memory: a hard limit of this process's data; an
+        # allocation beyond it raises MemoryError in the handler.
+        import resource
+
+        try:
+            resource.setrlimit(resource.RLIMIT_DATA, (int(limit), int(limit)))
+        except (ValueError, OSError) as exc:
+            send_start_failure(worker, exc, "pool.max-memory=%s cannot be applied: %s" % (
+                limit, _safe_str(exc)))
+            return EXIT_IMPORT_FAILED
     try:
         pyvisor.run_on_start()
     except BaseException as exc:  # noqa: BLE001

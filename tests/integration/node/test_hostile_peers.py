@@ -306,6 +306,27 @@ class StoppedWorkerTest(HostilePeerTest):
             rpc.close()
 
 
+class MemoryLimitTest(HostilePeerTest):
+    def test_one_request_cannot_take_more_than_max_memory(self):
+        s = worker_sections(size=1)
+        s["pool"]["max-memory"] = 512 << 20
+        node = self.start(s, fd_limit=False)
+        pid = node.pids()[0]
+        rpc = Rpc(node.port, timeout=20)
+        try:
+            err, _ = rpc.call("execute", "hog", 2048)  # 2 GiB in one request
+            self.assertEqual(err["code"], "python_error")
+            self.assertIn("MemoryError", err["message"])
+            # The worker is replaced after it, and the next request is served.
+            fresh = wait_for(lambda: [p for p in node.pids() if p != pid], limit=10)
+            self.assertTrue(fresh, node.read_log())
+            self.pids += fresh
+            self.assertEqual(rpc.call("execute", "hog", 8), (None, 1))
+        finally:
+            rpc.close()
+        self.assertIn("ran out of memory", node.read_log())
+
+
 def scrape(port, timeout=5):
     with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=timeout) as r:
         return r.read().decode()
