@@ -6,6 +6,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <mutex>
 #include <optional>
 
 #include <dirent.h>
@@ -23,6 +24,7 @@
 #include "node/rpc_framer.hpp"
 #include "node/rpc_request.hpp"
 #include "messages/log.hpp"
+#include "messages/utf8.hpp"
 #include "pyvisor/payload.hpp"
 
 namespace pyvisor {
@@ -62,6 +64,18 @@ struct gateway_shared {
   std::atomic<size_t> buffered_input{0};
   /// Response bytes not yet written, over all connections.
   std::atomic<size_t> pending_output{0};
+  /// A client decides how often these happen: logged at most every 10 s.
+  std::mutex warnings_mtx;
+  log_throttle closing_warning, stop_reading_warning;
+
+  /// Logs `why` unless a line of `kind` went out less than 10 s ago (then
+  /// it is counted into the next one).
+  void warn(log_throttle& kind, const char* what, size_t owed, const std::string& why) {
+    std::lock_guard<std::mutex> guard{warnings_mtx};
+    if (auto n = kind.due())
+      log().warn("rpc: {} ({} time(s) since the last such line; {} replies still owed): {}",
+                 what, n, owed, why);
+  }
 };
 
 using gateway_shared_ptr = std::shared_ptr<gateway_shared>;
@@ -150,7 +164,8 @@ void close_connection(caf::io::broker* self, connection_state& st, const std::st
     return;
   st.closed = true;
   if (!why.empty()) {
-    log().warn("rpc: closing a connection: {}", why);
+    st.shared->warn(st.shared->closing_warning, "closing a connection", st.requests.in_flight(),
+                    why);
     ++st.shared->cfg.counters->cut_off;
   }
   self->quit();
@@ -189,17 +204,19 @@ void write_response(caf::io::broker* self, connection_state& st, uint32_t msgid,
   if (err != nullptr) {
     size_t n = 2 + (err->type.empty() ? 0 : 1) + (err->details.empty() ? 0 : 1);
     pk.pack_map(static_cast<uint32_t>(n));
+    // The message may quote the client's own bytes (a method or command
+    // name): a str must be valid UTF-8 for strict decoders.
     pack_str(pk, "code");
     pack_str(pk, err->code);
     pack_str(pk, "message");
-    pack_str(pk, err->message);
+    pack_str(pk, as_valid_utf8(err->message));
     if (!err->type.empty()) {
       pack_str(pk, "type");
-      pack_str(pk, err->type);
+      pack_str(pk, as_valid_utf8(err->type));
     }
     if (!err->details.empty()) {
       pack_str(pk, "details");
-      pack_str(pk, err->details);
+      pack_str(pk, as_valid_utf8(err->details));
     }
     pk.pack_nil();
   } else {
@@ -249,8 +266,8 @@ void stop_reading(caf::io::broker* self, connection_state& st, std::optional<uin
                   error_code code, const std::string& why) {
   if (!st.reading || st.closed)
     return;
-  log().warn("rpc: no more input taken from a connection ({} replies still owed): {}",
-             st.requests.in_flight(), why);
+  st.shared->warn(st.shared->stop_reading_warning, "no more input taken from a connection",
+                  st.requests.in_flight(), why);
   ++st.shared->cfg.counters->cut_off;
   if (msgid)
     respond_error(self, st, *msgid, rpc_error_of(code, why));

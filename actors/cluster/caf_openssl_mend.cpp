@@ -72,10 +72,18 @@ void log_refused(SSL* ssl, bool accepting) {
   std::string detail = verify == X509_V_OK
                          ? ""
                          : std::string{" ("} + X509_verify_cert_error_string(verify) + ")";
-  if (accepting)
-    log().warn("TLS: refused {}{}: {}{}", peer_of(ssl), subject, reason, detail);
-  else
-    log().warn("TLS: handshake with {}{} failed: {}{}", peer_of(ssl), subject, reason, detail);
+  // A peer decides how often this happens: one line per 10 s at most.
+  static std::mutex mtx;
+  static log_throttle refused, failed;
+  std::lock_guard<std::mutex> guard{mtx};
+  if (accepting) {
+    if (auto n = refused.due())
+      log().warn("TLS: refused {}{}: {}{} ({} refusal(s) since the last such line)", peer_of(ssl),
+                 subject, reason, detail, n);
+  } else if (auto n = failed.due()) {
+    log().warn("TLS: handshake with {}{} failed: {}{} ({} failure(s) since the last such line)",
+               peer_of(ssl), subject, reason, detail, n);
+  }
 }
 
 } // namespace

@@ -40,6 +40,9 @@ struct node_rec {
   std::string peer;
   std::string host;
   uint16_t port = 0;
+  /// The peer turned out to be this process's own published port: its
+  /// workers are counted once, as the local pool's; never reconnected.
+  bool itself = false;
   /// A pool of this process: never reconnected (its owner stops it).
   pool_actor local;
   client_actor hdl;
@@ -367,7 +370,7 @@ void lose(self_ptr self, uint32_t n, const std::string& why, bool logged) {
                           + (r.req.idempotent ? "; no attempts left" : "; not idempotent")));
     }
   }
-  if (!node.local) {
+  if (!node.local && !node.itself) {
     std::uniform_real_distribution<double> u{-1.0, 1.0};
     auto delay = st.cfg.reconnect.delay(node.failures, u(st.rng));
     self->delayed_send(self, delay, reconnect_atom::value, n, node.gen);
@@ -382,11 +385,21 @@ void connect(self_ptr self, uint32_t n) {
     ->request(st.cfg.connector, st.cfg.connect_timeout, caf::connect_atom::value,
               st.nodes[n].host, st.nodes[n].port)
     .then(
-      [self, n, gen](caf::node_id&, caf::strong_actor_ptr& ptr, std::set<std::string>& ifs) {
+      [self, n, gen](caf::node_id& nid, caf::strong_actor_ptr& ptr,
+                     std::set<std::string>& ifs) {
         auto& st = self->state;
         auto& node = st.nodes[n];
         if (node.gen != gen)
           return;
+        if (nid == self->system().node()) {
+          log().error("cluster: peer {} is this node's own published port (cluster.peers "
+                      "lists this node): ignored, its pool serves as this node's own",
+                      node.peer);
+          node.itself = true;
+          node.state = node_state::connecting; // lose() is a no-op on lost
+          lose(self, n, "it is this node itself (cluster.peers lists this node)", true);
+          return;
+        }
         auto expected = self->system().message_types<client_actor>();
         if (!ptr || ifs != expected) {
           node.state = node_state::connecting; // lose() is a no-op on lost

@@ -16,32 +16,10 @@
 
 #include "actors/pool/latency_histogram.hpp"
 #include "actors/pool/outcome_counts.hpp"
+#include "messages/utf8.hpp"
 #include "pyvisor/pool.hpp"
 
 namespace pyvisor {
-
-/// True for well-formed UTF-8 (no overlong forms, surrogates or code points
-/// above U+10FFFF).
-inline bool valid_utf8(const std::string& x) {
-  auto* p = reinterpret_cast<const unsigned char*>(x.data());
-  auto* end = p + x.size();
-  while (p < end) {
-    unsigned c = *p++;
-    if (c < 0x80)
-      continue;
-    size_t more = c >= 0xF0 ? 3 : c >= 0xE0 ? 2 : c >= 0xC2 ? 1 : 0;
-    if (more == 0 || c > 0xF4 || static_cast<size_t>(end - p) < more)
-      return false;
-    unsigned first = *p;
-    if ((c == 0xE0 && first < 0xA0) || (c == 0xED && first > 0x9F)
-        || (c == 0xF0 && first < 0x90) || (c == 0xF4 && first > 0x8F))
-      return false;
-    for (size_t i = 0; i < more; ++i)
-      if ((*p++ & 0xC0) != 0x80)
-        return false;
-  }
-  return true;
-}
 
 struct pool_counters {
   struct command_rec {

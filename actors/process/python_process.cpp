@@ -321,6 +321,10 @@ void python_process::run(std::promise<std::string>* started) {
     // still starting): the owner is not kept waiting for that.
     started->set_value({});
     if (auto error = spawn(); !error.empty()) {
+      // Failed before the launcher was asked (no pipes: descriptors ran
+      // out): the cause is ours, not the launcher's.
+      if (launch_error_.message.empty())
+        launch_error_.message = std::move(error);
       if (cbs_.on_start_failed)
         cbs_.on_start_failed(launch_error_);
       return;

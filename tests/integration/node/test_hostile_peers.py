@@ -327,6 +327,43 @@ class MemoryLimitTest(HostilePeerTest):
         self.assertIn("ran out of memory", node.read_log())
 
 
+class SmallCutsTest(HostilePeerTest):
+    def test_a_front_that_lists_itself_counts_its_workers_once(self):
+        port = free_port()
+        s = self.node_sections(port)
+        s["cluster"] = {"peers": '["127.0.0.1:%d"]' % port, "heartbeat": "200ms"}
+        node = self.start(s, fd_limit=False)
+        wait_for(lambda: "is this node's own published port" in node.read_log(), limit=10)
+        def pinged():
+            rpc = Rpc(node.port, timeout=10)
+            try:
+                return rpc.call("ping") == (None, "pong")
+            finally:
+                rpc.close()
+        self.assertTrue(wait_for(pinged, limit=10), node.stats())
+        st = node.stats()
+        self.assertEqual(len(st["workers"]), 2, st["workers"])
+        self.assertIn("is this node's own published port", node.read_log())
+        self.assert_serves(node)
+
+    def test_an_invalid_utf8_method_name_is_answered_with_valid_utf8(self):
+        import msgpack
+        node = self.start(worker_sections(), fd_limit=False)
+        s = socket.create_connection(("127.0.0.1", node.port), timeout=10)
+        self.socks.append(s)
+        # [0, 1, <str of two invalid bytes>, []]
+        s.sendall(b"\x94\x00\x01\xa2\xff\xfe\x90")
+        unpacker = msgpack.Unpacker(raw=False)  # strict: a bad str raises
+        while True:
+            unpacker.feed(s.recv(65536))
+            msgs = list(unpacker)
+            if msgs:
+                break
+        err = msgs[0][2]
+        self.assertEqual(err["code"], "unknown_method")
+        self.assertIn("\\xff\\xfe", err["message"])
+
+
 def scrape(port, timeout=5):
     with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=timeout) as r:
         return r.read().decode()
