@@ -164,6 +164,10 @@ struct supervisor_state {
   /// Promises of terminate_child waiting for the child to be gone.
   std::multimap<std::string, caf::typed_response_promise<bool>> terminate_waiters;
   bool terminating = false;
+  /// Why the supervisor shuts down, passed on to its children as their exit
+  /// reason (user_shutdown for a plain stop): a child that answers requests
+  /// can tell its callers "stopped" from "the service gave up".
+  caf::error shutdown_reason;
   /// The last exit logged, digits left out (ids, pids, counts), and how
   /// often children exited that way since: a crash loop is logged once,
   /// not once per restart.
@@ -297,7 +301,10 @@ void stop_next(self_ptr self) {
       if (c->spec.shutdown.brutal_kill) {
         self->send_exit(c->handle, caf::exit_reason::kill);
       } else {
-        self->send_exit(c->handle, caf::exit_reason::user_shutdown);
+        auto& why = st.shutdown_reason;
+        bool plain = !why || why == caf::exit_reason::user_shutdown
+                     || why == caf::exit_reason::normal;
+        self->send_exit(c->handle, plain ? caf::error{caf::exit_reason::user_shutdown} : why);
         self->delayed_send(self, c->spec.shutdown.timeout, kill_timer_atom::value, c->spec.id,
                            c->gen);
       }
@@ -345,6 +352,7 @@ void shut_down(self_ptr self, caf::error reason) {
   if (st.terminating)
     return;
   st.terminating = true;
+  st.shutdown_reason = reason;
   st.pending_restarts.clear();
   stop_children(self, ids_reversed(self), [self, reason] {
     log().info("{}: all children stopped, exiting ({})", self->state.flags.name,

@@ -517,8 +517,10 @@ void on_down(self_ptr self, caf::down_msg& dm) {
     }
     // The template kept failing: no worker can start any more.
     if (!st.stopping) {
-      self->send_exit(st.sup, caf::exit_reason::user_shutdown);
-      give_up(self, "its fork-server template failed more than " + restarts_within(st.cfg));
+      // Its workers' callers learn that the pool gave up, not that it stops.
+      auto cause = "its fork-server template failed more than " + restarts_within(st.cfg);
+      self->send_exit(st.sup, unavailable_error("the pool gave up: " + cause));
+      give_up(self, cause);
     }
     return;
   }

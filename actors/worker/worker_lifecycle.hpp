@@ -183,11 +183,19 @@ public:
   }
 
   /// Ends a stop: what is still in flight fails with shutting_down (`why`)
-  /// and the worker quits with the exit message's reason.
+  /// and the worker quits with the exit message's reason; with `unavailable`
+  /// instead when the stop was not asked for but forced (its supervisor gave
+  /// up: the pool restarts, the caller may retry).
   template <class Self>
   void finish_stop(Self* self, const std::string& why) {
     retirement r;
-    r.for_requests = make_error(error_code::shutting_down, why);
+    auto& reason = stop_reason_;
+    bool asked = !reason || reason == caf::exit_reason::user_shutdown
+                 || reason == caf::exit_reason::normal;
+    r.for_requests = asked ? make_error(error_code::shutting_down, why)
+                           : make_error(error_code::unavailable,
+                                        why + " (" + to_string_readable(reason)
+                                          + "); retry later");
     r.reason = std::move(stop_reason_);
     retire(self, std::move(r));
   }

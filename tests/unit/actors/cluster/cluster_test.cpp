@@ -40,7 +40,13 @@ caf::behavior fake_connector(caf::event_based_actor* self, std::shared_ptr<fake_
         return caf::make_error(caf::sec::cannot_connect_to_node);
       auto ifs = net->other_interface.count(port) > 0 ? self->system().message_types<pool_actor>()
                                                       : self->system().message_types<client_actor>();
-      return {self->system().node(), caf::actor_cast<caf::strong_actor_ptr>(i->second), ifs};
+      // A node of its own for each port, as a real peer has (the front
+      // refuses a peer whose node is its own: itself).
+      caf::node_id::default_data::host_id_type host{};
+      host[0] = static_cast<uint8_t>(port >> 8);
+      host[1] = static_cast<uint8_t>(port);
+      return {caf::make_node_id(port, host), caf::actor_cast<caf::strong_actor_ptr>(i->second),
+              ifs};
     },
   };
 }

@@ -517,6 +517,20 @@ TEST_CASE_METHOD(fixture, "a stopping worker finishes what it holds, then quits 
   CHECK_FALSE(heard->dying[0]);
 }
 
+TEST_CASE_METHOD(fixture, "a worker stopped because its supervisor gave up answers unavailable",
+                 "[unit][ledger]") {
+  // Not a stop anyone asked for: the pool restarts, the caller may retry
+  // (shutting_down would tell it the service is going away).
+  mock_config cfg;
+  cfg.stop_grace = 100ms;
+  start(cfg);
+  auto hung = send(with(make_execute("hang"), 10s));
+  self->send_exit(worker, make_error(error_code::unavailable, "the pool gave up"));
+  run();
+  advance(100ms);
+  CHECK(code_of_reply(next_reply(*hung)) == error_code::unavailable);
+}
+
 TEST_CASE_METHOD(fixture, "a stopping worker that cannot finish within its grace fails what it holds",
                  "[unit][ledger]") {
   mock_config cfg;
