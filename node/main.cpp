@@ -102,7 +102,7 @@ std::string guard_ports(const node_config& cfg) {
   // pidfd (fewer than 8), the fork server's, the log, certificate files,
   // the metrics endpoint.
   caf_io_mend::set_descriptor_reserve(128 + 8 * cfg.pool.size);
-  caf_io_mend::set_max_message_size(cfg.publish_max_message_size);
+  caf_io_mend::set_max_message_size(cfg.publish_message_limit());
   if (cfg.publish_port != 0)
     caf_io_mend::guard({"publish", cfg.publish_port, cfg.publish_max_connections,
                         std::chrono::duration_cast<std::chrono::milliseconds>(

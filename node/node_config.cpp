@@ -142,7 +142,8 @@ node_config::node_config()
     .add(publish_max_message_size, "max-message-size",
          "largest CAF message a peer may announce, on the published port and on this node's "
          "connections to cluster.peers (more: the connection is closed before anything is "
-         "allocated)");
+         "allocated); 0: the larger of rpc.max-message-size and pool.max-frame-size, plus "
+         "1 MiB");
   auto& cl = cluster;
   opt_group{custom_options_, "cluster"}
     .add(cl.peers, "peers",
@@ -485,7 +486,7 @@ std::string node_config::validate() const {
   // A front forwards what its clients send; a node answers what its workers
   // return: a limit below either would end the connection of every caller.
   if (auto needed = std::max(rpc.max_message_size, pool.worker.max_frame_size) + (size_t{1} << 20);
-      publish_max_message_size < needed)
+      publish_max_message_size != 0 && publish_max_message_size < needed)
     return "invalid value for 'publish.max-message-size': must be >= " + std::to_string(needed)
            + " (rpc.max-message-size or pool.max-frame-size plus 1 MiB)";
   // TLS: CAF's OpenSSL module throws from the actor system's constructor
@@ -585,6 +586,12 @@ pool_config node_config::make_pool_config() const {
   from_string(pool_start_method, cfg.start); // checked by validate()
   cfg.restart.enabled = node_on_pool_failure == "restart";
   return cfg;
+}
+
+size_t node_config::publish_message_limit() const {
+  if (publish_max_message_size != 0)
+    return publish_max_message_size;
+  return std::max(rpc.max_message_size, pool.worker.max_frame_size) + (size_t{1} << 20);
 }
 
 publish_config node_config::make_publish_config() const {

@@ -41,9 +41,15 @@ struct node_config : caf::actor_system_config {
   bool publish_insecure = false;
   size_t publish_max_connections = 64;
   caf::timespan publish_handshake_timeout = std::chrono::seconds(10);
-  /// Above pool.max-frame-size and rpc.max-message-size (64 MiB each): a
-  /// front forwards requests of that size to the nodes, which answer alike.
-  size_t publish_max_message_size = size_t{128} << 20;
+  /// 0: automatic (publish_message_limit()). Never below
+  /// pool.max-frame-size and rpc.max-message-size: a front forwards
+  /// requests of that size to the nodes, which answer alike.
+  size_t publish_max_message_size = 0;
+
+  /// The CAF message size the node's connections allow: the key's value,
+  /// or the larger of rpc.max-message-size and pool.max-frame-size plus
+  /// 1 MiB.
+  size_t publish_message_limit() const;
   // [cluster]: peers, heartbeat, timeouts, back-off (the front's settings;
   // its request deadline and attempts are the pool's).
   cluster_config cluster;

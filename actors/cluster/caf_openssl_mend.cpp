@@ -72,18 +72,25 @@ void log_refused(SSL* ssl, bool accepting) {
   std::string detail = verify == X509_V_OK
                          ? ""
                          : std::string{" ("} + X509_verify_cert_error_string(verify) + ")";
-  // A peer decides how often this happens: one line per 10 s at most.
+  // A peer decides how often this happens: one line per 10 s at most for
+  // each reason (a flood of one kind does not hide another), and a bounded
+  // number of reasons kept apart.
   static std::mutex mtx;
-  static log_throttle refused, failed;
+  static std::map<std::pair<bool, std::string>, log_throttle> throttles;
   std::lock_guard<std::mutex> guard{mtx};
-  if (accepting) {
-    if (auto n = refused.due())
-      log().warn("TLS: refused {}{}: {}{} ({} refusal(s) since the last such line)", peer_of(ssl),
-                 subject, reason, detail, n);
-  } else if (auto n = failed.due()) {
-    log().warn("TLS: handshake with {}{} failed: {}{} ({} failure(s) since the last such line)",
+  auto key = std::make_pair(accepting, std::string{reason} + detail);
+  if (throttles.size() >= 64 && throttles.count(key) == 0)
+    key.second = "(other reasons)";
+  auto n = throttles[key].due();
+  if (n == 0)
+    return;
+  if (accepting)
+    log().warn("TLS: refused {}{}: {}{} ({} such refusal(s) since the last such line)",
                peer_of(ssl), subject, reason, detail, n);
-  }
+  else
+    log().warn("TLS: handshake with {}{} failed: {}{} ({} such failure(s) since the last "
+               "such line)",
+               peer_of(ssl), subject, reason, detail, n);
 }
 
 } // namespace
