@@ -36,6 +36,8 @@ from test_node import Rpc, wait_gone
 
 FLOOD = 1100
 FD_LIMIT = 1024
+# The systemd unit's LimitNOFILE, or as much of it as this runner may give.
+UNIT_FD_LIMIT = min(65536, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
 # basp::header: operation, two padding bytes, flags, payload_len (u32),
 # operation_data (u64), source and dest actor (u64), big-endian.
 BASP_HEADER = struct.Struct(">BBBBIQQQ")
@@ -43,8 +45,10 @@ CLIENT_HANDSHAKE = 1
 SERVER_HANDSHAKE = 0
 
 
-def limit_descriptors():
-    resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT))
+def descriptor_limit(n):
+    def apply():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+    return apply
 
 
 def rss_mb(pid):
@@ -81,6 +85,7 @@ def closed_by_peer(sock, timeout):
 
 class HostilePeerTest(unittest.TestCase):
     handshake_timeout = "1s"
+    fd_limit = FD_LIMIT
 
     def setUp(self):
         # The flood needs more descriptors than the test runner's default.
@@ -99,7 +104,7 @@ class HostilePeerTest(unittest.TestCase):
         self.assertTrue(wait_gone(self.pids), "a Python worker outlived its node")
 
     def start(self, sections, fd_limit=True):
-        proc = Proc(sections, preexec=limit_descriptors if fd_limit else None)
+        proc = Proc(sections, preexec=descriptor_limit(self.fd_limit) if fd_limit else None)
         self.procs.append(proc)
         if sections["pool"]["size"]:
             self.pids += proc.pids()
@@ -206,6 +211,11 @@ class TlsFloodTest(HostilePeerTest):
         self.assert_front_serves(self.front_over(port, openssl_section(self.certs, "front")))
 
 
+class TlsFloodAtUnitLimitTest(TlsFloodTest):
+    """The same flood at the systemd unit's descriptor limit."""
+    fd_limit = UNIT_FD_LIMIT
+
+
 class PlainFloodTest(HostilePeerTest):
     def test_a_flood_of_the_plain_port_leaves_rpc_workers_and_the_port_working(self):
         port = free_port()
@@ -216,7 +226,7 @@ class PlainFloodTest(HostilePeerTest):
         time.sleep(0.5)
         busy = (cpu_seconds(node.proc.pid) - cpu0) / (time.time() - t0)
         self.assertLess(busy, 0.5, "the node spins during the flood")
-        self.assertLess(open_descriptors(node.proc.pid), FD_LIMIT)
+        self.assertLess(open_descriptors(node.proc.pid), self.fd_limit)
         self.assert_serves(node)
         self.assert_worker_restarts(node)
         self.assert_silent_ones_closed(limit=10)
@@ -395,6 +405,10 @@ def read_server_handshake(sock):
     while payload:
         payload -= len(sock.recv(min(payload, 65536)))
     return hdr
+
+
+class PlainFloodAtUnitLimitTest(PlainFloodTest):
+    fd_limit = UNIT_FD_LIMIT
 
 
 class ForgedHeaderTest(HostilePeerTest):
