@@ -41,6 +41,7 @@
 #include <atomic>
 #include <cerrno>
 #include <climits>
+#include <cstdlib>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -90,6 +91,9 @@ struct state {
   size_t reserve = 0;
   int spare = -1;
   bool sweeping = false;
+  /// The process is exiting: the sweeper touches nothing any more (the
+  /// logger may be destroyed).
+  bool exiting = false;
   struct {
     std::atomic<uint64_t> max_connections{0}, descriptor_reserve{0}, no_descriptor{0},
       silent{0}, oversized{0};
@@ -161,6 +165,8 @@ void sweep_forever() {
   for (;;) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
     std::lock_guard<std::mutex> guard{st.mtx};
+    if (st.exiting)
+      return;
     auto now = clock::now();
     for (auto& [fd, c] : st.connections) {
       if (c.greeted || c.shut || now < c.deadline)
@@ -325,6 +331,14 @@ void guard(listener_rules rules) {
     st.spare = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
   if (!st.sweeping) {
     st.sweeping = true;
+    // The logger exists before the exit handler is registered, so the
+    // handler runs before the logger is destroyed (reverse order).
+    log();
+    std::atexit([] {
+      auto& s = the_state();
+      std::lock_guard<std::mutex> g{s.mtx};
+      s.exiting = true;
+    });
     std::thread{sweep_forever}.detach();
   }
 }

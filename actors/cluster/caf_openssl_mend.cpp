@@ -235,45 +235,58 @@ SSL_CTX* chain_of(credential_cache& c, const std::string& file, std::string& why
   return c.chains[file] = scratch;
 }
 
-EVP_PKEY* key_of(credential_cache& c, const std::string& file, int type, pem_password_cb* cb,
-                 void* userdata, std::string& why) {
-  if (auto i = c.keys.find({file, type}); i != c.keys.end())
+/// Runs `load` on a scratch context and keeps what `take` gets out of it
+/// (with a reference of its own) in `cache` under `key`.
+template <class Map, class Load, class Take>
+typename Map::mapped_type keep_loaded(Map& cache, const typename Map::key_type& key, Load load,
+                                      Take take, std::string& why) {
+  if (auto i = cache.find(key); i != cache.end())
     return i->second;
   auto* scratch = SSL_CTX_new(TLS_method());
-  EVP_PKEY* key = nullptr;
-  if (scratch != nullptr) {
-    SSL_CTX_set_default_passwd_cb(scratch, cb);
-    SSL_CTX_set_default_passwd_cb_userdata(scratch, userdata);
-    if (real_key_file()(scratch, file.c_str(), type) == 1
-        && (key = SSL_CTX_get0_privatekey(scratch)) != nullptr)
-      EVP_PKEY_up_ref(key);
-  }
-  if (key == nullptr)
+  typename Map::mapped_type loaded = nullptr;
+  if (scratch != nullptr && load(scratch) == 1)
+    loaded = take(scratch);
+  if (loaded == nullptr)
     why = openssl_reason();
   SSL_CTX_free(scratch);
-  if (key != nullptr)
-    c.keys[{file, type}] = key;
-  return key;
+  if (loaded != nullptr)
+    cache[key] = loaded;
+  return loaded;
+}
+
+EVP_PKEY* key_of(credential_cache& c, const std::string& file, int type, pem_password_cb* cb,
+                 void* userdata, std::string& why) {
+  return keep_loaded(
+    c.keys, {file, type},
+    [&](SSL_CTX* scratch) {
+      SSL_CTX_set_default_passwd_cb(scratch, cb);
+      SSL_CTX_set_default_passwd_cb_userdata(scratch, userdata);
+      return real_key_file()(scratch, file.c_str(), type);
+    },
+    [](SSL_CTX* scratch) {
+      auto* key = SSL_CTX_get0_privatekey(scratch);
+      if (key != nullptr)
+        EVP_PKEY_up_ref(key);
+      return key;
+    },
+    why);
 }
 
 X509_STORE* store_of(credential_cache& c, const std::string& cafile, const std::string& capath,
                      std::string& why) {
-  if (auto i = c.stores.find({cafile, capath}); i != c.stores.end())
-    return i->second;
-  auto* scratch = SSL_CTX_new(TLS_method());
-  X509_STORE* store = nullptr;
-  if (scratch != nullptr
-      && real_verify_locations()(scratch, cafile.empty() ? nullptr : cafile.c_str(),
-                                 capath.empty() ? nullptr : capath.c_str())
-           == 1
-      && (store = SSL_CTX_get_cert_store(scratch)) != nullptr)
-    X509_STORE_up_ref(store);
-  if (store == nullptr)
-    why = openssl_reason();
-  SSL_CTX_free(scratch);
-  if (store != nullptr)
-    c.stores[{cafile, capath}] = store;
-  return store;
+  return keep_loaded(
+    c.stores, {cafile, capath},
+    [&](SSL_CTX* scratch) {
+      return real_verify_locations()(scratch, cafile.empty() ? nullptr : cafile.c_str(),
+                                     capath.empty() ? nullptr : capath.c_str());
+    },
+    [](SSL_CTX* scratch) {
+      auto* store = SSL_CTX_get_cert_store(scratch);
+      if (store != nullptr)
+        X509_STORE_up_ref(store);
+      return store;
+    },
+    why);
 }
 
 void log_load_failure(credential_cache& c, const char* what, const std::string& file,
