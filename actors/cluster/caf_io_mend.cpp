@@ -362,7 +362,7 @@ extern "C" __attribute__((visibility("default"))) int accept(int fd, sockaddr* a
   return pyvisor::caf_io_mend::admit(fd, real(fd, addr, len), real);
 }
 
-#pragma GCC visibility push(default)
+// Exported: this TU is compiled with -fvisibility=default (CMakeLists.txt).
 void caf::io::network::stream::configure_read(caf::io::receive_policy::config config) {
   using fn = void (*)(stream*, caf::io::receive_policy::config);
   static auto real = pyvisor::interposition::next_symbol<fn>(
@@ -371,4 +371,3 @@ void caf::io::network::stream::configure_read(caf::io::receive_policy::config co
     config = caf::io::receive_policy::at_most(1);
   real(this, config);
 }
-#pragma GCC visibility pop

@@ -106,6 +106,7 @@ class HostilePeerTest(unittest.TestCase):
     def start(self, sections, fd_limit=True):
         proc = Proc(sections, preexec=descriptor_limit(self.fd_limit) if fd_limit else None)
         self.procs.append(proc)
+        self.assertNotIn("mend is not in effect", proc.read_log())
         if sections["pool"]["size"]:
             self.pids += proc.pids()
         return proc
