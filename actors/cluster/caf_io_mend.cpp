@@ -225,15 +225,19 @@ int admit(int listener, int s, int (*real)(int, sockaddr*, socklen_t*)) {
     }
     return -1;
   }
+  // Each refusal is logged (or counted for the next line) before the peer
+  // can see it: whoever watches the log finds it once the connection ends.
   if (s >= st.reserve_floor.load(std::memory_order_relaxed)) {
-    ::close(s);
     ++st.counts.descriptor_reserve;
-    std::lock_guard<std::mutex> guard{st.mtx};
-    if (auto n = st.reserve_warning.due())
-      log().warn("file descriptors are running out: {} connection(s) refused to keep the "
-                 "last {} descriptors for workers (raise LimitNOFILE / ulimit -n, or lower "
-                 "the connection limits)",
-                 n, st.reserve);
+    {
+      std::lock_guard<std::mutex> guard{st.mtx};
+      if (auto n = st.reserve_warning.due())
+        log().warn("file descriptors are running out: {} connection(s) refused to keep the "
+                   "last {} descriptors for workers (raise LimitNOFILE / ulimit -n, or lower "
+                   "the connection limits)",
+                   n, st.reserve);
+    }
+    ::close(s);
     errno = EAGAIN;
     return -1;
   }
@@ -247,11 +251,11 @@ int admit(int listener, int s, int (*real)(int, sockaddr*, socklen_t*)) {
   if (open_on(st, rules.port) >= rules.max_connections)
     prune(st);
   if (auto open = open_on(st, rules.port); open >= rules.max_connections) {
-    ::close(s);
     ++st.counts.max_connections;
     if (auto n = st.full_warning.due())
       log().warn("{}: refused {} connection(s): {} are open ({}.max-connections)", rules.name,
                  n, open, rules.name);
+    ::close(s);
     errno = EAGAIN;
     return -1;
   }
@@ -272,13 +276,15 @@ bool allow_read(int fd, caf::io::receive_policy::config cfg) {
   auto& st = the_state();
   auto limit = st.max_message.load(std::memory_order_relaxed);
   if (limit != 0 && cfg.second > limit) {
-    ::shutdown(fd, SHUT_RDWR);
     ++st.counts.oversized;
-    std::lock_guard<std::mutex> guard{st.mtx};
-    if (auto n = st.oversized_warning.due())
-      log().warn("closed {} connection(s) that announced a message of {} bytes, over {} "
-                 "({} bytes)",
-                 n, cfg.second, st.max_message_key, limit);
+    {
+      std::lock_guard<std::mutex> guard{st.mtx};
+      if (auto n = st.oversized_warning.due())
+        log().warn("closed {} connection(s) that announced a message of {} bytes, over {} "
+                   "({} bytes)",
+                   n, cfg.second, st.max_message_key, limit);
+    }
+    ::shutdown(fd, SHUT_RDWR);
     return false;
   }
   if (st.awaiting.load(std::memory_order_relaxed) == 0

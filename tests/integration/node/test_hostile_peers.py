@@ -245,7 +245,7 @@ class PlainFloodTest(HostilePeerTest):
         extra = socket.create_connection(("127.0.0.1", port))
         self.socks.append(extra)
         self.assertTrue(closed_by_peer(extra, 5), "a ninth connection was kept")
-        self.assertIn("publish.max-connections", node.read_log())
+        self.assertTrue(wait_for(lambda: "publish.max-connections" in node.read_log(), limit=5))
         self.assertIn('pyvisor_port_refusals_total{reason="max_connections"} 1',
                       scrape(metrics))
         self.end_flood()
@@ -335,7 +335,7 @@ class MemoryLimitTest(HostilePeerTest):
             self.assertEqual(rpc.call("execute", "hog", 8), (None, 1))
         finally:
             rpc.close()
-        self.assertIn("ran out of memory", node.read_log())
+        self.assertTrue(wait_for(lambda: "ran out of memory" in node.read_log(), limit=5))
 
 
 class SmallCutsTest(HostilePeerTest):
@@ -430,7 +430,7 @@ class ForgedHeaderTest(HostilePeerTest):
             self.assertTrue(closed_by_peer(s, 5), "a forged header's connection stayed open")
         self.assertLess(rss_mb(node.proc.pid) - before, 100,
                         "the node allocated what a forged header announced")
-        self.assertIn("publish.max-message-size", node.read_log())
+        self.assertTrue(wait_for(lambda: "publish.max-message-size" in node.read_log(), limit=5))
         self.assert_serves(node)
         self.assert_front_serves(self.front_over(port))
 
@@ -464,7 +464,8 @@ class ForgedHeaderTest(HostilePeerTest):
             err, st = Rpc(front.port).call("stats")
             self.assertIsNone(err)
             self.assertNotEqual(st["nodes"][0]["state"], "up")
-            self.assertIn("publish.max-message-size", front.read_log())
+            self.assertTrue(wait_for(lambda: "publish.max-message-size" in front.read_log(),
+                                     limit=5))
         finally:
             stop.set()
             t.join()
