@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <iostream>
 #include <sstream>
 
@@ -197,7 +198,21 @@ std::string str(caf::string_view x) {
 /// writes it (strings quoted, lists in brackets).
 std::string value_of(const caf::config_option& opt) {
   auto v = opt.get();
-  return v ? caf::to_string(*v) : std::string{"?"};
+  if (!v)
+    return "?";
+  // CAF writes some durations in units its own parser refuses ("0d"): the
+  // largest unit it reads that divides the value exactly.
+  if (auto t = caf::get_if<caf::timespan>(&*v)) {
+    auto ns = t->count();
+    for (auto [unit, size] : {std::pair{"h", int64_t{3600000000000}},
+                              std::pair{"min", int64_t{60000000000}},
+                              std::pair{"s", int64_t{1000000000}}, std::pair{"ms", int64_t{1000000}},
+                              std::pair{"us", int64_t{1000}}})
+      if (ns != 0 && ns % size == 0)
+        return std::to_string(ns / size) + unit;
+    return ns == 0 ? "0s" : std::to_string(ns) + "ns";
+  }
+  return caf::to_string(*v);
 }
 
 size_t edit_distance(const std::string& a, const std::string& b) {
@@ -252,9 +267,14 @@ std::string node_config::explain(const caf::error& err, const std::string& file)
   // In the file: CAF reports the position.
   auto line = caf::get_if<int64_t>(&where, "line");
   auto column = caf::get_if<int64_t>(&where, "column");
-  if (line && column)
+  if (line && column) {
+    // CAF finds a line's unexpected end when it is already on the next one.
+    if (*column == 1 && *line > 1)
+      return file + ": syntax error (" + caf::to_string(code) + ") at the end of line "
+             + std::to_string(*line - 1);
     return file + ": syntax error (" + caf::to_string(code) + ") at line "
            + std::to_string(*line) + ", column " + std::to_string(*column);
+  }
   // On the command line: CAF names the argument.
   auto argument = caf::get_if<std::string>(&where, "argument");
   if (!argument)
@@ -317,10 +337,9 @@ std::string node_config::help_text(bool long_help) const {
 
 std::string node_config::dump() const {
   std::ostringstream out;
-  out << "# pyvisor-node configuration: "
-      << (config_file_used.empty() ? std::string{"built-in defaults"}
-                                   : "from " + config_file_used)
-      << " and the command line\n";
+  // A configuration file as it is (comments are ';'): loading it gives the
+  // same effective configuration, and dumping that gives this again.
+  out << "; pyvisor-node's effective configuration (pyvisor-node --dump-config)\n";
   std::string category;
   for (auto& [opt, default_value] : defaults_) {
     if (str(opt->category()) != category) {
@@ -333,6 +352,14 @@ std::string node_config::dump() const {
   auto threads = caf::get_or(content, "scheduler.max-threads", caf::defaults::scheduler::max_threads);
   out << "\n[scheduler]\npolicy = '" << caf::to_string(policy) << "'\nmax-threads = " << threads
       << "\n";
+  // The passphrase is a secret: never printed (a dump of a configuration
+  // with one needs it added back).
+  auto quoted = [](const std::string& x) { return caf::to_string(caf::config_value{x}); };
+  out << "\n[openssl]\ncertificate = " << quoted(openssl_certificate)
+      << "\nkey = " << quoted(openssl_key) << "\ncafile = " << quoted(openssl_cafile)
+      << "\ncapath = " << quoted(openssl_capath) << "\n";
+  if (!openssl_passphrase.empty())
+    out << "; passphrase = (set, not shown)\n";
   return out.str();
 }
 
@@ -350,8 +377,28 @@ std::string node_config::read(int argc, char** argv) {
   bool dump_config = false;
   string_list args;
   bool explicit_file = false;
+  // CAF 0.17 takes a boolean on the command line only as a bare flag
+  // (--publish.tls): --key=true|false (1/0, yes/no, on/off) is applied here,
+  // after the file, so that the command line can also turn a key off.
+  std::vector<std::pair<const caf::config_option*, bool>> booleans;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
+    if (auto eq = arg.find('='); arg.rfind("--", 0) == 0 && eq != std::string::npos) {
+      auto opt = option(arg.substr(2, eq - 2));
+      if (opt != nullptr && opt->is_flag()) {
+        auto value = arg.substr(eq + 1);
+        for (auto& c : value)
+          c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+        if (value == "true" || value == "1" || value == "yes" || value == "on")
+          booleans.emplace_back(opt, true);
+        else if (value == "false" || value == "0" || value == "no" || value == "off")
+          booleans.emplace_back(opt, false);
+        else
+          return "invalid value '" + arg.substr(eq + 1) + "' for '" + arg.substr(0, eq)
+                 + "': expected true or false (also 1/0, yes/no, on/off)";
+        continue;
+      }
+    }
     if (arg == "--help" || arg == "-h" || arg == "-?")
       help = true;
     else if (arg == "--long-help")
@@ -383,6 +430,10 @@ std::string node_config::read(int argc, char** argv) {
   if (!remainder.empty())
     return "unexpected argument '" + remainder.front()
            + "' (options are --SECTION.KEY=VALUE; see --help)";
+  for (auto [opt, value] : booleans) {
+    opt->store(caf::config_value{value});
+    caf::put(content, str(opt->full_name()), value);
+  }
   if (explicit_file) {
     if (auto p = caf::get_if<std::string>(&content, "config-file"))
       config_file_used = *p;
@@ -573,7 +624,10 @@ std::string node_config::validate() const {
     return "invalid value for 'node.pool-restart-backoff-max': below node.pool-restart-backoff";
   if (pool.healthy_after.count() < 0)
     return "invalid value for 'pool.healthy-after': must be >= 0";
-  if (spdlog::level::from_str(log_level) == spdlog::level::off && log_level != "off")
+  // By name only: spdlog also takes "warning" and anything else as off.
+  auto levels = {"trace", "debug", "info", "warn", "error", "critical", "off"};
+  if (std::none_of(levels.begin(), levels.end(),
+                   [&](const char* name) { return log_level == name; }))
     return "invalid value for 'log.level': \"" + log_level
            + "\" (trace, debug, info, warn, error, critical or off)";
   return {};

@@ -373,7 +373,6 @@ class CommandLineTest(unittest.TestCase):
             proc = self.run_node("--config-file=" + f.name, "--pool.size=7", "--dump-config")
         self.assertEqual(proc.returncode, 0, proc.stderr)
         out = proc.stdout
-        self.assertIn("from " + f.name, out)
         sections = {}
         current = None
         for line in out.splitlines():
@@ -390,6 +389,13 @@ class CommandLineTest(unittest.TestCase):
         self.assertEqual(sections["metrics"]["port"], "0")          # default
         self.assertEqual(sections["scheduler"]["policy"], "'sharing'")
         self.assertNotIn("listening", out)
+        # It is a configuration file: loaded, it dumps the same again.
+        with tempfile.NamedTemporaryFile("w", suffix=".ini") as d:
+            d.write(out)
+            d.flush()
+            again = self.run_node("--config-file=" + d.name, "--dump-config")
+        self.assertEqual(again.returncode, 0, again.stderr)
+        self.assertEqual(again.stdout, out)
 
     def test_version(self):
         proc = self.run_node("--version")

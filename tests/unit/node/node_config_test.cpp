@@ -5,6 +5,9 @@
 // scheduler without threads).
 #include "support/catch_caf.hpp"
 
+#include <stdlib.h>
+#include <unistd.h>
+
 #include <string>
 #include <vector>
 
@@ -79,4 +82,84 @@ TEST_CASE("the published port's limits are checked", "[unit][node][config]") {
                       "--rpc.max-buffered-input=4096"})
         == "invalid value for 'publish.max-message-size': must be >= 1052672 "
            "(rpc.max-message-size or pool.max-frame-size plus 1 MiB)");
+}
+
+namespace {
+
+/// Reads `args` (after the program name) into `cfg`; returns the problem.
+std::string read_into(node_config& cfg, std::vector<std::string> args) {
+  args.insert(args.begin(), "pyvisor-node");
+  std::vector<char*> argv;
+  for (auto& a : args)
+    argv.push_back(a.data());
+  return cfg.read(static_cast<int>(argv.size()), argv.data());
+}
+
+} // namespace
+
+TEST_CASE("command-line booleans take a value, also to turn off a file's setting",
+          "[unit][node][config]") {
+  for (auto [arg, expected] : {std::pair{"--publish.insecure=true", true},
+                               std::pair{"--publish.insecure=1", true},
+                               std::pair{"--publish.insecure=YES", true},
+                               std::pair{"--publish.insecure=on", true},
+                               std::pair{"--publish.insecure", true},
+                               std::pair{"--publish.insecure=false", false},
+                               std::pair{"--publish.insecure=0", false},
+                               std::pair{"--publish.insecure=no", false}}) {
+    INFO(arg);
+    node_config cfg;
+    REQUIRE(read_into(cfg, {"--config-file=/dev/null", arg}) == "");
+    CHECK(cfg.publish_insecure == expected);
+  }
+  node_config bad;
+  CHECK(read_into(bad, {"--config-file=/dev/null", "--publish.insecure=maybe"})
+        == "invalid value 'maybe' for '--publish.insecure': expected true or false (also "
+           "1/0, yes/no, on/off)");
+  // A file says true, the command line says false: the command line wins.
+  char path[] = "/tmp/pyvisor-config-test-XXXXXX";
+  int fd = ::mkstemp(path);
+  REQUIRE(fd >= 0);
+  std::string text = "[publish]\ninsecure=true\n";
+  REQUIRE(::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()));
+  ::close(fd);
+  node_config from_file;
+  CHECK(read_into(from_file, {std::string{"--config-file="} + path}) == "");
+  CHECK(from_file.publish_insecure);
+  node_config overridden;
+  CHECK(read_into(overridden, {std::string{"--config-file="} + path, "--publish.insecure=false"})
+        == "");
+  CHECK_FALSE(overridden.publish_insecure);
+  ::unlink(path);
+}
+
+TEST_CASE("--dump-config is a configuration file that reproduces itself",
+          "[unit][node][config]") {
+  // Values that CAF would write in units of its own that its parser refuses
+  // (0d), lists, strings, doubles, booleans.
+  node_config first;
+  REQUIRE(read_into(first, {"--config-file=/dev/null", "--pool.max-age=0s",
+                            "--pool.modules=[\"a\",\"b\"]", "--pool.queue-share=0.25",
+                            "--publish.insecure=true", "--session.timeout=90s",
+                            "--pool.attempt-timeout=1500ms"})
+          == "");
+  auto dumped = first.dump();
+  CHECK(dumped.rfind(";", 0) == 0);
+  CHECK(dumped.find("[openssl]") != std::string::npos);
+  char path[] = "/tmp/pyvisor-dump-test-XXXXXX";
+  int fd = ::mkstemp(path);
+  REQUIRE(fd >= 0);
+  REQUIRE(::write(fd, dumped.data(), dumped.size()) == static_cast<ssize_t>(dumped.size()));
+  ::close(fd);
+  node_config second;
+  CHECK(read_into(second, {std::string{"--config-file="} + path}) == "");
+  CHECK(second.dump() == dumped);
+  CHECK(second.pool.session.timeout == std::chrono::seconds(90));
+  ::unlink(path);
+}
+
+TEST_CASE("log levels are taken by their listed names only", "[unit][node][config]") {
+  CHECK(problem_with({"--log.level=warn"}) == "");
+  CHECK(problem_with({"--log.level=warning"}).find("'log.level'") != std::string::npos);
+  CHECK(problem_with({"--log.level=arn"}).find("'log.level'") != std::string::npos);
 }
