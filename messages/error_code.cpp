@@ -92,7 +92,8 @@ std::string to_string_readable(const caf::error& err) {
     return "none";
   auto info = info_of(err);
   std::string result{name_of(info.code)};
-  if (!info.python_type.empty()) {
+  // A Python error's message already starts with its type ("KeyError: 'x'").
+  if (!info.python_type.empty() && info.message.rfind(info.python_type + ": ", 0) != 0) {
     result += ": ";
     result += info.python_type;
   }

@@ -9,6 +9,7 @@
 
 #include "caf/actor_system.hpp"
 #include "caf/actor_system_config.hpp"
+#include "caf/exit_reason.hpp"
 #include "caf/io/middleman.hpp"
 #include "caf/openssl/manager.hpp"
 #include "caf/sec.hpp"
@@ -19,6 +20,7 @@
 #include "actors/cluster/client_endpoint.hpp"
 #include "actors/pool/expiring_index.hpp"
 #include "actors/pool/outcome_counts.hpp"
+#include "actors/pool/pool_counters.hpp"
 #include "actors/sweep_timer.hpp"
 #include "messages/log.hpp"
 
@@ -96,6 +98,10 @@ struct cluster_state {
   uint64_t next_id = 0;
   expiring_index<binding> sessions;
   outcome_counts replies{};
+  /// The answers this front made itself (no node's reply: a node lost,
+  /// none up, a deadline, a cancel), per command: the nodes' stats cannot
+  /// hold them, so they are added to the commands of this front's stats.
+  pool_counters own;
   uint64_t retries = 0;
   std::vector<caf::typed_response_promise<pool_stats>> ready_waiters;
   sweep_timer sweep;
@@ -160,12 +166,16 @@ void count(self_ptr self, error_code code) {
   ++self->state.replies[static_cast<size_t>(code)];
 }
 
-void finish(self_ptr self, uint64_t id, caf::error err) {
+/// Answers request `id` with `err`; `made_here`: by this front, not passed on
+/// from the node that ran it (counted in that node's stats already).
+void finish(self_ptr self, uint64_t id, caf::error err, bool made_here = true) {
   auto& st = self->state;
   auto i = st.pending.find(id);
   if (i == st.pending.end())
     return;
   count(self, code_of(err));
+  if (made_here)
+    st.own.count(i->second.req.command, code_of(err));
   i->second.rp.deliver(std::move(err));
   st.pending.erase(i);
 }
@@ -287,6 +297,24 @@ void on_reply(self_ptr self, uint64_t id, uint32_t n, uint64_t gen, payload& p) 
   st.pending.erase(i);
 }
 
+/// What a CAF error about a node's connection means, in words a client can
+/// be given (no CAF names: README, Error codes); the CAF text goes to the
+/// log.
+std::string in_words(self_ptr self, const caf::error& err) {
+  log().debug("cluster: CAF says {}", self->system().render(err));
+  if (err == caf::exit_reason::remote_link_unreachable)
+    return "the connection to it broke (its process or the network went away)";
+  if (err.category() == caf::atom("exit"))
+    return "its endpoint stopped";
+  if (err == caf::sec::request_timeout)
+    return "it did not answer in time";
+  if (err == caf::sec::request_receiver_down)
+    return "its endpoint is gone";
+  if (err == caf::sec::cannot_connect_to_node)
+    return "nothing accepted the connection there";
+  return "its connection failed";
+}
+
 void on_error(self_ptr self, uint64_t id, uint32_t n, uint64_t gen, caf::error& err) {
   auto& st = self->state;
   auto i = st.pending.find(id);
@@ -296,7 +324,7 @@ void on_error(self_ptr self, uint64_t id, uint32_t n, uint64_t gen, caf::error& 
   if (err.category() != error_category) {
     // CAF's own errors (the proxy is gone, the connection broke): the node
     // is lost, and with it what it held, this request included.
-    lose(self, n, "its connection failed (" + self->system().render(err) + ")");
+    lose(self, n, in_words(self, err));
     return;
   }
   release(self, r);
@@ -311,7 +339,7 @@ void on_error(self_ptr self, uint64_t id, uint32_t n, uint64_t gen, caf::error& 
       return dispatch(self, id, r.tried);
     }
   }
-  finish(self, id, std::move(err));
+  finish(self, id, std::move(err), false);
 }
 
 void deliver_ready_if_all_tried(self_ptr self);
@@ -425,7 +453,7 @@ void connect(self_ptr self, uint32_t n) {
           log().warn("cluster: cannot connect to node {} (attempt {}): {}", st.nodes[n].peer,
                      f + 1, self->system().render(err));
         st.nodes[n].state = node_state::connecting; // lose() is a no-op on lost
-        lose(self, n, "cannot connect: " + self->system().render(err), true);
+        lose(self, n, "cannot connect: " + in_words(self, err), true);
       });
 }
 
@@ -476,7 +504,7 @@ void beat(self_ptr self, uint32_t n) {
         if (err == caf::sec::request_timeout)
           lose(self, n, "it did not answer its heartbeat within node_timeout");
         else
-          lose(self, n, self->system().render(err));
+          lose(self, n, in_words(self, err));
       });
 }
 
@@ -515,6 +543,9 @@ pool_stats make_stats(self_ptr self) {
       mine.histogram.merge(cs.histogram);
     }
   }
+  for (auto& [name, rec] : st.own.commands)
+    for (auto& [outcome, k] : outcome_map(rec.replies))
+      r.commands[name].replies[outcome] += k;
   for (auto& [name, cs] : r.commands) {
     cs.latency_us = cs.histogram.percentiles();
     all.merge(cs.histogram);
@@ -590,7 +621,7 @@ cluster_impl::behavior_type cluster_actor(self_ptr self, cluster_config cfg) {
     }
     for (uint32_t i = 0; i < st.nodes.size(); ++i)
       if (st.nodes[i].hdl && st.nodes[i].hdl.address() == dm.source)
-        lose(self, i, "its connection closed (" + self->system().render(dm.reason) + ")");
+        lose(self, i, in_words(self, dm.reason));
   });
   self->set_exit_handler([self](caf::exit_msg& em) {
     auto& st = self->state;

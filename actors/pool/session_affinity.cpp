@@ -127,7 +127,8 @@ session_affinity_actor spawn_session_affinity(caf::actor_system& sys, session_se
             st.sessions.erase(*e);
             remember(self, id, tombstone::lost, now);
             ++st.stats.lost;
-            return session_lost_error(id, "its worker (slot " + std::to_string(b.slot)
+            // Named as every log line names it (worker_id_of: slot + 1).
+            return session_lost_error(id, "its worker (worker " + std::to_string(b.slot + 1)
                                             + ") died");
           }
           ++e->value.active;

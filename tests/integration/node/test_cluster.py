@@ -254,10 +254,17 @@ class FrontTest(ClusterTest):
                                 {r: results.count(r) for r in set(results)})
         st = self.front.stats()
         self.assertEqual(st["nodes"][victim]["state"], "lost")
-        # Its sessions answer session_lost; the others go on.
+        # Its sessions answer session_lost, in words, never CAF's; the others
+        # go on.
         for opts in on_victim:
             err, _ = rpc.call("execute", "counter.incr", None, opts)
             self.assertEqual(err and err["code"], "session_lost", err)
+            for caf_text in ("exit_reason", "remote_link", "sec::", "system_error", "caf::"):
+                self.assertNotIn(caf_text, err["message"])
+        # Every answer the front made itself is counted with its command.
+        commands = self.front.stats()["commands"]
+        self.assertGreaterEqual(commands["counter.incr"]["replies"].get("session_lost", 0), 2,
+                                commands.get("counter.incr"))
         # Restarted on the same port, it rejoins and gets work again.
         self.nodes[victim] = self.start_node(self.publish_ports[victim])
         self.assertTrue(self.wait_nodes(["up", "up", "up"]), self.front.stats()["nodes"])

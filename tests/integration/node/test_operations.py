@@ -344,7 +344,7 @@ class CommandLineTest(unittest.TestCase):
             f.write("[pool\nsize=3\n")
             f.flush()
             self.assertRefused(["--config-file=" + f.name],
-                               f.name + ": syntax error (unexpected_newline) at line 2, column 1")
+                               f.name + ": syntax error (unexpected_newline) at the end of line 1")
 
     def test_long_help_shows_pyvisors_keys_with_defaults(self):
         proc = self.run_node("--long-help")

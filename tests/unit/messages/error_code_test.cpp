@@ -68,3 +68,13 @@ TEST_CASE("the registered category renders pyvisor errors readably", "[unit][err
   auto rendered = sys.render(make_error(error_code::timeout, "request 3 timed out"));
   CHECK(rendered == "pyvisor.timeout: request 3 timed out");
 }
+
+TEST_CASE("a Python error reads once: its type is not said twice", "[unit][errors]") {
+  // The worker's message starts with the type already (worker_link's
+  // error_of): "python_error: KeyError: KeyError: 'x'" was seen.
+  auto err = make_error(error_code::python_error, "KeyError: 'x'", "KeyError", "Traceback...");
+  CHECK(to_string_readable(err) == "python_error: KeyError: 'x'");
+  // A message without it still names the type.
+  auto bare = make_error(error_code::python_error, "'x'", "KeyError", "");
+  CHECK(to_string_readable(bare) == "python_error: KeyError: 'x'");
+}

@@ -133,7 +133,7 @@ TEST_CASE("command-line booleans take a value, also to turn off a file's setting
   ::unlink(path);
 }
 
-TEST_CASE("--dump-config is a configuration file that reproduces itself",
+TEST_CASE("the dumped configuration (--dump-config) is a file that reproduces itself",
           "[unit][node][config]") {
   // Values that CAF would write in units of its own that its parser refuses
   // (0d), lists, strings, doubles, booleans.
