@@ -177,10 +177,13 @@ caf::behavior template_fun(self_ptr self, worker_config cfg,
         self->quit(st.stop_reason);
         return;
       }
-      if (!st.ready && code == 3) {
-        // No msgpack (python/pyvisor/worker.py): no restart fixes it.
+      if (!st.ready && (code == 3 || code == exit_no_package)) {
+        // No msgpack (python/pyvisor/worker.py) or no pyvisor package: no
+        // restart fixes it.
         fail(self, wire::remote_error{"worker_crashed", configuration_error_type,
-                                      missing_msgpack(st.cfg.python), ""});
+                                      code == 3 ? missing_msgpack(st.cfg.python)
+                                                : missing_package(),
+                                      ""});
         return;
       }
       if (!st.ready) {

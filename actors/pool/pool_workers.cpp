@@ -223,6 +223,8 @@ caf::error unavailable_error(const std::string& why) {
 
 void start_workers(self_ptr self) {
   auto& st = self->state;
+  if (st.cfg.backend == backend_kind::python)
+    log().info("pool: workers import the pyvisor package from {}", default_python_dir());
   if (st.cfg.backend == backend_kind::python && st.cfg.start == start_method::fork_server)
     start_template(self);
   auto flags = supervisor_flags_of(st.cfg, supervision_strategy::simple_one_for_one,

@@ -22,4 +22,19 @@ process_options python_options(const worker_config& cfg, const std::string& modu
 /// the interpreter has no msgpack (python/pyvisor/worker.py), and the fix.
 std::string missing_msgpack(const std::string& python);
 
+/// The exit status of a Python process that finds no pyvisor package (the
+/// bootstrap python_options writes), and what to say then: where it was
+/// looked for and what to set.
+constexpr int exit_no_package = 7;
+std::string missing_package();
+
+} // namespace pyvisor
+
+/// Defined by a program built against an installed pyvisor CMake package
+/// (cmake/pyvisor_package_dir.cpp, added by pyvisorConfig.cmake): where that
+/// package's Python directory is. Absent otherwise.
+extern "C" __attribute__((weak)) const char* pyvisor_package_python_dir();
+
+namespace pyvisor {
+
 } // namespace pyvisor

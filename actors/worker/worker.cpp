@@ -121,6 +121,8 @@ std::string describe_startup_exit(const worker_state& st, const exit_status& es)
   // python/pyvisor/worker.py); say so plainly, naming interpreter and fix.
   if (es.code == 3)
     return missing_msgpack(st.cfg.python);
+  if (es.code == exit_no_package)
+    return missing_package();
   auto msg = "exited during start-up: " + es.describe();
   auto tail = st.proc ? st.proc->stderr_tail() : std::string{};
   if (!tail.empty())
@@ -356,8 +358,10 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg,
                  + (st.status.phase == worker_phase::starting ? describe_startup_exit(st, es)
                                                               : "exited: " + es.describe());
       log().error("{}", msg);
-      // No msgpack (exit 3, python/pyvisor/worker.py): no restart fixes it.
-      auto err = st.status.phase == worker_phase::starting && es.code == 3
+      // No msgpack (exit 3, python/pyvisor/worker.py) or no pyvisor package
+      // (exit 7): no restart fixes it.
+      auto err = st.status.phase == worker_phase::starting
+                     && (es.code == 3 || es.code == exit_no_package)
                    ? make_error(error_code::worker_crashed, msg, configuration_error_type, "")
                    : make_error(error_code::worker_crashed, msg);
       if (st.status.phase != worker_phase::ready) {
@@ -450,8 +454,18 @@ process_options python_options(const worker_config& cfg, const std::string& modu
   process_options opts;
   opts.python = cfg.python;
   // -c rather than -m: runpy costs a few milliseconds of every start-up.
-  opts.args = {"-c", "import sys; from " + module + " import main; sys.exit(main())", "--in-fd",
-               "3", "--out-fd", "4"};
+  // The runtime's package goes first on sys.path, before the working
+  // directory (-c puts that first): a pyvisor/ folder where the program was
+  // started must not shadow it. No package there: exit 7, said plainly
+  // (missing_package).
+  opts.args = {"-c",
+               "import os, sys\n"
+               "d = os.environ['PYVISOR_RUNTIME_DIR']\n"
+               "if not os.path.isfile(os.path.join(d, 'pyvisor', 'worker.py')): sys.exit(7)\n"
+               "sys.path.insert(0, d)\n"
+               "from " + module + " import main\n"
+               "sys.exit(main())",
+               "--in-fd", "3", "--out-fd", "4"};
   for (const auto& m : cfg.modules) {
     opts.args.emplace_back("--module");
     opts.args.push_back(m);
@@ -462,7 +476,8 @@ process_options python_options(const worker_config& cfg, const std::string& modu
   pythonpath += default_python_dir();
   if (auto existing = getenv("PYTHONPATH"); existing && *existing)
     pythonpath += std::string{":"} + existing;
-  opts.env = {"PYTHONPATH=" + pythonpath, "PYTHONUNBUFFERED=1",
+  opts.env = {"PYTHONPATH=" + pythonpath, "PYVISOR_RUNTIME_DIR=" + default_python_dir(),
+              "PYTHONUNBUFFERED=1",
               "PYVISOR_LOG_LEVEL=" + std::to_string(python_log_level())};
   // Applied by each worker to itself (python/pyvisor/worker.py), not by a
   // fork-server template, which forks them with its environment.
@@ -481,12 +496,13 @@ std::string missing_msgpack(const std::string& python) {
            "interpreter with msgpack";
 }
 
-std::string default_python_dir() {
-  if (auto env = getenv("PYVISOR_PYTHON_DIR"); env && *env)
-    return env;
-  auto has_package = [](const std::string& dir) {
-    return access((dir + "/pyvisor/worker.py").c_str(), R_OK) == 0;
-  };
+std::vector<std::string> python_dir_candidates() {
+  std::vector<std::string> result;
+  if (auto env = getenv("PYVISOR_PYTHON_DIR"); env && *env) {
+    // Set on purpose: the only place looked at.
+    result.emplace_back(env);
+    return result;
+  }
   // An installed program (the node, or an application installed beside it)
   // finds the package relative to itself, wherever the installation lives.
   char exe[PATH_MAX];
@@ -495,13 +511,33 @@ std::string default_python_dir() {
     std::string dir{exe, static_cast<size_t>(n)};
     dir = dir.substr(0, dir.rfind('/') + 1) + PYVISOR_PYTHON_DIR_FROM_BIN;
     char resolved[PATH_MAX];
-    if (has_package(dir) && realpath(dir.c_str(), resolved) != nullptr)
-      return resolved;
+    result.push_back(realpath(dir.c_str(), resolved) != nullptr ? resolved : dir);
   }
-  // The source tree while developing; else where it was installed.
-  if (has_package(PYVISOR_PYTHON_DIR_BUILD))
-    return PYVISOR_PYTHON_DIR_BUILD;
-  return PYVISOR_PYTHON_DIR_INSTALL;
+  // A program built against an installed CMake package, installed elsewhere.
+  if (pyvisor_package_python_dir != nullptr)
+    result.emplace_back(pyvisor_package_python_dir());
+  // The source tree while developing; where the library was to be installed.
+  result.emplace_back(PYVISOR_PYTHON_DIR_BUILD);
+  result.emplace_back(PYVISOR_PYTHON_DIR_INSTALL);
+  return result;
+}
+
+std::string default_python_dir() {
+  auto candidates = python_dir_candidates();
+  for (auto& dir : candidates)
+    if (access((dir + "/pyvisor/worker.py").c_str(), R_OK) == 0)
+      return dir;
+  return candidates.front();
+}
+
+std::string missing_package() {
+  std::string where;
+  for (auto& dir : python_dir_candidates())
+    where += (where.empty() ? "" : ", ") + dir;
+  return "the pyvisor Python package (a directory holding pyvisor/worker.py) is in none of: "
+         + where
+         + "; set PYVISOR_PYTHON_DIR to the directory that holds pyvisor/ (an installation "
+           "has it in <prefix>/share/pyvisor/python)";
 }
 
 worker_actor spawn_python_worker(caf::actor_system& sys, worker_config cfg) {

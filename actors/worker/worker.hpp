@@ -80,12 +80,18 @@ struct worker_config : worker_settings {
   std::shared_ptr<fork_channel> fork_from;
 };
 
-/// Directory holding the `pyvisor` Python package: $PYVISOR_PYTHON_DIR if
-/// set; else the installed copy relative to the running program
-/// (<bin>/../share/pyvisor/python, whatever the prefix, also after the
-/// installation moved); else the source tree it was built from; else the
-/// configure-time installation directory.
+/// Directory holding the `pyvisor` Python package, the first of these that
+/// has it: $PYVISOR_PYTHON_DIR; the installed copy relative to the running
+/// program (<bin>/../share/pyvisor/python, whatever the prefix, also after
+/// the installation moved); where the CMake package the program was built
+/// against lives (<prefix>/share/pyvisor/python, for an application
+/// installed anywhere); the source tree the library was built from; the
+/// configure-time installation directory. None: the first of them (a
+/// worker then fails to start saying where it looked).
 std::string default_python_dir();
+
+/// The places default_python_dir() looks, in order.
+std::vector<std::string> python_dir_candidates();
 
 /// Spawns a worker actor that starts a Python process.
 worker_actor spawn_python_worker(caf::actor_system& sys, worker_config cfg);

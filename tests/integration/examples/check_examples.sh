@@ -16,7 +16,7 @@ prefix=$(mktemp -d)
 node_pid=
 cleanup() {
   if [ -n "$node_pid" ]; then kill -9 "$node_pid" 2>/dev/null || true; fi
-  rm -rf "$prefix" "$prefix.moved"
+  rm -rf "$prefix" "$prefix.moved" "$prefix.apps"
 }
 trap cleanup EXIT
 # Starts the installed node with ARGS, waits until it listens.
@@ -67,6 +67,20 @@ kill -TERM "$node_pid"
 wait "$node_pid"
 node_pid=
 echo "examples: all four built against the installed package and ran"
+
+# An application installed elsewhere than the package (here: built outside
+# the prefix) finds the installation's Python package through the CMake
+# package it was built against, before the source tree's.
+unset PYVISOR_PYTHON_DIR
+apps="$prefix.apps"
+cmake -S "$src_dir/examples" -B "$apps" -DCMAKE_PREFIX_PATH="$prefix" \
+  -DCMAKE_BUILD_TYPE=Release > /dev/null
+cmake --build "$apps" -j2 --target quick_start > /dev/null
+"$apps/quick_start" "$src_dir/examples/python" 2> "$apps/stderr" | grep -q "^words: 2$"
+grep -q "import the pyvisor package from $prefix/share/pyvisor/python" "$apps/stderr" \
+  || { echo "the application did not use the installed package:"; cat "$apps/stderr"; exit 1; }
+rm -rf "$apps"
+echo "an application installed apart from the package found the package's Python directory"
 
 unset PYVISOR_PYTHON_DIR
 rm -rf "$prefix/build-examples"

@@ -397,6 +397,37 @@ class CommandLineTest(unittest.TestCase):
         self.assertEqual(again.returncode, 0, again.stderr)
         self.assertEqual(again.stdout, out)
 
+    def test_a_pyvisor_folder_where_the_node_starts_does_not_shadow_the_package(self):
+        with tempfile.TemporaryDirectory() as d:
+            os.mkdir(os.path.join(d, "pyvisor"))
+            with open(os.path.join(d, "pyvisor", "__init__.py"), "w") as f:
+                f.write("raise SystemExit('the wrong pyvisor was imported')\n")
+            for method in ("fork-server", "spawn"):
+                proc = subprocess.Popen([NODE, "--config-file=/dev/null", "--rpc.port=0",
+                                         "--pool.size=1", "--pool.start-method=" + method],
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True, cwd=d)
+                try:
+                    line = proc.stdout.readline()
+                    self.assertIn("listening on", line, method)
+                    rpc = Rpc(int(line.strip().rsplit(":", 1)[1]), timeout=10)
+                    self.assertEqual(rpc.call("execute", "echo", 1), (None, 1))
+                    rpc.close()
+                finally:
+                    proc.kill()
+                    proc.communicate()
+
+    def test_a_missing_python_package_says_where_it_was_looked_for(self):
+        env = dict(os.environ, PYVISOR_PYTHON_DIR="/nonexistent/pyvisor-python")
+        for method in ("fork-server", "spawn"):
+            with tempfile.TemporaryDirectory() as d:
+                proc = subprocess.run([NODE, "--config-file=/dev/null", "--rpc.port=0",
+                                       "--pool.size=1", "--pool.start-method=" + method],
+                                      capture_output=True, text=True, timeout=60, cwd=d, env=env)
+            self.assertEqual(proc.returncode, 1, method)
+            self.assertIn("is in none of: /nonexistent/pyvisor-python", proc.stderr)
+            self.assertIn("set PYVISOR_PYTHON_DIR", proc.stderr)
+
     def test_version(self):
         proc = self.run_node("--version")
         self.assertEqual(proc.returncode, 0)
