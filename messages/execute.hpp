@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -27,12 +28,22 @@ namespace pyvisor {
 /// operator's own bound (pool.max-request-timeout) is at most this.
 constexpr caf::timespan max_request_timeout = std::chrono::hours(24 * 30);
 
-/// How long a request that asks for `asked` (0: nothing) may take: the
-/// receiver's default, or what it asked clamped to the receiver's bound.
-inline caf::timespan effective_timeout(caf::timespan asked, caf::timespan default_timeout,
-                                       caf::timespan bound) {
+/// Deadlines of requests that name none, by command (a command missing here
+/// gets the receiver's request timeout).
+using command_timeout_map = std::map<std::string, caf::timespan>;
+
+/// How long a request of `command` that asks for `asked` (0: nothing) may
+/// take: what it asked, else its command's default, else `default_timeout`;
+/// clamped to the receiver's bound.
+inline caf::timespan effective_timeout(caf::timespan asked, const std::string& command,
+                                       const command_timeout_map& per_command,
+                                       caf::timespan default_timeout, caf::timespan bound) {
   bound = std::min(bound, max_request_timeout);
-  return asked.count() > 0 ? std::min(asked, bound) : std::min(default_timeout, bound);
+  if (asked.count() > 0)
+    return std::min(asked, bound);
+  if (auto i = per_command.find(command); i != per_command.end())
+    return std::min(i->second, bound);
+  return std::min(default_timeout, bound);
 }
 
 /// Runs `command` with `args` in a Python worker.

@@ -51,6 +51,9 @@ node_config::node_config()
     .add(w.python_path, "python-path", "extra import paths for the workers")
     .add(w.startup_timeout, "startup-timeout", "time a worker may take to say hello")
     .add(pool.request_timeout, "request-timeout", "deadline of a request that names none")
+    .add(command_timeouts, "command-timeouts",
+         "deadlines by command of requests that name none, e.g. [\"llm.call=120s\"] "
+         "(others: request-timeout)")
     .add(pool.max_request_timeout, "max-request-timeout",
          "longest deadline a request may ask for (timeout_ms); longer ones are clamped to it")
     .add(pool.queue_size, "queue-size", "requests that may wait for a worker")
@@ -434,6 +437,20 @@ std::string node_config::read(int argc, char** argv) {
     opt->store(caf::config_value{value});
     caf::put(content, str(opt->full_name()), value);
   }
+  // "command=duration" (INI keys cannot hold a command's dots), the
+  // duration read by CAF's own parser.
+  pool.command_timeouts.clear();
+  for (auto& entry : command_timeouts) {
+    auto eq = entry.rfind('=');
+    auto value = eq == std::string::npos ? caf::expected<caf::config_value>{caf::sec::invalid_argument}
+                                         : caf::config_value::parse(entry.substr(eq + 1));
+    auto t = value ? caf::get_if<caf::timespan>(&*value) : nullptr;
+    if (t == nullptr || eq == 0)
+      return "invalid value \"" + entry
+             + "\" in 'pool.command-timeouts': expected \"command=duration\", e.g. "
+               "\"llm.call=120s\"";
+    pool.command_timeouts[entry.substr(0, eq)] = *t;
+  }
   if (explicit_file) {
     if (auto p = caf::get_if<std::string>(&content, "config-file"))
       config_file_used = *p;
@@ -492,6 +509,10 @@ std::string node_config::validate() const {
     return "invalid value for 'pool.max-request-timeout': must be between 1ns and 720h (30 days)";
   if (pool.request_timeout > pool.max_request_timeout)
     return "invalid value for 'pool.request-timeout': above pool.max-request-timeout";
+  for (auto& [command, timeout] : pool.command_timeouts)
+    if (!positive(timeout) || timeout > pool.max_request_timeout)
+      return "invalid value for 'pool.command-timeouts': \"" + command
+             + "\" must be above 0 and at most pool.max-request-timeout";
   // A cleanup runs over every session: more often than this, it is all the
   // pool does.
   if (pool.session.cleanup_interval < std::chrono::milliseconds(10))
@@ -661,6 +682,7 @@ cluster_config node_config::make_cluster_config() const {
   auto cfg = cluster;
   cfg.request_timeout = pool.request_timeout;
   cfg.max_request_timeout = pool.max_request_timeout;
+  cfg.command_timeouts = pool.command_timeouts;
   cfg.max_attempts = pool.max_attempts;
   cfg.tls = !openssl_certificate.empty();
   return cfg;

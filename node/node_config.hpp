@@ -34,6 +34,9 @@ struct node_config : caf::actor_system_config {
   std::string pool_start_method;
   std::string session_mode;
   std::string node_on_pool_failure;
+  /// pool.command-timeouts as written ("command=duration"), read into
+  /// pool.command_timeouts.
+  std::vector<std::string> command_timeouts;
   // [publish]
   uint16_t publish_port = 0;
   std::string publish_host = "127.0.0.1";

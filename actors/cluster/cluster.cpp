@@ -643,7 +643,8 @@ cluster_impl::behavior_type cluster_actor(self_ptr self, cluster_config cfg) {
       auto& r = st.pending[id];
       r.rp = rp;
       r.deadline = self->clock().now()
-                   + effective_timeout(x.timeout, st.cfg.request_timeout,
+                   + effective_timeout(x.timeout, x.command, st.cfg.command_timeouts,
+                                       st.cfg.request_timeout,
                                        st.cfg.max_request_timeout);
       r.caller = caf::actor_cast<caf::actor_addr>(
         static_cast<caf::response_promise&>(rp).source());

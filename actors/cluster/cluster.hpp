@@ -70,6 +70,8 @@ struct cluster_config {
                            std::chrono::seconds(30)};
   /// Deadline of a request that names none (sent on to the node with it).
   caf::timespan request_timeout = std::chrono::seconds(30);
+  /// Deadlines by command of requests that name none (sent on with them).
+  command_timeout_map command_timeouts;
   /// Longest deadline a caller may ask for (longer ones are clamped).
   caf::timespan max_request_timeout = std::chrono::minutes(10);
   /// Attempts of an idempotent request whose node was lost (first included).

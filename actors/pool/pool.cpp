@@ -120,7 +120,8 @@ caf::error check_session_id(const core_state& st, const std::string& id) {
 caf::actor_clock::time_point deadline_of(self_ptr self, const execute& req) {
   auto& cfg = self->state.cfg;
   return self->clock().now()
-         + effective_timeout(req.timeout, cfg.request_timeout, cfg.max_request_timeout);
+         + effective_timeout(req.timeout, req.command, cfg.command_timeouts, cfg.request_timeout,
+                             cfg.max_request_timeout);
 }
 
 /// Who sent the request: the original caller, kept through delegation.

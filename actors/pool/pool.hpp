@@ -156,6 +156,9 @@ struct pool_config {
   caf::timespan sweep_interval = std::chrono::milliseconds(10);
   /// Deadline of a request that names none (queueing plus execution).
   caf::timespan request_timeout = std::chrono::seconds(30);
+  /// Deadlines by command for requests that name none (instead of
+  /// request_timeout), so that callers need not know each command's budget.
+  command_timeout_map command_timeouts;
   /// Longest deadline a caller may ask for: longer ones are clamped to it,
   /// so that no client holds a worker beyond the operator's policy.
   caf::timespan max_request_timeout = std::chrono::minutes(10);

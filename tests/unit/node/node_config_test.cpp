@@ -163,3 +163,21 @@ TEST_CASE("log levels are taken by their listed names only", "[unit][node][confi
   CHECK(problem_with({"--log.level=warning"}).find("'log.level'") != std::string::npos);
   CHECK(problem_with({"--log.level=arn"}).find("'log.level'") != std::string::npos);
 }
+
+TEST_CASE("per-command timeouts are read as command=duration", "[unit][node][config]") {
+  node_config cfg;
+  REQUIRE(read_into(cfg, {"--config-file=/dev/null",
+                          "--pool.command-timeouts=[\"llm.call=120s\", \"echo=250ms\"]"})
+          == "");
+  CHECK(cfg.pool.command_timeouts.at("llm.call") == std::chrono::seconds(120));
+  CHECK(cfg.pool.command_timeouts.at("echo") == std::chrono::milliseconds(250));
+  CHECK(cfg.make_cluster_config().command_timeouts == cfg.pool.command_timeouts);
+  node_config bad;
+  CHECK(read_into(bad, {"--config-file=/dev/null", "--pool.command-timeouts=[\"llm.call\"]"})
+          .find("expected \"command=duration\"")
+        != std::string::npos);
+  node_config too_long;
+  CHECK(read_into(too_long, {"--config-file=/dev/null", "--pool.command-timeouts=[\"x=1h\"]"})
+          .find("at most pool.max-request-timeout")
+        != std::string::npos);
+}

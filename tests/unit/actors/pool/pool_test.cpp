@@ -188,6 +188,24 @@ TEST_CASE_METHOD(fixture, "a deadline beyond max_request_timeout is clamped to i
   CHECK(count_code(replies(), error_code::timeout) == 2);
 }
 
+TEST_CASE_METHOD(fixture, "a command's own default deadline applies to its requests that name none",
+                 "[unit][pool][deadline]") {
+  auto cfg = mock_pool(2, 1, 1s);
+  cfg.command_timeouts = {{"ping", 300ms}};
+  start(cfg);
+  self->send(pool, make_execute("ping")); // its command's 300 ms
+  auto named = make_execute("ping");
+  named.timeout = 2s; // what a caller names wins
+  self->send(pool, named);
+  run();
+  for (int i = 0; i < 31; ++i)
+    advance(10ms);
+  auto rs = replies();
+  CHECK(count_code(rs, error_code::timeout) == 1);
+  advance(700ms);
+  CHECK(count_code(replies(), error_code::none) == 1);
+}
+
 TEST_CASE_METHOD(fixture, "a requester that is gone no longer holds a queue place",
                  "[unit][pool]") {
   auto cfg = mock_pool(1, 1, 1s);
