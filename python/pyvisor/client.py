@@ -37,11 +37,21 @@ on the node too: still queued it never runs, running it is interrupted
 (``pyvisor.Interrupted`` in its handler). With Client, ``cancel(msgid)``
 cancels a request sent with ``send()``; its ``receive()`` then raises
 RemoteError ``cancelled`` (unless its answer was already on the way).
+
+Reconnecting: when the connection drops (the node restarted, the network
+broke), the requests that were in flight raise ConnectionError, and the next
+request connects again, retrying with back-off (0.1 s doubling to 2 s) for up
+to ``reconnect`` seconds (default 10; 0: never, the client stays closed). With
+``resend_idempotent=True``, an ``execute(..., idempotent=True)`` whose
+connection dropped before its answer is sent once more on the new connection
+instead of raising (running it twice must be harmless: that is what
+idempotent says).
 """
 
 import asyncio
 import itertools
 import socket
+import time
 
 import msgpack
 
@@ -73,6 +83,24 @@ def _execute_params(command, args, session, timeout_ms, idempotent):
     return [command, args, options] if options else [command, args]
 
 
+def _delays(reconnect):
+    """The waits before each connection attempt: none before the first, then
+    0.1 s doubling up to 2 s, for up to `reconnect` seconds in all."""
+    deadline = time.monotonic() + reconnect
+    delay = 0.0
+    while True:
+        left = deadline - time.monotonic()
+        if delay > 0 and left <= 0:
+            return
+        yield max(0.0, min(delay, left))
+        delay = 0.1 if delay == 0 else min(delay * 2, 2.0)
+
+
+def _is_idempotent_execute(method, params):
+    return method == "execute" and len(params) >= 3 and isinstance(params[2], dict) \
+        and params[2].get("idempotent") is True
+
+
 def _responses(unpacker):
     """The (msgid, error, result) of each complete response fed so far."""
     for msg in unpacker:
@@ -81,15 +109,56 @@ def _responses(unpacker):
 
 
 class Client:
-    def __init__(self, host="127.0.0.1", port=7400, timeout=60.0):
-        self._sock = socket.create_connection((host, port), timeout=timeout)
-        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+    def __init__(self, host="127.0.0.1", port=7400, timeout=60.0, reconnect=10.0,
+                 resend_idempotent=False):
+        self._address = (host, port)
+        self._timeout = timeout
+        self._reconnect = reconnect
+        self._resend = resend_idempotent
+        self._closed = False
+        self._sock = None
         self._ids = itertools.count(1)
         self._done = {}
+        # msgid -> (method, params) of the requests sent on this connection
+        # and not answered yet: what a drop fails (or resends).
+        self._sent = {}
+        self._connect()
+
+    def _connect(self):
+        self._sock = socket.create_connection(self._address, timeout=self._timeout)
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+
+    def _ensure_connected(self):
+        if self._sock is not None:
+            return
+        if self._closed or self._reconnect <= 0:
+            raise ConnectionError("the connection to the node is closed")
+        last = None
+        for wait in _delays(self._reconnect):
+            time.sleep(wait)
+            try:
+                self._connect()
+                return
+            except OSError as e:
+                last = e
+        raise ConnectionError("cannot reconnect to %s:%d within %s s: %s"
+                              % (self._address[0], self._address[1], self._reconnect, last))
+
+    def _drop(self, why):
+        """The connection is over: what was in flight on it fails."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        lost, self._sent = self._sent, {}
+        for msgid, request in lost.items():
+            self._done[msgid] = (ConnectionError(why), request)
 
     def close(self):
-        self._sock.close()
+        self._closed = True
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
     def __enter__(self):
         return self
@@ -101,20 +170,43 @@ class Client:
 
     def send(self, method, params):
         """Sends a request without waiting; returns its msgid."""
+        self._ensure_connected()
+        params = list(params)
         msgid = next(self._ids) & 0xFFFFFFFF
-        self._sock.sendall(msgpack.packb([0, msgid, method, list(params)], use_bin_type=True))
+        try:
+            self._sock.sendall(msgpack.packb([0, msgid, method, params], use_bin_type=True))
+        except OSError as e:
+            self._sent[msgid] = (method, params)
+            self._drop("the connection dropped while sending: %s" % e)
+            return msgid
+        self._sent[msgid] = (method, params)
         return msgid
 
-    def receive(self, msgid):
+    def receive(self, msgid, _resent=False):
         """Waits for the response to `msgid`; returns its result or raises."""
         while msgid not in self._done:
-            data = self._sock.recv(1 << 16)
+            if self._sock is None:
+                raise ConnectionError("request %d is not in flight" % msgid)
+            try:
+                data = self._sock.recv(1 << 16)
+            except socket.timeout:
+                raise
+            except OSError as e:
+                self._drop("the connection dropped: %s" % e)
+                continue
             if not data:
-                raise ConnectionError("the node closed the connection")
+                self._drop("the node closed the connection")
+                continue
             self._unpacker.feed(data)
             for i, error, result in _responses(self._unpacker):
+                self._sent.pop(i, None)
                 self._done[i] = (error, result)
         error, result = self._done.pop(msgid)
+        if isinstance(error, ConnectionError):
+            method, params = result
+            if self._resend and not _resent and _is_idempotent_execute(method, params):
+                return self.receive(self.send(method, params), _resent=True)
+            raise error
         if error is not None:
             raise RemoteError(error)
         return result
@@ -126,17 +218,18 @@ class Client:
         """Cancels request `msgid` (sent with send()) on the node: answered
         `cancelled` if it was still queued or running; nothing if it was
         answered already."""
-        self._sock.sendall(msgpack.packb([2, "cancel", [msgid]], use_bin_type=True))
+        if self._sock is not None and msgid in self._sent:
+            self._sock.sendall(msgpack.packb([2, "cancel", [msgid]], use_bin_type=True))
 
     def pipeline(self, requests):
         """Sends all (method, params) pairs, then collects their outcomes in
-        order: a result, or the RemoteError instance."""
+        order: a result, or the RemoteError (or ConnectionError) instance."""
         ids = [self.send(m, p) for m, p in requests]
         out = []
         for i in ids:
             try:
                 out.append(self.receive(i))
-            except RemoteError as e:
+            except (RemoteError, ConnectionError) as e:
                 out.append(e)
         return out
 
@@ -159,23 +252,61 @@ class Client:
 class AsyncClient:
     """An asyncio client: one connection, any number of requests in flight."""
 
-    def __init__(self, reader, writer, timeout):
+    def __init__(self, reader, writer, timeout, address=None, reconnect=10.0,
+                 resend_idempotent=False):
+        self._timeout = timeout
+        self._address = address
+        self._reconnect = reconnect if address is not None else 0
+        self._resend = resend_idempotent
+        self._ids = itertools.count(1)
+        self._closed = None  # set by close(): for good
+        self._connecting = asyncio.Lock()
+        self._attach(reader, writer)
+
+    def _attach(self, reader, writer):
         self._reader = reader
         self._writer = writer
-        self._timeout = timeout
         self._unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
-        self._ids = itertools.count(1)
         self._pending = {}
-        self._closed = None
+        self._broken = None  # why this connection ended
         self._reading = asyncio.get_running_loop().create_task(self._read())
 
-    @classmethod
-    async def connect(cls, host="127.0.0.1", port=7400, timeout=60.0):
-        reader, writer = await asyncio.open_connection(host, port)
+    @staticmethod
+    async def _open(address):
+        reader, writer = await asyncio.open_connection(*address)
         sock = writer.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return cls(reader, writer, timeout)
+        return reader, writer
+
+    @classmethod
+    async def connect(cls, host="127.0.0.1", port=7400, timeout=60.0, reconnect=10.0,
+                      resend_idempotent=False):
+        reader, writer = await cls._open((host, port))
+        return cls(reader, writer, timeout, (host, port), reconnect, resend_idempotent)
+
+    async def _ensure_connected(self):
+        if self._closed is not None:
+            raise self._closed
+        if self._broken is None:
+            return
+        if self._reconnect <= 0:
+            raise self._broken
+        async with self._connecting:  # concurrent callers reconnect once
+            if self._broken is None:
+                return
+            last = self._broken
+            for wait in _delays(self._reconnect):
+                await asyncio.sleep(wait)
+                try:
+                    self._writer.close()
+                    self._attach(*await self._open(self._address))
+                    return
+                except OSError as e:
+                    last = e
+            raise ConnectionError("cannot reconnect to %s:%d within %s s: %s"
+                                  % (self._address[0], self._address[1], self._reconnect,
+                                     last))
 
     async def close(self):
         if self._closed is None:
@@ -207,10 +338,10 @@ class AsyncClient:
                         future.set_result((error, result))
         except asyncio.CancelledError:
             raise
-        except Exception as e:  # the connection is over: nothing more will come
-            if self._closed is None:
-                self._closed = e if isinstance(e, ConnectionError) else ConnectionError(str(e))
-            self._fail_pending(self._closed)
+        except Exception as e:  # the connection is over: nothing more will come on it
+            if self._broken is None:
+                self._broken = e if isinstance(e, ConnectionError) else ConnectionError(str(e))
+            self._fail_pending(self._broken)
 
     def _fail_pending(self, error):
         pending, self._pending = self._pending, {}
@@ -220,25 +351,29 @@ class AsyncClient:
 
     # -- raw protocol -------------------------------------------------------------
 
-    async def call(self, method, *params, timeout=...):
+    async def call(self, method, *params, timeout=..., _resent=False):
         """Sends one request and waits for its result (or raises)."""
-        if self._closed is not None:
-            raise self._closed
+        await self._ensure_connected()
         msgid = next(self._ids) & 0xFFFFFFFF
         future = asyncio.get_running_loop().create_future()
-        self._pending[msgid] = future
+        pending, writer = self._pending, self._writer
+        pending[msgid] = future
         try:
-            self._writer.write(msgpack.packb([0, msgid, method, list(params)], use_bin_type=True))
-            await self._writer.drain()
+            writer.write(msgpack.packb([0, msgid, method, list(params)], use_bin_type=True))
+            await writer.drain()
             error, result = await asyncio.wait_for(
                 future, self._timeout if timeout is ... else timeout)
         except (asyncio.CancelledError, asyncio.TimeoutError):
             # Nobody waits for it any more: the node need not run it.
-            if self._closed is None and method == "execute" and not self._writer.is_closing():
-                self._writer.write(msgpack.packb([2, "cancel", [msgid]], use_bin_type=True))
+            if self._broken is None and method == "execute" and not writer.is_closing():
+                writer.write(msgpack.packb([2, "cancel", [msgid]], use_bin_type=True))
             raise
+        except (ConnectionError, OSError) as e:
+            if self._resend and not _resent and _is_idempotent_execute(method, list(params)):
+                return await self.call(method, *params, timeout=timeout, _resent=True)
+            raise e if isinstance(e, ConnectionError) else ConnectionError(str(e))
         finally:
-            self._pending.pop(msgid, None)  # a late answer is dropped
+            pending.pop(msgid, None)  # a late answer is dropped
         if error is not None:
             raise RemoteError(error)
         return result

@@ -165,7 +165,7 @@ class AsyncClientTest(unittest.TestCase):
 
     def test_a_node_that_goes_away_fails_what_waits(self):
         async def main():
-            c = await AsyncClient.connect("127.0.0.1", self.node.port)
+            c = await AsyncClient.connect("127.0.0.1", self.node.port, reconnect=0)
             waiting = asyncio.ensure_future(c.execute("sleep", {"ms": 5000}))
             await asyncio.sleep(0.2)
             self.node.proc.send_signal(signal.SIGKILL)
@@ -175,6 +175,77 @@ class AsyncClientTest(unittest.TestCase):
                 await c.ping()
             await c.close()
         self.run_async(main())
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ReconnectTest(unittest.TestCase):
+    """A node restarted under a client: what was in flight fails with
+    ConnectionError (or is resent, idempotent and asked for), and the next
+    request reaches the new node."""
+
+    def setUp(self):
+        self.port = free_port()
+        self.nodes = []
+        self.start_node()
+
+    def start_node(self):
+        node = Node(args=["--rpc.port=%d" % self.port])
+        self.nodes.append((node, node.pids()))
+        return node
+
+    def kill_node(self):
+        node, _ = self.nodes[-1]
+        node.proc.send_signal(signal.SIGKILL)
+        node.proc.wait()
+
+    def tearDown(self):
+        for node, pids in self.nodes:
+            node.close()
+            self.assertTrue(wait_gone(pids))
+
+    def test_the_blocking_client_reconnects(self):
+        with Client("127.0.0.1", self.port, timeout=20) as c:
+            self.assertEqual(c.ping(), "pong")
+            slow = c.send("execute", ["sleep", {"ms": 5000}])
+            self.kill_node()
+            with self.assertRaises(ConnectionError):
+                c.receive(slow)
+            self.start_node()
+            self.assertEqual(c.ping(), "pong")
+            self.assertEqual(c.execute("echo", "again"), "again")
+
+    def test_the_asyncio_client_reconnects_and_resends_idempotent_requests(self):
+        async def main():
+            c = await AsyncClient.connect("127.0.0.1", self.port, resend_idempotent=True)
+            plain = asyncio.ensure_future(c.execute("sleep", {"ms": 3000}))
+            resent = asyncio.ensure_future(
+                c.execute("sleep_then_report", {"ms": 300}, idempotent=True))
+            await asyncio.sleep(0.2)
+            self.kill_node()
+            with self.assertRaises(ConnectionError):
+                await plain
+            await asyncio.sleep(0.3)
+            self.start_node()
+            self.assertEqual(await resent, 300)
+            self.assertEqual(await c.ping(), "pong")
+            await c.close()
+        asyncio.run(main())
+
+    def test_without_reconnect_the_client_stays_closed(self):
+        c = Client("127.0.0.1", self.port, reconnect=0)
+        self.assertEqual(c.ping(), "pong")
+        self.kill_node()
+        self.start_node()
+        with self.assertRaises(ConnectionError):
+            c.ping()
+            c.ping()  # the first may still see the old connection end
+        c.close()
 
 
 if __name__ == "__main__":
