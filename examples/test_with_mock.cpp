@@ -1,22 +1,18 @@
 // Example 3: testing your own actor that calls pyvisor, with the mock
 // backend instead of real Python (10-100x faster, deterministic, with
-// injectable latency, errors, crashes and hangs).
+// injectable latency, errors, crashes and hangs), in Catch2 with the
+// installed fixture <pyvisor/mock_pool_fixture.hpp>.
 //
-// The actor under test, `greeter`, asks the pool to echo a greeting and
-// counts failures; the test runs it against a mock pool on CAF's
-// deterministic test coordinator, so simulated latency costs no real time.
-#include <cstdlib>
-#include <iostream>
+// The actor under test, `greeter`, asks the pool to run the command
+// "greet" and answers "(failed)" when that fails; the test stands in for the
+// Python command with a C++ one of 2 s latency, which costs no real time on
+// CAF's test coordinator.
+#define CATCH_CONFIG_MAIN
+#include <catch2/catch.hpp>
 
-#include "caf/actor_system.hpp"
-#include "caf/actor_system_config.hpp"
 #include "caf/event_based_actor.hpp"
-#include "caf/exit_reason.hpp"
-#include "caf/scheduler/test_coordinator.hpp"
-#include "caf/scoped_actor.hpp"
-#include "caf/send.hpp"
 
-#include <pyvisor/pool.hpp>
+#include <pyvisor/mock_pool_fixture.hpp>
 
 using greet_atom = caf::atom_constant<caf::atom("greet")>;
 
@@ -25,7 +21,7 @@ caf::behavior greeter(caf::event_based_actor* self, pyvisor::pool_actor pool) {
   return {
     [=](greet_atom, std::string name) {
       auto rp = self->make_response_promise<std::string>();
-      self->request(pool, std::chrono::seconds(5), pyvisor::make_execute("echo", "hello " + name))
+      self->request(pool, std::chrono::seconds(5), pyvisor::make_execute("greet", name))
         .then([rp](pyvisor::payload& p) mutable { rp.deliver(*pyvisor::unpack<std::string>(p)); },
               [rp](caf::error&) mutable { rp.deliver(std::string{"(failed)"}); });
       return rp;
@@ -33,35 +29,34 @@ caf::behavior greeter(caf::event_based_actor* self, pyvisor::pool_actor pool) {
   };
 }
 
-#define EXPECT(cond)                                                                               \
-  if (!(cond)) {                                                                                   \
-    std::cerr << "FAILED: " #cond "\n";                                                            \
-    return EXIT_FAILURE;                                                                           \
+struct greeter_test : pyvisor::testing::mock_pool_fixture {
+  greeter_test() {
+    // Stands in for the Python command the greeter calls.
+    command(
+      "greet",
+      [](const pyvisor::payload& args, const std::string&) -> caf::expected<pyvisor::payload> {
+        auto name = pyvisor::unpack<std::string>(args);
+        if (!name)
+          return pyvisor::make_error(pyvisor::error_code::bad_request, "a name, please");
+        return pyvisor::pack("hello " + *name);
+      },
+      std::chrono::seconds(2));
   }
+};
 
-int main() {
-  caf::actor_system_config cfg;
-  pyvisor::add_pool_types(cfg);
-  cfg.set("scheduler.policy", caf::atom("testing"));
-  caf::actor_system sys{cfg};
-  auto& sched = dynamic_cast<caf::scheduler::test_coordinator&>(sys.scheduler());
-  pyvisor::pool_config pc;
-  pc.size = 2;
-  pc.backend = pyvisor::backend_kind::mock;
-  pc.mock.latency_min = pc.mock.latency_max = std::chrono::milliseconds(50);
-  auto pool = pyvisor::spawn_pool(sys, pc);
-  auto g = sys.spawn(greeter, pool);
-  caf::scoped_actor self{sys};
-  self->send(g, greet_atom::value, std::string{"ada"});
-  sched.run();
-  sched.advance_time(std::chrono::milliseconds(50)); // the mock's latency
-  sched.run();
-  std::string reply;
-  self->receive([&](std::string& s) { reply = s; }, caf::after(std::chrono::seconds(0)) >> [] {});
-  EXPECT(reply == "hello ada");
+TEST_CASE_METHOD(greeter_test, "the greeter answers through the pool", "[example]") {
+  auto g = sys.spawn(greeter, start());
+  auto reply = ask<std::string>(g, greet_atom::value, std::string{"ada"});
+  REQUIRE(reply);
+  CHECK(*reply == "hello ada");
   caf::anon_send_exit(g, caf::exit_reason::kill);
-  caf::anon_send_exit(pool, caf::exit_reason::kill);
-  sched.run();
-  std::cout << "test_with_mock: greeter answered through the mock pool\n";
-  return EXIT_SUCCESS;
+}
+
+TEST_CASE_METHOD(greeter_test, "the greeter says so when Python fails", "[example]") {
+  pool_settings.mock.error_rate = 1.0; // every request: python_error
+  auto g = sys.spawn(greeter, start());
+  auto reply = ask<std::string>(g, greet_atom::value, std::string{"ada"});
+  REQUIRE(reply);
+  CHECK(*reply == "(failed)");
+  caf::anon_send_exit(g, caf::exit_reason::kill);
 }
