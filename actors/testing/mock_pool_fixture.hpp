@@ -41,21 +41,39 @@
 
 namespace pyvisor::testing {
 
-struct mock_pool_config : caf::actor_system_config {
-  mock_pool_config() {
+/// CAF's deterministic test coordinator, quiet, with pyvisor's message types.
+struct test_coordinator_config : caf::actor_system_config {
+  test_coordinator_config() {
     set("scheduler.policy", caf::atom("testing"));
     set("logger.verbosity", caf::atom("quiet"));
     add_pool_types(*this);
   }
 };
 
-class mock_pool_fixture {
+/// An actor system on the test coordinator and an actor to talk from.
+class test_coordinator_base {
 public:
-  mock_pool_config cfg;
+  test_coordinator_config cfg;
   caf::actor_system sys{cfg};
   caf::scheduler::test_coordinator& sched{
     dynamic_cast<caf::scheduler::test_coordinator&>(sys.scheduler())};
   caf::scoped_actor self{sys};
+
+  /// Runs until no actor has anything left to do (timers do not fire).
+  void run() {
+    sched.run();
+  }
+
+  /// Moves the clock forward, fires the timers due and runs what they
+  /// trigger.
+  void advance(caf::timespan d) {
+    sched.advance_time(d);
+    sched.run();
+  }
+};
+
+class mock_pool_fixture : public test_coordinator_base {
+public:
   /// The pool's settings: a mock backend of 2 workers without latency;
   /// change them before start().
   pool_config pool_settings = [] {
@@ -89,18 +107,6 @@ public:
       sched.run();
     }
     return pool;
-  }
-
-  /// Runs until no actor has anything left to do (timers do not fire).
-  void run() {
-    sched.run();
-  }
-
-  /// Moves the clock forward, fires the timers due and runs what they
-  /// trigger.
-  void advance(caf::timespan d) {
-    sched.advance_time(d);
-    sched.run();
   }
 
   /// Sends `xs...` to `dst` and runs, moving the clock in steps of `step`

@@ -1,49 +1,20 @@
 // A fixture running an actor system on CAF's deterministic test coordinator:
 // nothing runs until the test calls run(), and time only moves through
-// advance_time(), so tests of timers and back-off never sleep.
+// advance(), so tests of timers and back-off never sleep. The system is the
+// installed fixture's (pyvisor/mock_pool_fixture.hpp); what is here asserts
+// with Catch2.
 #pragma once
 
 #include "support/catch_caf.hpp"
 
-#include "caf/actor_system.hpp"
-#include "caf/actor_system_config.hpp"
-#include "caf/scheduler/test_coordinator.hpp"
-#include "caf/scoped_actor.hpp"
 #include "caf/sec.hpp"
 
+#include "pyvisor/mock_pool_fixture.hpp"
 #include "pyvisor/payload.hpp"
-#include "pyvisor/registry.hpp"
-#include "pyvisor/supervisor.hpp"
 
 namespace pyvisor::test {
 
-struct test_coordinator_config : caf::actor_system_config {
-  test_coordinator_config() {
-    set("scheduler.policy", caf::atom("testing"));
-    set("logger.verbosity", caf::atom("quiet"));
-    pyvisor::add_message_types(*this);
-    pyvisor::add_supervisor_types(*this);
-  }
-};
-
-struct test_coordinator_fixture {
-  test_coordinator_config cfg;
-  caf::actor_system sys{cfg};
-  caf::scheduler::test_coordinator& sched{
-    dynamic_cast<caf::scheduler::test_coordinator&>(sys.scheduler())};
-  caf::scoped_actor self{sys};
-
-  /// Runs until no actor has anything left to do (timers do not fire).
-  void run() {
-    sched.run();
-  }
-
-  /// Moves the clock forward, fires due timers and runs what they trigger.
-  void advance(caf::timespan d) {
-    sched.advance_time(d);
-    sched.run();
-  }
-
+struct test_coordinator_fixture : pyvisor::testing::test_coordinator_base {
   /// Sends `xs...` to `dst`, runs everything and returns the reply as `T`.
   template <class T, class Handle, class... Ts>
   T ask(const Handle& dst, Ts&&... xs) {
