@@ -171,8 +171,14 @@ void sweep_forever() {
     for (auto& [fd, c] : st.connections) {
       if (c.greeted || c.shut || now < c.deadline)
         continue;
-      if (!shut_down(fd, c.inode) && inode_of(fd) == c.inode)
-        continue; // no descriptor for the duplicate now: next round
+      if (inode_of(fd) != c.inode) {
+        // CAF closed it already (the peer left): nothing to do, not counted.
+        c.shut = true;
+        --st.awaiting;
+        continue;
+      }
+      if (!shut_down(fd, c.inode))
+        continue; // no descriptor for the duplicate now (or just closed): next round
       c.shut = true;
       --st.awaiting;
       ++st.counts.silent;
