@@ -22,6 +22,13 @@ namespace {
 
 constexpr caf::timespan longest_duration = std::chrono::hours(24 * 365);
 
+/// The smallest CAF message limit that never ends a caller's connection:
+/// a front forwards what its clients send, a node answers what its workers
+/// return.
+size_t least_message_limit(const gateway_config& rpc, const pool_config& pool) {
+  return std::max(rpc.max_message_size, pool.worker.max_frame_size) + (size_t{1} << 20);
+}
+
 const char* name_of(backend_kind x) {
   return x == backend_kind::mock ? "mock" : "python";
 }
@@ -555,9 +562,7 @@ std::string node_config::validate() const {
     return "invalid value for 'publish.max-connections': must be >= 1";
   if (!positive(publish_handshake_timeout))
     return "invalid value for 'publish.handshake-timeout': must be > 0";
-  // A front forwards what its clients send; a node answers what its workers
-  // return: a limit below either would end the connection of every caller.
-  if (auto needed = std::max(rpc.max_message_size, pool.worker.max_frame_size) + (size_t{1} << 20);
+  if (auto needed = least_message_limit(rpc, pool);
       publish_max_message_size != 0 && publish_max_message_size < needed)
     return "invalid value for 'publish.max-message-size': must be >= " + std::to_string(needed)
            + " (rpc.max-message-size or pool.max-frame-size plus 1 MiB)";
@@ -611,8 +616,6 @@ std::string node_config::validate() const {
     return "invalid value for 'mock.latency-max': below mock.latency-min";
   if (!positive(pool.session.timeout))
     return "invalid value for 'session.timeout': must be > 0";
-  if (!positive(pool.session.cleanup_interval))
-    return "invalid value for 'session.cleanup-interval': must be > 0";
   if (pool.session.max_sessions == 0)
     return "invalid value for 'session.max-sessions': must be > 0";
   if (pool.session.max_id_size == 0)
@@ -643,8 +646,6 @@ std::string node_config::validate() const {
     return "invalid value for 'node.pool-restart-backoff': must be > 0";
   if (pool.restart.backoff.max < pool.restart.backoff.initial)
     return "invalid value for 'node.pool-restart-backoff-max': below node.pool-restart-backoff";
-  if (pool.healthy_after.count() < 0)
-    return "invalid value for 'pool.healthy-after': must be >= 0";
   // By name only: spdlog also takes "warning" and anything else as off.
   auto levels = {"trace", "debug", "info", "warn", "error", "critical", "off"};
   if (std::none_of(levels.begin(), levels.end(),
@@ -664,9 +665,8 @@ pool_config node_config::make_pool_config() const {
 }
 
 size_t node_config::publish_message_limit() const {
-  if (publish_max_message_size != 0)
-    return publish_max_message_size;
-  return std::max(rpc.max_message_size, pool.worker.max_frame_size) + (size_t{1} << 20);
+  return publish_max_message_size != 0 ? publish_max_message_size
+                                       : least_message_limit(rpc, pool);
 }
 
 publish_config node_config::make_publish_config() const {

@@ -29,12 +29,3 @@ constexpr int exit_no_package = 7;
 std::string missing_package();
 
 } // namespace pyvisor
-
-/// Defined by a program built against an installed pyvisor CMake package
-/// (cmake/pyvisor_package_dir.cpp, added by pyvisorConfig.cmake): where that
-/// package's Python directory is. Absent otherwise.
-extern "C" __attribute__((weak)) const char* pyvisor_package_python_dir();
-
-namespace pyvisor {
-
-} // namespace pyvisor

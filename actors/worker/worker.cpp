@@ -461,7 +461,8 @@ process_options python_options(const worker_config& cfg, const std::string& modu
   opts.args = {"-c",
                "import os, sys\n"
                "d = os.environ['PYVISOR_RUNTIME_DIR']\n"
-               "if not os.path.isfile(os.path.join(d, 'pyvisor', 'worker.py')): sys.exit(7)\n"
+               "if not os.path.isfile(os.path.join(d, 'pyvisor', 'worker.py')): sys.exit("
+                 + std::to_string(exit_no_package) + ")\n"
                "sys.path.insert(0, d)\n"
                "from " + module + " import main\n"
                "sys.exit(main())",
@@ -470,13 +471,14 @@ process_options python_options(const worker_config& cfg, const std::string& modu
     opts.args.emplace_back("--module");
     opts.args.push_back(m);
   }
+  auto runtime_dir = default_python_dir();
   std::string pythonpath;
   for (const auto& p : cfg.python_path)
     pythonpath += p + ":";
-  pythonpath += default_python_dir();
+  pythonpath += runtime_dir;
   if (auto existing = getenv("PYTHONPATH"); existing && *existing)
     pythonpath += std::string{":"} + existing;
-  opts.env = {"PYTHONPATH=" + pythonpath, "PYVISOR_RUNTIME_DIR=" + default_python_dir(),
+  opts.env = {"PYTHONPATH=" + pythonpath, "PYVISOR_RUNTIME_DIR=" + runtime_dir,
               "PYTHONUNBUFFERED=1",
               "PYVISOR_LOG_LEVEL=" + std::to_string(python_log_level())};
   // Applied by each worker to itself (python/pyvisor/worker.py), not by a
@@ -495,6 +497,15 @@ std::string missing_msgpack(const std::string& python) {
            "python3-msgpack) and use /usr/bin/python3, or set pool.python to an "
            "interpreter with msgpack";
 }
+
+} // namespace pyvisor
+
+/// Defined by a program built against an installed pyvisor CMake package
+/// (cmake/pyvisor_package_dir.cpp, added by pyvisorConfig.cmake): where that
+/// package's Python directory is. Absent otherwise.
+extern "C" __attribute__((weak)) const char* pyvisor_package_python_dir();
+
+namespace pyvisor {
 
 std::vector<std::string> python_dir_candidates() {
   std::vector<std::string> result;

@@ -15,7 +15,8 @@ import subprocess
 import tempfile
 import unittest
 
-from test_node import NODE, ROOT
+from test_cluster import Proc
+from test_node import ROOT, wait_gone
 
 MARKED = re.compile(r"<!-- runnable: (\w+)[^>]*-->\n```python\n(.*?)```\n", re.S)
 
@@ -33,27 +34,16 @@ class ReadmeTest(unittest.TestCase):
         with open(os.path.join(self.dir.name, "my_commands.py"), "w") as f:
             f.write(commands[0])
         # As the README starts it, with the snippet instead of the examples' copy.
-        self.log = open(os.path.join(self.dir.name, "node.log"), "w+")
-        self.node = subprocess.Popen(
-            [NODE, "--config-file=/dev/null", "--rpc.port=0",
-             '--pool.modules=["my_commands", "pyvisor.testing"]',
-             '--pool.python-path=["%s"]' % self.dir.name],
-            stdout=subprocess.PIPE, stderr=self.log, text=True, cwd=ROOT)
-        line = self.node.stdout.readline()
-        self.assertIn("listening on", line, self.read_log())
-        self.port = int(line.strip().rsplit(":", 1)[1])
-
-    def read_log(self):
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()
+        self.node = Proc({"pool": {"modules": '["my_commands", "pyvisor.testing"]',
+                                   "python-path": '["%s"]' % self.dir.name},
+                          "rpc": {"port": 0}})
+        self.port = self.node.port
+        self.pids = self.node.pids()
 
     def tearDown(self):
-        self.node.kill()
-        self.node.wait()
-        self.node.stdout.close()
-        self.log.close()
+        self.node.close()
         self.dir.cleanup()
+        self.assertTrue(wait_gone(self.pids), "a Python worker outlived its node")
 
     def test_every_client_snippet_runs_as_written(self):
         clients = snippets("client")
@@ -64,7 +54,7 @@ class ReadmeTest(unittest.TestCase):
             run = subprocess.run(["/usr/bin/python3", "-c", code.replace("7400", str(self.port))],
                                  capture_output=True, text=True, timeout=60, env=env, cwd=ROOT)
             self.assertEqual(run.returncode, 0, "%s\n%s\n%s" % (code, run.stderr,
-                                                                self.read_log()[-2000:]))
+                                                                self.node.read_log()[-2000:]))
 
 
 if __name__ == "__main__":
