@@ -40,7 +40,7 @@ struct greeter_test : pyvisor::testing::mock_pool_fixture {
           return pyvisor::make_error(pyvisor::error_code::bad_request, "a name, please");
         return pyvisor::pack("hello " + *name);
       },
-      std::chrono::seconds(2));
+      std::chrono::seconds(2)); // 2 s of latency, no real time
   }
 };
 

@@ -2,8 +2,9 @@
 # Proves that pyvisor composes into other CAF applications: installs the
 # build into a temporary prefix, builds examples/ as a separate CMake project
 # against the installed package (find_package(pyvisor)), and runs the
-# examples (the README's among them, checked to be shown unchanged there),
-# the remote one against an installed node that publishes its pool. Checks
+# examples (the README's among them), the remote one against an installed
+# node that publishes its pool, and builds the README's C++ and CMake blocks
+# (readme_fragments.py checks that each is one of the examples or builds it). Checks
 # the installed systemd unit with systemd-analyze.
 # Then moves the installation elsewhere and runs its node without help: its
 # workers must import the moved copy of the Python package (not the source
@@ -48,16 +49,6 @@ cmake --build "$prefix/build-examples" -j2
 export PYVISOR_PYTHON_DIR="$prefix/share/pyvisor/python"
 "$prefix/build-examples/test_with_mock"
 "$prefix/build-examples/quick_start" "$src_dir/examples/python" | grep -q "^words: 2$"
-# The README shows examples/quick_start.cpp whole, as it is.
-/usr/bin/python3 - "$src_dir" <<'PY'
-import sys
-src = sys.argv[1]
-readme = open(src + "/README.md").read()
-marker = "<!-- examples/quick_start.cpp, shown whole; CI checks that they match -->\n```cpp\n"
-start = readme.index(marker) + len(marker)
-shown = readme[start:readme.index("```\n", start)]
-assert shown == open(src + "/examples/quick_start.cpp").read(), "README and examples/quick_start.cpp differ"
-PY
 "$prefix/build-examples/embedded_pool" "$src_dir/examples/python"
 port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 start_node --publish.port="$port"
@@ -67,6 +58,17 @@ kill -TERM "$node_pid"
 wait "$node_pid"
 node_pid=
 echo "examples: all four built against the installed package and ran"
+
+# The README's other C++ and CMake blocks: each is a file of examples/ (shown
+# whole or in part) or a fragment that a harness builds as written, against
+# the installation (tests/integration/examples/readme_fragments.py).
+/usr/bin/python3 "$src_dir/tests/integration/examples/readme_fragments.py" "$src_dir" "$prefix/fragments"
+cmake -S "$src_dir/tests/integration/examples/readme" -B "$prefix/build-readme" \
+  -DCMAKE_PREFIX_PATH="$prefix" -DPYVISOR_README_FRAGMENTS="$prefix/fragments" > /dev/null
+cmake --build "$prefix/build-readme" -j2
+"$prefix/build-readme/mock_commands"
+(cd "$prefix/build-readme" && ./app)
+rm -rf "$prefix/build-readme"
 
 # An application installed elsewhere than the package (here: built outside
 # the prefix) finds the installation's Python package through the CMake

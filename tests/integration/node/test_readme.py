@@ -2,7 +2,9 @@
 `<!-- runnable: commands -->` become the node's user module, and those marked
 `<!-- runnable: client -->` run against a node started as the README says
 (`--pool.modules=["my_commands", "pyvisor.testing"]`), with only the port
-changed. The README's C++ example (examples/quick_start.cpp, shown whole) is
+changed; the `<!-- runnable: hook -->` block (an on_start hook) is a module of
+that node's too, given the connection it opens. Every Python block of the
+README is one of these. The README's C++ example (examples/quick_start.cpp, shown whole) is
 compiled and run against the installation by
 tests/integration/examples/check_examples.sh.
 
@@ -12,6 +14,7 @@ Run: PYVISOR_NODE=build/pyvisor-node python3 -m unittest -v test_readme
 import os
 import re
 import subprocess
+import sys
 import tempfile
 import unittest
 
@@ -33,8 +36,15 @@ class ReadmeTest(unittest.TestCase):
         self.assertEqual(len(commands), 1, "one block of commands is marked in the README")
         with open(os.path.join(self.dir.name, "my_commands.py"), "w") as f:
             f.write(commands[0])
+        hooks = snippets("hook")
+        self.assertEqual(len(hooks), 1, "one on_start hook is marked in the README")
+        # What the hook leaves to the reader (the connection it opens), and a
+        # command that shows what the hook left in its worker.
+        with open(os.path.join(self.dir.name, "readme_hook.py"), "w") as f:
+            f.write("import pyvisor\n\n\ndef open_connection():\n    return {'pid': __import__('os').getpid()}\n\n\n"
+                    + hooks[0] + "\n\n@pyvisor.command('readme.db')\ndef _db(args, ctx):\n    return db\n")
         # As the README starts it, with the snippet instead of the examples' copy.
-        self.node = Proc({"pool": {"modules": '["my_commands", "pyvisor.testing"]',
+        self.node = Proc({"pool": {"modules": '["my_commands", "pyvisor.testing", "readme_hook"]',
                                    "python-path": '["%s"]' % self.dir.name},
                           "rpc": {"port": 0}})
         self.port = self.node.port
@@ -44,6 +54,24 @@ class ReadmeTest(unittest.TestCase):
         self.node.close()
         self.dir.cleanup()
         self.assertTrue(wait_gone(self.pids), "a Python worker outlived its node")
+
+    def test_every_python_block_is_run(self):
+        with open(os.path.join(ROOT, "README.md")) as f:
+            readme = f.read()
+        self.assertEqual(len(MARKED.findall(readme)), readme.count("```python\n"),
+                         "a Python block of the README is not marked runnable")
+
+    def test_the_on_start_hook_runs_in_each_worker_after_the_fork(self):
+        sys.path.insert(0, os.path.join(ROOT, "python"))
+        from pyvisor.client import Client
+        with Client("127.0.0.1", self.port) as c:
+            for i in range(4):
+                db = c.execute("readme.db", None, session="s%d" % i)
+                info = c.execute("worker.info", None, session="s%d" % i)
+                # The connection was opened by the worker that serves the
+                # session, after the fork (not by the template).
+                self.assertEqual(db["pid"], info["pid"])
+                self.assertIn(info["pid"], self.pids)
 
     def test_every_client_snippet_runs_as_written(self):
         clients = snippets("client")
