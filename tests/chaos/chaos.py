@@ -687,6 +687,14 @@ def main():
     chaos.run()
     r = chaos.report()
     print_table(r)
+    if not r["passed"]:
+        # The node's warnings and errors: what it saw of the failure.
+        chaos.node_log.flush()
+        chaos.node_log.seek(0)
+        lines = chaos.node_log.read().splitlines()
+        print("\n== the node's log (last %d of %d lines, level warn) ==" % (min(80, len(lines)),
+                                                                           len(lines)))
+        print("\n".join(lines[-80:]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(r, f, indent=2, default=str)
