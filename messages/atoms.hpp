@@ -27,5 +27,12 @@ using configure_atom = caf::atom_constant<caf::atom("pv_config")>;
 /// Cancels the sender's request that it tagged so (execute::tag; 0: all of
 /// its requests): answered `cancelled` now, interrupted if it runs.
 using cancel_atom = caf::atom_constant<caf::atom("pv_cancel")>;
+/// One chunk of a streaming request's output, sent to its caller before the
+/// response: (chunk_atom, tag, payload), tag as in execute::tag.
+using chunk_atom = caf::atom_constant<caf::atom("pv_chunk")>;
+/// A stream's caller has taken this many of its chunks so far:
+/// (taken_atom, tag, n) to the pool; the worker sends more only as far as
+/// the stream window allows beyond it (pool.stream-window).
+using taken_atom = caf::atom_constant<caf::atom("pv_taken")>;
 
 } // namespace pyvisor

@@ -63,12 +63,19 @@ struct execute {
   /// The caller's own name for this request (0: none), unique among its
   /// requests in flight: what it passes to cancel it (cancel_atom, pool.hpp).
   uint64_t tag = 0;
+  /// The caller takes a generator handler's values as they come: each as a
+  /// (chunk_atom, tag, payload) message to the caller before the response,
+  /// which carries the generator's return value; the caller acknowledges
+  /// what it took with (taken_atom, tag, n) to the pool (README,
+  /// "Streaming"). Without it a generator's values are the result, as one
+  /// list.
+  bool stream = false;
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, execute& x) {
   return f(caf::meta::type_name("pyvisor::execute"), x.command, x.args, x.session,
-           x.timeout, x.idempotent, x.attempts, x.tag);
+           x.timeout, x.idempotent, x.attempts, x.tag, x.stream);
 }
 
 /// Convenience: builds an execute request from any msgpack-adaptable value.

@@ -35,6 +35,9 @@ using sessions_lost_atom = caf::atom_constant<caf::atom("pv_seslost")>;
 /// The pool cancels a requester's requests on a worker it delegates to
 /// (cancel_for_atom, requester, tag; see pool_actor's cancel_atom).
 using cancel_for_atom = caf::atom_constant<caf::atom("pv_cancfor")>;
+/// The pool passes a stream consumer's taken_atom on to a worker it
+/// delegates to (taken_for_atom, requester, tag, n).
+using taken_for_atom = caf::atom_constant<caf::atom("pv_takefor")>;
 /// A pool tells its keeper that it gave up (cause, its sessions).
 using pool_failed_atom = caf::atom_constant<caf::atom("pv_pfailed")>;
 

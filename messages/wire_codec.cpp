@@ -69,14 +69,21 @@ void pack_reply_head(packer& pk, uint64_t id, bool ok) {
 } // namespace
 
 void append_request(std::vector<char>& out, uint64_t id, std::string_view cmd,
-                    const std::vector<char>& args, std::string_view session, double deadline) {
+                    const std::vector<char>& args, std::string_view session, double deadline,
+                    const stream_window* stream) {
   auto pos = begin_frame(out);
   pyvisor::detail::vector_writer w{out};
   packer pk{w};
-  pk.pack_map(deadline > 0 ? 5 : 4);
+  pk.pack_map(4 + (deadline > 0 ? 1 : 0) + (stream != nullptr ? 1 : 0));
   if (deadline > 0) {
     pack_str(pk, "deadline");
     pk.pack_double(deadline);
+  }
+  if (stream != nullptr) {
+    pack_str(pk, "stream");
+    pk.pack_array(2);
+    pk.pack_uint64(stream->chunks);
+    pk.pack_uint64(stream->bytes);
   }
   pack_str(pk, "id");
   pk.pack_uint64(id);
@@ -153,12 +160,14 @@ std::string decode(const char* data, size_t size, frame& out) {
     for (size_t i = 0; i < entries; ++i) {
       auto key_handle = cur.next();
       auto key = as_string(key_handle.get());
-      if (key == "result") {
+      if (key == "result" || key == "chunk") {
         // Cut out as raw bytes, never built into objects: the result is
         // neither inspected nor re-encoded (a list of millions of elements
         // costs one walk, no allocation).
         auto range = cur.skip();
         out.result.assign(data + range.first, data + range.second);
+        if (key == "chunk")
+          out.type = frame_type::chunk;
         continue;
       }
       auto value_handle = cur.next();
@@ -195,8 +204,13 @@ std::string decode(const char* data, size_t size, frame& out) {
   }
   if (cur.offset() != size)
     return "trailing bytes after the frame's map";
+  if (out.type == frame_type::chunk) {
+    if (!have_id || have_ok)
+      return "chunk frame needs an 'id' and no 'ok'";
+    return {};
+  }
   if (!have_ok)
-    return "frame has no 'ok' or 'hello' field";
+    return "frame has no 'ok', 'hello' or 'chunk' field";
   if (out.type == frame_type::reply) {
     if (!have_id)
       return "reply frame has no 'id'";
@@ -225,6 +239,28 @@ void append_control(std::vector<char>& out, const std::vector<uint64_t>& revoke,
   }
 }
 
+void append_credit(std::vector<char>& out, uint64_t id, uint64_t taken) {
+  pyvisor::detail::vector_writer w{out};
+  packer pk{w};
+  pk.pack_map(2);
+  pack_str(pk, "credit");
+  pk.pack_uint64(id);
+  pack_str(pk, "taken");
+  pk.pack_uint64(taken);
+}
+
+void append_chunk(std::vector<char>& out, uint64_t id, const std::vector<char>& value) {
+  auto pos = begin_frame(out);
+  pyvisor::detail::vector_writer w{out};
+  packer pk{w};
+  pk.pack_map(2);
+  pack_str(pk, "id");
+  pk.pack_uint64(id);
+  pack_str(pk, "chunk");
+  out.insert(out.end(), value.begin(), value.end());
+  end_frame(out, pos);
+}
+
 bool is_control_message(const char* data, size_t size) noexcept {
   if (size == 0)
     return false;
@@ -249,6 +285,10 @@ std::optional<control_message> decode_control(const char* data, size_t size) noe
         result.interrupt = value_handle.get().as<uint64_t>();
       else if (key == "reason")
         result.reason = as_string(value_handle.get());
+      else if (key == "credit")
+        result.credit = value_handle.get().as<uint64_t>();
+      else if (key == "taken")
+        result.taken = value_handle.get().as<uint64_t>();
     }
     if (cur.offset() != size)
       return std::nullopt;

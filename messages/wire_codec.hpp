@@ -34,16 +34,18 @@ struct remote_error {
   std::string traceback;
 };
 
-enum class frame_type { reply, hello };
+enum class frame_type { reply, hello, chunk };
 
-/// A decoded frame from Python: a reply to a request or the hello frame.
+/// A decoded frame from Python: a reply to a request, one chunk of a
+/// streaming request's output (docs/protocol.md, "Streams") or the hello
+/// frame.
 struct frame {
   frame_type type = frame_type::reply;
-  /// Reply: the request id. Hello: 0.
+  /// Reply and chunk: the request id. Hello: 0.
   uint64_t id = 0;
   /// Reply: whether the command succeeded. Hello: whether start-up succeeded.
   bool ok = false;
-  /// Reply with ok: the raw msgpack bytes of `result`.
+  /// Reply with ok: the raw msgpack bytes of `result`; chunk: of `chunk`.
   std::vector<char> result;
   /// Reply without ok, or a failed hello.
   remote_error error;
@@ -56,13 +58,30 @@ struct frame {
   bool control = false;
 };
 
+/// How much of a stream's output may be sent and not yet taken by its
+/// consumer: at most `chunks` chunks and `bytes` bytes (one chunk always).
+struct stream_window {
+  uint64_t chunks = 16;
+  uint64_t bytes = uint64_t{4} << 20;
+};
+
 /// Appends a complete request frame (length prefix included) to `out`.
 /// `args` must hold exactly one msgpack value; it is copied verbatim.
 /// `deadline`: when the caller stops waiting, in CLOCK_MONOTONIC seconds
-/// (the worker's time.monotonic()); 0 leaves it out.
+/// (the worker's time.monotonic()); 0 leaves it out. `stream`: the caller
+/// takes a generator's values as chunks, paced by this window (none: a
+/// generator's values come back as one list).
 void append_request(std::vector<char>& out, uint64_t id, std::string_view cmd,
                     const std::vector<char>& args, std::string_view session,
-                    double deadline = 0);
+                    double deadline = 0, const stream_window* stream = nullptr);
+
+/// Appends a credit message (node -> worker, control socket, sent without a
+/// signal): the consumer of stream `id` has taken `taken` of its chunks so
+/// far.
+void append_credit(std::vector<char>& out, uint64_t id, uint64_t taken);
+
+/// Appends a chunk frame; used by tests and by workers written in C++.
+void append_chunk(std::vector<char>& out, uint64_t id, const std::vector<char>& value);
 
 /// Appends one control message (node -> worker, no length prefix: the
 /// control socket keeps message boundaries): take back the requests
@@ -76,6 +95,10 @@ struct control_message {
   std::vector<uint64_t> revoke;
   uint64_t interrupt = 0;
   std::string reason;
+  /// A credit (append_credit): the stream's request id (0: none) and what
+  /// its consumer has taken.
+  uint64_t credit = 0;
+  uint64_t taken = 0;
 };
 
 /// Decodes a control message (node -> worker); nothing if malformed.

@@ -45,6 +45,12 @@ struct worker_settings {
   /// the worker gets this long to stop it (pyvisor.Interrupted raised in the
   /// handler) before it is killed, its stack dumped to the log first.
   caf::timespan interrupt_grace = std::chrono::seconds(1);
+  /// A stream's output sent and not yet taken by its consumer: at most this
+  /// many chunks and bytes (one chunk always), so that a slow consumer slows
+  /// the generator and the node holds little of it (pool.stream-window,
+  /// pool.stream-window-bytes).
+  uint32_t stream_window = 16;
+  uint64_t stream_window_bytes = uint64_t{4} << 20;
 };
 
 using worker_actor = caf::typed_actor<

@@ -8,6 +8,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <unordered_map>
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -112,6 +113,15 @@ struct connection_state {
   bool probe_sent = false;
   /// Requests sent to the pool and not yet answered; closed by drain_atom.
   drain_gate requests;
+  /// This connection's streams in flight (execute with {"stream": true}),
+  /// by their tag at the pool: the msgid their chunks name, and how many
+  /// chunks came and were acknowledged to the pool (taken_atom) so far.
+  struct open_stream {
+    uint32_t msgid = 0;
+    uint64_t received = 0;
+    uint64_t taken = 0;
+  };
+  std::unordered_map<uint64_t, open_stream> streams;
 
   explicit connection_state(const gateway_config& cfg) : framer(cfg.max_message_size) {
     // nop
@@ -250,6 +260,45 @@ void write_response(caf::io::broker* self, connection_state& st, uint32_t msgid,
                        + " bytes of responses unread (rpc.max-pending-output)");
 }
 
+/// The pool hears that this connection's streams were taken (the worker
+/// may send more) while what is written waits little for the socket: a
+/// client that reads slowly holds back its streams' generators, and the
+/// node holds at most a window of each.
+void credit_streams(caf::io::broker* self, connection_state& st) {
+  auto below = std::min(size_t{1} << 20, st.shared->cfg.max_pending_output / 4);
+  if (st.closed || st.pending_output > below)
+    return;
+  for (auto& [tag, s] : st.streams)
+    if (s.received > s.taken) {
+      s.taken = s.received;
+      self->send(st.pool, taken_atom::value, tag, s.taken);
+    }
+}
+
+/// Writes chunk `value` of the stream answering `msgid`: the notification
+/// [2, "chunk", [msgid, value]], the value's bytes as the worker made them.
+void write_chunk(caf::io::broker* self, connection_state& st, uint32_t msgid,
+                 const std::vector<char>& value) {
+  auto& out = self->wr_buf(st.out);
+  auto before = out.size();
+  detail::vector_writer w{out};
+  packer pk{w};
+  pk.pack_array(3);
+  pk.pack_uint8(2);
+  pack_str(pk, "chunk");
+  pk.pack_array(2);
+  pk.pack_uint32(msgid);
+  out.insert(out.end(), value.begin(), value.end());
+  st.set_pending_output(st.pending_output + out.size() - before);
+  st.shared->cfg.counters->bytes_sent += out.size() - before;
+  self->flush(st.out);
+  if (st.pending_output > st.shared->cfg.max_pending_output)
+    close_connection(self, st,
+                     "the client left more than "
+                       + std::to_string(st.shared->cfg.max_pending_output)
+                       + " bytes of responses unread (rpc.max-pending-output)");
+}
+
 void respond_error(caf::io::broker* self, connection_state& st, uint32_t msgid, rpc_error err) {
   write_response(self, st, msgid, &err, nullptr);
 }
@@ -284,18 +333,24 @@ void finished_one(caf::io::broker* self, const conn_ptr& st) {
 /// Sends a request to the pool and writes its outcome as the response to
 /// `msgid` (none for a notification); `encode` turns the result into bytes
 /// (and may take them from it).
+/// `stream`: the request's tag when it is a stream of this connection's
+/// (0: none), whose chunks end with its response.
 template <class Result, class Encode, class... Ts>
 void forward(caf::io::broker* self, conn_ptr st, uint32_t msgid, bool notification,
-             Encode encode, Ts&&... xs) {
+             uint64_t stream, Encode encode, Ts&&... xs) {
   st->requests.enter();
   self->request(st->pool, caf::infinite, std::forward<Ts>(xs)...)
     .then(
-      [self, st, msgid, notification, encode](Result& result) {
+      [self, st, msgid, notification, stream, encode](Result& result) {
+        if (stream != 0)
+          st->streams.erase(stream);
         if (!notification)
           respond(self, *st, msgid, encode(result));
         finished_one(self, st);
       },
-      [self, st, msgid, notification](caf::error& err) {
+      [self, st, msgid, notification, stream](caf::error& err) {
+        if (stream != 0)
+          st->streams.erase(stream);
         if (!notification)
           respond_error(self, *st, msgid, to_rpc_error(err));
         finished_one(self, st);
@@ -330,7 +385,7 @@ bool handle_message(caf::io::broker* self, conn_ptr st, const char* data, size_t
   if (m.method == "ping") {
     // "pong" only while the pool can serve: a health check must be able to
     // tell a node that listens from one that works.
-    forward<bool>(self, st, msgid, notification,
+    forward<bool>(self, st, msgid, notification, 0,
                   [](bool) { return pack(std::string{"pong"}).bytes; }, health_atom::value);
   } else if (m.method == "execute" && st->pending_output > 0
              && st->shared->pending_output > st->shared->cfg.max_pending_output_total) {
@@ -348,11 +403,19 @@ bool handle_message(caf::io::broker* self, conn_ptr st, const char* data, size_t
     // this connection can name it.
     if (!notification)
       m.request.tag = uint64_t{msgid} + 1;
-    forward<payload>(self, st, msgid, notification,
+    // A notification has no msgid for chunks to name: it runs as a call.
+    uint64_t stream = 0;
+    if (m.request.stream && notification)
+      m.request.stream = false;
+    else if (m.request.stream && !st->streams.count(m.request.tag))
+      st->streams[stream = m.request.tag].msgid = msgid;
+    else
+      m.request.stream = false; // the same msgid twice: the first one streams
+    forward<payload>(self, st, msgid, notification, stream,
                      [](payload& result) { return std::move(result.bytes); },
                      std::move(m.request));
   } else if (m.method == "session.end") {
-    forward<bool>(self, st, msgid, notification, [](bool) { return pack(true).bytes; },
+    forward<bool>(self, st, msgid, notification, 0, [](bool) { return pack(true).bytes; },
                   end_session_atom::value, std::move(m.session_id));
   } else if (m.method == "cancel") {
     // This connection's request: the broker is its requester at the pool.
@@ -361,7 +424,7 @@ bool handle_message(caf::io::broker* self, conn_ptr st, const char* data, size_t
     if (!notification)
       respond(self, *st, msgid, pack(true).bytes);
   } else if (m.method == "stats") {
-    forward<pool_stats>(self, st, msgid, notification,
+    forward<pool_stats>(self, st, msgid, notification, 0,
                         [](const pool_stats& x) { return pack(x).bytes; }, status_atom::value);
   } else if (!notification) {
     respond_error(self, *st, msgid,
@@ -455,7 +518,9 @@ void check_message_timeout(caf::io::broker* self, const conn_ptr& st) {
 void probe_peer(caf::io::broker* self, const conn_ptr& st) {
   if (st->closed || st->requests.in_flight() == 0)
     return;
-  if (!st->probe_sent && st->pending_output == 0) {
+  // Not while it streams: a chunk would follow the response's first byte.
+  // Its next chunk's write finds a gone client instead.
+  if (!st->probe_sent && st->pending_output == 0 && st->streams.empty()) {
     self->wr_buf(st->out).push_back(static_cast<char>(0x94));
     st->set_pending_output(st->pending_output + 1);
     self->flush(st->out);
@@ -509,7 +574,18 @@ caf::behavior connection(caf::io::broker* self, caf::io::connection_handle hdl, 
     [self, st](message_timeout_atom) { check_message_timeout(self, st); },
     [self, st](const caf::io::data_transferred_msg& msg) {
       st->set_pending_output(msg.remaining);
+      credit_streams(self, *st);
       finish_if_done(self, *st);
+    },
+    [self, st](chunk_atom, uint64_t tag, payload& p) {
+      // A chunk that comes after its response (it raced a cancel or a
+      // deadline) finds no stream: dropped, never sent after the response.
+      auto i = st->streams.find(tag);
+      if (i == st->streams.end() || st->closed)
+        return;
+      ++i->second.received;
+      write_chunk(self, *st, i->second.msgid, p.bytes);
+      credit_streams(self, *st);
     },
     [self, st](const caf::io::connection_closed_msg& msg) {
       if (msg.handle == st->out) {

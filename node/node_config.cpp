@@ -86,6 +86,12 @@ node_config::node_config()
     .add(pool.interrupt_grace, "interrupt-grace",
          "time an interrupted handler (timed out or cancelled) gets to stop before its "
          "worker is killed")
+    .add(pool.stream_window, "stream-window",
+         "chunks of a stream sent and not yet taken by its consumer, at most (a slow "
+         "consumer holds its generator back)")
+    .add(pool.stream_window_bytes, "stream-window-bytes",
+         "bytes of a stream sent and not yet taken by its consumer, at most (one chunk "
+         "always)")
     .add(pool.take_back_after, "take-back-after",
          "a request written behind one that has run this long is taken back to run on an "
          "idle worker")
@@ -595,6 +601,10 @@ std::string node_config::validate() const {
     return "invalid value for 'pool.queue-share': must be in (0, 1]";
   if (pool.max_in_flight < 1)
     return "invalid value for 'pool.max-in-flight': must be >= 1";
+  if (pool.stream_window < 1)
+    return "invalid value for 'pool.stream-window': must be >= 1";
+  if (pool.stream_window_bytes < 1)
+    return "invalid value for 'pool.stream-window-bytes': must be >= 1";
   if (pool.max_attempts < 1)
     return "invalid value for 'pool.max-attempts': must be >= 1";
   if (!positive(pool.restart_period))

@@ -39,8 +39,12 @@ std::string read_options(const msgpack::object& o, execute& req) {
       if (v.type != msgpack::type::BOOLEAN)
         return "option 'idempotent' must be a boolean";
       req.idempotent = v.via.boolean;
+    } else if (key == "stream") {
+      if (v.type != msgpack::type::BOOLEAN)
+        return "option 'stream' must be a boolean";
+      req.stream = v.via.boolean;
     } else {
-      return "unknown option '" + key + "' (known: session, timeout_ms, idempotent)";
+      return "unknown option '" + key + "' (known: session, timeout_ms, idempotent, stream)";
     }
   }
   return {};

@@ -64,6 +64,8 @@ public:
         what = "a down message";
       else if (content.match_elements<caf::error>())
         what = "an error message";
+      else if (content.match_elements<chunk_atom, uint64_t, payload>())
+        what = "a stream chunk";
       if (what) {
         // The first ones, then every 10000th: a peer may send millions.
         if (++ignored_ <= 10 || ignored_ % 10000 == 0)
@@ -95,6 +97,8 @@ public:
         auto key = std::make_pair(caf::actor_cast<caf::actor_addr>(current_sender()), x.tag);
         auto own = ++next_tag_;
         tags_[key] = own;
+        if (x.stream)
+          streams_[own] = key;
         x.tag = own;
         auto rp = make_response_promise<payload>();
         request(pool_, caf::infinite, std::move(x))
@@ -116,6 +120,21 @@ public:
             break;
           send(pool_, cancel_atom::value, i->second);
         }
+      },
+      [this](taken_atom, uint64_t tag, uint64_t n) {
+        auto who = caf::actor_cast<caf::actor_addr>(current_sender());
+        if (auto i = tags_.find({who, tag}); tag != 0 && i != tags_.end())
+          send(pool_, taken_atom::value, i->second, n);
+      },
+      [this](chunk_atom, uint64_t own, payload& p) {
+        // Only local senders get here (enqueue): a worker of the pool.
+        auto i = streams_.find(own);
+        if (i == streams_.end())
+          return;
+        // As the endpoint (the front checks who sends its chunks).
+        if (auto peer = caf::actor_cast<caf::actor>(i->second.first))
+          caf::send_as(caf::actor_cast<caf::actor>(this), peer, chunk_atom::value,
+                       i->second.second, std::move(p));
       },
       [this](end_session_atom, std::string& id) -> caf::result<bool> {
         return relay<bool>(end_session_atom::value, std::move(id));
@@ -152,11 +171,14 @@ private:
     auto i = tags_.find(key);
     if (i != tags_.end() && i->second == own)
       tags_.erase(i);
+    streams_.erase(own);
   }
 
   pool_actor pool_;
   /// (peer, its tag) -> the endpoint's tag at the pool, while in flight.
   std::map<std::pair<caf::actor_addr, uint64_t>, uint64_t> tags_;
+  /// The endpoint's tag of a stream -> (peer, its tag): where its chunks go.
+  std::map<uint64_t, std::pair<caf::actor_addr, uint64_t>> streams_;
   uint64_t next_tag_ = 0;
   /// Messages turned away (enqueue runs on any thread).
   std::atomic<uint64_t> ignored_{0};

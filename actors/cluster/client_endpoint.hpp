@@ -5,7 +5,8 @@
 // None of those may be reachable from another machine. So a node never
 // publishes its pool: it publishes a client endpoint, a separate actor whose
 // typed interface is `client_actor` - execute, end_session_atom,
-// status_atom and cancel_atom, nothing else - and which:
+// status_atom, cancel_atom and a stream's taken_atom, nothing else (chunk_atom
+// it takes only from this process) - and which:
 // - answers every request itself (request + response promise, never
 //   delegate), so that the only actor of this process whose address a
 //   remote peer ever learns is the endpoint (a delegated request would be
@@ -40,7 +41,12 @@ using client_actor = caf::typed_actor<
   caf::replies_to<end_session_atom, std::string>::with<bool>,
   caf::replies_to<status_atom>::with<pool_stats>,
   /// Cancels the sender's request it tagged so (pool_actor's cancel_atom).
-  caf::reacts_to<cancel_atom, uint64_t>>;
+  caf::reacts_to<cancel_atom, uint64_t>,
+  /// A stream's credit (pool_actor's taken_atom).
+  caf::reacts_to<taken_atom, uint64_t, uint64_t>,
+  /// A chunk of a stream the endpoint asked for, from a worker of this
+  /// process (a peer's are ignored), passed on to the peer that asked.
+  caf::reacts_to<chunk_atom, uint64_t, payload>>;
 
 /// Spawns an endpoint in front of `pool`; it ends when `pool` ends.
 client_actor spawn_client_endpoint(caf::actor_system& sys, pool_actor pool);

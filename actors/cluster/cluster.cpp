@@ -33,7 +33,8 @@ using reconnect_atom = caf::atom_constant<caf::atom("cl_reconn")>;
 
 using cluster_impl = pool_actor::extend<caf::reacts_to<heartbeat_atom>,
                                         caf::reacts_to<reconnect_atom, uint32_t, uint64_t>,
-                                        caf::reacts_to<sweep_atom>>;
+                                        caf::reacts_to<sweep_atom>,
+                                        caf::reacts_to<chunk_atom, uint64_t, payload>>;
 
 constexpr uint32_t no_node = std::numeric_limits<uint32_t>::max();
 
@@ -83,6 +84,9 @@ struct pending_req {
   /// nodes the front is the requester, and the request's tag is its id here.
   caf::actor_addr caller;
   uint64_t caller_tag = 0;
+  /// A stream's chunks passed on to its caller: once one was, it is not
+  /// run again elsewhere (the caller saw output).
+  uint64_t chunks = 0;
 };
 
 struct binding {
@@ -386,7 +390,7 @@ void lose(self_ptr self, uint32_t n, const std::string& why, bool logged) {
              make_error(error_code::session_lost,
                         "session '" + r.req.session + "' was lost: node " + node.peer
                           + " was lost while its request ran (" + why + ")"));
-    } else if (r.req.idempotent && r.req.attempts + 1 < st.cfg.max_attempts
+    } else if (r.req.idempotent && r.chunks == 0 && r.req.attempts + 1 < st.cfg.max_attempts
                && r.deadline > now) {
       ++r.req.attempts;
       ++st.retries;
@@ -658,6 +662,34 @@ cluster_impl::behavior_type cluster_actor(self_ptr self, cluster_config cfg) {
     },
     [self](cancel_atom, uint64_t tag) {
       cancel_of(self, caf::actor_cast<caf::actor_addr>(self->current_sender()), tag);
+    },
+    [self](chunk_atom, uint64_t id, payload& p) {
+      // From the node that runs stream `id` (never a stale or other one):
+      // passed on to its caller under the caller's tag.
+      auto& st = self->state;
+      auto i = st.pending.find(id);
+      if (i == st.pending.end() || i->second.node == no_node)
+        return;
+      auto& r = i->second;
+      auto& node = st.nodes[r.node];
+      if (node.gen != r.gen || !node.hdl
+          || self->current_sender() != caf::actor_cast<caf::strong_actor_ptr>(node.hdl))
+        return;
+      ++r.chunks;
+      if (auto caller = caf::actor_cast<caf::actor>(r.caller))
+        caf::send_as(caf::actor_cast<caf::actor>(self), caller, chunk_atom::value, r.caller_tag,
+                     std::move(p));
+    },
+    [self](taken_atom, uint64_t tag, uint64_t n) {
+      // The caller's credit, to the node that runs its stream.
+      auto& st = self->state;
+      auto who = caf::actor_cast<caf::actor_addr>(self->current_sender());
+      for (auto& [id, r] : st.pending)
+        if (tag != 0 && r.caller == who && r.caller_tag == tag && r.node != no_node
+            && st.nodes[r.node].gen == r.gen && st.nodes[r.node].hdl) {
+          self->send(st.nodes[r.node].hdl, taken_atom::value, id, n);
+          return;
+        }
     },
     [self](ready_atom) -> caf::result<pool_stats> {
       auto rp = self->make_response_promise<pool_stats>();

@@ -134,6 +134,10 @@ void try_dispatch(self_ptr self);
 /// answered and stopped there (worker_link::cancel).
 void cancel_requests(self_ptr self, const caf::actor_addr& requester, uint64_t tag);
 
+/// A stream's requester has taken `n` of its chunks: passed to the worker
+/// that runs it (worker_link::taken).
+void pass_taken(self_ptr self, const caf::actor_addr& requester, uint64_t tag, uint64_t n);
+
 /// Monitors `requester` unless it is already.
 void watch(self_ptr self, const caf::actor_addr& requester);
 

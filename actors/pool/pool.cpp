@@ -358,6 +358,12 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
                 cancel_requests(self, who, tag);
             }),
     guarded(self,
+            [self](taken_atom, uint64_t tag, uint64_t n) {
+              auto who = caf::actor_cast<caf::actor_addr>(self->current_sender());
+              if (who && tag != 0)
+                pass_taken(self, who, tag, n);
+            }),
+    guarded(self,
             [self](take_back_atom) {
               self->state.take_back_armed = false;
               try_dispatch(self);
@@ -530,6 +536,17 @@ void cancel_requests(self_ptr self, const caf::actor_addr& requester, uint64_t t
     else if (s.handle)
       caf::anon_send(caf::actor_cast<caf::actor>(s.handle), cancel_for_atom::value, requester,
                      tag);
+  }
+}
+
+void pass_taken(self_ptr self, const caf::actor_addr& requester, uint64_t tag, uint64_t n) {
+  // The worker that runs it knows it (the others find no such request).
+  for (auto& s : self->state.slots) {
+    if (s.link)
+      s.link->taken(requester, tag, n);
+    else if (s.handle)
+      caf::anon_send(caf::actor_cast<caf::actor>(s.handle), taken_for_atom::value, requester,
+                     tag, n);
   }
 }
 

@@ -171,6 +171,11 @@ struct pool_config {
   /// on; only a handler still running this long after is killed (its stack
   /// logged first), and with it the worker's sessions.
   caf::timespan interrupt_grace = std::chrono::seconds(1);
+  /// A stream's output sent and not yet taken by its consumer: at most this
+  /// many chunks and bytes (one chunk always), so that a slow consumer slows
+  /// the generator (it waits in `yield`) and the node holds little of it.
+  uint32_t stream_window = 16;
+  uint64_t stream_window_bytes = uint64_t{4} << 20;
   /// A stateless request written to a worker behind one that has run this
   /// long is taken back (if the worker has not begun it) when another
   /// worker is idle, and runs there: no request waits behind a slow one
@@ -375,7 +380,11 @@ using pool_actor = caf::typed_actor<
   /// the worker revokes it (not begun) or interrupts it (running); already
   /// answered or unknown, nothing happens. The requests of a requester
   /// actor that terminates are cancelled the same way.
-  caf::reacts_to<cancel_atom, uint64_t>>;
+  caf::reacts_to<cancel_atom, uint64_t>,
+  /// The sender has taken `n` chunks so far of its stream tagged `tag`
+  /// (execute::stream): the worker may send up to the stream window beyond
+  /// them. Unknown or answered already: nothing happens.
+  caf::reacts_to<taken_atom, uint64_t, uint64_t>>;
 
 /// Spawns a pool behind its keeper (the handle stays valid across restarts).
 pool_actor spawn_pool(caf::actor_system& sys, pool_config cfg);

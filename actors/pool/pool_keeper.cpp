@@ -279,6 +279,12 @@ keeper_impl::behavior_type keeper_fun(self_ptr self, pool_config cfg) {
         caf::send_as(caf::actor_cast<caf::actor>(self->current_sender()), core,
                      cancel_atom::value, tag);
     },
+    [self](taken_atom, uint64_t tag, uint64_t n) {
+      // As the sender's own, like a cancel.
+      if (auto& core = self->state.core)
+        caf::send_as(caf::actor_cast<caf::actor>(self->current_sender()), core,
+                     taken_atom::value, tag, n);
+    },
     [self](pool_failed_atom, std::string& cause, std::vector<std::string>& sessions) {
       auto& st = self->state;
       if (!st.core || self->current_sender() != caf::actor_cast<caf::strong_actor_ptr>(st.core)

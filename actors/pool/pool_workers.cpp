@@ -200,6 +200,8 @@ child_spec worker_spec_of(self_ptr self) {
     common.request_timeout = cfg.request_timeout;
     common.attempt_timeout = cfg.attempt_timeout;
     common.interrupt_grace = cfg.interrupt_grace;
+    common.stream_window = cfg.stream_window;
+    common.stream_window_bytes = cfg.stream_window_bytes;
     common.stop_grace = cfg.shutdown_timeout / 2;
     if (cfg.backend == backend_kind::mock) {
       auto mc = cfg.mock;

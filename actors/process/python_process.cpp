@@ -680,7 +680,8 @@ bool python_process::send_control(const std::vector<char>& msg, int sig) {
   } while (n < 0 && errno == EINTR);
   if (n != static_cast<ssize_t>(msg.size()))
     return false;
-  signal_locked(sig);
+  if (sig != 0)
+    signal_locked(sig);
   return true;
 }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <limits>
 #include <map>
+#include <optional>
 #include <random>
 #include <unordered_map>
 
@@ -24,12 +25,28 @@ using mock_ready_atom = caf::atom_constant<caf::atom("mk_ready")>;
 using mock_stop_timeout_atom = caf::atom_constant<caf::atom("mk_stoptm")>;
 /// The link's control message (an interrupt or a revoke), as bytes.
 using mock_control_atom = caf::atom_constant<caf::atom("mk_ctl")>;
+/// The next chunk of a stream is due.
+using mock_chunk_atom = caf::atom_constant<caf::atom("mk_chunk")>;
 
 using mock_impl = worker_actor::extend<caf::reacts_to<mock_reply_atom, uint64_t>,
                                        caf::reacts_to<mock_ready_atom>, caf::reacts_to<sweep_atom>,
                                        caf::reacts_to<mock_stop_timeout_atom>,
                                        caf::reacts_to<mock_control_atom, std::vector<char>>,
-                                       caf::reacts_to<cancel_for_atom, caf::actor_addr, uint64_t>>;
+                                       caf::reacts_to<cancel_for_atom, caf::actor_addr, uint64_t>,
+                                       caf::reacts_to<taken_for_atom, caf::actor_addr, uint64_t, uint64_t>,
+                                       caf::reacts_to<mock_chunk_atom, uint64_t>>;
+
+/// A stream the mock plays out (mock_command::chunks, stream.count).
+struct mock_stream {
+  std::vector<payload> chunks;
+  size_t next = 0;
+  /// Chunks the consumer has taken (its credit).
+  uint64_t taken = 0;
+  caf::timespan interval{0};
+  caf::expected<payload> result{payload{}};
+  /// The window is full: the next chunk goes once credit comes.
+  bool waiting = false;
+};
 
 struct mock_state {
   mock_config cfg;
@@ -41,6 +58,7 @@ struct mock_state {
   /// Results computed on arrival, delivered when their latency has passed.
   std::unordered_map<uint64_t, caf::expected<payload>> results;
   std::map<std::string, std::map<std::string, payload>> sessions;
+  std::unordered_map<uint64_t, mock_stream> streams;
   std::mt19937_64 rng;
 
   static inline const char* name = "pyvisor.mock_worker";
@@ -81,10 +99,40 @@ caf::expected<map_args> read_map(const payload& args) {
 }
 
 /// What the mock does with a request: a result, or a behaviour.
-enum class action { reply, crash, hang };
+enum class action { reply, stream, crash, hang };
+
+/// The values as one msgpack list (what a generator gives without a stream).
+payload as_list(const std::vector<payload>& values) {
+  payload result;
+  msgpack::sbuffer buf;
+  msgpack::packer<msgpack::sbuffer> pk{buf};
+  pk.pack_array(static_cast<uint32_t>(values.size()));
+  result.bytes.assign(buf.data(), buf.data() + buf.size());
+  for (auto& v : values)
+    result.bytes.insert(result.bytes.end(), v.bytes.begin(), v.bytes.end());
+  return result;
+}
+
+/// A number in args[name], as the Python commands take it (int or float).
+std::optional<double> number_arg(const map_args& args, const char* name) {
+  auto i = args.fields.find(name);
+  if (i == args.fields.end())
+    return std::nullopt;
+  const auto& v = i->second;
+  if (v.type == msgpack::type::POSITIVE_INTEGER || v.type == msgpack::type::NEGATIVE_INTEGER)
+    return static_cast<double>(v.as<int64_t>());
+  if (v.type == msgpack::type::FLOAT32 || v.type == msgpack::type::FLOAT64)
+    return v.as<double>();
+  return std::nullopt;
+}
+
+caf::timespan millis(double ms) {
+  return std::chrono::duration_cast<caf::timespan>(
+    std::chrono::duration<double, std::milli>(std::max(0.0, ms)));
+}
 
 action run_command(self_ptr self, const execute& req, caf::expected<payload>& result,
-                   caf::timespan& extra_delay) {
+                   caf::timespan& extra_delay, std::vector<payload>& chunks) {
   auto& st = self->state;
   const auto& cmd = req.command;
   auto session = [&]() -> std::map<std::string, payload>* {
@@ -93,15 +141,35 @@ action run_command(self_ptr self, const execute& req, caf::expected<payload>& re
     return &st.sessions[req.session];
   };
   if (auto user = st.cfg.commands.find(cmd); user != st.cfg.commands.end()) {
+    bool streams = false;
     try {
+      if (user->second.chunks) {
+        chunks = user->second.chunks(req.args, req.session);
+        streams = true;
+      }
       result = user->second.run ? user->second.run(req.args, req.session)
                                 : caf::expected<payload>{payload{}};
     } catch (const std::exception& e) {
       // What an exception in a Python command gives.
       result = make_error(error_code::python_error, std::string{"C++ exception: "} + e.what(),
                           "Exception", "");
+      streams = false;
     }
     extra_delay = user->second.latency;
+    if (streams)
+      return action::stream;
+  } else if (cmd == "stream.count") {
+    auto args = read_map(req.args);
+    auto n = args ? number_arg(*args, "n") : std::nullopt;
+    if (!n || *n < 0) {
+      result = bad_request("expected {n: count, ms: number}");
+      return action::reply;
+    }
+    for (int64_t i = 0; i < static_cast<int64_t>(*n); ++i)
+      chunks.push_back(pack(i));
+    extra_delay = millis(number_arg(*args, "ms").value_or(0));
+    result = pack(static_cast<int64_t>(*n));
+    return action::stream;
   } else if (cmd == "ping") {
     result = pack(std::string{"pong"});
   } else if (cmd == "echo") {
@@ -167,20 +235,13 @@ action run_command(self_ptr self, const execute& req, caf::expected<payload>& re
       result = bad_request("expected {ms: number}");
       return action::reply;
     }
-    // A number, as the Python command takes it (int or float).
-    const auto& v = ms->second;
-    double millis = 0;
-    if (v.type == msgpack::type::POSITIVE_INTEGER || v.type == msgpack::type::NEGATIVE_INTEGER)
-      millis = static_cast<double>(v.as<int64_t>());
-    else if (v.type == msgpack::type::FLOAT32 || v.type == msgpack::type::FLOAT64)
-      millis = v.as<double>();
-    else {
+    auto ms_value = number_arg(*args, "ms");
+    if (!ms_value) {
       result = bad_request("expected {ms: number}");
       return action::reply;
     }
-    extra_delay = std::chrono::duration_cast<caf::timespan>(
-      std::chrono::duration<double, std::milli>(std::max(0.0, millis)));
-    result = pack(v);
+    extra_delay = millis(*ms_value);
+    result = pack(ms->second);
   } else if (cmd == "crash") {
     return action::crash;
   } else if (cmd == "hang") {
@@ -202,7 +263,7 @@ mock_impl::behavior_type mock_fun(self_ptr self, mock_config cfg,
   st.link = std::make_shared<worker_link>(self->clock(), self->address(), st.cfg,
                                           std::move(listener), std::numeric_limits<size_t>::max());
   st.life = std::make_unique<worker_lifecycle>(st.link);
-  st.link->enable_control([weak = self->address()](const std::vector<char>& msg) {
+  st.link->enable_control([weak = self->address()](const std::vector<char>& msg, bool) {
     if (auto hdl = caf::actor_cast<caf::actor>(weak))
       caf::anon_send(hdl, mock_control_atom::value, msg);
     return true;
@@ -210,9 +271,9 @@ mock_impl::behavior_type mock_fun(self_ptr self, mock_config cfg,
   st.rng.seed(st.cfg.seed);
   st.status.id = st.cfg.id;
   st.status.python = "mock";
-  st.status.commands = {"crash", "echo",         "hang",        "ping",        "raise",
-                        "session.drop", "session.get", "session.keys", "session.put", "sleep",
-                        "worker.info"};
+  st.status.commands = {"crash",        "echo",        "hang",         "ping",
+                        "raise",        "session.drop", "session.get", "session.keys",
+                        "session.put",  "sleep",        "stream.count", "worker.info"};
   for (auto& kv : st.cfg.commands)
     if (std::find(st.status.commands.begin(), st.status.commands.end(), kv.first)
         == st.status.commands.end())
@@ -239,6 +300,7 @@ mock_impl::behavior_type mock_fun(self_ptr self, mock_config cfg,
       probe.command = req.command;
       probe.args = req.args;
       probe.session = req.session;
+      probe.stream = req.stream;
       auto [answer, id] = st.life->submit(self, req, st.cfg.id);
       if (id == 0)
         return std::move(answer);
@@ -246,15 +308,24 @@ mock_impl::behavior_type mock_fun(self_ptr self, mock_config cfg,
       auto dice = unit(st.rng);
       caf::expected<payload> result{payload{}};
       caf::timespan extra{0};
-      auto act = run_command(self, probe, result, extra);
-      if (act == action::reply) {
+      std::vector<payload> chunks;
+      auto act = run_command(self, probe, result, extra, chunks);
+      if (act == action::stream && !probe.stream) {
+        // No stream asked for: the values are the result, as one list.
+        if (result)
+          result = as_list(chunks);
+        act = action::reply;
+      }
+      if (act == action::reply || act == action::stream) {
         if (dice < st.cfg.crash_rate)
           act = action::crash;
         else if (dice < st.cfg.crash_rate + st.cfg.hang_rate)
           act = action::hang;
-        else if (dice < st.cfg.crash_rate + st.cfg.hang_rate + st.cfg.error_rate)
+        else if (dice < st.cfg.crash_rate + st.cfg.hang_rate + st.cfg.error_rate) {
           result = make_error(error_code::python_error, "RuntimeError: injected by the mock",
                               "RuntimeError", "");
+          act = action::reply;
+        }
       }
       if (act == action::crash) {
         auto err = make_error(error_code::worker_crashed, tag_of(st) + " crashed");
@@ -270,6 +341,16 @@ mock_impl::behavior_type mock_fun(self_ptr self, mock_config cfg,
         st.cfg.latency_min.count(),
         std::max(st.cfg.latency_min.count(), st.cfg.latency_max.count())};
       auto delay = caf::timespan{lat(st.rng)} + extra;
+      if (act == action::stream) {
+        // One chunk every `delay`, as the window allows (mock_chunk_atom).
+        mock_stream ms;
+        ms.chunks = std::move(chunks);
+        ms.interval = delay;
+        ms.result = std::move(result);
+        st.streams.emplace(id, std::move(ms));
+        self->delayed_send(self, delay, mock_chunk_atom::value, id);
+        return std::move(answer);
+      }
       if (delay.count() <= 0) {
         // Answered at once: no timer.
         st.link->complete(id, std::move(result));
@@ -278,6 +359,40 @@ mock_impl::behavior_type mock_fun(self_ptr self, mock_config cfg,
       st.results.emplace(id, std::move(result));
       self->delayed_send(self, delay, mock_reply_atom::value, id);
       return std::move(answer);
+    },
+    [self](mock_chunk_atom, uint64_t id) {
+      auto& st = self->state;
+      auto i = st.streams.find(id);
+      if (i == st.streams.end())
+        return;
+      auto& ms = i->second;
+      if (ms.next == ms.chunks.size()) {
+        // The generator returned: its value ends the stream.
+        auto result = std::move(ms.result);
+        st.streams.erase(i);
+        st.link->complete(id, std::move(result));
+        if (st.status.phase == worker_phase::stopping && in_flight(st) == 0)
+          st.life->finish_stop(self, tag_of(st) + " stopped");
+        return;
+      }
+      // As the Python worker: at most the window sent and not taken.
+      auto held = ms.next - std::min<uint64_t>(ms.taken, ms.next);
+      uint64_t bytes = 0;
+      for (auto k = ms.next - held; k < ms.next; ++k)
+        bytes += ms.chunks[k].bytes.size();
+      if (held > 0 && (held >= st.cfg.stream_window || bytes >= st.cfg.stream_window_bytes)) {
+        ms.waiting = true;
+        return;
+      }
+      // Dropped: its caller has its answer, and the interrupt that comes
+      // with that ends the stream (mock_control_atom).
+      if (st.link->chunk(id, std::vector<char>{ms.chunks[ms.next].bytes}) != chunk_fate::deliver)
+        return;
+      ++ms.next;
+      if (ms.next == ms.chunks.size())
+        self->send(self, mock_chunk_atom::value, id);
+      else
+        self->delayed_send(self, ms.interval, mock_chunk_atom::value, id);
     },
     [self](ready_atom) { return self->state.life->await_ready(self, self->state.status); },
     [self](status_atom) { return self->state.link->snapshot(self->state.status); },
@@ -326,10 +441,16 @@ mock_impl::behavior_type mock_fun(self_ptr self, mock_config cfg,
       st.life->recycle(self, why,
                        make_error(error_code::worker_crashed,
                                   tag_of(st) + " recycled after another request timed out"),
-                       false, [self] { self->state.results.clear(); });
+                       false, [self] {
+                         self->state.results.clear();
+                         self->state.streams.clear();
+                       });
     },
     [self](cancel_for_atom, const caf::actor_addr& requester, uint64_t tag) {
       self->state.link->cancel(requester, tag);
+    },
+    [self](taken_for_atom, const caf::actor_addr& requester, uint64_t tag, uint64_t n) {
+      self->state.link->taken(requester, tag, n);
     },
     [self](mock_control_atom, std::vector<char>& bytes) {
       // What a handler does when interrupted: one that runs on a timer
@@ -342,6 +463,19 @@ mock_impl::behavior_type mock_fun(self_ptr self, mock_config cfg,
         return;
       if (!msg->revoke.empty())
         st.link->on_revoked({});
+      if (msg->credit != 0) {
+        if (auto s = st.streams.find(msg->credit); s != st.streams.end()) {
+          s->second.taken = std::max(s->second.taken, msg->taken);
+          if (s->second.waiting) {
+            s->second.waiting = false;
+            self->send(self, mock_chunk_atom::value, msg->credit);
+          }
+        }
+      }
+      if (msg->interrupt != 0 && st.streams.erase(msg->interrupt) > 0)
+        // An interrupted stream: its generator is closed, it answers the
+        // interrupt's code like any handler (below).
+        st.results.emplace(msg->interrupt, payload{});
       auto i = st.results.find(msg->interrupt);
       if (msg->interrupt == 0 || i == st.results.end())
         return;

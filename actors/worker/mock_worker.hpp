@@ -14,8 +14,10 @@
 // A test registers its own commands on it (`mock_config::commands`): C++
 // callables that take the request's args (and session) and return a result
 // or an error, with an optional latency of their own, so an actor test of
-// user code can stand in for the user's Python commands. They shadow the
-// built-ins of the same name.
+// user code can stand in for the user's Python commands, streaming ones
+// too (mock_command::chunks). They shadow the built-ins of the same name;
+// the built-in `stream.count {n, ms}` yields 0..n-1, one every ms, and
+// returns n, as pyvisor.testing's does.
 //
 // Unknown commands fail with unknown_command; a hung or slow reply is
 // delivered through CAF timers, never by blocking.
@@ -27,6 +29,7 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "caf/expected.hpp"
 #include "caf/fwd.hpp"
@@ -44,6 +47,13 @@ struct mock_command {
   std::function<caf::expected<payload>(const payload& args, const std::string& session)> run;
   /// Added to the mock's own latency for this command.
   caf::timespan latency{0};
+  /// A stand-in for a generator handler: the values it yields. For a
+  /// caller that asked for a stream (execute::stream) they go out as chunks,
+  /// one every `latency`, paced by the stream window as a Python worker's
+  /// (worker_settings::stream_window), and the response is `run`'s result
+  /// (nil without one); for any other caller they are the result, as one
+  /// list.
+  std::function<std::vector<payload>(const payload& args, const std::string& session)> chunks;
 };
 
 /// Settings of one mock worker (worker_settings: id, deadlines, stop

@@ -14,6 +14,9 @@
 // response_promise::deliver_impl and delegate (a static_assert in the .cpp
 // pins the version whose internals it follows).
 //
+// Chunks of a stream go to its caller the same way, as (chunk_atom, tag,
+// value) messages, before the response that ends the stream.
+//
 // Guarantees: a report goes out before the answer it reports, so that a
 // caller who asks the pool for stats after its reply sees the request
 // counted; reports go to the listener's completion inbox once it gave one
@@ -38,6 +41,14 @@
 
 namespace pyvisor {
 
+/// One chunk of a stream for its caller (request_ledger::chunk): sent as
+/// (chunk_atom, tag, value), the worker as sender, like a response.
+struct chunk_delivery {
+  caf::strong_actor_ptr to;
+  uint64_t tag = 0;
+  payload value;
+};
+
 class reply_courier {
 public:
   /// `owner`: the worker (sender of responses, named in reports).
@@ -53,6 +64,8 @@ public:
     for (auto& s : ss)
       carry_out(s);
   }
+
+  void carry_out(std::vector<chunk_delivery>& cs) const;
 
   const worker_listener_actor& listener() const noexcept {
     return listener_;

@@ -21,6 +21,8 @@
 // - on a sequential worker (the Python worker runs one request at a time in
 //   pipe order) only the oldest unanswered request can have started; the
 //   others are requeued (a session request still fails: its state is gone);
+// - a stream (execute::stream) is retried only while none of its chunks
+//   reached its caller;
 // - a retry or a requeue keeps what is left of the caller's deadline: an
 //   absolute deadline, carried as the remaining timeout;
 // - a request answered before the worker finished it (timed out and being
@@ -74,6 +76,16 @@ struct ledger_entry {
   ledger_time started;
   /// When this attempt is overdue (see request_ledger::add).
   ledger_time deadline;
+  /// Chunks of a stream (execute::stream) delivered to the caller so far:
+  /// once one was, the request is never retried (the caller saw output).
+  uint64_t chunks = 0;
+};
+
+/// What becomes of a chunk a worker sent (request_ledger::chunk).
+enum class chunk_fate : uint8_t {
+  deliver, ///< to the request's caller
+  drop,    ///< its caller has its answer already (detached)
+  invalid, ///< no stream of that id in flight: a protocol error
 };
 
 /// What becomes of one request that leaves the ledger.
@@ -147,6 +159,7 @@ public:
       e.request.session = req.session;
       e.request.timeout = req.timeout;
       e.request.tag = req.tag;
+      e.request.stream = req.stream;
     }
     auto id = next_id_++;
     if (entries_.empty())
@@ -171,6 +184,21 @@ public:
   bool awaits_reply(uint64_t id) const {
     auto i = entries_.find(id);
     return i != entries_.end() && !i->second.internal;
+  }
+
+  /// A chunk of request `id` arrived; with deliver, `*entry` is its entry
+  /// (the chunk counted).
+  chunk_fate chunk(uint64_t id, ledger_entry** entry) {
+    auto i = entries_.find(id);
+    if (i == entries_.end() || i->second.internal)
+      return chunk_fate::invalid;
+    if (i->second.detached)
+      return chunk_fate::drop;
+    if (!i->second.request.stream)
+      return chunk_fate::invalid;
+    ++i->second.chunks;
+    *entry = &i->second;
+    return chunk_fate::deliver;
   }
 
   const ledger_entry* find(uint64_t id) const {
@@ -481,7 +509,8 @@ private:
     bool time_left = elapsed < e.request.timeout;
     if (time_left)
       e.request.timeout -= std::chrono::duration_cast<caf::timespan>(elapsed);
-    if (e.request.idempotent && time_left && lim_.has_listener) {
+    // A stream whose caller saw output is not run again: it would see it twice.
+    if (e.request.idempotent && time_left && lim_.has_listener && e.chunks == 0) {
       s.what = verdict::retry;
       e.state = request_state::retried;
     } else {

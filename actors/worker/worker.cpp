@@ -59,6 +59,7 @@ using worker_impl = worker_actor::extend<
   caf::reacts_to<start_timeout_atom>, caf::reacts_to<settle_timeout_atom>,
   caf::reacts_to<kill_stuck_atom, uint64_t>,
   caf::reacts_to<cancel_for_atom, caf::actor_addr, uint64_t>,
+  caf::reacts_to<taken_for_atom, caf::actor_addr, uint64_t, uint64_t>,
   caf::reacts_to<start_failed_atom, std::string, std::string, std::string, std::string>>;
 
 /// How long a recycled worker waits for its killed process to be reaped
@@ -217,9 +218,9 @@ void on_frame(self_ptr self, wire::frame& f) {
       // Interrupts instead of kills (docs/protocol.md, "Control"). Weak:
       // the process holds the link through its callbacks.
       std::weak_ptr<python_process> weak = st.proc;
-      st.link->enable_control([weak](const std::vector<char>& msg) {
+      st.link->enable_control([weak](const std::vector<char>& msg, bool signal) {
         auto proc = weak.lock();
-        return proc && proc->send_control(msg, SIGUSR1);
+        return proc && proc->send_control(msg, signal ? SIGUSR1 : 0);
       });
     }
     auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -228,6 +229,16 @@ void on_frame(self_ptr self, wire::frame& f) {
     log().info("{} ready in {} ms (Python {}, {} commands)", tag_of(st), ms, f.python,
                  f.commands.size());
     st.life->announce_ready(st.status);
+    return;
+  }
+  if (f.type == wire::frame_type::chunk) {
+    if (st.link->chunk(f.id, std::move(f.result)) == chunk_fate::invalid) {
+      auto msg = tag_of(st) + " sent a chunk for request id " + std::to_string(f.id)
+                 + ", which is no stream in flight";
+      log().error("{}: protocol error, stopping it", msg);
+      auto err = make_error(error_code::protocol_error, msg);
+      terminate(self, err, err);
+    }
     return;
   }
   if (!st.link->complete(f.id, result_of(f))) {
@@ -323,7 +334,9 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg,
         if (st.life->awaiting_settle()) {
           // Recycled, process killed: the replies it wrote before dying
           // still count, and tell which requests it had finished.
-          if (f.type == wire::frame_type::hello)
+          // Chunks no caller will see now count for nothing (nor against
+          // a retry).
+          if (f.type != wire::frame_type::reply)
             continue;
           st.link->complete(f.id, result_of(f));
           continue;
@@ -415,6 +428,9 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg,
     [self](kill_stuck_atom, uint64_t id) { kill_stuck(self, id); },
     [self](cancel_for_atom, const caf::actor_addr& requester, uint64_t tag) {
       self->state.link->cancel(requester, tag);
+    },
+    [self](taken_for_atom, const caf::actor_addr& requester, uint64_t tag, uint64_t n) {
+      self->state.link->taken(requester, tag, n);
     },
     [self](settle_timeout_atom) {
       auto& st = self->state;

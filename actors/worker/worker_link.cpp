@@ -114,6 +114,15 @@ void reply_courier::carry_out(settlement& s) const {
   }
 }
 
+void reply_courier::carry_out(std::vector<chunk_delivery>& cs) const {
+  auto sender = caf::actor_cast<caf::strong_actor_ptr>(owner_);
+  for (auto& c : cs)
+    if (c.to)
+      c.to->enqueue(caf::make_mailbox_element(sender, caf::make_message_id(), {},
+                                              chunk_atom::value, c.tag, std::move(c.value)),
+                    nullptr);
+}
+
 // -- worker_link --------------------------------------------------------------------
 
 caf::error error_of(const wire::remote_error& e, const std::string& prefix) {
@@ -151,7 +160,8 @@ worker_link::worker_link(caf::actor_clock& clock, caf::actor_addr owner,
     courier_(std::move(owner), std::move(listener)),
     max_frame_size_(max_frame_size),
     ledger_(limits_of(cfg, static_cast<bool>(courier_.listener()))),
-    interrupt_grace_(cfg.interrupt_grace) {
+    interrupt_grace_(cfg.interrupt_grace),
+    window_{cfg.stream_window, cfg.stream_window_bytes} {
   // nop
 }
 
@@ -188,8 +198,10 @@ admission worker_link::submit(execute& req, caf::typed_response_promise<payload>
     auto deadline = std::chrono::duration<double>(
                       std::chrono::steady_clock::now().time_since_epoch() + timeout)
                       .count();
+    // A stream is paced by credit on the control socket; a worker that has
+    // none answers a generator as one list.
     wire::append_request(frame, ledger_.peek_id(), req.command, req.args.bytes, req.session,
-                         deadline);
+                         deadline, req.stream && control_ ? &window_ : nullptr);
     body = frame.size() - 4;
   }
   auto verdict = admit(valid, body);
@@ -204,8 +216,27 @@ admission worker_link::submit(execute& req, caf::typed_response_promise<payload>
   return admission::accepted;
 }
 
+namespace {
+
+/// Where a stream's chunks go: the request's caller (the promise's source).
+caf::strong_actor_ptr caller_of(ledger_entry& e) {
+  return static_cast<caf::response_promise&>(e.promise).source();
+}
+
+} // namespace
+
+chunk_fate worker_link::take_chunk_locked(uint64_t id, std::vector<char>&& value,
+                                          std::vector<chunk_delivery>& out) {
+  ledger_entry* e = nullptr;
+  auto fate = ledger_.chunk(id, &e);
+  if (fate == chunk_fate::deliver)
+    out.push_back(chunk_delivery{caller_of(*e), e->request.tag, payload{std::move(value)}});
+  return fate;
+}
+
 std::vector<wire::frame> worker_link::on_frames(std::vector<wire::frame>&& fs) {
   std::vector<settlement> answered;
+  std::vector<chunk_delivery> chunks;
   size_t n = 0;
   {
     std::lock_guard<std::mutex> guard{mtx_};
@@ -213,15 +244,53 @@ std::vector<wire::frame> worker_link::on_frames(std::vector<wire::frame>&& fs) {
       auto t = now();
       for (; n < fs.size(); ++n) {
         auto& f = fs[n];
+        if (f.type == wire::frame_type::chunk) {
+          // Invalid ones go to the actor (a protocol error).
+          if (take_chunk_locked(f.id, std::move(f.result), chunks) == chunk_fate::invalid)
+            break;
+          continue;
+        }
         if (f.type != wire::frame_type::reply || !ledger_.awaits_reply(f.id))
           break;
         answered.push_back(*ledger_.complete(f.id, result_of(f), t));
       }
     }
   }
+  // A stream's chunks all came before its reply: delivered first, they
+  // reach its caller before the response.
+  courier_.carry_out(chunks);
   courier_.carry_out(answered);
   fs.erase(fs.begin(), fs.begin() + static_cast<std::ptrdiff_t>(n));
   return std::move(fs);
+}
+
+chunk_fate worker_link::chunk(uint64_t id, std::vector<char>&& value) {
+  std::vector<chunk_delivery> chunks;
+  chunk_fate fate;
+  {
+    std::lock_guard<std::mutex> guard{mtx_};
+    if (closed_)
+      return chunk_fate::drop;
+    fate = take_chunk_locked(id, std::move(value), chunks);
+  }
+  courier_.carry_out(chunks);
+  return fate;
+}
+
+void worker_link::taken(const caf::actor_addr& caller, uint64_t tag, uint64_t n) {
+  pending_control ctl;
+  {
+    std::lock_guard<std::mutex> guard{mtx_};
+    if (tag == 0 || !control_ || retiring_ || closed_)
+      return;
+    auto ids = ledger_.of_caller(caller, tag);
+    if (ids.size() != 1 || !ledger_.find(ids.front())->request.stream)
+      return;
+    wire::append_credit(ctl.msg, ids.front(), n);
+    ctl.send = control_;
+    ctl.signal = false; // read by the worker while it waits for credit
+  }
+  ctl.flush();
 }
 
 void worker_link::set_phase(worker_phase phase) {

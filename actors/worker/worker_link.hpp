@@ -76,9 +76,10 @@ struct sweep_due {
   std::vector<uint64_t> stuck;
 };
 
-/// Carries one control message to the worker (worker_link::enable_control);
-/// false when it could not.
-using control_sender = std::function<bool(const std::vector<char>&)>;
+/// Carries one control message to the worker (worker_link::enable_control),
+/// with the signal that makes it read it at once, or without (credit, which
+/// the worker reads while it waits for it); false when it could not.
+using control_sender = std::function<bool(const std::vector<char>&, bool signal)>;
 
 /// A worker's error reply as the caller sees it; `prefix` goes before its
 /// message (a Python error's type before its text).
@@ -121,6 +122,15 @@ public:
   /// late or unknown replies, and everything after the first of those) for
   /// the actor, in order.
   std::vector<wire::frame> on_frames(std::vector<wire::frame>&& frames);
+
+  /// A chunk of request `id` that on_frames left to the actor (or the
+  /// mock's): delivered to its caller, dropped, or invalid (no such
+  /// stream: the actor treats it as a protocol error).
+  chunk_fate chunk(uint64_t id, std::vector<char>&& value);
+
+  /// The caller of the stream it tagged `tag` has taken `n` of its chunks:
+  /// the worker is told (credit, without a signal) and may send more.
+  void taken(const caf::actor_addr& caller, uint64_t tag, uint64_t n);
 
   /// The worker's phase as dispatchers see it (starting, ready, stopping).
   void set_phase(worker_phase phase);
@@ -210,11 +220,17 @@ private:
   struct pending_control {
     std::vector<char> msg;
     control_sender send;
+    bool signal = true;
     void flush() const {
       if (send)
-        send(msg);
+        send(msg, signal);
     }
   };
+
+  // Takes a chunk of request `id` for its caller into `out` (deliver).
+  // Requires mtx_.
+  chunk_fate take_chunk_locked(uint64_t id, std::vector<char>&& value,
+                               std::vector<chunk_delivery>& out);
 
   // Detaches `ids` with `err` and prepares the message that tells the
   // worker to stop them. Requires mtx_; the caller carries out the
@@ -235,6 +251,7 @@ private:
   bool retiring_ = false;
   bool closed_ = false;
   caf::timespan interrupt_grace_;
+  wire::stream_window window_;
   control_sender control_;
   caf::error retire_error_;
 };

@@ -35,6 +35,7 @@ except ImportError:
 
 import importlib
 import struct
+import types
 
 import pyvisor
 import pyvisor.builtins  # noqa: F401  (registers the built-in commands)
@@ -72,6 +73,12 @@ def _error_map(exc, code=None):
         "message": _safe_str(exc),
         "traceback": tb,
     }
+
+
+def _valid_window(window):
+    """A request's stream window: [chunks, bytes], both positive."""
+    return (isinstance(window, list) and len(window) == 2
+            and all(isinstance(n, int) and n > 0 for n in window))
 
 
 def _bad_request(rid, message):
@@ -120,6 +127,10 @@ class Worker:
         self.running = False
         self.interrupted_id = None
         self.revoked = set()
+        # The request whose chunks go out now (docs/protocol.md, "Streams")
+        # and how many of them its consumer has taken.
+        self.streaming = None
+        self.taken = 0
 
     def enable_control(self):
         """Interrupts (SIGUSR1 after a control message) and stack dumps
@@ -140,6 +151,12 @@ class Worker:
         `running` cannot change under it: a revoke takes only requests not
         begun, an interrupt hits only the request it names, and only while
         its handler runs (never the next request, never the serve loop)."""
+        self._interrupt_if_due(*self._read_control())
+
+    def _read_control(self):
+        """Takes every pending control message: answers revokes, notes what
+        a stream's consumer has taken, and returns the interrupt asked for
+        (the id or None, and its reason)."""
         target = None
         reason = "cancelled"
         while True:
@@ -170,12 +187,61 @@ class Worker:
                 target = t
                 if msg.get("reason") == "timeout":
                     reason = "timeout"
+            credit = msg.get("credit")
+            if credit is not None and credit == self.streaming:
+                n = msg.get("taken")
+                if isinstance(n, int) and n > self.taken:
+                    self.taken = n
+        return target, reason
+
+    def _interrupt_if_due(self, target, reason):
         if target is not None and self.running and target == self.started \
                 and self.interrupted_id != target:
             self.interrupted_id = target
             raise pyvisor.Interrupted(
                 "request %d was interrupted (%s)" % (target, "timed out" if reason == "timeout"
                                                      else "cancelled"), reason)
+
+    def _stream(self, rid, gen, window):
+        """Sends each value `gen` yields as a chunk of request `rid`, while
+        the consumer has taken enough of them (window: at most `chunks`
+        chunks and `size` bytes sent and not taken, one chunk always); waits
+        for the node's credit otherwise, interruptible. Returns the
+        generator's return value. However it ends (an interrupt, an
+        exception, a value that cannot be packed), the generator is closed:
+        GeneratorExit at its yield, so that its `finally` runs."""
+        import select
+        from collections import deque
+
+        chunks, size = window
+        pending = deque()  # sizes of the chunks sent and not taken, oldest first
+        held = 0
+        sent = 0
+        self.streaming, self.taken = rid, 0
+        try:
+            while True:
+                try:
+                    value = next(gen)
+                except StopIteration as stop:
+                    return stop.value
+                body = self._packer.pack({"id": rid, "chunk": value})
+                while True:
+                    while sent - len(pending) < self.taken and pending:
+                        held -= pending.popleft()
+                    if not pending or (len(pending) < chunks and held < size):
+                        break
+                    # The node writes credit without a signal; a SIGUSR1
+                    # handler that took it first leaves it noted, seen at
+                    # the next turn.
+                    if select.select([self.ctl], [], [], 0.02)[0]:
+                        self._interrupt_if_due(*self._read_control())
+                self.write_raw(_HEADER.pack(len(body)) + body)
+                sent += 1
+                pending.append(len(body))
+                held += len(body)
+        finally:
+            self.streaming = None
+            gen.close()
 
     def write_raw(self, data):
         view = memoryview(data)
@@ -239,6 +305,19 @@ class Worker:
             try:
                 self.running = True
                 result = fn(req.get("args"), ctx)
+                if isinstance(result, types.GeneratorType):
+                    # A streaming handler: its chunks go out as it yields
+                    # when the caller asked for a stream (and the node can
+                    # pace it), else they are its result, as one list.
+                    window = req.get("stream")
+                    if self.ctl is not None and _valid_window(window):
+                        result = self._stream(rid, result, window)
+                    else:
+                        gen = result
+                        try:
+                            result = list(gen)
+                        finally:
+                            gen.close()
             finally:
                 # Cleared first: an interrupt can no longer be raised from
                 # here on (see _on_control).
