@@ -55,7 +55,7 @@ import time
 
 import msgpack
 
-__all__ = ["Client", "AsyncClient", "RemoteError"]
+__all__ = ["Client", "AsyncClient", "RemoteError", "Stream", "AsyncStream"]
 
 
 class RemoteError(Exception):
@@ -71,9 +71,9 @@ class RemoteError(Exception):
         super().__init__("%s: %s" % (self.code, self.message))
 
 
-def _execute_params(command, args, session, timeout_ms, idempotent):
+def _execute_params(command, args, session, timeout_ms, idempotent, stream=False):
     """The params of an ``execute`` request (docs/protocol.md)."""
-    options = {}
+    options = {"stream": True} if stream else {}
     if session is not None:
         options["session"] = session
     if timeout_ms is not None:
@@ -101,11 +101,131 @@ def _is_idempotent_execute(method, params):
         and params[2].get("idempotent") is True
 
 
-def _responses(unpacker):
-    """The (msgid, error, result) of each complete response fed so far."""
+def _messages(unpacker):
+    """Each complete message fed so far: ("response", msgid, error, result)
+    or ("chunk", msgid, value, None) for a stream's chunk notification."""
     for msg in unpacker:
-        if isinstance(msg, list) and len(msg) == 4 and msg[0] == 1:
-            yield msg[1], msg[2], msg[3]
+        if not isinstance(msg, list):
+            continue
+        if len(msg) == 4 and msg[0] == 1:
+            yield "response", msg[1], msg[2], msg[3]
+        elif len(msg) == 3 and msg[0] == 2 and msg[1] == "chunk" and isinstance(msg[2], list) \
+                and len(msg[2]) == 2:
+            yield "chunk", msg[2][0], msg[2][1], None
+
+
+class Stream:
+    """The chunks of one streaming ``execute`` (Client.stream), as they come:
+    iterate it; ``result`` is the handler's return value once the iteration
+    ended; an error that ended the stream (after the chunks before it) is
+    raised by the iteration. Leaving it early (``break``, ``close()``, the
+    ``with`` block) cancels the request on the node."""
+
+    def __init__(self, client, msgid):
+        self._client = client
+        self.msgid = msgid
+        self.result = None
+        self._over = False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._over:
+            raise StopIteration
+        c = self._client
+        while True:
+            chunks = c._chunks.get(self.msgid)
+            if chunks:
+                return chunks.pop(0)
+            if self.msgid in c._done or c._sock is None:
+                self._over = True
+                c._chunks.pop(self.msgid, None)
+                self.result = c.receive(self.msgid)
+                raise StopIteration
+            c._read_some()
+
+    def close(self):
+        """Stops taking chunks: cancels the request if it still runs."""
+        if self._over:
+            return
+        self._over = True
+        c = self._client
+        c.cancel(self.msgid)
+        c._chunks.pop(self.msgid, None)
+        try:
+            c.receive(self.msgid)
+        except (RemoteError, ConnectionError):
+            pass
+        c._chunks.pop(self.msgid, None)
+
+    cancel = close
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class AsyncStream:
+    """The chunks of one streaming ``execute`` (AsyncClient.stream), for
+    ``async for``; ``result`` as for Stream. Cancelling the task that
+    iterates, or ``aclose()``, cancels the request on the node. The client
+    holds at most 64 chunks of it that were not taken yet: then it stops
+    reading its connection until some are (the node then holds the
+    generator back)."""
+
+    def __init__(self, client, msgid, future, queue, timeout):
+        self._client = client
+        self.msgid = msgid
+        self.result = None
+        self._future = future
+        self._queue = queue
+        self._timeout = timeout
+        self._over = False
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        if self._over:
+            raise StopAsyncIteration
+        try:
+            while True:
+                if not self._queue.empty():
+                    return self._queue.get_nowait()
+                if self._future.done():
+                    self._over = True
+                    self._client._forget(self.msgid)
+                    error, self.result = self._future.result()
+                    if error is not None:
+                        raise RemoteError(error)
+                    raise StopAsyncIteration
+                getter = asyncio.ensure_future(self._queue.get())
+                try:
+                    await asyncio.wait_for(asyncio.wait({getter, self._future},
+                                                        return_when=asyncio.FIRST_COMPLETED),
+                                           self._timeout)
+                finally:
+                    if not getter.done():
+                        getter.cancel()
+                if getter.done() and not getter.cancelled():
+                    return getter.result()
+        except (asyncio.CancelledError, asyncio.TimeoutError):
+            self._client._cancel_stream(self)
+            raise
+
+    async def aclose(self):
+        """Stops taking chunks: cancels the request if it still runs."""
+        if not self._over:
+            self._client._cancel_stream(self)
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.aclose()
 
 
 class Client:
@@ -122,6 +242,8 @@ class Client:
         # msgid -> (method, params) of the requests sent on this connection
         # and not answered yet: what a drop fails (or resends).
         self._sent = {}
+        # msgid -> chunks received and not yet taken, of the streams in flight.
+        self._chunks = {}
         self._connect()
 
     def _connect(self):
@@ -182,25 +304,33 @@ class Client:
         self._sent[msgid] = (method, params)
         return msgid
 
+    def _read_some(self):
+        """One read from the socket: its responses and chunks filed."""
+        try:
+            data = self._sock.recv(1 << 16)
+        except socket.timeout:
+            raise
+        except OSError as e:
+            self._drop("the connection dropped: %s" % e)
+            return
+        if not data:
+            self._drop("the node closed the connection")
+            return
+        self._unpacker.feed(data)
+        for kind, i, x, result in _messages(self._unpacker):
+            if kind == "chunk":
+                if i in self._chunks:
+                    self._chunks[i].append(x)
+                continue
+            self._sent.pop(i, None)
+            self._done[i] = (x, result)
+
     def receive(self, msgid, _resent=False):
         """Waits for the response to `msgid`; returns its result or raises."""
         while msgid not in self._done:
             if self._sock is None:
                 raise ConnectionError("request %d is not in flight" % msgid)
-            try:
-                data = self._sock.recv(1 << 16)
-            except socket.timeout:
-                raise
-            except OSError as e:
-                self._drop("the connection dropped: %s" % e)
-                continue
-            if not data:
-                self._drop("the node closed the connection")
-                continue
-            self._unpacker.feed(data)
-            for i, error, result in _responses(self._unpacker):
-                self._sent.pop(i, None)
-                self._done[i] = (error, result)
+            self._read_some()
         error, result = self._done.pop(msgid)
         if isinstance(error, ConnectionError):
             method, params = result
@@ -242,6 +372,20 @@ class Client:
         return self.call("execute", *_execute_params(command, args, session, timeout_ms,
                                                      idempotent))
 
+    def stream(self, command, args=None, session=None, timeout_ms=None):
+        """Runs a streaming command (a generator handler): a Stream of its
+        chunks as they are produced, then its return value (``result``)::
+
+            with c.stream("llm.tokens", {"prompt": p}) as s:
+                for token in s:
+                    print(token, end="")
+            s.result
+        """
+        msgid = self.send("execute", _execute_params(command, args, session, timeout_ms, None,
+                                                     stream=True))
+        self._chunks[msgid] = []
+        return Stream(self, msgid)
+
     def end_session(self, session):
         return self.call("session.end", session)
 
@@ -268,6 +412,7 @@ class AsyncClient:
         self._writer = writer
         self._unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
         self._pending = {}
+        self._streams = {}  # msgid -> the queue of its chunks not yet taken
         self._broken = None  # why this connection ended
         self._reading = asyncio.get_running_loop().create_task(self._read())
 
@@ -332,10 +477,15 @@ class AsyncClient:
                 if not data:
                     raise ConnectionError("the node closed the connection")
                 self._unpacker.feed(data)
-                for i, error, result in _responses(self._unpacker):
+                for kind, i, x, result in _messages(self._unpacker):
+                    if kind == "chunk":
+                        queue = self._streams.get(i)
+                        if queue is not None:
+                            await queue.put(x)  # full: reading waits for the consumer
+                        continue
                     future = self._pending.pop(i, None)
                     if future is not None and not future.done():
-                        future.set_result((error, result))
+                        future.set_result((x, result))
         except asyncio.CancelledError:
             raise
         except Exception as e:  # the connection is over: nothing more will come on it
@@ -387,6 +537,46 @@ class AsyncClient:
                       timeout=...):
         return await self.call("execute", *_execute_params(command, args, session, timeout_ms,
                                                            idempotent), timeout=timeout)
+
+    async def stream(self, command, args=None, session=None, timeout_ms=None, timeout=...):
+        """Runs a streaming command (a generator handler): an AsyncStream of
+        its chunks as they are produced, then its return value
+        (``result``); ``timeout`` (seconds) bounds each wait for the next
+        chunk or the end::
+
+            async with await c.stream("llm.tokens", {"prompt": p}) as s:
+                async for token in s:
+                    print(token, end="")
+        """
+        await self._ensure_connected()
+        msgid = next(self._ids) & 0xFFFFFFFF
+        future = asyncio.get_running_loop().create_future()
+        queue = asyncio.Queue(64)
+        self._pending[msgid] = future
+        self._streams[msgid] = queue
+        params = _execute_params(command, args, session, timeout_ms, None, stream=True)
+        try:
+            self._writer.write(msgpack.packb([0, msgid, "execute", params], use_bin_type=True))
+            await self._writer.drain()
+        except (ConnectionError, OSError) as e:
+            self._forget(msgid)
+            raise e if isinstance(e, ConnectionError) else ConnectionError(str(e))
+        return AsyncStream(self, msgid, future, queue,
+                           self._timeout if timeout is ... else timeout)
+
+    def _forget(self, msgid):
+        self._pending.pop(msgid, None)
+        self._streams.pop(msgid, None)
+
+    def _cancel_stream(self, stream):
+        """The consumer is done with `stream` before its end: the node need
+        not run it; what else comes for it is dropped."""
+        stream._over = True
+        self._forget(stream.msgid)
+        while not stream._queue.empty():  # a reader waiting to put goes on
+            stream._queue.get_nowait()
+        if self._broken is None and not self._writer.is_closing():
+            self._writer.write(msgpack.packb([2, "cancel", [stream.msgid]], use_bin_type=True))
 
     async def end_session(self, session):
         return await self.call("session.end", session)

@@ -245,3 +245,42 @@ TEST_CASE("a request frame carries the caller's deadline when given", "[unit][wi
   auto h2 = msgpack::unpack(without.data() + 4, without.size() - 4);
   CHECK(h2.get().as<std::map<std::string, msgpack::object>>().count("deadline") == 0);
 }
+
+TEST_CASE("streams: the window goes with the request, chunks and credit decode",
+          "[unit][wire][stream]") {
+  std::vector<char> req;
+  wire::stream_window window{8, 1024};
+  wire::append_request(req, 4, "tokens", pack(1).bytes, "", 0, &window);
+  auto h = msgpack::unpack(req.data() + 4, req.size() - 4);
+  auto fields = h.get().as<std::map<std::string, msgpack::object>>();
+  CHECK(fields.at("stream").as<std::vector<uint64_t>>() == std::vector<uint64_t>{8, 1024});
+  std::vector<char> plain;
+  wire::append_request(plain, 4, "tokens", pack(1).bytes, "");
+  auto h2 = msgpack::unpack(plain.data() + 4, plain.size() - 4);
+  CHECK(h2.get().as<std::map<std::string, msgpack::object>>().count("stream") == 0);
+  // A chunk: the value's bytes cut out as they are, its id read.
+  std::vector<char> bytes;
+  auto value = pack(std::vector<std::string>{"a", "b"});
+  wire::append_chunk(bytes, 4, value.bytes);
+  wire::frame_reader reader;
+  std::vector<wire::frame> frames;
+  REQUIRE(reader.feed(bytes.data(), bytes.size(),
+                      [&](wire::frame&& f) { frames.push_back(std::move(f)); }));
+  REQUIRE(frames.size() == 1);
+  CHECK(frames[0].type == wire::frame_type::chunk);
+  CHECK(frames[0].id == 4);
+  CHECK(frames[0].result == value.bytes);
+  // A chunk without an id, or with an ok, is no chunk.
+  CHECK_FALSE(feed_error(frame_with_body({0x81, 0xa5, 'c', 'h', 'u', 'n', 'k', 0x01})).empty());
+  CHECK_FALSE(feed_error(frame_with_body({0x83, 0xa2, 'i', 'd', 0x01, 0xa2, 'o', 'k', 0xc3, 0xa5,
+                                          'c', 'h', 'u', 'n', 'k', 0x01}))
+                .empty());
+  // Credit, as the worker reads it.
+  std::vector<char> credit;
+  wire::append_credit(credit, 4, 17);
+  auto c = wire::decode_control(credit.data(), credit.size());
+  REQUIRE(c);
+  CHECK(c->credit == 4);
+  CHECK(c->taken == 17);
+  CHECK(c->interrupt == 0);
+}

@@ -822,3 +822,144 @@ TEST_CASE_METHOD(fixture, "a session's end runs after its queued requests and th
   CHECK(unpack<std::vector<std::string>>(*rs.front())->empty());
   CHECK(stats().sessions == 1);
 }
+
+// -- streams (issue #28) -----------------------------------------------------------
+
+namespace {
+
+using count_args = std::map<std::string, int>;
+
+execute stream_of(int n, int ms, uint64_t tag) {
+  auto req = tagged(make_execute("stream.count", count_args{{"n", n}, {"ms", ms}}), tag);
+  req.stream = true;
+  return req;
+}
+
+/// Lets `d` pass on the test clock in steps of 1 ms, so that timers set
+/// on the way fire in their time too.
+void pass(fixture& f, caf::timespan d) {
+  for (auto t = caf::timespan{0}; t < d; t += 1ms)
+    f.advance(1ms);
+}
+
+/// The chunks that have arrived so far, as (tag, value).
+std::vector<std::pair<uint64_t, int64_t>> chunks_of(caf::scoped_actor& self) {
+  std::vector<std::pair<uint64_t, int64_t>> result;
+  bool more = true;
+  while (more)
+    self->receive(
+      [&](chunk_atom, uint64_t tag, payload& p) { result.emplace_back(tag, *unpack<int64_t>(p)); },
+      caf::after(0s) >> [&] { more = false; });
+  return result;
+}
+
+} // namespace
+
+TEST_CASE_METHOD(fixture, "a stream's chunks reach its caller as they come, then its result",
+                 "[unit][pool][stream]") {
+  start(mock_pool(1, 1, 0ms));
+  self->send(pool, stream_of(4, 10, 5));
+  run();
+  std::vector<std::pair<uint64_t, int64_t>> seen;
+  for (int64_t i = 0; i < 4; ++i) {
+    // One chunk per 10 ms of the test clock, none before its time.
+    advance(9ms);
+    CHECK(chunks_of(self).empty());
+    advance(1ms);
+    auto got = chunks_of(self);
+    REQUIRE(got.size() == 1);
+    CHECK(got.front() == std::make_pair(uint64_t{5}, i));
+    if (i < 3)
+      CHECK(replies().empty()); // the response only after the last chunk
+    self->send(pool, taken_atom::value, uint64_t{5}, static_cast<uint64_t>(i + 1));
+    run();
+  }
+  auto rs = replies();
+  REQUIRE(rs.size() == 1);
+  REQUIRE(rs.front());
+  CHECK(*unpack<int64_t>(*rs.front()) == 4);
+}
+
+TEST_CASE_METHOD(fixture, "a consumer that takes nothing holds its stream at the window",
+                 "[unit][pool][stream]") {
+  auto cfg = mock_pool(1, 1, 0ms);
+  cfg.stream_window = 3;
+  start(cfg);
+  self->send(pool, stream_of(10, 1, 9));
+  run();
+  pass(*this, 100ms);
+  CHECK(chunks_of(self).size() == 3); // and no more, however long it waits
+  CHECK(replies().empty());
+  self->send(pool, taken_atom::value, uint64_t{9}, uint64_t{2});
+  run();
+  pass(*this, 100ms);
+  CHECK(chunks_of(self).size() == 2); // two taken: two more
+  self->send(pool, taken_atom::value, uint64_t{9}, uint64_t{10});
+  run();
+  pass(*this, 100ms);
+  CHECK(chunks_of(self).size() == 5);
+  auto rs = replies();
+  REQUIRE(rs.size() == 1);
+  CHECK(rs.front());
+}
+
+TEST_CASE_METHOD(fixture, "without the stream option a generator answers one list",
+                 "[unit][pool][stream]") {
+  start(mock_pool(1, 1, 0ms));
+  auto req = stream_of(3, 1, 2);
+  req.stream = false;
+  self->send(pool, req);
+  run();
+  advance(5ms);
+  CHECK(chunks_of(self).empty());
+  auto rs = replies();
+  REQUIRE(rs.size() == 1);
+  REQUIRE(rs.front());
+  CHECK(*unpack<std::vector<int64_t>>(*rs.front()) == std::vector<int64_t>{0, 1, 2});
+}
+
+TEST_CASE_METHOD(fixture, "a cancelled stream answers cancelled and sends nothing after",
+                 "[unit][pool][stream]") {
+  start(mock_pool(1, 1, 0ms));
+  self->send(pool, stream_of(100, 10, 4));
+  run();
+  pass(*this, 25ms);
+  CHECK(chunks_of(self).size() == 2);
+  self->send(pool, cancel_atom::value, uint64_t{4});
+  run();
+  auto rs = replies();
+  REQUIRE(rs.size() == 1);
+  CHECK(code_of(rs.front().error()) == error_code::cancelled);
+  pass(*this, 200ms);
+  CHECK(chunks_of(self).empty());
+  CHECK(replies().empty());
+  CHECK(stats().workers.front().in_flight == 0);
+  CHECK(call(make_execute("ping"))); // the worker lives on
+  CHECK(stats().recycled == 0);
+}
+
+TEST_CASE_METHOD(fixture, "a test's own streaming command streams from the mock",
+                 "[unit][pool][stream]") {
+  auto cfg = mock_pool(1, 1, 0ms);
+  cfg.mock.commands["tokens"] = mock_command{
+    [](const payload&, const std::string&) -> caf::expected<payload> { return pack(2); }, 5ms,
+    [](const payload& args, const std::string&) {
+      std::vector<payload> words;
+      for (auto c : *unpack<std::string>(args))
+        words.push_back(pack(int64_t{c}));
+      return words;
+    }};
+  start(cfg);
+  auto req = tagged(make_execute("tokens", std::string{"ab"}), 3);
+  req.stream = true;
+  self->send(pool, req);
+  run();
+  advance(5ms);
+  CHECK(chunks_of(self) == std::vector<std::pair<uint64_t, int64_t>>{{3, 'a'}});
+  advance(5ms);
+  CHECK(chunks_of(self) == std::vector<std::pair<uint64_t, int64_t>>{{3, 'b'}});
+  auto rs = replies();
+  REQUIRE(rs.size() == 1);
+  REQUIRE(rs.front());
+  CHECK(*unpack<int>(*rs.front()) == 2);
+}

@@ -552,3 +552,41 @@ TEST_CASE_METHOD(fixture, "a stopping worker that cannot finish within its grace
   REQUIRE(down);
   CHECK(*down == caf::exit_reason::user_shutdown);
 }
+
+TEST_CASE("a stream is retried only while none of its chunks reached its caller",
+          "[unit][ledger][stream]") {
+  request_ledger ledger{with_listener()};
+  auto t0 = clock_type::now();
+  auto quiet = request("tokens", 1s, true);
+  quiet.stream = true;
+  auto talking = request("tokens", 1s, true);
+  talking.stream = true;
+  auto plain = request("echo", 1s);
+  auto a = ledger.add(quiet, {}, t0);
+  auto b = ledger.add(talking, {}, t0);
+  auto c = ledger.add(plain, {}, t0);
+  ledger_entry* e = nullptr;
+  CHECK(ledger.chunk(b, &e) == chunk_fate::deliver);
+  REQUIRE(e != nullptr);
+  CHECK(e->chunks == 1);
+  CHECK(ledger.chunk(c, &e) == chunk_fate::invalid); // not a stream
+  CHECK(ledger.chunk(99, &e) == chunk_fate::invalid); // not in flight
+  auto out = ledger.fail_all(make_error(error_code::worker_crashed, "gone"), t0 + 10ms);
+  REQUIRE(out.size() == 3);
+  CHECK(out[0].what == verdict::retry); // nothing seen: run again
+  CHECK(out[1].what == verdict::fail);  // its caller saw a chunk
+  CHECK(out[1].code() == error_code::worker_crashed);
+}
+
+TEST_CASE("a chunk of a stream whose caller has its answer is dropped",
+          "[unit][ledger][stream]") {
+  request_ledger ledger{with_listener()};
+  auto t0 = clock_type::now();
+  auto req = request("tokens", 1s);
+  req.stream = true;
+  auto id = ledger.add(req, {}, t0);
+  auto s = ledger.detach(id, make_error(error_code::cancelled, "cancelled"), t0, 1s);
+  REQUIRE(s);
+  ledger_entry* e = nullptr;
+  CHECK(ledger.chunk(id, &e) == chunk_fate::drop);
+}
