@@ -96,15 +96,32 @@ void add_pool(std::vector<MetricFamily>& out, const pool_stats& st) {
   auto durations = family("pyvisor_request_duration_seconds",
                           "Worker service time of the requests a worker answered, by command",
                           T::Histogram);
+  auto streams = family("pyvisor_streams_total", "Streams answered, by command", T::Counter);
+  auto chunks = family("pyvisor_stream_chunks_total",
+                       "Chunks of streams that reached their callers, by command", T::Counter);
+  auto chunk_bytes = family("pyvisor_stream_bytes_total",
+                            "Bytes of the chunks that reached their callers, by command",
+                            T::Counter);
   for (auto& [command, cs] : st.commands) {
     for (auto& [outcome, n] : cs.replies)
       requests.metric.push_back(sample(T::Counter, static_cast<double>(n),
                                        {{"command", command}, {"outcome", outcome}}));
     if (cs.histogram.count > 0)
       durations.metric.push_back(histogram_of(cs.histogram, {{"command", command}}));
+    if (cs.streams > 0) {
+      streams.metric.push_back(
+        sample(T::Counter, static_cast<double>(cs.streams), {{"command", command}}));
+      chunks.metric.push_back(
+        sample(T::Counter, static_cast<double>(cs.chunks), {{"command", command}}));
+      chunk_bytes.metric.push_back(
+        sample(T::Counter, static_cast<double>(cs.chunk_bytes), {{"command", command}}));
+    }
   }
   out.push_back(std::move(requests));
   out.push_back(std::move(durations));
+  out.push_back(std::move(streams));
+  out.push_back(std::move(chunks));
+  out.push_back(std::move(chunk_bytes));
   out.push_back(one_per_state<worker_phase>(
     "pyvisor_workers", "Workers by state", "state",
     [&](worker_phase p) { return static_cast<double>(st.workers_in(p)); }));
@@ -124,6 +141,8 @@ void add_pool(std::vector<MetricFamily>& out, const pool_stats& st) {
     {"pyvisor_queue_depth", "Requests waiting for a worker", T::Gauge, num(st.queue)},
     {"pyvisor_requests_in_flight", "Requests running on workers", T::Gauge, num(st.in_flight())},
     {"pyvisor_sessions", "Sessions bound to a worker", T::Gauge, num(st.sessions)},
+    {"pyvisor_streams_open", "Streams taken in and not answered yet", T::Gauge,
+     num(st.streams_open)},
     {"pyvisor_worker_restarts_total",
      "Worker restarts by the supervisor (crashes and recycles alike)", T::Counter,
      num(st.restarts)},

@@ -540,11 +540,15 @@ pool_stats make_stats(self_ptr self) {
     r.restarts += n.last.restarts;
     r.recycled += n.last.recycled;
     r.pool_restarts += n.last.pool_restarts;
+    r.streams_open += n.last.streams_open;
     for (auto& [name, cs] : n.last.commands) {
       auto& mine = r.commands[name];
       for (auto& [outcome, k] : cs.replies)
         mine.replies[outcome] += k;
       mine.histogram.merge(cs.histogram);
+      mine.streams += cs.streams;
+      mine.chunks += cs.chunks;
+      mine.chunk_bytes += cs.chunk_bytes;
     }
   }
   for (auto& [name, rec] : st.own.commands)

@@ -144,8 +144,7 @@ void watch(self_ptr self, const caf::actor_addr& requester);
 /// A worker answered a request (its done report): load, stats, proof of
 /// health, recycling (`retire`: the worker ran out of memory, replace it
 /// after its requests).
-void on_done(self_ptr self, uint64_t worker, uint8_t code, int64_t ns,
-             const std::string& session, const std::string& command, bool retire = false);
+void on_done(self_ptr self, const completion& c);
 
 caf::error unavailable_error(const std::string& why);
 
@@ -183,7 +182,7 @@ class activation {
 public:
   explicit activation(self_ptr self) : self_(self) {
     for (auto& c : self->state.inbox->take())
-      on_done(self, c.worker, c.code, c.service_ns, c.session, c.command, c.retire);
+      on_done(self, c);
   }
 
   ~activation() {

@@ -329,6 +329,8 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
               q->rp = rp;
               q->deadline = deadline_of(self, req);
               q->req = std::move(req);
+              if (q->req.stream)
+                st.counters.opened(); // until its answer is counted
               if (auto err = refusal(st)) {
                 fail(self, *q, std::move(err));
                 return rp;
@@ -347,7 +349,13 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
     guarded(self,
             [self](done_atom, uint64_t worker, uint8_t code, int64_t ns,
                    const std::string& session, const std::string& command) {
-              on_done(self, worker, code, ns, session, command);
+              completion c;
+              c.worker = worker;
+              c.code = code;
+              c.service_ns = ns;
+              c.session = session;
+              c.command = command;
+              on_done(self, c);
               try_dispatch(self);
             }),
     guarded(self, [self](take_inbox_atom) { try_dispatch(self); }),
@@ -503,7 +511,9 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
 } // namespace
 
 void fail(self_ptr self, queued& q, caf::error err) {
-  self->state.counters.count(q.req.command, code_of(err));
+  stream_tally nothing; // what reached its caller came in a worker's report
+  self->state.counters.count(q.req.command, code_of(err), -1,
+                             q.req.stream ? &nothing : nullptr);
   if (q.routed)
     session_done(self, q.req.session);
   q.rp.deliver(std::move(err));

@@ -269,13 +269,19 @@ struct command_stats {
   latency_percentiles latency_us;
   /// Worker service time of the replies that came from a worker.
   latency_histogram histogram;
+  /// Streams answered (execute::stream), and the chunks and bytes of them
+  /// that reached their callers.
+  uint64_t streams = 0;
+  uint64_t chunks = 0;
+  uint64_t chunk_bytes = 0;
 
-  MSGPACK_DEFINE_MAP(replies, latency_us, histogram);
+  MSGPACK_DEFINE_MAP(replies, latency_us, histogram, streams, chunks, chunk_bytes);
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, command_stats& x) {
-  return f(caf::meta::type_name("pyvisor::command_stats"), x.replies, x.latency_us, x.histogram);
+  return f(caf::meta::type_name("pyvisor::command_stats"), x.replies, x.latency_us, x.histogram,
+           x.streams, x.chunks, x.chunk_bytes);
 }
 
 /// Distinct command names a pool keeps apart in its statistics; the
@@ -334,6 +340,8 @@ struct pool_stats {
   uint64_t capacity = 0;
   /// A cluster front's nodes (empty for a pool).
   std::vector<node_stats> nodes;
+  /// Streams taken in and not answered yet.
+  uint64_t streams_open = 0;
 
   /// Requests running on workers now.
   uint64_t in_flight() const {
@@ -353,14 +361,14 @@ struct pool_stats {
 
   MSGPACK_DEFINE_MAP(state, last_failure, pool_restarts, workers, queue, sessions, replies,
                      retries, requeued, restarts, recycled, latency_us, commands,
-                     fork_template, capacity, nodes);
+                     fork_template, capacity, nodes, streams_open);
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, pool_stats& x) {
   return f(caf::meta::type_name("pyvisor::pool_stats"), x.state, x.last_failure, x.pool_restarts,
            x.workers, x.queue, x.sessions, x.replies, x.retries, x.requeued, x.restarts, x.recycled,
-           x.latency_us, x.commands, x.fork_template, x.capacity, x.nodes);
+           x.latency_us, x.commands, x.fork_template, x.capacity, x.nodes, x.streams_open);
 }
 
 using pool_actor = caf::typed_actor<

@@ -21,11 +21,23 @@
 
 namespace pyvisor {
 
+/// What reached the caller of one stream (execute::stream).
+struct stream_tally {
+  uint64_t chunks = 0;
+  uint64_t bytes = 0;
+};
+
 struct pool_counters {
   struct command_rec {
     outcome_counts replies{};
     latency_histogram histogram;
+    uint64_t streams = 0;
+    uint64_t chunks = 0;
+    uint64_t chunk_bytes = 0;
   };
+
+  /// Streams taken in and not answered yet (opened() and count()).
+  uint64_t open_streams = 0;
 
   /// Replies by outcome, indexed by error_code (none = ok).
   outcome_counts replies{};
@@ -37,8 +49,10 @@ struct pool_counters {
 
   /// Counts a reply by outcome, overall and for its command; `service_ns`
   /// (negative: the request never reached a worker) goes to the command's
-  /// latency histogram.
-  void count(const std::string& command, error_code code, int64_t service_ns = -1) {
+  /// latency histogram; `stream`: the request was a stream, and this is
+  /// what reached its caller of it.
+  void count(const std::string& command, error_code code, int64_t service_ns = -1,
+             const stream_tally* stream = nullptr) {
     auto i = static_cast<size_t>(code);
     if (i >= error_code_count)
       return;
@@ -47,6 +61,18 @@ struct pool_counters {
     ++rec.replies[i];
     if (service_ns >= 0)
       rec.histogram.observe(static_cast<double>(service_ns) / 1000.0);
+    if (stream != nullptr) {
+      if (open_streams > 0)
+        --open_streams;
+      ++rec.streams;
+      rec.chunks += stream->chunks;
+      rec.chunk_bytes += stream->bytes;
+    }
+  }
+
+  /// A stream was taken in: open until its reply is counted.
+  void opened() {
+    ++open_streams;
   }
 
   /// Fills the counted parts of `stats`.
@@ -56,12 +82,16 @@ struct pool_counters {
     stats.requeued = requeued;
     stats.restarts = restarts;
     stats.recycled = recycled;
+    stats.streams_open = open_streams;
     latency_histogram all;
     for (auto& [name, rec] : commands) {
       auto& cs = stats.commands[name];
       cs.replies = outcome_map(rec.replies);
       cs.histogram = rec.histogram;
       cs.latency_us = rec.histogram.percentiles();
+      cs.streams = rec.streams;
+      cs.chunks = rec.chunks;
+      cs.chunk_bytes = rec.chunk_bytes;
       all.merge(rec.histogram);
     }
     stats.latency_us = all.percentiles();

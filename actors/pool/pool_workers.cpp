@@ -332,9 +332,12 @@ void prove(self_ptr self, uint32_t slot, bool excuse) {
              caf::actor_cast<caf::actor>(s.handle));
 }
 
-void on_done(self_ptr self, uint64_t worker, uint8_t code, int64_t ns,
-             const std::string& session, const std::string& command, bool retire) {
+void on_done(self_ptr self, const completion& c) {
   auto& st = self->state;
+  auto worker = c.worker;
+  auto code = c.code;
+  auto& session = c.session;
+  auto& command = c.command;
   // Every session request a worker reports was routed (retried ones route
   // again).
   session_done(self, session);
@@ -346,7 +349,9 @@ void on_done(self_ptr self, uint64_t worker, uint8_t code, int64_t ns,
       st.slots[*i].finished(session);
     return;
   }
-  st.counters.count(command, static_cast<error_code>(code), ns);
+  stream_tally tally{c.chunks, c.chunk_bytes};
+  st.counters.count(command, static_cast<error_code>(code), c.service_ns,
+                    c.stream ? &tally : nullptr);
   if (!i)
     return;
   auto& s = st.slots[*i];
@@ -356,7 +361,7 @@ void on_done(self_ptr self, uint64_t worker, uint8_t code, int64_t ns,
     s.served_ok = true;
     prove(self, *i);
   }
-  if (retire && s.state == worker_phase::ready) {
+  if (c.retire && s.state == worker_phase::ready) {
     log().warn("pool: worker {} (pid {}) ran out of memory (MemoryError answered to '{}'; "
                "pool.max-memory): recycling it after its requests",
                worker_id_of(*i), s.pid, command);

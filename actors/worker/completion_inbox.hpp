@@ -47,6 +47,10 @@ struct completion {
   /// The worker should be replaced once its requests are done: a handler
   /// ran out of memory (pool.max-memory; a MemoryError answered).
   bool retire = false;
+  /// A stream (execute::stream): what reached its caller of it.
+  bool stream = false;
+  uint64_t chunks = 0;
+  uint64_t chunk_bytes = 0;
 };
 
 class completion_inbox {

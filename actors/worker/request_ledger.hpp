@@ -79,6 +79,7 @@ struct ledger_entry {
   /// Chunks of a stream (execute::stream) delivered to the caller so far:
   /// once one was, the request is never retried (the caller saw output).
   uint64_t chunks = 0;
+  uint64_t chunk_bytes = 0;
 };
 
 /// What becomes of a chunk a worker sent (request_ledger::chunk).

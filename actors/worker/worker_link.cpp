@@ -74,8 +74,8 @@ void reply_courier::report(const settlement& s) const {
   bool retire = s.what == verdict::answer && !s.result
                 && info_of(s.result.error()).python_type == "MemoryError";
   if (auto ref = std::atomic_load(&inbox_)) {
-    if (ref->inbox->post(completion{owner_id_, code, s.service_ns,
-                                    req.session, req.command, retire}))
+    if (ref->inbox->post(completion{owner_id_, code, s.service_ns, req.session, req.command,
+                                    retire, req.stream, s.entry.chunks, s.entry.chunk_bytes}))
       if (auto hdl = caf::actor_cast<caf::actor>(ref->wake))
         caf::anon_send(hdl, take_inbox_atom::value);
     return;
@@ -229,8 +229,10 @@ chunk_fate worker_link::take_chunk_locked(uint64_t id, std::vector<char>&& value
                                           std::vector<chunk_delivery>& out) {
   ledger_entry* e = nullptr;
   auto fate = ledger_.chunk(id, &e);
-  if (fate == chunk_fate::deliver)
+  if (fate == chunk_fate::deliver) {
+    e->chunk_bytes += value.size();
     out.push_back(chunk_delivery{caller_of(*e), e->request.tag, payload{std::move(value)}});
+  }
   return fate;
 }
 

@@ -108,6 +108,12 @@ class ChunksTest(StreamTest):
         # waited for the end of the stream.
         for (arrived, chunk), (_, following) in zip(chunks, chunks[1:]):
             self.assertLess(arrived, following["t"], chunks)
+        # Counted: one stream of ten chunks, none open.
+        st = self.node.stats()
+        cs = st["commands"]["stream.stamped"]
+        self.assertEqual((cs["streams"], cs["chunks"]), (1, 10))
+        self.assertGreater(cs["chunk_bytes"], 10 * 10)
+        self.assertEqual(st["streams_open"], 0)
 
     def test_the_first_chunk_reaches_the_caller_while_the_generator_runs(self):
         with tempfile.TemporaryDirectory() as tmp:
@@ -219,6 +225,7 @@ class BackpressureTest(StreamTest):
             time.sleep(0.1)
             peak = max(peak, rss_mib(self.node.proc.pid))
         self.assertLess(peak - idle, 256, "node RSS %.0f MiB above idle" % (peak - idle))
+        self.assertEqual(self.node.stats()["streams_open"], 1)
         # The node serves others meanwhile.
         self.assertEqual(self.conn.call("execute", "echo", 1), (None, 1))
         # Reading again, the stream goes on where it stood, in order.
@@ -237,6 +244,7 @@ class BackpressureTest(StreamTest):
                 self.assertEqual(msg[2]["code"], "cancelled")
                 break
         slow.close()
+        self.assertEqual(wait_for(lambda: self.node.stats()["streams_open"] == 0), True)
 
 
 class RetryTest(StreamTest):

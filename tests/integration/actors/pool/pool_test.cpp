@@ -7,6 +7,7 @@
 #include "support/python_fixture.hpp"
 
 #include "pyvisor/pool.hpp"
+#include "pyvisor/stream.hpp"
 
 using namespace pyvisor;
 using namespace std::chrono_literals;
@@ -202,4 +203,51 @@ TEST_CASE_METHOD(pool_fixture, "four workers start concurrently", "[integration]
   // Not a speed assertion (bench/ measures that): a sanity bound that a
   // sequential start-up with the default 10 s start-up timeout could miss.
   CHECK(elapsed < 10s);
+}
+
+TEST_CASE_METHOD(pool_fixture, "a Python generator streams to a C++ caller, paced by it",
+                 "[integration][pool][stream]") {
+  auto cfg = python_pool(1);
+  cfg.stream_window = 2;
+  start(cfg);
+  using count_args = std::map<std::string, int>;
+  // In order, each as it comes; the window holds the generator back while
+  // the callback takes its time, so nothing is produced far ahead of it.
+  std::vector<int64_t> got;
+  auto req = make_execute("stream.count", count_args{{"n", 6}, {"ms", 5}});
+  auto result = execute_stream(sys, pool, req, [&](payload& chunk) {
+    got.push_back(*unpack<int64_t>(chunk));
+    std::this_thread::sleep_for(20ms);
+  });
+  REQUIRE(result);
+  CHECK(*unpack<int64_t>(*result) == 6);
+  CHECK(got == std::vector<int64_t>{0, 1, 2, 3, 4, 5});
+  // An exception after three chunks ends the stream with python_error.
+  got.clear();
+  auto failing = execute_stream(
+    sys, pool, make_execute("stream.count", count_args{{"n", 6}, {"fail_after", 3}}),
+    [&](payload& chunk) { got.push_back(*unpack<int64_t>(chunk)); });
+  REQUIRE_FALSE(failing);
+  CHECK(code_of(failing.error()) == error_code::python_error);
+  CHECK(got.size() == 3);
+  // A callback that throws cancels the stream: its generator's finally runs
+  // in its session, and the worker serves on.
+  auto in_session = make_execute("stream.count", count_args{{"n", 10000}, {"ms", 2}}, "s1");
+  int seen = 0;
+  CHECK_THROWS_AS(execute_stream(sys, pool, in_session,
+                                 [&](payload&) {
+                                   if (++seen == 3)
+                                     throw std::runtime_error("enough");
+                                 }),
+                  std::runtime_error);
+  caf::expected<payload> closed{payload{}};
+  for (int i = 0; i < 100; ++i) {
+    closed = run(make_execute("session.get", kv{{"key", "stream_closed"}}, "s1"));
+    if (closed && unpack<int64_t>(*closed))
+      break;
+    std::this_thread::sleep_for(20ms);
+  }
+  REQUIRE(closed);
+  CHECK(*unpack<int64_t>(*closed) >= 3);
+  CHECK(stats().restarts == 0);
 }
