@@ -29,6 +29,7 @@
 #include <limits>
 #include <functional>
 #include <thread>
+#include <tuple>
 #include <fstream>
 #include <iomanip>
 #include <iostream>
@@ -46,6 +47,7 @@
 #include "pyvisor/client_endpoint.hpp"
 #include "pyvisor/cluster.hpp"
 #include "pyvisor/pool.hpp"
+#include "pyvisor/stream.hpp"
 #include "actors/pool/session_affinity.hpp"
 #include "pyvisor/worker.hpp"
 #include "bench/references.hpp"
@@ -69,8 +71,8 @@ struct bench_config : caf::actor_system_config {
   size_t rtt_64b_only = 0;
   std::string node = PYVISOR_NODE_PATH;
   std::vector<std::string> scenarios{"startup", "rtt",        "throughput", "sessions",
-                                     "recovery", "interrupts", "large", "forkserver",
-                                     "cluster"};
+                                     "recovery", "interrupts", "stream", "large",
+                                     "forkserver", "cluster"};
 
   bench_config() {
     add_cluster_types(*this);
@@ -504,6 +506,57 @@ void interrupts(caf::actor_system& sys, const bench_config& cfg, report& r) {
   r.ratios["interrupts.free_after_interrupt_vs_kill"] = {
     median(timeout_free) / replacement, 0.5, "lower",
     "worker free after a timeout's interrupt / a killed worker's replacement ready"};
+}
+
+// -- streams (issue #28) ------------------------------------------------------------
+
+/// What a stream costs against separate requests: chunks per second of 64 B
+/// and 64 KiB chunks (a generator yielding bytes, taken by execute_stream)
+/// against as many echo round trips of that size per second, and the time
+/// from sending a stream to its first chunk against a 64 B round trip.
+void stream(caf::actor_system& sys, const bench_config& cfg, report& r) {
+  auto pc = python_pool(cfg, 1);
+  pc.worker.modules = {"pyvisor.testing"};
+  running_pool p{sys, pc};
+  caf::scoped_actor self{sys};
+  using args = std::map<std::string, int>;
+  for (auto [size, name, n] : {std::tuple<int, const char*, int>{64, "64B", 20000},
+                               std::tuple<int, const char*, int>{65536, "64KiB", 2000}}) {
+    if (cfg.quick)
+      n /= 100;
+    auto t = now_us();
+    int got = 0;
+    auto res = execute_stream(sys, p.pool, make_execute("stream.count", args{{"n", n}, {"size", size}}),
+                              [&](payload&) { ++got; });
+    auto stream_s = (now_us() - t) / 1e6;
+    if (!res || got != n)
+      throw std::runtime_error("stream: " + std::to_string(got) + " of " + std::to_string(n)
+                               + " chunks");
+    auto echo = api_rtt(sys, p.pool, static_cast<size_t>(size), static_cast<size_t>(n));
+    auto per_s = n / stream_s;
+    auto echo_per_s = 1e6 / echo.p50;
+    r.figures[std::string{"stream."} + name + ".chunks_per_s"] = per_s;
+    r.figures[std::string{"stream."} + name + ".echo_per_s"] = echo_per_s;
+    r.ratios[std::string{"stream."} + name + "_chunks_vs_requests"] = {
+      per_s / echo_per_s, size == 64 ? 3.0 : 1.0, "higher",
+      std::string{"chunks per second of a stream / echo round trips per second, "} + name};
+  }
+  int reps = cfg.quick ? 5 : 200;
+  std::vector<double> first;
+  for (int i = 0; i < reps; ++i) {
+    auto t = now_us();
+    double at = 0;
+    execute_stream(sys, p.pool, make_execute("stream.count", args{{"n", 1}}), [&](payload&) {
+      if (at == 0)
+        at = now_us() - t;
+    });
+    first.push_back(at);
+  }
+  auto rtt64 = api_rtt(sys, p.pool, 64, cfg.quick ? 20 : 2000);
+  r.figures["stream.first_chunk_us"] = median(first);
+  r.figures["stream.rtt64_us"] = rtt64.p50;
+  r.ratios["stream.first_chunk_vs_rtt"] = {median(first) / rtt64.p50, 2.0, "lower",
+                                           "send to first chunk / a 64 B round trip (p50)"};
 }
 
 // -- fork server (issue #13) --------------------------------------------------------
@@ -1002,6 +1055,8 @@ int main(int argc, char** argv) {
       recovery(sys, cfg, r);
     if (want("interrupts"))
       interrupts(sys, cfg, r);
+    if (want("stream"))
+      stream(sys, cfg, r);
     if (want("large"))
       large(cfg, r);
     if (want("forkserver"))

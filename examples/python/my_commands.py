@@ -20,3 +20,12 @@ def top_words(args, ctx):
     n = int(args.get("n", 3)) if isinstance(args, dict) else 3
     counts = ctx.session.get("counts", {})
     return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+
+
+@pyvisor.command("words.each")
+def each_word(args, ctx):
+    n = 0
+    for w in args["text"].split():
+        yield w                     # sent now, not at the end
+        n += 1
+    return n

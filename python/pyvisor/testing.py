@@ -59,26 +59,26 @@ def budget(args, ctx):
 def stream_count(args, ctx):
     """A generator: yields 0..n-1 (or, with {size}, that many bytes each),
     sleeping {ms} before each; raises ValueError after {fail_after} chunks
-    if given; returns n. In a session it records in `finally` how many it
-    yielded (session key "stream_closed"), however it ends."""
+    if given; returns n. In a session it records in `finally` how many
+    chunks it produced (session key "stream_closed"), however it ends."""
     if not isinstance(args, dict) or not isinstance(args.get("n"), int) or args["n"] < 0:
         raise BadRequest("expected {n: count, ms: number, size: bytes, fail_after: count}")
     ms = args.get("ms", 0)
     size = args.get("size")
     fail_after = args.get("fail_after")
-    yielded = 0
+    produced = 0
     try:
         for i in range(args["n"]):
             if fail_after is not None and i == fail_after:
                 raise ValueError("failed after %d chunks" % i)
             if ms:
                 time.sleep(ms / 1000.0)
+            produced += 1
             yield bytes(size) if size else i
-            yielded += 1
         return args["n"]
     finally:
         if ctx.session is not None:
-            ctx.session["stream_closed"] = yielded
+            ctx.session["stream_closed"] = produced
 
 
 @command("sleep_then_report")

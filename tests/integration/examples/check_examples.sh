@@ -67,6 +67,8 @@ cmake -S "$src_dir/tests/integration/examples/readme" -B "$prefix/build-readme" 
   -DCMAKE_PREFIX_PATH="$prefix" -DPYVISOR_README_FRAGMENTS="$prefix/fragments" > /dev/null
 cmake --build "$prefix/build-readme" -j2
 "$prefix/build-readme/mock_commands"
+stream_out=$("$prefix/build-readme/stream")
+[ "$stream_out" = $'hello\nstreaming\nworld\nwords: 3' ] || { echo "stream said: $stream_out"; exit 1; }
 (cd "$prefix/build-readme" && ./app)
 rm -rf "$prefix/build-readme"
 

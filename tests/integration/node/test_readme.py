@@ -36,6 +36,9 @@ class ReadmeTest(unittest.TestCase):
         self.assertEqual(len(commands), 1, "one block of commands is marked in the README")
         with open(os.path.join(self.dir.name, "my_commands.py"), "w") as f:
             f.write(commands[0])
+        # Commands shown further on (streaming), in a module of their own.
+        with open(os.path.join(self.dir.name, "readme_extra.py"), "w") as f:
+            f.write("import pyvisor\n\n\n" + "\n\n".join(snippets("extra")))
         hooks = snippets("hook")
         self.assertEqual(len(hooks), 1, "one on_start hook is marked in the README")
         # What the hook leaves to the reader (the connection it opens), and a
@@ -44,7 +47,8 @@ class ReadmeTest(unittest.TestCase):
             f.write("import pyvisor\n\n\ndef open_connection():\n    return {'pid': __import__('os').getpid()}\n\n\n"
                     + hooks[0] + "\n\n@pyvisor.command('readme.db')\ndef _db(args, ctx):\n    return db\n")
         # As the README starts it, with the snippet instead of the examples' copy.
-        self.node = Proc({"pool": {"modules": '["my_commands", "pyvisor.testing", "readme_hook"]',
+        self.node = Proc({"pool": {"modules": '["my_commands", "pyvisor.testing", "readme_hook", '
+                                              '"readme_extra"]',
                                    "python-path": '["%s"]' % self.dir.name},
                           "rpc": {"port": 0}})
         self.port = self.node.port

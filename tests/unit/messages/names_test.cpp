@@ -47,7 +47,8 @@ TEST_CASE("pool stats travel as a map of names, enums as their names", "[unit][n
   auto bytes = pack(s);
   auto handle = msgpack::unpack(bytes.bytes.data(), bytes.bytes.size());
   auto top = handle.get().as<std::map<std::string, msgpack::object>>();
-  CHECK(top.size() == 16);
+  CHECK(top.size() == 17);
+  CHECK(top.at("streams_open").as<uint64_t>() == 0);
   CHECK(top.at("capacity").as<uint64_t>() == 4);
   auto nodes = top.at("nodes").as<std::vector<std::map<std::string, msgpack::object>>>();
   REQUIRE(nodes.size() == 1);
