@@ -192,6 +192,10 @@ std::string decode(const char* data, size_t size, frame& out) {
         out.commands = value.as<std::vector<std::string>>();
       } else if (key == "control") {
         out.control = value.as<bool>();
+      } else if (key == "concurrency") {
+        out.concurrency = value.as<uint32_t>();
+      } else if (key == "started") {
+        out.type = frame_type::started;
       }
       // Unknown keys are ignored so that the protocol can grow.
     }
@@ -204,9 +208,10 @@ std::string decode(const char* data, size_t size, frame& out) {
   }
   if (cur.offset() != size)
     return "trailing bytes after the frame's map";
-  if (out.type == frame_type::chunk) {
+  if (out.type == frame_type::chunk || out.type == frame_type::started) {
     if (!have_id || have_ok)
-      return "chunk frame needs an 'id' and no 'ok'";
+      return out.type == frame_type::chunk ? "chunk frame needs an 'id' and no 'ok'"
+                                           : "started frame needs an 'id' and no 'ok'";
     return {};
   }
   if (!have_ok)
@@ -222,21 +227,47 @@ std::string decode(const char* data, size_t size, frame& out) {
 
 void append_control(std::vector<char>& out, const std::vector<uint64_t>& revoke,
                     uint64_t interrupt, std::string_view reason) {
+  append_control(out, revoke,
+                 interrupt == 0 ? std::vector<uint64_t>{} : std::vector<uint64_t>{interrupt},
+                 reason);
+}
+
+void append_control(std::vector<char>& out, const std::vector<uint64_t>& revoke,
+                    const std::vector<uint64_t>& interrupts, std::string_view reason) {
   pyvisor::detail::vector_writer w{out};
   packer pk{w};
-  pk.pack_map((revoke.empty() ? 0 : 1) + (interrupt == 0 ? 0 : 2));
+  pk.pack_map((revoke.empty() ? 0 : 1) + (interrupts.empty() ? 0 : 2));
   if (!revoke.empty()) {
     pack_str(pk, "revoke");
     pk.pack_array(static_cast<uint32_t>(revoke.size()));
     for (auto id : revoke)
       pk.pack_uint64(id);
   }
-  if (interrupt != 0) {
+  if (!interrupts.empty()) {
+    // One id as a number (what a sequential worker reads), several as a list.
     pack_str(pk, "interrupt");
-    pk.pack_uint64(interrupt);
+    if (interrupts.size() == 1) {
+      pk.pack_uint64(interrupts.front());
+    } else {
+      pk.pack_array(static_cast<uint32_t>(interrupts.size()));
+      for (auto id : interrupts)
+        pk.pack_uint64(id);
+    }
     pack_str(pk, "reason");
     pack_str(pk, reason);
   }
+}
+
+void append_started(std::vector<char>& out, uint64_t id) {
+  auto pos = begin_frame(out);
+  pyvisor::detail::vector_writer w{out};
+  packer pk{w};
+  pk.pack_map(2);
+  pack_str(pk, "id");
+  pk.pack_uint64(id);
+  pack_str(pk, "started");
+  pk.pack_true();
+  end_frame(out, pos);
 }
 
 void append_credit(std::vector<char>& out, uint64_t id, uint64_t taken) {
@@ -281,8 +312,10 @@ std::optional<control_message> decode_control(const char* data, size_t size) noe
       auto key = as_string(key_handle.get());
       if (key == "revoke")
         result.revoke = value_handle.get().as<std::vector<uint64_t>>();
+      else if (key == "interrupt" && value_handle.get().type == msgpack::type::ARRAY)
+        result.interrupts = value_handle.get().as<std::vector<uint64_t>>();
       else if (key == "interrupt")
-        result.interrupt = value_handle.get().as<uint64_t>();
+        result.interrupts = {value_handle.get().as<uint64_t>()};
       else if (key == "reason")
         result.reason = as_string(value_handle.get());
       else if (key == "credit")
@@ -292,6 +325,8 @@ std::optional<control_message> decode_control(const char* data, size_t size) noe
     }
     if (cur.offset() != size)
       return std::nullopt;
+    if (!result.interrupts.empty())
+      result.interrupt = result.interrupts.front();
     return result;
   } catch (...) {
     return std::nullopt;

@@ -34,10 +34,11 @@ struct remote_error {
   std::string traceback;
 };
 
-enum class frame_type { reply, hello, chunk };
+enum class frame_type { reply, hello, chunk, started };
 
 /// A decoded frame from Python: a reply to a request, one chunk of a
-/// streaming request's output (docs/protocol.md, "Streams") or the hello
+/// streaming request's output (docs/protocol.md, "Streams"), a concurrent
+/// worker's notice that a request began ("Concurrent workers") or the hello
 /// frame.
 struct frame {
   frame_type type = frame_type::reply;
@@ -56,6 +57,9 @@ struct frame {
   /// Hello only: the worker speaks the control protocol (interrupts,
   /// revokes, stack dumps; docs/protocol.md, "Control").
   bool control = false;
+  /// Hello only: requests the worker may run at once (1: one at a time, in
+  /// pipe order; more: it says which began, with started frames).
+  uint32_t concurrency = 1;
 };
 
 /// How much of a stream's output may be sent and not yet taken by its
@@ -90,10 +94,20 @@ void append_chunk(std::vector<char>& out, uint64_t id, const std::vector<char>& 
 void append_control(std::vector<char>& out, const std::vector<uint64_t>& revoke,
                     uint64_t interrupt = 0, std::string_view reason = "cancelled");
 
+/// As above, interrupting each of `interrupts` that runs (a concurrent
+/// worker may run several).
+void append_control(std::vector<char>& out, const std::vector<uint64_t>& revoke,
+                    const std::vector<uint64_t>& interrupts, std::string_view reason);
+
+/// Appends a started frame; used by tests and by workers written in C++.
+void append_started(std::vector<char>& out, uint64_t id);
+
 /// A control message as a worker reads it (append_control's fields).
 struct control_message {
   std::vector<uint64_t> revoke;
+  /// The first of `interrupts` (0: none).
   uint64_t interrupt = 0;
+  std::vector<uint64_t> interrupts;
   std::string reason;
   /// A credit (append_credit): the stream's request id (0: none) and what
   /// its consumer has taken.

@@ -67,7 +67,11 @@ node_config::node_config()
     .add(pool.queue_share, "queue-share", "share of the queue one connection may hold")
     .add(pool.max_queued_bytes, "max-queued-bytes",
          "bytes of arguments the queue may hold (0: any); more: overloaded")
-    .add(pool.max_in_flight, "max-in-flight", "requests in flight per worker")
+    .add(pool.max_in_flight, "max-in-flight",
+         "requests in flight per worker (at least worker-concurrency)")
+    .add(pool.worker_concurrency, "worker-concurrency",
+         "requests a worker runs at once: async handlers interleave at their awaits, sync "
+         "ones run one at a time (1: one request at a time)")
     .add(pool.max_requests, "max-requests", "recycle a worker after N requests (0: never)")
     .add(pool.max_age, "max-age", "recycle a worker after this long (0: never)")
     .add(w.max_memory, "max-memory",
@@ -601,6 +605,8 @@ std::string node_config::validate() const {
     return "invalid value for 'pool.queue-share': must be in (0, 1]";
   if (pool.max_in_flight < 1)
     return "invalid value for 'pool.max-in-flight': must be >= 1";
+  if (pool.worker_concurrency < 1 || pool.worker_concurrency > 1024)
+    return "invalid value for 'pool.worker-concurrency': must be 1 to 1024";
   if (pool.stream_window < 1)
     return "invalid value for 'pool.stream-window': must be >= 1";
   if (pool.stream_window_bytes < 1)

@@ -140,8 +140,12 @@ struct pool_config {
   /// Template of each mock worker (id, seed, listener and the timeouts as
   /// for `worker`).
   mock_config mock;
-  /// Requests in flight per worker.
+  /// Requests in flight per worker (at least worker_concurrency).
   uint32_t max_in_flight = 4;
+  /// Requests a Python worker runs at once: async handlers (`async def`)
+  /// interleave at their awaits, up to this many per worker; sync handlers
+  /// still run one at a time. 1: one request at a time, as always.
+  uint32_t worker_concurrency = 1;
   /// Requests waiting for a worker; more fail with `overloaded`.
   size_t queue_size = 1024;
   /// Share of the queue one requester (one connection) may hold, so that a

@@ -1,5 +1,6 @@
 #include "actors/pool/pool_keeper.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <memory>
 #include <random>
@@ -312,6 +313,11 @@ pool_actor spawn_pool_keeper(caf::actor_system& sys, pool_config cfg) {
 }
 
 pool_actor spawn_pool(caf::actor_system& sys, pool_config cfg) {
+  // A worker that runs N requests at once is given N: dispatch counts its
+  // capacity with them.
+  cfg.worker_concurrency = std::max<uint32_t>(1, cfg.worker_concurrency);
+  cfg.max_in_flight = std::max(cfg.max_in_flight, cfg.worker_concurrency);
+  cfg.worker.concurrency = cfg.worker_concurrency;
   return spawn_pool_keeper(sys, std::move(cfg));
 }
 

@@ -76,6 +76,8 @@ struct ledger_entry {
   ledger_time started;
   /// When this attempt is overdue (see request_ledger::add).
   ledger_time deadline;
+  /// A concurrent worker said it began this request (a started frame).
+  bool begun = false;
   /// Chunks of a stream (execute::stream) delivered to the caller so far:
   /// once one was, the request is never retried (the caller saw output).
   uint64_t chunks = 0;
@@ -185,6 +187,18 @@ public:
   bool awaits_reply(uint64_t id) const {
     auto i = entries_.find(id);
     return i != entries_.end() && !i->second.internal;
+  }
+
+  /// The worker runs several requests at once and says which began
+  /// (started frames): settle_sequential then goes by that, not by order.
+  void announce_starts() noexcept {
+    announced_ = true;
+  }
+
+  /// The worker began request `id` (its started frame).
+  void begin(uint64_t id) {
+    if (auto i = entries_.find(id); i != entries_.end())
+      i->second.begun = true;
   }
 
   /// A chunk of request `id` arrived; with deliver, `*entry` is its entry
@@ -333,7 +347,9 @@ public:
   /// Settles everything still in flight on a worker that ran its requests
   /// one at a time in pipe order, once its process is gone and every reply
   /// it wrote was read: the `may_have_started` oldest are given up with
-  /// `err`, the others never started and are requeued.
+  /// `err`, the others never started and are requeued. A worker that
+  /// announced its starts (announce_starts) had begun exactly those it said
+  /// (unless `may_have_started` is the maximum: nothing is known).
   std::vector<settlement> settle_sequential(const caf::error& err, size_t may_have_started,
                                             ledger_time now) {
     std::vector<uint64_t> ids;
@@ -347,7 +363,10 @@ public:
       auto e = take(ids[i]);
       if (e->detached)
         continue; // answered already; it still held its place in line
-      if (i < may_have_started) {
+      bool may_have = may_have_started == std::numeric_limits<size_t>::max() ? true
+                      : announced_                                          ? e->begun
+                                                                : i < may_have_started;
+      if (may_have) {
         e->state = request_state::running;
         result.push_back(give_up(std::move(*e), err, now));
       } else {
@@ -548,6 +567,7 @@ private:
   }
 
   limits lim_;
+  bool announced_ = false;
   std::unordered_map<uint64_t, ledger_entry> entries_;
   uint64_t next_id_ = 1;
   uint32_t external_ = 0;

@@ -214,6 +214,8 @@ void on_frame(self_ptr self, wire::frame& f) {
       st.status.pid = f.pid; // a forked worker's pid is known only now
     st.status.python = f.python;
     st.status.commands = f.commands;
+    if (f.concurrency > 1)
+      st.link->announce_starts();
     if (f.control) {
       // Interrupts instead of kills (docs/protocol.md, "Control"). Weak:
       // the process holds the link through its callbacks.
@@ -229,6 +231,10 @@ void on_frame(self_ptr self, wire::frame& f) {
     log().info("{} ready in {} ms (Python {}, {} commands)", tag_of(st), ms, f.python,
                  f.commands.size());
     st.life->announce_ready(st.status);
+    return;
+  }
+  if (f.type == wire::frame_type::started) {
+    st.link->begun(f.id);
     return;
   }
   if (f.type == wire::frame_type::chunk) {
@@ -334,8 +340,10 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg,
         if (st.life->awaiting_settle()) {
           // Recycled, process killed: the replies it wrote before dying
           // still count, and tell which requests it had finished.
-          // Chunks no caller will see now count for nothing (nor against
-          // a retry).
+          // What began counts for the settlement; chunks no caller will
+          // see now count for nothing (nor against a retry).
+          if (f.type == wire::frame_type::started)
+            st.link->begun(f.id);
           if (f.type != wire::frame_type::reply)
             continue;
           st.link->complete(f.id, result_of(f));
@@ -501,6 +509,8 @@ process_options python_options(const worker_config& cfg, const std::string& modu
   // fork-server template, which forks them with its environment.
   if (cfg.max_memory > 0)
     opts.env.push_back("PYVISOR_MAX_MEMORY=" + std::to_string(cfg.max_memory));
+  if (cfg.concurrency > 1)
+    opts.env.push_back("PYVISOR_CONCURRENCY=" + std::to_string(cfg.concurrency));
   opts.tag = std::move(tag);
   opts.max_frame_size = cfg.max_frame_size;
   opts.reply_spin = std::chrono::duration_cast<std::chrono::microseconds>(cfg.reply_spin);

@@ -65,6 +65,10 @@ struct worker_config : worker_settings {
   /// MemoryError, answered as python_error, and the pool replaces the worker
   /// after its requests.
   uint64_t max_memory = 0;
+  /// Requests the worker may run at once (pool.worker-concurrency): with
+  /// more than 1 it serves from an event loop, async handlers interleaving
+  /// at their awaits, sync ones still one at a time (python/pyvisor/aio.py).
+  uint32_t concurrency = 1;
   /// How long the process's I/O thread busy-polls after a reply before it
   /// sleeps (0: never), only while requests come one at a time from a
   /// caller that sends its next one within the spin, and one thread per

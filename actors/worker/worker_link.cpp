@@ -252,6 +252,10 @@ std::vector<wire::frame> worker_link::on_frames(std::vector<wire::frame>&& fs) {
             break;
           continue;
         }
+        if (f.type == wire::frame_type::started) {
+          ledger_.begin(f.id);
+          continue;
+        }
         if (f.type != wire::frame_type::reply || !ledger_.awaits_reply(f.id))
           break;
         answered.push_back(*ledger_.complete(f.id, result_of(f), t));
@@ -264,6 +268,17 @@ std::vector<wire::frame> worker_link::on_frames(std::vector<wire::frame>&& fs) {
   courier_.carry_out(answered);
   fs.erase(fs.begin(), fs.begin() + static_cast<std::ptrdiff_t>(n));
   return std::move(fs);
+}
+
+void worker_link::begun(uint64_t id) {
+  std::lock_guard<std::mutex> guard{mtx_};
+  ledger_.begin(id);
+}
+
+void worker_link::announce_starts() {
+  std::lock_guard<std::mutex> guard{mtx_};
+  ledger_.announce_starts();
+  concurrent_ = true;
 }
 
 chunk_fate worker_link::chunk(uint64_t id, std::vector<char>&& value) {
@@ -401,9 +416,13 @@ std::vector<settlement> worker_link::stop_locked(const std::vector<uint64_t>& id
   }
   if (!told.empty() && control_ && !retiring_ && !closed_) {
     // One message: those not begun are revoked, the one running (only the
-    // oldest can be) is interrupted; the worker decides which is which.
+    // oldest can be, on a sequential worker; any, on a concurrent one) is
+    // interrupted; the worker decides which is which.
     auto reason = code_of(err) == error_code::timeout ? "timeout" : "cancelled";
-    wire::append_control(out.msg, told, told.front(), reason);
+    if (concurrent_)
+      wire::append_control(out.msg, told, told, reason);
+    else
+      wire::append_control(out.msg, told, told.front(), reason);
     out.send = control_;
   }
   if (!result.empty())

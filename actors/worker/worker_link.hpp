@@ -128,6 +128,15 @@ public:
   /// stream: the actor treats it as a protocol error).
   chunk_fate chunk(uint64_t id, std::vector<char>&& value);
 
+  /// A concurrent worker began request `id` (its started frame, read by the
+  /// actor: frames after a hello or while settling).
+  void begun(uint64_t id);
+
+  /// The worker runs several requests at once and says which began: its
+  /// requests are settled by that (request_ledger::announce_starts), and
+  /// interrupts name every late one.
+  void announce_starts();
+
   /// The caller of the stream it tagged `tag` has taken `n` of its chunks:
   /// the worker is told (credit, without a signal) and may send more.
   void taken(const caf::actor_addr& caller, uint64_t tag, uint64_t n);
@@ -252,6 +261,7 @@ private:
   bool closed_ = false;
   caf::timespan interrupt_grace_;
   wire::stream_window window_;
+  bool concurrent_ = false;
   control_sender control_;
   caf::error retire_error_;
 };

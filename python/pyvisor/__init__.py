@@ -122,4 +122,9 @@ class Context:
 
     @property
     def cancelled(self):
-        return self._rid is not None and getattr(self.worker, "interrupted_id", None) == self._rid
+        if self._rid is None:
+            return False
+        if getattr(self.worker, "interrupted_id", None) == self._rid:
+            return True
+        aio = getattr(self.worker, "aio", None)  # an async request's interrupt
+        return aio is not None and self._rid in aio.reasons

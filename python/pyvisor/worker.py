@@ -75,10 +75,32 @@ def _error_map(exc, code=None):
     }
 
 
-def _valid_window(window):
-    """A request's stream window: [chunks, bytes], both positive."""
-    return (isinstance(window, list) and len(window) == 2
-            and all(isinstance(n, int) and n > 0 for n in window))
+def _concurrency():
+    """pool.worker-concurrency, as the node passes it ($PYVISOR_CONCURRENCY)."""
+    try:
+        return max(1, int(os.environ.get("PYVISOR_CONCURRENCY", "1")))
+    except ValueError:
+        return 1
+
+
+def interrupted(rid, reason):
+    return pyvisor.Interrupted(
+        "request %d was interrupted (%s)" % (rid, "timed out" if reason == "timeout"
+                                             else "cancelled"), reason)
+
+
+def _window_of(req, ctl):
+    """A request's stream window, [chunks, bytes] (both positive), or None:
+    no stream asked for, or no control socket to take credit from."""
+    window = req.get("stream")
+    if ctl is not None and isinstance(window, list) and len(window) == 2 \
+            and all(isinstance(n, int) and n > 0 for n in window):
+        return window
+    return None
+
+
+def _is_async(obj):
+    return isinstance(obj, (types.CoroutineType, types.AsyncGeneratorType))
 
 
 def _bad_request(rid, message):
@@ -131,6 +153,10 @@ class Worker:
         # and how many of them its consumer has taken.
         self.streaming = None
         self.taken = 0
+        # The event loop (pyvisor.aio), made when the first async handler
+        # runs, or at start with pool.worker-concurrency > 1.
+        self.aio = None
+        self.concurrency = _concurrency()
 
     def enable_control(self):
         """Interrupts (SIGUSR1 after a control message) and stack dumps
@@ -150,15 +176,18 @@ class Worker:
         """Runs in the main thread between bytecodes, so `started` and
         `running` cannot change under it: a revoke takes only requests not
         begun, an interrupt hits only the request it names, and only while
-        its handler runs (never the next request, never the serve loop)."""
-        self._interrupt_if_due(*self._read_control())
+        its handler runs (never the next request, never the serve loop).
+        With an event loop serving several requests (pyvisor.aio), only the
+        interrupt of the sync handler running now is raised here; the rest
+        of the messages are handled by the loop, between its callbacks."""
+        if self.aio is not None and self.aio.concurrent:
+            self._interrupt_if_due(self.aio.take_control(self._read_packets()))
+            return
+        self._interrupt_if_due(self._handle_control(self._read_packets()))
 
-    def _read_control(self):
-        """Takes every pending control message: answers revokes, notes what
-        a stream's consumer has taken, and returns the interrupt asked for
-        (the id or None, and its reason)."""
-        target = None
-        reason = "cancelled"
+    def _read_packets(self):
+        """Every control message waiting on the socket, decoded."""
+        msgs = []
         while True:
             try:
                 data = os.read(self.ctl, 1 << 16)
@@ -172,35 +201,58 @@ class Worker:
                 msg = msgpack.unpackb(data, raw=False)
             except Exception:  # noqa: BLE001  not ours to answer
                 continue
-            if not isinstance(msg, dict):
-                continue
+            if isinstance(msg, dict):
+                msgs.append(msg)
+        return msgs
+
+    def _read_control(self):
+        return self._handle_control(self._read_packets())
+
+    def _revocable(self, rid):
+        """Whether request `rid` has not begun (and so may be revoked)."""
+        if self.aio is not None and self.aio.concurrent:
+            return self.aio.revocable(rid)
+        return rid > self.started
+
+    def _handle_control(self, msgs):
+        """Answers revokes, notes what streams' consumers have taken, and
+        returns the interrupts asked for: {id: reason}."""
+        interrupts = {}
+        for msg in msgs:
             ids = msg.get("revoke")
             if isinstance(ids, list):
-                taken = [i for i in ids if isinstance(i, int) and i > self.started]
+                taken = [i for i in ids if isinstance(i, int) and self._revocable(i)]
                 try:
                     os.write(self.ctl, self._packer.pack({"revoked": taken}))
                 except OSError:
                     taken = []  # the node did not hear it: they still run
                 self.revoked.update(taken)
+                if self.aio is not None:
+                    self.aio.revoked(taken)
             t = msg.get("interrupt")
-            if isinstance(t, int) and t == self.started:
-                target = t
-                if msg.get("reason") == "timeout":
-                    reason = "timeout"
+            reason = "timeout" if msg.get("reason") == "timeout" else "cancelled"
+            for i in (t if isinstance(t, list) else [t]):
+                if isinstance(i, int):
+                    interrupts[i] = reason
             credit = msg.get("credit")
-            if credit is not None and credit == self.streaming:
-                n = msg.get("taken")
-                if isinstance(n, int) and n > self.taken:
+            n = msg.get("taken")
+            if isinstance(credit, int) and isinstance(n, int):
+                if credit == self.streaming and n > self.taken:
                     self.taken = n
-        return target, reason
+                if self.aio is not None:
+                    self.aio.credit(credit, n)
+        return interrupts
 
-    def _interrupt_if_due(self, target, reason):
-        if target is not None and self.running and target == self.started \
-                and self.interrupted_id != target:
+    def _interrupt_if_due(self, interrupts):
+        """Interrupts what `interrupts` ({id: reason}) names and runs: an
+        async request is cancelled as a task; the sync handler running now
+        gets pyvisor.Interrupted raised (once per request)."""
+        if self.aio is not None:
+            self.aio.interrupt(interrupts)
+        target = self.started
+        if target in interrupts and self.running and self.interrupted_id != target:
             self.interrupted_id = target
-            raise pyvisor.Interrupted(
-                "request %d was interrupted (%s)" % (target, "timed out" if reason == "timeout"
-                                                     else "cancelled"), reason)
+            raise interrupted(target, interrupts[target])
 
     def _stream(self, rid, gen, window):
         """Sends each value `gen` yields as a chunk of request `rid`, while
@@ -234,7 +286,7 @@ class Worker:
                     # handler that took it first leaves it noted, seen at
                     # the next turn.
                     if select.select([self.ctl], [], [], 0.02)[0]:
-                        self._interrupt_if_due(*self._read_control())
+                        self._interrupt_if_due(self._read_control())
                 self.write_raw(_HEADER.pack(len(body)) + body)
                 sent += 1
                 pending.append(len(body))
@@ -264,6 +316,10 @@ class Worker:
         body = self.inp.read(size)
         if len(body) < size:
             return None
+        return self.decode_frame(body)
+
+    def decode_frame(self, body):
+        """A request frame's body as read_frame returns it."""
         try:
             return msgpack.unpackb(body, raw=False, strict_map_key=False)
         except Exception as exc:  # noqa: BLE001
@@ -275,6 +331,29 @@ class Worker:
             return req
 
     def handle(self, req):
+        """Runs request `req` to its reply (one at a time: the sequential
+        worker). An async handler runs on the worker's event loop."""
+        prepared = self.begin(req)
+        if isinstance(prepared, dict):
+            return prepared
+        rid, ctx, obj = prepared
+        try:
+            return self.event_loop().run_one(rid, obj, _window_of(req, self.ctl))
+        finally:
+            self.served += 1
+
+    def event_loop(self):
+        if self.aio is None:
+            from pyvisor import aio  # asyncio only for those who use it
+
+            self.aio = aio.EventLoop(self, concurrent=False)
+        return self.aio
+
+    def begin(self, req):
+        """Starts request `req`: runs a sync handler (a sync generator too,
+        unless `defer_generators`) to its reply, a dict; for an async handler
+        (a coroutine or an async generator) returns (id, ctx, the object)
+        for the event loop to run."""
         rid = req.get("id")
         name = req.get("cmd")
         session_id = req.get("session")
@@ -301,16 +380,23 @@ class Worker:
         deadline = req.get("deadline")
         # A number from the node (docs/protocol.md); not checked per request.
         ctx = pyvisor.Context(session_id, session, self, deadline, rid)
+        self.started = rid
         try:
             try:
                 self.running = True
                 result = fn(req.get("args"), ctx)
+                if _is_async(result):
+                    return rid, ctx, result
                 if isinstance(result, types.GeneratorType):
+                    if self.aio is not None and self.aio.concurrent:
+                        # Paced on the loop, so that its wait for credit
+                        # holds up no other request.
+                        return rid, ctx, result
                     # A streaming handler: its chunks go out as it yields
                     # when the caller asked for a stream (and the node can
                     # pace it), else they are its result, as one list.
-                    window = req.get("stream")
-                    if self.ctl is not None and _valid_window(window):
+                    window = _window_of(req, self.ctl)
+                    if window is not None:
                         result = self._stream(rid, result, window)
                     else:
                         gen = result
@@ -326,10 +412,18 @@ class Worker:
             # The caller gets it and the worker keeps serving, whatever the
             # handler raised: sys.exit() (SystemExit), KeyboardInterrupt,
             # pyvisor.Interrupted, an exception whose __str__ raises too.
-            return {"id": rid, "ok": False, "error": _error_map(exc)}
-        finally:
             self.served += 1
+            return {"id": rid, "ok": False, "error": _error_map(exc)}
+        self.served += 1
         return {"id": rid, "ok": True, "result": result}
+
+    def reply(self, reply):
+        """Writes `reply`; one whose result cannot be packed (or whose
+        packing raises) is answered with that error instead."""
+        try:
+            self.send(reply)
+        except BaseException as exc:  # noqa: BLE001
+            self.send({"id": reply["id"], "ok": False, "error": _error_map(exc)})
 
     def serve(self):
         revoked = self.revoked  # the same set the signal handler adds to
@@ -352,12 +446,7 @@ class Worker:
                 reply = self.handle(req)
             except BaseException as exc:  # noqa: BLE001  e.g. a session id that is a list
                 reply = {"id": req.get("id"), "ok": False, "error": _error_map(exc)}
-            try:
-                self.send(reply)
-            except BaseException as exc:  # noqa: BLE001
-                # The result could not be packed (or its packing raised):
-                # report that instead.
-                self.send({"id": reply["id"], "ok": False, "error": _error_map(exc)})
+            self.reply(reply)
 
 
 def _parse_args(argv):
@@ -536,6 +625,15 @@ def serve_imported(worker):
     }
     if worker.enable_control():
         hello["control"] = True
+    if worker.concurrency > 1:
+        # Several requests at once, on the event loop (pyvisor.aio); the
+        # node then learns what began from "started" frames.
+        from pyvisor import aio
+
+        worker.aio = aio.EventLoop(worker, concurrent=True)
+        hello["concurrency"] = worker.concurrency
+        worker.send(hello)
+        return worker.aio.serve()
     worker.send(hello)
     return worker.serve()
 

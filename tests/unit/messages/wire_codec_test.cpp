@@ -284,3 +284,29 @@ TEST_CASE("streams: the window goes with the request, chunks and credit decode",
   CHECK(c->taken == 17);
   CHECK(c->interrupt == 0);
 }
+
+TEST_CASE("a concurrent worker's started frames and interrupts of several requests",
+          "[unit][wire][concurrency]") {
+  std::vector<char> bytes;
+  wire::append_started(bytes, 12);
+  std::vector<wire::frame> frames;
+  wire::frame_reader reader;
+  REQUIRE(reader.feed(bytes.data(), bytes.size(),
+                      [&](wire::frame&& f) { frames.push_back(std::move(f)); }));
+  REQUIRE(frames.size() == 1);
+  CHECK(frames[0].type == wire::frame_type::started);
+  CHECK(frames[0].id == 12);
+  std::vector<char> several;
+  wire::append_control(several, {4, 5, 6}, std::vector<uint64_t>{4, 5, 6}, "timeout");
+  auto c = wire::decode_control(several.data(), several.size());
+  REQUIRE(c);
+  CHECK(c->interrupts == std::vector<uint64_t>{4, 5, 6});
+  CHECK(c->interrupt == 4);
+  CHECK(c->reason == "timeout");
+  // One id is still a number, as a sequential worker reads it.
+  std::vector<char> one;
+  wire::append_control(one, {}, std::vector<uint64_t>{7}, "cancelled");
+  auto h = msgpack::unpack(one.data(), one.size());
+  CHECK(h.get().as<std::map<std::string, msgpack::object>>().at("interrupt").type
+        == msgpack::type::POSITIVE_INTEGER);
+}

@@ -590,3 +590,34 @@ TEST_CASE("a chunk of a stream whose caller has its answer is dropped",
   ledger_entry* e = nullptr;
   CHECK(ledger.chunk(id, &e) == chunk_fate::drop);
 }
+
+TEST_CASE("a worker that says what began is settled by it, not by order",
+          "[unit][ledger][concurrency]") {
+  request_ledger ledger{with_listener()};
+  ledger.announce_starts();
+  auto t0 = clock_type::now();
+  std::vector<uint64_t> ids;
+  for (int i = 0; i < 4; ++i) {
+    auto req = request("sleep", 1s);
+    ids.push_back(ledger.add(req, {}, t0));
+  }
+  // The second and the fourth began; the others waited on the worker.
+  ledger.begin(ids[1]);
+  ledger.begin(ids[3]);
+  ledger.begin(99); // not in flight: nothing
+  auto crashed = make_error(error_code::worker_crashed, "gone");
+  SECTION("once every frame was read") {
+    auto out = ledger.settle_sequential(crashed, 1, t0 + 10ms);
+    REQUIRE(out.size() == 4);
+    CHECK(out[0].what == verdict::requeue);
+    CHECK(out[1].what == verdict::fail);
+    CHECK(out[2].what == verdict::requeue);
+    CHECK(out[3].what == verdict::fail);
+  }
+  SECTION("when nothing is known, everything may have begun") {
+    auto out = ledger.fail_all(crashed, t0 + 10ms);
+    REQUIRE(out.size() == 4);
+    for (auto& s : out)
+      CHECK(s.what == verdict::fail);
+  }
+}
