@@ -177,7 +177,8 @@ caf::behavior template_fun(self_ptr self, worker_config cfg,
         self->quit(st.stop_reason);
         return;
       }
-      if (!st.ready && (code == 3 || code == exit_no_package)) {
+      auto tail = st.proc->stderr_tail();
+      if (!st.ready && (says_no_msgpack(code, tail) || says_no_package(code, tail))) {
         // No msgpack (python/pyvisor/worker.py) or no pyvisor package: no
         // restart fixes it.
         fail(self, wire::remote_error{"worker_crashed", configuration_error_type,
@@ -187,7 +188,6 @@ caf::behavior template_fun(self_ptr self, worker_config cfg,
         return;
       }
       if (!st.ready) {
-        auto tail = st.proc->stderr_tail();
         fail(self, wire::remote_error{"worker_crashed", "",
                                       "exited during start-up: " + why
                                         + (tail.empty() ? "" : "; stderr:\n" + tail),

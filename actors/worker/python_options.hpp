@@ -28,4 +28,22 @@ std::string missing_msgpack(const std::string& python);
 constexpr int exit_no_package = 7;
 std::string missing_package();
 
+/// What the bootstrap (no package, exit_no_package) and the worker (no
+/// msgpack, exit 3) write to stderr before they exit: an exit status alone
+/// proves nothing, user code may exit with any (a module that calls
+/// os._exit(7) at start-up is no missing package).
+constexpr const char* no_package_mark = "pyvisor: no pyvisor package in ";
+constexpr const char* no_msgpack_mark = "has no 'msgpack' module";
+
+/// A process that exited with `code` and wrote `stderr_tail` lacks msgpack.
+inline bool says_no_msgpack(int code, const std::string& stderr_tail) {
+  return code == 3 && stderr_tail.find(no_msgpack_mark) != std::string::npos;
+}
+
+/// A process that exited with `code` and wrote `stderr_tail` found no
+/// pyvisor package.
+inline bool says_no_package(int code, const std::string& stderr_tail) {
+  return code == exit_no_package && stderr_tail.find(no_package_mark) != std::string::npos;
+}
+
 } // namespace pyvisor

@@ -117,12 +117,23 @@ caf::error recycled_error(const worker_state& st) {
                     st.stack_dump);
 }
 
+/// The worker exited with 3 because the interpreter lacks msgpack
+/// (python/pyvisor/worker.py), or with exit_no_package because the bootstrap
+/// found no package: each says so on stderr first (what user code exiting
+/// with the same status does not).
+bool no_msgpack(const worker_state& st, const exit_status& es) {
+  return st.proc && says_no_msgpack(es.code, st.proc->stderr_tail());
+}
+
+bool no_package(const worker_state& st, const exit_status& es) {
+  return st.proc && says_no_package(es.code, st.proc->stderr_tail());
+}
+
 std::string describe_startup_exit(const worker_state& st, const exit_status& es) {
-  // The worker exits with 3 when the interpreter lacks msgpack (see
-  // python/pyvisor/worker.py); say so plainly, naming interpreter and fix.
-  if (es.code == 3)
+  // Said plainly, naming interpreter or places and the fix.
+  if (no_msgpack(st, es))
     return missing_msgpack(st.cfg.python);
-  if (es.code == exit_no_package)
+  if (no_package(st, es))
     return missing_package();
   auto msg = "exited during start-up: " + es.describe();
   auto tail = st.proc ? st.proc->stderr_tail() : std::string{};
@@ -382,7 +393,7 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg,
       // No msgpack (exit 3, python/pyvisor/worker.py) or no pyvisor package
       // (exit 7): no restart fixes it.
       auto err = st.status.phase == worker_phase::starting
-                     && (es.code == 3 || es.code == exit_no_package)
+                     && (no_msgpack(st, es) || no_package(st, es))
                    ? make_error(error_code::worker_crashed, msg, configuration_error_type, "")
                    : make_error(error_code::worker_crashed, msg);
       if (st.status.phase != worker_phase::ready) {
@@ -485,8 +496,9 @@ process_options python_options(const worker_config& cfg, const std::string& modu
   opts.args = {"-c",
                "import os, sys\n"
                "d = os.environ['PYVISOR_RUNTIME_DIR']\n"
-               "if not os.path.isfile(os.path.join(d, 'pyvisor', 'worker.py')): sys.exit("
-                 + std::to_string(exit_no_package) + ")\n"
+               "if not os.path.isfile(os.path.join(d, 'pyvisor', 'worker.py')):\n"
+               "    sys.stderr.write('" + std::string{no_package_mark} + "' + d + '\\n')\n"
+               "    sys.exit(" + std::to_string(exit_no_package) + ")\n"
                "sys.path.insert(0, d)\n"
                "from " + module + " import main\n"
                "sys.exit(main())",

@@ -360,6 +360,25 @@ class StartupFailureTest(unittest.TestCase):
             self.assertTrue(wait_gone(seen), "a Python worker outlived its node")
 
 
+class ExitStatusTest(unittest.TestCase):
+    def test_a_module_exiting_with_the_bootstraps_status_is_no_missing_package(self):
+        """Exit status 7 means "no pyvisor package" only when the bootstrap
+        says so on stderr: a user module that exits with 7 is a start-up
+        failure like any other, and is reported as one."""
+        from test_node import NODE, TEST_PY
+        import subprocess
+        with tempfile.TemporaryDirectory() as tmp:
+            ini = os.path.join(tmp, "node.ini")
+            with open(ini, "w") as f:
+                f.write('[pool]\nmodules=["exits_at_import"]\npython-path=["%s"]\n'
+                        '[rpc]\nport=0\n' % TEST_PY)
+            proc = subprocess.run([NODE, "--config-file=" + ini], capture_output=True,
+                                  text=True, timeout=60)
+            self.assertEqual(proc.returncode, 1, proc.stderr[-2000:])
+            self.assertIn("exit code 7", proc.stderr)
+            self.assertNotIn("pyvisor/worker.py) is in none of", proc.stderr)
+
+
 class ExitOnPoolFailureTest(StormTest):
     def test_node_exits_3_when_configured(self):
         self.start('[pool]\nmax-restarts=1\n[node]\non-pool-failure="exit"\n')

@@ -945,7 +945,8 @@ TEST_CASE_METHOD(fixture, "a test's own streaming command streams from the mock"
     [](const payload&, const std::string&) -> caf::expected<payload> { return pack(2); }, 5ms,
     [](const payload& args, const std::string&) {
       std::vector<payload> words;
-      for (auto c : *unpack<std::string>(args))
+      auto text = unpack<std::string>(args);
+      for (auto c : *text)
         words.push_back(pack(int64_t{c}));
       return words;
     }};
