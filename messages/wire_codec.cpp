@@ -258,16 +258,27 @@ void append_control(std::vector<char>& out, const std::vector<uint64_t>& revoke,
   }
 }
 
-void append_started(std::vector<char>& out, uint64_t id) {
+namespace {
+
+// A frame {id, key: value} whose value `write_value` appends.
+template <class WriteValue>
+void append_id_frame(std::vector<char>& out, uint64_t id, std::string_view key,
+                     WriteValue write_value) {
   auto pos = begin_frame(out);
   pyvisor::detail::vector_writer w{out};
   packer pk{w};
   pk.pack_map(2);
   pack_str(pk, "id");
   pk.pack_uint64(id);
-  pack_str(pk, "started");
-  pk.pack_true();
+  pack_str(pk, key);
+  write_value(pk);
   end_frame(out, pos);
+}
+
+} // namespace
+
+void append_started(std::vector<char>& out, uint64_t id) {
+  append_id_frame(out, id, "started", [](packer& pk) { pk.pack_true(); });
 }
 
 void append_credit(std::vector<char>& out, uint64_t id, uint64_t taken) {
@@ -281,15 +292,8 @@ void append_credit(std::vector<char>& out, uint64_t id, uint64_t taken) {
 }
 
 void append_chunk(std::vector<char>& out, uint64_t id, const std::vector<char>& value) {
-  auto pos = begin_frame(out);
-  pyvisor::detail::vector_writer w{out};
-  packer pk{w};
-  pk.pack_map(2);
-  pack_str(pk, "id");
-  pk.pack_uint64(id);
-  pack_str(pk, "chunk");
-  out.insert(out.end(), value.begin(), value.end());
-  end_frame(out, pos);
+  append_id_frame(out, id, "chunk",
+                  [&](packer&) { out.insert(out.end(), value.begin(), value.end()); });
 }
 
 bool is_control_message(const char* data, size_t size) noexcept {

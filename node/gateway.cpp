@@ -191,6 +191,17 @@ void finish_if_done(caf::io::broker* self, connection_state& st) {
   close_connection(self, st, "");
 }
 
+/// Hands what was written to the socket; a client that leaves more than
+/// rpc.max-pending-output unread is cut off.
+void flush_or_cut_off(caf::io::broker* self, connection_state& st) {
+  self->flush(st.out);
+  if (st.pending_output > st.shared->cfg.max_pending_output)
+    close_connection(self, st,
+                     "the client left more than "
+                       + std::to_string(st.shared->cfg.max_pending_output)
+                       + " bytes of responses unread (rpc.max-pending-output)");
+}
+
 /// Results from this size on are handed to CAF's write buffer instead of
 /// copied into it when possible (see write_response).
 constexpr size_t large_result = size_t{1} << 20;
@@ -252,12 +263,7 @@ void write_response(caf::io::broker* self, connection_state& st, uint32_t msgid,
     st.set_pending_output(st.pending_output + size);
     st.shared->cfg.counters->bytes_sent += size;
   }
-  self->flush(st.out);
-  if (st.pending_output > st.shared->cfg.max_pending_output)
-    close_connection(self, st,
-                     "the client left more than "
-                       + std::to_string(st.shared->cfg.max_pending_output)
-                       + " bytes of responses unread (rpc.max-pending-output)");
+  flush_or_cut_off(self, st);
 }
 
 /// The pool hears that this connection's streams were taken (the worker
@@ -291,12 +297,7 @@ void write_chunk(caf::io::broker* self, connection_state& st, uint32_t msgid,
   out.insert(out.end(), value.begin(), value.end());
   st.set_pending_output(st.pending_output + out.size() - before);
   st.shared->cfg.counters->bytes_sent += out.size() - before;
-  self->flush(st.out);
-  if (st.pending_output > st.shared->cfg.max_pending_output)
-    close_connection(self, st,
-                     "the client left more than "
-                       + std::to_string(st.shared->cfg.max_pending_output)
-                       + " bytes of responses unread (rpc.max-pending-output)");
+  flush_or_cut_off(self, st);
 }
 
 void respond_error(caf::io::broker* self, connection_state& st, uint32_t msgid, rpc_error err) {

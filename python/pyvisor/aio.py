@@ -29,6 +29,7 @@ import asyncio
 import os
 import struct
 import sys
+import types
 from collections import deque
 
 import msgpack
@@ -113,9 +114,10 @@ class EventLoop:
     async def _run(self, rid, obj, window):
         """The request's result: a coroutine's value, or a generator's
         (async or sync) values as a stream (with `window`) or one list."""
-        if asyncio.iscoroutine(obj):
+        # Not asyncio.iscoroutine: it takes plain generators for coroutines.
+        is_async = isinstance(obj, types.AsyncGeneratorType)
+        if not is_async and not isinstance(obj, types.GeneratorType):
             return await obj
-        is_async = hasattr(obj, "__anext__")
         if window is None:
             try:
                 if is_async:

@@ -351,9 +351,9 @@ class Worker:
 
     def begin(self, req):
         """Starts request `req`: runs a sync handler (a sync generator too,
-        unless `defer_generators`) to its reply, a dict; for an async handler
-        (a coroutine or an async generator) returns (id, ctx, the object)
-        for the event loop to run."""
+        unless the worker serves from its event loop) to its reply, a dict;
+        for what the event loop runs (a coroutine, an async generator, and
+        there a sync generator) returns (id, ctx, the object)."""
         rid = req.get("id")
         name = req.get("cmd")
         session_id = req.get("session")

@@ -130,6 +130,32 @@ class ConcurrencyTest(AsyncTest):
         s = self.client.stream("async.count", {"n": 5})
         self.assertEqual(list(s), [0, 1, 2, 3, 4])
         self.assertEqual(self.client.execute("async.count", {"n": 3}), [0, 1, 2])
+        # Sync generators too, on the loop: streamed, and as one list.
+        s = self.client.stream("stream.count", {"n": 3})
+        self.assertEqual((list(s), s.result), ([0, 1, 2], 3))
+        self.assertEqual(self.client.execute("stream.count", {"n": 3}), [0, 1, 2])
+
+
+class StreamWaitTest(AsyncTest):
+    def test_a_stream_waiting_for_its_reader_holds_up_no_other_request(self):
+        import msgpack
+        import socket
+        slow = socket.create_connection(("127.0.0.1", self.node.port))
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        try:
+            # A sync generator offering gigabytes to a reader that reads
+            # nothing: it waits for credit, on the loop.
+            slow.sendall(msgpack.packb([0, 1, "execute", [
+                "stream.count", {"n": 100000, "size": 65536},
+                {"stream": True, "timeout_ms": 60000}]]))
+            time.sleep(0.5)
+            # The same worker serves others meanwhile, sync and async alike.
+            self.assertEqual(self.client.execute("async.sleep", {"ms": 10}, timeout_ms=5000)["ms"],
+                             10)
+            self.assertEqual(self.client.execute("echo", 3, timeout_ms=5000), 3)
+            self.assertEqual(self.node.stats()["streams_open"], 1)
+        finally:
+            slow.close()
 
 
 class KillTest(AsyncTest):
