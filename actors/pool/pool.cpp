@@ -579,10 +579,16 @@ void try_take_back(self_ptr self) {
   }
   if (!idle || !backlog)
     return;
+  // Looked at again only where a request could be taken once its head is
+  // older: a worker that holds nothing else but session requests (or
+  // requests asked for already) arms no timer.
   bool young = false;
-  for (auto& s : st.slots)
-    if (s.link && s.in_flight >= 2 && s.link->take_back(st.cfg.take_back_after) == 0)
-      young = true;
+  for (auto& s : st.slots) {
+    bool later = false;
+    if (s.link && s.in_flight >= 2)
+      s.link->take_back(st.cfg.take_back_after, &later);
+    young |= later;
+  }
   if (young && !st.take_back_armed) {
     st.take_back_armed = true;
     self->delayed_send(self, st.cfg.take_back_after, take_back_atom::value);

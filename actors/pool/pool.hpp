@@ -65,6 +65,15 @@
 //   `session_lost` once it is back. A pool that never became ready at its
 //   first start (a broken configuration) is not restarted: the keeper quits
 //   with the cause, as does any give-up with restart.enabled = false.
+// - Streams (execute::stream; stream.hpp): a generator handler's values reach
+//   the caller as chunk messages before the response, in order; the worker
+//   runs at most the stream window ahead of what the caller said it took
+//   (taken_atom), so nothing in between holds more; a stream whose caller
+//   saw a chunk is never retried.
+// - Concurrent workers (worker_concurrency > 1): async handlers of one worker
+//   interleave at their awaits, sync handlers and a session's requests still
+//   run one at a time; what a dead worker never began is requeued exactly
+//   (it says what began).
 // - The handle never dies under a caller: every error a caller receives is a
 //   pyvisor error (never CAF's request_receiver_down). An exit message stops
 //   the pool gracefully.

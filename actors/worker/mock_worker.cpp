@@ -438,13 +438,10 @@ mock_impl::behavior_type mock_fun(self_ptr self, mock_config cfg,
       auto why = tag_of(st) + ": request " + std::to_string(due.stuck.front())
                  + " still ran after it was interrupted; recycling the worker";
       log().warn("{}", why);
-      st.life->recycle(self, why,
-                       make_error(error_code::worker_crashed,
-                                  tag_of(st) + " recycled after another request timed out"),
-                       false, [self] {
-                         self->state.results.clear();
-                         self->state.streams.clear();
-                       });
+      st.life->recycle(self, why, worker_lifecycle::recycled_error(tag_of(st)), false, [self] {
+        self->state.results.clear();
+        self->state.streams.clear();
+      });
     },
     [self](cancel_for_atom, const caf::actor_addr& requester, uint64_t tag) {
       self->state.link->cancel(requester, tag);

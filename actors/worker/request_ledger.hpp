@@ -302,20 +302,30 @@ public:
   /// Requests that may be taken back from this worker to run elsewhere:
   /// stateless ones written behind the request it runs, when that one has
   /// run for `min_age` or is being interrupted. Marked revoking (asked
-  /// once); the worker's answer goes to revoked().
-  std::vector<uint64_t> take_back(ledger_time now, caf::timespan min_age) {
+  /// once); the worker's answer goes to revoked(). `later` (if given) says
+  /// whether asking again once the head is older can find any: false when
+  /// nothing here could be taken (session requests, asked already).
+  std::vector<uint64_t> take_back(ledger_time now, caf::timespan min_age, bool* later = nullptr) {
     std::vector<uint64_t> result;
+    if (later != nullptr)
+      *later = false;
     auto head = oldest();
     if (head == 0)
       return result;
+    auto can_take = [&](uint64_t id, const ledger_entry& e) {
+      return id != head && !e.internal && !e.detached && !e.revoking
+             && e.request.session.empty();
+    };
     auto& h = entries_.at(head);
-    if (!h.detached && now - head_since_ < min_age)
+    if (!h.detached && now - head_since_ < min_age) {
+      if (later != nullptr)
+        *later = std::any_of(entries_.begin(), entries_.end(),
+                             [&](const auto& kv) { return can_take(kv.first, kv.second); });
       return result;
+    }
     for (auto& kv : entries_) {
-      auto& e = kv.second;
-      if (kv.first != head && !e.internal && !e.detached && !e.revoking
-          && e.request.session.empty()) {
-        e.revoking = true;
+      if (can_take(kv.first, kv.second)) {
+        kv.second.revoking = true;
         result.push_back(kv.first);
       }
     }

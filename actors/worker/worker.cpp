@@ -112,9 +112,7 @@ void terminate(self_ptr self, const caf::error& for_requests, caf::error reason)
 }
 
 caf::error recycled_error(const worker_state& st) {
-  return make_error(error_code::worker_crashed,
-                    tag_of(st) + " recycled after another request timed out", "",
-                    st.stack_dump);
+  return worker_lifecycle::recycled_error(tag_of(st), st.stack_dump);
 }
 
 /// The worker exited with 3 because the interpreter lacks msgpack

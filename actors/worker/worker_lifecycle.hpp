@@ -149,6 +149,13 @@ public:
            + "') timed out; " + then;
   }
 
+  /// What the other requests of worker `tag`, recycled because a request
+  /// would not stop, hear (`details`: that request's stack dump, if any).
+  static caf::error recycled_error(const std::string& tag, std::string details = {}) {
+    return make_error(error_code::worker_crashed,
+                      tag + " recycled after another request timed out", "", std::move(details));
+  }
+
   /// Whether retire() waits for settle().
   bool awaiting_settle() const noexcept {
     return !settled_;

@@ -458,14 +458,16 @@ size_t worker_link::cancel(const caf::actor_addr& caller, uint64_t tag) {
   return out.size();
 }
 
-size_t worker_link::take_back(caf::timespan min_age) {
+size_t worker_link::take_back(caf::timespan min_age, bool* later) {
   pending_control ctl;
   size_t n = 0;
+  if (later != nullptr)
+    *later = false;
   {
     std::lock_guard<std::mutex> guard{mtx_};
     if (!control_ || retiring_ || closed_)
       return 0;
-    auto ids = ledger_.take_back(now(), min_age);
+    auto ids = ledger_.take_back(now(), min_age, later);
     if (ids.empty())
       return 0;
     wire::append_control(ctl.msg, ids);

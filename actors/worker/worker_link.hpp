@@ -190,7 +190,9 @@ public:
   /// the one it has run for `min_age` (request_ledger::take_back); those it
   /// never began are requeued once it answers (on_revoked). Returns how
   /// many were asked for.
-  size_t take_back(caf::timespan min_age);
+  /// `later`: whether asking again once the head is older can find any
+  /// (request_ledger::take_back).
+  size_t take_back(caf::timespan min_age, bool* later = nullptr);
 
   /// The I/O thread's part: the worker will never run `ids`.
   void on_revoked(const std::vector<uint64_t>& ids);

@@ -170,20 +170,30 @@ class Stream:
 
 class AsyncStream:
     """The chunks of one streaming ``execute`` (AsyncClient.stream), for
-    ``async for``; ``result`` as for Stream. Cancelling the task that
-    iterates, or ``aclose()``, cancels the request on the node. The client
-    holds at most 64 chunks of it that were not taken yet: then it stops
-    reading its connection until some are (the node then holds the
-    generator back)."""
+    ``async for`` (the request goes out at the first iteration, or when the
+    stream is awaited or entered with ``async with``); ``result`` as for
+    Stream. Cancelling the task that iterates, or ``aclose()``, cancels the
+    request on the node. The client holds at most 64 chunks of it that were
+    not taken yet: then it stops reading its connection until some are (the
+    node then holds the generator back)."""
 
-    def __init__(self, client, msgid, future, queue, timeout):
+    def __init__(self, client, params, timeout):
         self._client = client
-        self.msgid = msgid
+        self._params = params
+        self.msgid = None
         self.result = None
-        self._future = future
-        self._queue = queue
+        self._future = None
+        self._queue = None
         self._timeout = timeout
         self._over = False
+
+    async def _start(self):
+        if self.msgid is None:
+            self.msgid, self._future, self._queue = await self._client._open_stream(self._params)
+        return self
+
+    def __await__(self):
+        return self._start().__await__()
 
     def __aiter__(self):
         return self
@@ -191,6 +201,7 @@ class AsyncStream:
     async def __anext__(self):
         if self._over:
             raise StopAsyncIteration
+        await self._start()
         try:
             while True:
                 if not self._queue.empty():
@@ -218,11 +229,12 @@ class AsyncStream:
 
     async def aclose(self):
         """Stops taking chunks: cancels the request if it still runs."""
-        if not self._over:
+        if not self._over and self.msgid is not None:
             self._client._cancel_stream(self)
+        self._over = True
 
     async def __aenter__(self):
-        return self
+        return await self._start()
 
     async def __aexit__(self, *exc):
         await self.aclose()
@@ -538,31 +550,37 @@ class AsyncClient:
         return await self.call("execute", *_execute_params(command, args, session, timeout_ms,
                                                            idempotent), timeout=timeout)
 
-    async def stream(self, command, args=None, session=None, timeout_ms=None, timeout=...):
+    def stream(self, command, args=None, session=None, timeout_ms=None, timeout=...):
         """Runs a streaming command (a generator handler): an AsyncStream of
         its chunks as they are produced, then its return value
         (``result``); ``timeout`` (seconds) bounds each wait for the next
         chunk or the end::
 
-            async with await c.stream("llm.tokens", {"prompt": p}) as s:
+            async for token in c.stream("llm.tokens", {"prompt": p}):
+                print(token, end="")
+            async with c.stream("llm.tokens", {"prompt": p}) as s:
                 async for token in s:
-                    print(token, end="")
+                    ...
+            s.result
         """
+        params = _execute_params(command, args, session, timeout_ms, None, stream=True)
+        return AsyncStream(self, params, self._timeout if timeout is ... else timeout)
+
+    async def _open_stream(self, params):
+        """Sends a stream's request; its msgid, response future and chunk queue."""
         await self._ensure_connected()
         msgid = next(self._ids) & 0xFFFFFFFF
         future = asyncio.get_running_loop().create_future()
         queue = asyncio.Queue(64)
         self._pending[msgid] = future
         self._streams[msgid] = queue
-        params = _execute_params(command, args, session, timeout_ms, None, stream=True)
         try:
             self._writer.write(msgpack.packb([0, msgid, "execute", params], use_bin_type=True))
             await self._writer.drain()
         except (ConnectionError, OSError) as e:
             self._forget(msgid)
             raise e if isinstance(e, ConnectionError) else ConnectionError(str(e))
-        return AsyncStream(self, msgid, future, queue,
-                           self._timeout if timeout is ... else timeout)
+        return msgid, future, queue
 
     def _forget(self, msgid):
         self._pending.pop(msgid, None)

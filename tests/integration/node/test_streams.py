@@ -295,6 +295,18 @@ class ClientsTest(StreamTest):
                 s = await c.stream("stream.count", {"n": 4, "ms": 10})
                 self.assertEqual([x async for x in s], [0, 1, 2, 3])
                 self.assertEqual(s.result, 4)
+                # As the issue writes it: `async for chunk in aclient.stream(...)`.
+                self.assertEqual([x async for x in c.stream("stream.count", {"n": 2})], [0, 1])
+                async with c.stream("stream.count", {"n": 1000, "ms": 5}, session="w") as s:
+                    async for x in s:
+                        if x == 1:
+                            break
+                for _ in range(100):
+                    closed = await c.execute("session.get", {"key": "stream_closed"}, session="w")
+                    if closed:
+                        break
+                    await asyncio.sleep(0.05)
+                self.assertGreaterEqual(closed, 2)
                 s = await c.stream("stream.count", {"n": 100000, "ms": 5}, session="a")
 
                 async def consume():

@@ -329,10 +329,13 @@ TEST_CASE("take_back asks for what waits behind an old or interrupted head, stat
   auto a_id = ledger.add(a, {}, t0);
   ledger.add(in_session, {}, t0);
   auto b_id = ledger.add(b, {}, t0);
-  CHECK(ledger.take_back(t0 + 19ms, 20ms).empty()); // the head may be quick
+  bool later = false;
+  CHECK(ledger.take_back(t0 + 19ms, 20ms, &later).empty()); // the head may be quick
+  CHECK(later);                                              // ask again then
   auto asked = ledger.take_back(t0 + 20ms, 20ms);
   CHECK(asked == std::vector<uint64_t>{a_id, b_id});
-  CHECK(ledger.take_back(t0 + 30ms, 20ms).empty()); // asked once
+  CHECK(ledger.take_back(t0 + 30ms, 20ms, &later).empty()); // asked once
+  CHECK_FALSE(later);
   // The worker gives back b only (it had begun a, say): b is requeued and
   // frees its slot; a stays; the head's unknown ids are ignored.
   auto back = ledger.revoked({b_id, 99}, t0 + 21ms);
@@ -343,6 +346,19 @@ TEST_CASE("take_back asks for what waits behind an old or interrupted head, stat
   CHECK(ledger.awaits_reply(a_id));
   CHECK_FALSE(ledger.awaits_reply(b_id));
   CHECK(ledger.awaits_reply(head_id));
+}
+
+TEST_CASE("nothing but session requests behind the head: no need to look again",
+          "[unit][ledger]") {
+  request_ledger ledger{with_listener()};
+  auto t0 = clock_type::now();
+  auto head = request("sleep", 10s, false, "s1");
+  auto behind = request("echo", 10s, false, "s2");
+  ledger.add(head, {}, t0);
+  ledger.add(behind, {}, t0);
+  bool later = true;
+  CHECK(ledger.take_back(t0 + 1ms, 20ms, &later).empty());
+  CHECK_FALSE(later);
 }
 
 TEST_CASE("a new head is not taken from until it has run for the limit", "[unit][ledger]") {
