@@ -183,10 +183,11 @@ class Chaos:
         with open(ini, "w") as f:
             f.write("[pool]\nsize=%s\nmodules=[\"pyvisor.testing\"]\nrequest-timeout=%s\n"
                     "attempt-timeout=%s\nqueue-size=%s\nmax-in-flight=%s\nmax-restarts=%s\n"
-                    "restart-period=%s\nshutdown-timeout=2s\n[rpc]\nport=0\n"
-                    "[log]\nlevel=\"warn\"\n" % (
+                    "restart-period=%s\nshutdown-timeout=2s\nworker-concurrency=%s\n"
+                    "[rpc]\nport=0\n[log]\nlevel=\"warn\"\n" % (
                         n["size"], n["request_timeout"], n["attempt_timeout"], n["queue_size"],
-                        n["max_in_flight"], n["max_restarts"], n["restart_period"]))
+                        n["max_in_flight"], n["max_restarts"], n["restart_period"],
+                        n.get("worker_concurrency", "1")))
         self.node_log = open(os.path.join(self.tmp.name, "node.log"), "w+")
         self.node = subprocess.Popen([self.node_bin, "--config-file=" + ini],
                                      stdout=subprocess.PIPE, stderr=self.node_log, text=True)
