@@ -20,16 +20,21 @@ cleanup() {
   rm -rf "$prefix" "$prefix.moved" "$prefix.apps"
 }
 trap cleanup EXIT
-# Starts the installed node with ARGS, waits until it listens.
+# Starts the installed node with ARGS, waits until it listens (it does once
+# its workers are ready: on a loaded 2-core machine that took more than 10 s
+# once), and says so when it does not.
 start_node() {
   "$prefix/bin/pyvisor-node" --config-file="$prefix/share/pyvisor/configs/node.ini" \
     --rpc.port=0 --log.level='"warn"' "$@" > "$prefix/node.out" &
   node_pid=$!
-  for _ in $(seq 100); do
-    grep -q "listening on" "$prefix/node.out" 2>/dev/null && break
+  for _ in $(seq 600); do
+    grep -q "listening on" "$prefix/node.out" 2>/dev/null && return 0
+    kill -0 "$node_pid" 2>/dev/null || break
     sleep 0.1
   done
-  grep -q "listening on" "$prefix/node.out"
+  echo "the installed node did not start listening ($(kill -0 "$node_pid" 2>/dev/null && echo still running || echo exited)); its stdout:"
+  cat "$prefix/node.out"
+  return 1
 }
 cmake --install "$build_dir" --prefix "$prefix" > /dev/null
 
