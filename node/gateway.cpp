@@ -333,9 +333,9 @@ void finished_one(caf::io::broker* self, const conn_ptr& st) {
 
 /// Sends a request to the pool and writes its outcome as the response to
 /// `msgid` (none for a notification); `encode` turns the result into bytes
-/// (and may take them from it).
-/// `stream`: the request's tag when it is a stream of this connection's
-/// (0: none), whose chunks end with its response.
+/// (and may take them from it); `stream`: the request's tag when it is a
+/// stream of this connection's (0: none), whose chunks end with its
+/// response.
 template <class Result, class Encode, class... Ts>
 void forward(caf::io::broker* self, conn_ptr st, uint32_t msgid, bool notification,
              uint64_t stream, Encode encode, Ts&&... xs) {
