@@ -96,7 +96,9 @@ class EventLoop:
             self.w.revoked.discard(r.get("id"))
 
     def credit(self, rid, taken):
-        if taken > self.credits.get(rid, -1):
+        # Only for streams running here (a sequential worker's sync stream
+        # keeps its own count): nothing is kept for any other id.
+        if rid in self.credits and taken > self.credits[rid]:
             self.credits[rid] = taken
             event = self.credit_events.get(rid)
             if event is not None:
