@@ -153,10 +153,7 @@ class EventLoop:
             gen.close()
 
     async def _stream(self, rid, gen, is_async, window):
-        chunks, size = window
-        pending = deque()  # sizes of the chunks sent and not taken, oldest first
-        held = 0
-        sent = 0
+        room = self._worker_module.StreamWindow(window)
         self.credits[rid] = 0
         event = self.credit_events[rid] = asyncio.Event()
         packer = msgpack.Packer(use_bin_type=True)
@@ -169,17 +166,11 @@ class EventLoop:
                 except StopIteration as stop:
                     return stop.value
                 body = packer.pack({"id": rid, "chunk": value})
-                while True:
-                    while sent - len(pending) < self.credits.get(rid, 0) and pending:
-                        held -= pending.popleft()
-                    if not pending or (len(pending) < chunks and held < size):
-                        break
+                while not room.has_room(self.credits.get(rid, 0)):
                     event.clear()
                     await event.wait()
-                self.w.write_raw(_HEADER.pack(len(body)) + body)
-                sent += 1
-                pending.append(len(body))
-                held += len(body)
+                self.w.write_frame(body)
+                room.sent_one(len(body))
         finally:
             self.credits.pop(rid, None)
             self.credit_events.pop(rid, None)

@@ -99,6 +99,32 @@ def _window_of(req, ctl):
     return None
 
 
+class StreamWindow:
+    """How far a stream may run ahead of its consumer (docs/protocol.md,
+    "Streams"): at most `chunks` chunks and `size` bytes sent and not taken,
+    one chunk always. The sequential worker and the event loop wait on it
+    each in their own way."""
+
+    def __init__(self, window):
+        from collections import deque
+
+        self.chunks, self.size = window
+        self.pending = deque()  # sizes of the chunks sent and not taken, oldest first
+        self.held = 0
+        self.sent = 0
+
+    def has_room(self, taken):
+        """Whether another chunk may go, the consumer having taken `taken`."""
+        while self.sent - len(self.pending) < taken and self.pending:
+            self.held -= self.pending.popleft()
+        return not self.pending or (len(self.pending) < self.chunks and self.held < self.size)
+
+    def sent_one(self, size):
+        self.sent += 1
+        self.pending.append(size)
+        self.held += size
+
+
 def _is_async(obj):
     return isinstance(obj, (types.CoroutineType, types.AsyncGeneratorType))
 
@@ -263,12 +289,8 @@ class Worker:
         exception, a value that cannot be packed), the generator is closed:
         GeneratorExit at its yield, so that its `finally` runs."""
         import select
-        from collections import deque
 
-        chunks, size = window
-        pending = deque()  # sizes of the chunks sent and not taken, oldest first
-        held = 0
-        sent = 0
+        room = StreamWindow(window)
         self.streaming, self.taken = rid, 0
         try:
             while True:
@@ -277,20 +299,14 @@ class Worker:
                 except StopIteration as stop:
                     return stop.value
                 body = self._packer.pack({"id": rid, "chunk": value})
-                while True:
-                    while sent - len(pending) < self.taken and pending:
-                        held -= pending.popleft()
-                    if not pending or (len(pending) < chunks and held < size):
-                        break
+                while not room.has_room(self.taken):
                     # The node writes credit without a signal; a SIGUSR1
                     # handler that took it first leaves it noted, seen at
                     # the next turn.
                     if select.select([self.ctl], [], [], 0.02)[0]:
                         self._interrupt_if_due(self._read_control())
-                self.write_raw(_HEADER.pack(len(body)) + body)
-                sent += 1
-                pending.append(len(body))
-                held += len(body)
+                self.write_frame(body)
+                room.sent_one(len(body))
         finally:
             self.streaming = None
             gen.close()
@@ -301,9 +317,12 @@ class Worker:
             n = os.write(self.out_fd, view)
             view = view[n:]
 
-    def send(self, obj):
-        body = self._packer.pack(obj)
+    def write_frame(self, body):
+        """Writes one frame of `body`, its length before it."""
         self.write_raw(_HEADER.pack(len(body)) + body)
+
+    def send(self, obj):
+        self.write_frame(self._packer.pack(obj))
 
     def read_frame(self):
         """The next request, None at EOF; a request whose args cannot be
