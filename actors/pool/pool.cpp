@@ -531,6 +531,23 @@ void watch(self_ptr self, const caf::actor_addr& requester) {
     self->monitor(requester);
 }
 
+namespace {
+
+/// Tells every worker: through its link (`on_link`), or, a worker the pool
+/// has no link to, as the message `xs...` (the worker that has the request
+/// acts, the others find no such request).
+template <class OnLink, class... Ts>
+void tell_workers(self_ptr self, OnLink on_link, const Ts&... xs) {
+  for (auto& s : self->state.slots) {
+    if (s.link)
+      on_link(*s.link);
+    else if (s.handle)
+      caf::anon_send(caf::actor_cast<caf::actor>(s.handle), xs...);
+  }
+}
+
+} // namespace
+
 void cancel_requests(self_ptr self, const caf::actor_addr& requester, uint64_t tag) {
   auto& st = self->state;
   for (auto& q : st.queue.take_of(requester, tag)) {
@@ -540,24 +557,15 @@ void cancel_requests(self_ptr self, const caf::actor_addr& requester, uint64_t t
   for (auto& q : st.routing)
     if (q->requester == requester && (tag == 0 || q->req.tag == tag))
       q->cancelled = true;
-  for (auto& s : st.slots) {
-    if (s.link)
-      s.link->cancel(requester, tag);
-    else if (s.handle)
-      caf::anon_send(caf::actor_cast<caf::actor>(s.handle), cancel_for_atom::value, requester,
-                     tag);
-  }
+  tell_workers(
+    self, [&](worker_link& link) { link.cancel(requester, tag); }, cancel_for_atom::value,
+    requester, tag);
 }
 
 void pass_taken(self_ptr self, const caf::actor_addr& requester, uint64_t tag, uint64_t n) {
-  // The worker that runs it knows it (the others find no such request).
-  for (auto& s : self->state.slots) {
-    if (s.link)
-      s.link->taken(requester, tag, n);
-    else if (s.handle)
-      caf::anon_send(caf::actor_cast<caf::actor>(s.handle), taken_for_atom::value, requester,
-                     tag, n);
-  }
+  tell_workers(
+    self, [&](worker_link& link) { link.taken(requester, tag, n); }, taken_for_atom::value,
+    requester, tag, n);
 }
 
 namespace {
