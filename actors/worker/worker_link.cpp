@@ -185,6 +185,11 @@ admission worker_link::admit(bool valid_args, size_t frame_bytes) const {
 
 admission worker_link::submit(execute& req, caf::typed_response_promise<payload>& rp,
                               uint64_t* id) {
+  // Stamped before anything is written: the I/O thread may write the rest
+  // of the frame and read the reply while this thread is preempted between
+  // send() and add(), and a stamp taken then would make a late reply look
+  // early (a success past the caller's deadline).
+  auto stamp = now();
   // Scanning the args needs no lock: the I/O thread may be waiting on it.
   bool valid = is_valid_msgpack(req.args);
   std::vector<char> frame;
@@ -209,7 +214,7 @@ admission worker_link::submit(execute& req, caf::typed_response_promise<payload>
     return verdict;
   if (proc_)
     proc_->send(std::move(frame));
-  auto added = ledger_.add(req, std::move(rp), now());
+  auto added = ledger_.add(req, std::move(rp), stamp);
   if (id != nullptr)
     *id = added;
   arm_sweep_locked();
