@@ -1,11 +1,12 @@
 """Sequential round trips of pyvisor's own Python client, for pyvisor-bench:
 what a Python program calling a node over one connection sees.
 
-    python_client_rtt.py PORT PAYLOAD COUNT
+    python_client_rtt.py PORT PAYLOAD COUNT [WARMUP]
 
-Sends COUNT echo requests of PAYLOAD bytes one after the other through
-pyvisor.client.Client (after 20 for warm-up) and prints the p50 and p99 in
-microseconds as "p50 p99".
+Sends COUNT echo requests of PAYLOAD bytes (a str below 1 MiB, bytes from
+1 MiB: what a program sends such data as) one after the other through
+pyvisor.client.Client (after WARMUP, 20 by default, for warm-up) and prints
+the p50 and p99 in microseconds as "p50 p99".
 """
 
 import sys
@@ -16,13 +17,14 @@ from pyvisor.client import Client
 
 def main():
     port, payload, count = (int(x) for x in sys.argv[1:4])
-    data = "x" * payload
+    warmup = int(sys.argv[4]) if len(sys.argv) > 4 else 20
+    data = "x" * payload if payload < (1 << 20) else b"x" * payload
     client = Client("127.0.0.1", port)
     samples = []
-    for i in range(count + 20):
+    for i in range(count + warmup):
         t = time.perf_counter()
         client.execute("echo", data)
-        if i >= 20:
+        if i >= warmup:
             samples.append((time.perf_counter() - t) * 1e6)
     samples.sort()
     print(samples[(len(samples) - 1) // 2], samples[min(len(samples) - 1, int(0.99 * (len(samples) - 1)))])

@@ -92,7 +92,7 @@ std::map<std::string, double> voluntary_switches_by_thread();
 /// `python_dir`) against a gateway on 127.0.0.1:`port`. Throws on failure.
 latency python_client_rtt(const std::string& python, const std::string& script,
                           const std::string& python_dir, uint16_t port, size_t payload,
-                          size_t count);
+                          size_t count, size_t warmup);
 
 /// Figures from bench/ppe_reference.py (ProcessPoolExecutor).
 struct ppe_figures {

@@ -1,3 +1,4 @@
+#include <malloc.h>
 #include "messages/wire_codec.hpp"
 
 #include <msgpack.hpp>
@@ -70,11 +71,18 @@ void pack_reply_head(packer& pk, uint64_t id, bool ok) {
 
 void append_request(std::vector<char>& out, uint64_t id, std::string_view cmd,
                     const std::vector<char>& args, std::string_view session, double deadline,
-                    const stream_window* stream) {
+                    const stream_window* stream, const shared_ref* shared) {
   auto pos = begin_frame(out);
   pyvisor::detail::vector_writer w{out};
   packer pk{w};
-  pk.pack_map(4 + (deadline > 0 ? 1 : 0) + (stream != nullptr ? 1 : 0));
+  pk.pack_map(4 + (deadline > 0 ? 1 : 0) + (stream != nullptr ? 1 : 0)
+              + (shared != nullptr ? 1 : 0));
+  if (shared != nullptr) {
+    pack_str(pk, "shm");
+    pk.pack_array(2);
+    pk.pack_uint64(shared->pos);
+    pk.pack_uint64(shared->len);
+  }
   if (deadline > 0) {
     pack_str(pk, "deadline");
     pk.pack_double(deadline);
@@ -90,7 +98,7 @@ void append_request(std::vector<char>& out, uint64_t id, std::string_view cmd,
   pack_str(pk, "cmd");
   pack_str(pk, cmd);
   pack_str(pk, "args");
-  if (args.empty())
+  if (args.empty() || shared != nullptr)
     pk.pack_nil();
   else
     out.insert(out.end(), args.begin(), args.end());
@@ -192,6 +200,17 @@ std::string decode(const char* data, size_t size, frame& out) {
         out.commands = value.as<std::vector<std::string>>();
       } else if (key == "control") {
         out.control = value.as<bool>();
+      } else if (key == "shm") {
+        if (value.type == msgpack::type::BOOLEAN) {
+          out.shared_memory = value.as<bool>(); // hello
+        } else {
+          auto ref = value.as<std::vector<uint64_t>>();
+          if (ref.size() != 2)
+            return "'shm' must be [position, length]";
+          out.shared = true;
+          out.shared_pos = ref[0];
+          out.shared_len = ref[1];
+        }
       } else if (key == "concurrency") {
         out.concurrency = value.as<uint32_t>();
       } else if (key == "started") {
@@ -219,9 +238,11 @@ std::string decode(const char* data, size_t size, frame& out) {
   if (out.type == frame_type::reply) {
     if (!have_id)
       return "reply frame has no 'id'";
-    if (out.ok && out.result.empty())
+    if (out.ok && out.result.empty() && !out.shared)
       out.result.push_back('\xc0');
   }
+  if (out.shared && !(out.type == frame_type::chunk || (out.type == frame_type::reply && out.ok)))
+    return "'shm' names a value only in a chunk or a successful reply";
   return {};
 }
 
@@ -371,6 +392,11 @@ bool is_single_msgpack_value(const char* data, size_t size) noexcept {
 } // namespace pyvisor
 
 namespace pyvisor {
+
+void keep_large_blocks() noexcept {
+  mallopt(M_MMAP_THRESHOLD, large_block_threshold);
+  mallopt(M_TRIM_THRESHOLD, large_block_trim);
+}
 
 bool is_valid_msgpack(const payload& x) noexcept {
   return wire::is_single_msgpack_value(x.bytes.data(), x.bytes.size());

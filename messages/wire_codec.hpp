@@ -48,6 +48,12 @@ struct frame {
   bool ok = false;
   /// Reply with ok: the raw msgpack bytes of `result`; chunk: of `chunk`.
   std::vector<char> result;
+  /// Reply or chunk whose value is in the worker's shared ring (`shm:
+  /// [pos, len]`, docs/protocol.md "Shared memory"): where; `result` is
+  /// filled from there before anyone else sees the frame.
+  bool shared = false;
+  uint64_t shared_pos = 0;
+  uint64_t shared_len = 0;
   /// Reply without ok, or a failed hello.
   remote_error error;
   /// Hello only.
@@ -57,6 +63,9 @@ struct frame {
   /// Hello only: the worker speaks the control protocol (interrupts,
   /// revokes, stack dumps; docs/protocol.md, "Control").
   bool control = false;
+  /// Hello only: the worker mapped both shared rings (fds 6 and 7) and
+  /// takes and sends large values through them.
+  bool shared_memory = false;
   /// Hello only: requests the worker may run at once (1: one at a time, in
   /// pipe order; more: it says which began, with started frames).
   uint32_t concurrency = 1;
@@ -69,15 +78,23 @@ struct stream_window {
   uint64_t bytes = uint64_t{4} << 20;
 };
 
+/// Where a value of a frame lies in a shared ring instead of the frame.
+struct shared_ref {
+  uint64_t pos = 0;
+  uint64_t len = 0;
+};
+
 /// Appends a complete request frame (length prefix included) to `out`.
-/// `args` must hold exactly one msgpack value; it is copied verbatim.
+/// `args` must hold exactly one msgpack value; it is copied verbatim, or,
+/// with `shared`, left out: the frame says where the worker finds it.
 /// `deadline`: when the caller stops waiting, in CLOCK_MONOTONIC seconds
 /// (the worker's time.monotonic()); 0 leaves it out. `stream`: the caller
 /// takes a generator's values as chunks, paced by this window (none: a
 /// generator's values come back as one list).
 void append_request(std::vector<char>& out, uint64_t id, std::string_view cmd,
                     const std::vector<char>& args, std::string_view session,
-                    double deadline = 0, const stream_window* stream = nullptr);
+                    double deadline = 0, const stream_window* stream = nullptr,
+                    const shared_ref* shared = nullptr);
 
 /// Appends a credit message (node -> worker, control socket, sent without a
 /// signal): the consumer of stream `id` has taken `taken` of its chunks so

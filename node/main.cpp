@@ -341,6 +341,7 @@ int main(int argc, char** argv) {
   }
   setup_logging(cfg);
   raise_descriptor_limit();
+  pyvisor::keep_large_blocks();
   if (auto problem = guard_ports(cfg); !problem.empty()) {
     log().error("{}", problem);
     return 1;

@@ -110,6 +110,11 @@ node_config::node_config()
     .add(pool.shutdown_timeout, "shutdown-timeout", "time a worker gets to stop")
     .add(w.max_frame_size, "max-frame-size",
          "largest frame between the node and a worker, either direction")
+    .add(w.shared_memory, "shared-memory",
+         "bytes of each of a worker's two shared rings (to it and from it) that carry large "
+         "values instead of its pipes (0: none)")
+    .add(w.shared_threshold, "shared-memory-threshold",
+         "a value (arguments, a result, a chunk) this large goes through the shared ring")
     .add(w.reply_spin, "reply-spin",
          "how long a worker's I/O thread busy-polls for the next reply before it sleeps "
          "(0s: never; costs CPU only while requests come one at a time)");
@@ -621,6 +626,11 @@ std::string node_config::validate() const {
     return "invalid value for 'pool.shutdown-timeout': must be > 0";
   if (pool.worker.reply_spin.count() < 0 || pool.worker.reply_spin > std::chrono::milliseconds(10))
     return "invalid value for 'pool.reply-spin': must be between 0s and 10ms";
+  if (pool.worker.shared_memory != 0
+      && (pool.worker.shared_memory < (size_t{1} << 20) || pool.worker.shared_memory > (size_t{1} << 32)))
+    return "invalid value for 'pool.shared-memory': must be 0 or between 1 MiB and 4 GiB";
+  if (pool.worker.shared_threshold < 1024)
+    return "invalid value for 'pool.shared-memory-threshold': must be >= 1024";
   if (pool.worker.max_frame_size < 1024)
     return "invalid value for 'pool.max-frame-size': must be >= 1024";
   for (auto [rate, key] : {std::pair{pool.mock.error_rate, "mock.error-rate"},

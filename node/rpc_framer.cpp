@@ -77,6 +77,17 @@ public:
     return size_;
   }
 
+  /// Room for `n` bytes in all, at once (no growth, so no copy, later).
+  void reserve(size_t n) {
+    if (n > cap_) {
+      auto grown = static_cast<char*>(std::realloc(data_, n));
+      if (grown == nullptr)
+        throw std::bad_alloc();
+      data_ = grown;
+      cap_ = n;
+    }
+  }
+
   void append(const char* p, size_t n) {
     if (size_ + n > cap_) {
       auto cap = std::max(size_ + n, cap_ * 2);
@@ -145,6 +156,23 @@ struct rpc_framer::impl : msgpack::detail::context<rpc_framer::impl> {
     buf.shrink_if_empty();
   }
 
+  /// The parser stopped inside a long str or bin (its 32-bit header just
+  /// before `off`): the buffer is made large enough for the whole body now,
+  /// within the message limit, so that a large message is received into one
+  /// block instead of one grown (and copied) by doubling. Only a hint: a
+  /// header misread here costs at most an early allocation.
+  void reserve_for_body() {
+    if (off < begin + 5)
+      return;
+    auto p = reinterpret_cast<const unsigned char*>(buf.data() + off - 5);
+    if (p[0] != 0xc6 && p[0] != 0xdb) // bin 32, str 32
+      return;
+    size_t len = (size_t{p[1]} << 24) | (size_t{p[2]} << 16) | (size_t{p[3]} << 8) | p[4];
+    auto end = off + len + 64; // a little beyond: the options that follow
+    if (len >= (size_t{1} << 20) && end - begin <= v.max_size + 64)
+      buf.reserve(end);
+  }
+
   status fail(status s, std::string why) {
     failed = true;
     failure = s;
@@ -201,6 +229,7 @@ rpc_framer::status rpc_framer::next() {
         return d.fail(status::too_large,
                       "message exceeds rpc.max-message-size (" + std::to_string(d.v.max_size)
                         + " bytes) and is not complete");
+      d.reserve_for_body();
       return status::need_more;
     case msgpack::PARSE_STOP_VISITOR:
       return d.fail(d.v.too_large ? status::too_large : status::malformed, {});

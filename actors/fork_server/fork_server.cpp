@@ -22,7 +22,7 @@ bool send_with_fds(int sock, const std::vector<char>& body, const int* fds, size
   msghdr msg{};
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
-  alignas(cmsghdr) char ctrl[CMSG_SPACE(sizeof(int) * 5)] = {};
+  alignas(cmsghdr) char ctrl[CMSG_SPACE(sizeof(int) * 7)] = {};
   if (n > 0) {
     msg.msg_control = ctrl;
     msg.msg_controllen = CMSG_SPACE(sizeof(int) * n);
@@ -99,9 +99,12 @@ std::optional<launched_child> fork_server::fork(const child_fds& fds,
     pk.pack(id);
     body.assign(buf.data(), buf.data() + buf.size());
   }
-  // The worker's control socket, when it has one, goes as a fifth.
-  int attached[5] = {fds.request, fds.reply, fds.out, fds.err, fds.control};
-  if (!send_with_fds(control_fd_, body, attached, fds.control >= 0 ? 5 : 4)) {
+  // The worker's control socket, when it has one, goes as a fifth, and
+  // its two shared rings, when it has them, as a sixth and seventh.
+  int attached[7] = {fds.request, fds.reply, fds.out,       fds.err,
+                     fds.control, fds.shared_in, fds.shared_out};
+  int count = fds.control < 0 ? 4 : fds.shared_in < 0 ? 5 : 7;
+  if (!send_with_fds(control_fd_, body, attached, count)) {
     error = std::string{"cannot reach the fork-server template: "} + std::strerror(errno);
     return std::nullopt;
   }

@@ -144,6 +144,19 @@ std::string python_process::spawn() {
   if ((opts_.control_socket || opts_.worker_control)
       && socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, ctl) != 0)
     return fail("cannot create the control socket");
+  if (opts_.worker_control && opts_.shared_ring_size > 0 && !to_child_) {
+    // Without rings the worker still works, by pipe only.
+    std::string why;
+    to_child_ = shared_ring::create(opts_.shared_ring_size, "pyvisor-to-worker", why);
+    if (to_child_)
+      from_child_ = shared_ring::create(opts_.shared_ring_size, "pyvisor-from-worker", why);
+    if (!from_child_) {
+      to_child_.reset();
+      log().warn("[{}] no shared memory ({}): large values go by pipe", opts_.tag, why);
+    }
+  }
+  int ring_in = to_child_ ? to_child_->fd() : -1;
+  int ring_out = from_child_ ? from_child_->fd() : -1;
   if (opts_.launcher) {
     close_fd(status[0]);
     close_fd(status[1]);
@@ -191,8 +204,8 @@ std::string python_process::spawn() {
     ::signal(SIGINT, SIG_IGN);
     // Move the fds above the targets first: a pipe end may already sit at 3
     // or 4, and dup2 onto itself would keep O_CLOEXEC.
-    int fds[6] = {devnull, out[1], err[1], req[0], rep[1], ctl[1]};
-    int count = ctl[1] >= 0 ? 6 : 5;
+    int fds[8] = {devnull, out[1], err[1], req[0], rep[1], ctl[1], ring_in, ring_out};
+    int count = ctl[1] < 0 ? 5 : ring_in < 0 ? 6 : 8;
     for (int i = 0; i < count; ++i)
       fds[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, 10);
     for (int target = 0; target < count; ++target)
@@ -257,6 +270,10 @@ void python_process::adopt(int req_w, int rep_r, int out_r, int err_r) {
 std::string python_process::launch(int req[2], int rep[2], int out[2], int err[2],
                                    int ctl_child) {
   child_fds fds{req[0], rep[1], out[1], err[1], ctl_child};
+  if (ctl_child >= 0 && to_child_) {
+    fds.shared_in = to_child_->fd();
+    fds.shared_out = from_child_->fd();
+  }
   auto cancelled = [this] {
     std::lock_guard<std::mutex> guard{mtx_};
     return closing_;
@@ -389,7 +406,26 @@ void python_process::run(std::promise<std::string>* started) {
     if (protocol_broken)
       return;
     std::vector<wire::frame> frames;
+    std::string shared_error;
     auto ok = reader.feed(data, size, [&](wire::frame&& f) {
+      if (!shared_error.empty())
+        return;
+      if (f.shared) {
+        // Copied out before anything looks at it: the worker could change
+        // the bytes while they are checked.
+        if (!from_child_)
+          shared_error = "the worker named shared memory it was not given";
+        else if (f.shared_len > opts_.max_frame_size)
+          shared_error = "a shared value of " + std::to_string(f.shared_len)
+                         + " bytes exceeds the frame limit of "
+                         + std::to_string(opts_.max_frame_size) + " bytes";
+        else if (!from_child_->take(f.shared_pos, f.shared_len, f.result))
+          shared_error = "the worker named shared memory outside what it may have written";
+        else if (!wire::is_single_msgpack_value(f.result.data(), f.result.size()))
+          shared_error = "a shared value is not one msgpack value";
+        if (!shared_error.empty())
+          return;
+      }
       if (f.type == wire::frame_type::reply) {
         ++frames_received;
         // How long the caller took to send the next request after the
@@ -410,10 +446,10 @@ void python_process::run(std::promise<std::string>* started) {
     // Valid frames that preceded a broken one are still delivered first.
     if (!frames.empty() && cbs_.on_frames)
       cbs_.on_frames(std::move(frames));
-    if (!ok) {
+    if (!ok || !shared_error.empty()) {
       protocol_broken = true;
       if (cbs_.on_protocol_error)
-        cbs_.on_protocol_error(reader.error());
+        cbs_.on_protocol_error(ok ? shared_error : reader.error());
     }
   };
   auto on_out = [&](const char* d, size_t n) { out_lines.feed(d, n, log_out); };
@@ -641,6 +677,17 @@ void python_process::send(std::vector<char> bytes) {
   }
   if (pending)
     wake();
+}
+
+char* python_process::reserve_shared(size_t len, wire::shared_ref& ref) {
+  if (!to_child_)
+    return nullptr;
+  auto pos = to_child_->reserve(len);
+  if (pos < 0)
+    return nullptr;
+  ref.pos = static_cast<uint64_t>(pos);
+  ref.len = len;
+  return to_child_->data(ref.pos);
 }
 
 void python_process::stop(std::chrono::milliseconds grace) {

@@ -62,6 +62,7 @@
 #include <thread>
 #include <vector>
 
+#include "actors/process/shared_ring.hpp"
 #include "messages/wire_codec.hpp"
 
 namespace pyvisor {
@@ -93,6 +94,8 @@ struct child_fds {
   int out = -1;     ///< write end of the stdout pipe (fd 1)
   int err = -1;     ///< write end of the stderr pipe (fd 2)
   int control = -1; ///< the child's end of its control socket (fd 5), if any
+  int shared_in = -1;  ///< the ring the child reads (fd 6), with a control socket only
+  int shared_out = -1; ///< the ring the child writes (fd 7), with shared_in only
 };
 
 /// A child someone else created for this host.
@@ -149,6 +152,10 @@ struct process_options {
   /// (0: never); only while the child's requests come one at a time from a
   /// quick caller, and by one thread of the process at a time (see run()).
   std::chrono::microseconds reply_spin{0};
+  /// worker_control: bytes of each of the two shared rings (node -> child
+  /// as its fd 6, child -> node as fd 7; shared_ring.hpp) that carry large
+  /// values instead of the pipes; 0: none, everything goes by pipe.
+  size_t shared_ring_size = 0;
 };
 
 struct process_callbacks {
@@ -188,6 +195,13 @@ public:
 
   /// Queues bytes for the child's request pipe. Never blocks.
   void send(std::vector<char> bytes);
+
+  /// Room for `len` bytes of a value in the ring to the child: where to copy
+  /// them (before send() of the frame that names `ref`), or nullptr when the
+  /// ring is full, absent or too small (the value then goes in the frame).
+  /// Callers serialise reserve-and-send themselves: reservations must reach
+  /// the pipe in the order they were made (the child frees them so).
+  char* reserve_shared(size_t len, wire::shared_ref& ref);
 
   /// Asks the child to stop: closes its request pipe once queued bytes are
   /// written (EOF makes the worker exit after answering what it read), sends
@@ -247,6 +261,10 @@ private:
   int out_r_ = -1;
   int err_r_ = -1;
   int wake_fd_ = -1;
+  /// The shared rings (shared_ring_size): made in spawn(), before the child
+  /// exists, and kept until this object goes.
+  std::unique_ptr<shared_ring> to_child_;
+  std::unique_ptr<shared_ring> from_child_;
 
   mutable std::mutex mtx_;
   std::deque<std::vector<char>> outbox_;

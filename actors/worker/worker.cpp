@@ -225,6 +225,8 @@ void on_frame(self_ptr self, wire::frame& f) {
     st.status.commands = f.commands;
     if (f.concurrency > 1)
       st.link->announce_starts();
+    if (f.shared_memory)
+      st.link->enable_shared(st.cfg.shared_threshold);
     if (f.control) {
       // Interrupts instead of kills (docs/protocol.md, "Control"). Weak:
       // the process holds the link through its callbacks.
@@ -277,6 +279,7 @@ worker_impl::behavior_type worker_fun(self_ptr self, worker_config cfg,
   auto opts = python_options(st.cfg, "pyvisor.worker", "worker " + std::to_string(st.cfg.id));
   // The control socket: fd 5 (a forked worker gets it from its template).
   opts.worker_control = true;
+  opts.shared_ring_size = st.cfg.shared_threshold > 0 ? st.cfg.shared_memory : 0;
   if (!st.cfg.fork_from)
     opts.args.insert(opts.args.begin() + 6, {"--control-fd", "5"});
   if (st.cfg.fork_from)
@@ -521,6 +524,15 @@ process_options python_options(const worker_config& cfg, const std::string& modu
     opts.env.push_back("PYVISOR_MAX_MEMORY=" + std::to_string(cfg.max_memory));
   if (cfg.concurrency > 1)
     opts.env.push_back("PYVISOR_CONCURRENCY=" + std::to_string(cfg.concurrency));
+  // Large values reuse blocks instead of faulting in fresh pages
+  // (keep_large_blocks(), payload.hpp), unless the operator chose otherwise.
+  for (auto [name, value] : {std::pair{"MALLOC_MMAP_THRESHOLD_", large_block_threshold},
+                             std::pair{"MALLOC_TRIM_THRESHOLD_", large_block_trim}})
+    if (getenv(name) == nullptr)
+      opts.env.push_back(std::string{name} + "=" + std::to_string(value));
+  // A forked worker has it from its template's environment.
+  if (cfg.shared_memory > 0)
+    opts.env.push_back("PYVISOR_SHM_THRESHOLD=" + std::to_string(cfg.shared_threshold));
   opts.tag = std::move(tag);
   opts.max_frame_size = cfg.max_frame_size;
   opts.reply_spin = std::chrono::duration_cast<std::chrono::microseconds>(cfg.reply_spin);

@@ -78,6 +78,13 @@ struct worker_config : worker_settings {
   /// much CPU per reply on that thread meanwhile, none when idle, for slow
   /// callers or under a pipelined load.
   caf::timespan reply_spin = std::chrono::microseconds(200);
+  /// Bytes of each of the worker's two shared rings (node -> worker and
+  /// back, actors/process/shared_ring.hpp), 0: none. A value of at least
+  /// `shared_threshold` bytes (arguments, a result, a chunk) goes through
+  /// them when the ring has room, else by pipe as any other. Pages cost
+  /// memory once a value touched them, and are then reused.
+  size_t shared_memory = size_t{64} << 20;
+  size_t shared_threshold = size_t{64} << 10;
   /// Set by a pool whose start method is fork-server: the worker is forked
   /// from the pool's template (which imported `modules`) instead of
   /// spawned. Unset: a new interpreter is started.

@@ -1,5 +1,7 @@
 #include "actors/worker/worker_link.hpp"
 
+#include <cstring>
+
 #include <atomic>
 
 #include "caf/actor_cast.hpp"
@@ -196,7 +198,6 @@ admission worker_link::submit(execute& req, caf::typed_response_promise<payload>
   std::lock_guard<std::mutex> guard{mtx_};
   size_t body = 0;
   if (proc_ && valid) {
-    frame.reserve(req.args.bytes.size() + req.command.size() + req.session.size() + 64);
     // The caller's deadline in the worker's time.monotonic() (CLOCK_MONOTONIC,
     // which steady_clock is here), for ctx.deadline.
     auto timeout = req.timeout.count() > 0 ? req.timeout : ledger_.default_timeout();
@@ -205,9 +206,34 @@ admission worker_link::submit(execute& req, caf::typed_response_promise<payload>
                       .count();
     // A stream is paced by credit on the control socket; a worker that has
     // none answers a generator as one list.
-    wire::append_request(frame, ledger_.peek_id(), req.command, req.args.bytes, req.session,
-                         deadline, req.stream && control_ ? &window_ : nullptr);
-    body = frame.size() - 4;
+    auto window = req.stream && control_ ? &window_ : nullptr;
+    const auto& args = req.args.bytes;
+    bool refused = false;
+    if (shared_threshold_ > 0 && args.size() >= shared_threshold_) {
+      // The frame without the args says how large it would be with them
+      // (the limit is the same by either way). Reserved only once admitted:
+      // ring bytes never named by a frame would never be freed.
+      wire::append_request(frame, ledger_.peek_id(), req.command, {}, req.session, deadline,
+                           window);
+      body = frame.size() - 4 - 1 + args.size();
+      wire::shared_ref ref;
+      char* at = nullptr;
+      refused = admit(valid, body) != admission::accepted;
+      if (!refused)
+        at = proc_->reserve_shared(args.size(), ref);
+      frame.clear();
+      if (at != nullptr) {
+        std::memcpy(at, args.data(), args.size());
+        wire::append_request(frame, ledger_.peek_id(), req.command, {}, req.session, deadline,
+                             window, &ref);
+      }
+    }
+    if (frame.empty() && !refused) {
+      frame.reserve(args.size() + req.command.size() + req.session.size() + 64);
+      wire::append_request(frame, ledger_.peek_id(), req.command, args, req.session, deadline,
+                           window);
+      body = frame.size() - 4;
+    }
   }
   auto verdict = admit(valid, body);
   if (verdict != admission::accepted)
@@ -389,6 +415,11 @@ sweep_due worker_link::sweep() {
   if (due.stuck.empty() && !ledger_.empty())
     arm_sweep_locked();
   return due;
+}
+
+void worker_link::enable_shared(size_t threshold) {
+  std::lock_guard<std::mutex> guard{mtx_};
+  shared_threshold_ = threshold;
 }
 
 void worker_link::enable_control(control_sender send) {

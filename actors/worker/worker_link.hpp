@@ -172,6 +172,10 @@ public:
   /// on a late or cancelled request is interrupted through `send`, and the
   /// worker killed only when it is still running it interrupt_grace later.
   void enable_control(control_sender send);
+
+  /// The worker mapped its shared rings (its hello said so): arguments of
+  /// at least `threshold` bytes go through the ring when it has room.
+  void enable_shared(size_t threshold);
   bool controlled() const;
 
   /// Answers the late requests `ids` with `err` now (an idempotent one is
@@ -265,6 +269,8 @@ private:
   wire::stream_window window_;
   bool concurrent_ = false;
   control_sender control_;
+  /// Arguments this large go through the shared ring (0: never).
+  size_t shared_threshold_ = 0;
   caf::error retire_error_;
 };
 

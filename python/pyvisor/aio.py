@@ -32,8 +32,6 @@ import sys
 import types
 from collections import deque
 
-import msgpack
-
 _HEADER = struct.Struct(">I")
 
 
@@ -156,7 +154,6 @@ class EventLoop:
         room = self._worker_module.StreamWindow(window)
         self.credits[rid] = 0
         event = self.credit_events[rid] = asyncio.Event()
-        packer = msgpack.Packer(use_bin_type=True)
         try:
             while True:
                 try:
@@ -165,12 +162,10 @@ class EventLoop:
                     return None
                 except StopIteration as stop:
                     return stop.value
-                body = packer.pack({"id": rid, "chunk": value})
                 while not room.has_room(self.credits.get(rid, 0)):
                     event.clear()
                     await event.wait()
-                self.w.write_frame(body)
-                room.sent_one(len(body))
+                room.sent_one(self.w.send_value({"id": rid}, "chunk", value))
         finally:
             self.credits.pop(rid, None)
             self.credit_events.pop(rid, None)

@@ -11,7 +11,9 @@ socketpair). docs/protocol.md, "Fork server", specifies the messages:
 
 - node -> template, on fd 5: ``{"id": n}`` with four descriptors attached
   (SCM_RIGHTS): the worker's request pipe (read end), reply pipe (write
-  end), stdout and stderr pipes (write ends).
+  end), stdout and stderr pipes (write ends); a fifth, its control socket,
+  and a sixth and seventh, its shared rings (to and from the node), when
+  it has them. They become the worker's fds 3, 4, 1, 2, 5, 6 and 7.
 - template -> node, on fd 5: ``{"id": n, "pid": p}`` with a pidfd of the
   worker attached, or ``{"id": n, "error": text}``.
 - template -> node, on fd 4: a reply frame with id 0 whenever a worker
@@ -190,7 +192,7 @@ class _Template:
                             "result": {"pid": pid, "code": code, "signal": sig}})
 
     def fork_one(self, msgpack):
-        msg, fds = _recv_fds(self.ctl, 4096, 5)
+        msg, fds = _recv_fds(self.ctl, 4096, 7)
         if not msg:
             return False  # the node closed the control socket
         try:
@@ -199,10 +201,10 @@ class _Template:
             for fd in fds:
                 os.close(fd)
             return True
-        if len(fds) not in (4, 5):
+        if len(fds) not in (4, 5, 7):
             for fd in fds:
                 os.close(fd)
-            self.reply(rid, error="expected 4 or 5 descriptors, got %d" % len(fds))
+            self.reply(rid, error="expected 4, 5 or 7 descriptors, got %d" % len(fds))
             return True
         sys.stdout.flush()
         sys.stderr.flush()
@@ -257,7 +259,7 @@ class _Template:
                      for fd in [devnull, out, err, req, rep] + fds[4:]]
             for target, fd in enumerate(moved):
                 os.dup2(fd, target, inheritable=target < 3)
-            control = 5 if len(fds) == 5 else None
+            control = 5 if len(fds) >= 5 else None
             os.closerange(len(moved), 1 << 16)
             import random
 

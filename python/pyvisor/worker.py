@@ -125,6 +125,35 @@ class StreamWindow:
         self.held += size
 
 
+def _raw_bytes(value):
+    """`value` as a flat view of its bytes when it is bytes-like, else None
+    (str and the other msgpack types are packed as such)."""
+    t = type(value)
+    if t is bytes or t is bytearray or t is memoryview:
+        view = memoryview(value)
+    elif t in _PACKED_AS_SUCH:
+        return None
+    else:
+        try:
+            view = memoryview(value)
+        except TypeError:
+            return None
+    if not view.c_contiguous:
+        return None
+    return view.cast("B") if view.format != "B" or view.ndim != 1 else view
+
+
+_PACKED_AS_SUCH = (str, int, float, bool, type(None), list, dict, tuple)
+
+
+def _bin_header(n):
+    if n < 256:
+        return bytes((0xc4, n))
+    if n < 65536:
+        return b"\xc5" + n.to_bytes(2, "big")
+    return b"\xc6" + n.to_bytes(4, "big")
+
+
 def _is_async(obj):
     return isinstance(obj, (types.CoroutineType, types.AsyncGeneratorType))
 
@@ -183,6 +212,13 @@ class Worker:
         # runs, or at start with pool.worker-concurrency > 1.
         self.aio = None
         self.concurrency = _concurrency()
+        # The shared rings (pyvisor.shared), given with the control socket:
+        # large values go through them instead of the pipes.
+        self.rings = None
+        if control_fd is not None:
+            from pyvisor import shared
+
+            self.rings = shared.open_rings()
 
     def enable_control(self):
         """Interrupts (SIGUSR1 after a control message) and stack dumps
@@ -298,15 +334,13 @@ class Worker:
                     value = next(gen)
                 except StopIteration as stop:
                     return stop.value
-                body = self._packer.pack({"id": rid, "chunk": value})
                 while not room.has_room(self.taken):
                     # The node writes credit without a signal; a SIGUSR1
                     # handler that took it first leaves it noted, seen at
                     # the next turn.
                     if select.select([self.ctl], [], [], 0.02)[0]:
                         self._interrupt_if_due(self._read_control())
-                self.write_frame(body)
-                room.sent_one(len(body))
+                room.sent_one(self.send_value({"id": rid}, "chunk", value))
         finally:
             self.streaming = None
             gen.close()
@@ -321,8 +355,60 @@ class Worker:
         """Writes one frame of `body`, its length before it."""
         self.write_raw(_HEADER.pack(len(body)) + body)
 
+    def write_pieces(self, pieces):
+        """Writes `pieces` (bytes-like) in order, as one piece would be."""
+        views = [memoryview(p).cast("B") for p in pieces]
+        while views:
+            n = os.writev(self.out_fd, views)
+            while views and n >= views[0].nbytes:
+                n -= views[0].nbytes
+                views.pop(0)
+            if views and n:
+                views[0] = views[0][n:]
+
     def send(self, obj):
         self.write_frame(self._packer.pack(obj))
+
+    def send_value(self, head, key, value):
+        """Writes the frame `head` with `key`: `value` (a reply's result, a
+        chunk) and returns the value's packed size. A bytes-like value
+        (bytes, bytearray, memoryview, anything C-contiguous with the buffer
+        protocol, e.g. a numpy array) travels as msgpack bin without being
+        copied into a msgpack buffer; a value of at least the shared
+        threshold goes through the shared ring when it has room, copied
+        there once. Raises before writing anything if `value` cannot be
+        packed."""
+        raw = _raw_bytes(value)
+        if raw is not None:
+            pieces = [_bin_header(raw.nbytes), raw]
+        else:
+            pieces = [self._packer.pack(value)]
+        size = sum(len(p) if isinstance(p, bytes) else p.nbytes for p in pieces)
+        rings = self.rings
+        if rings is not None and size >= rings[2]:
+            out = rings[1]
+            pos = out.reserve(size)
+            if pos is not None:
+                dst = out.at(pos, size)
+                at = 0
+                for p in pieces:
+                    n = len(p) if isinstance(p, bytes) else p.nbytes
+                    dst[at:at + n] = p
+                    at += n
+                frame = dict(head)
+                frame[key] = None
+                frame["shm"] = [pos, size]
+                self.send(frame)
+                return size
+        pk = self._packer
+        prefix = [pk.pack_map_header(len(head) + 1)]
+        for k, v in head.items():
+            prefix.append(pk.pack(k))
+            prefix.append(pk.pack(v))
+        prefix.append(pk.pack(key))
+        prefix = b"".join(prefix)
+        self.write_pieces([_HEADER.pack(len(prefix) + size) + prefix] + pieces)
+        return size
 
     def read_frame(self):
         """The next request, None at EOF; a request whose args cannot be
@@ -338,9 +424,10 @@ class Worker:
         return self.decode_frame(body)
 
     def decode_frame(self, body):
-        """A request frame's body as read_frame returns it."""
+        """A request frame's body as read_frame returns it; args in the
+        shared ring are decoded from there (and that part of it freed)."""
         try:
-            return msgpack.unpackb(body, raw=False, strict_map_key=False)
+            req = msgpack.unpackb(body, raw=False, strict_map_key=False)
         except Exception as exc:  # noqa: BLE001
             req = _salvage(body)
             if not isinstance(req.get("id"), int):
@@ -348,6 +435,20 @@ class Worker:
             req["undecodable"] = "the request cannot be decoded by Python: %s: %s" % (
                 type(exc).__name__, _safe_str(exc))
             return req
+        ref = req.pop("shm", None) if isinstance(req, dict) else None
+        if ref is not None:
+            ring = self.rings[0]
+            pos, length = ref
+            view = ring.view(pos, length)
+            try:
+                req["args"] = msgpack.unpackb(view, raw=False, strict_map_key=False)
+            except Exception as exc:  # noqa: BLE001
+                req["undecodable"] = "the request cannot be decoded by Python: %s: %s" % (
+                    type(exc).__name__, _safe_str(exc))
+            finally:
+                view.release()
+                ring.release(pos, length)
+        return req
 
     def handle(self, req):
         """Runs request `req` to its reply (one at a time: the sequential
@@ -440,7 +541,10 @@ class Worker:
         """Writes `reply`; one whose result cannot be packed (or whose
         packing raises) is answered with that error instead."""
         try:
-            self.send(reply)
+            if reply.get("ok") is True and "result" in reply and len(reply) == 3:
+                self.send_value({"id": reply["id"], "ok": True}, "result", reply["result"])
+            else:
+                self.send(reply)
         except BaseException as exc:  # noqa: BLE001
             self.send({"id": reply["id"], "ok": False, "error": _error_map(exc)})
 
@@ -644,6 +748,8 @@ def serve_imported(worker):
     }
     if worker.enable_control():
         hello["control"] = True
+    if worker.rings is not None:
+        hello["shm"] = True
     if worker.concurrency > 1:
         # Several requests at once, on the event loop (pyvisor.aio); the
         # node then learns what began from "started" frames.
