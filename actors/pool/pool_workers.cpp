@@ -1,6 +1,7 @@
 // The pool core's workers: their supervisor and fork-server template, child
 // up and down, proof of health, recycling, the give-up, and the stats
 // (core_state.hpp says how the core is split).
+#include <algorithm>
 #include "actors/pool/core_state.hpp"
 
 #include <signal.h>
@@ -23,16 +24,20 @@ namespace pyvisor {
 
 namespace {
 
-/// Resident set size of process `pid` in bytes (0 if unknown).
+/// Resident memory of process `pid` that is its own, in bytes (0 if
+/// unknown): the resident set without its shared pages (mapped files and
+/// shared memory: RssFile + RssShmem), so that the pages of the worker's
+/// shared rings, touched by large values and kept, never count as a leak.
 uint64_t rss_of(int64_t pid) {
   if (pid <= 0)
     return 0;
   std::ifstream statm{"/proc/" + std::to_string(pid) + "/statm"};
   uint64_t size = 0;
   uint64_t resident = 0;
-  if (!(statm >> size >> resident))
+  uint64_t shared = 0;
+  if (!(statm >> size >> resident >> shared))
     return 0;
-  return resident * static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  return (resident - std::min(resident, shared)) * static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
 }
 
 /// Whether a done report with `code` means the worker itself answered.
