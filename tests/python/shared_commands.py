@@ -9,8 +9,8 @@ import time
 import pyvisor
 
 
-def _bytes(n, seed):
-    """n reproducible bytes (the test makes the same ones to compare)."""
+def reproducible_bytes(n, seed):
+    """n bytes from `seed` (the test makes the same ones to compare)."""
     out = bytearray()
     block = hashlib.sha256(seed.encode()).digest()
     while len(out) < n:
@@ -30,7 +30,7 @@ def digest(args, ctx):
 def make(args, ctx):
     """args {n, seed, kind}: n bytes as kind (bytes, bytearray, memoryview,
     or a list holding them: not bytes-like itself, packed by msgpack)."""
-    data = _bytes(args["n"], args["seed"])
+    data = reproducible_bytes(args["n"], args["seed"])
     kind = args.get("kind", "bytes")
     if kind == "bytearray":
         return data
@@ -71,3 +71,21 @@ def lie(args, ctx):
     w = ctx.worker
     w.send({"id": w.started, "ok": True, "result": None, "shm": [w.rings[1].capacity * 5 - 8, 64]})
     time.sleep(10)
+
+
+@pyvisor.command("shm.chunks")
+def chunks(args, ctx):
+    """A stream of {n} chunks of {size} bytes each, chunk i made from seed
+    "{seed}{i}"."""
+    for i in range(args["n"]):
+        yield bytes(reproducible_bytes(args["size"], "%s%d" % (args["seed"], i)))
+    return args["n"]
+
+
+@pyvisor.command("shm.amake")
+async def amake(args, ctx):
+    """shm.make from an async handler (on a concurrent worker's loop)."""
+    import asyncio
+
+    await asyncio.sleep(0)
+    return bytes(reproducible_bytes(args["n"], args["seed"]))

@@ -11,23 +11,22 @@ Run: PYVISOR_NODE=build/pyvisor-node python3 -m unittest -v test_shared_memory
 import hashlib
 import os
 import signal
+import sys
 import time
 import unittest
 
-from test_node import TEST_PY, Node, Rpc, wait_gone
+from test_node import ROOT, TEST_PY, Node, Rpc, wait_gone
+
+sys.path.insert(0, os.path.join(ROOT, "python"))
+sys.path.insert(0, TEST_PY)
+from shared_commands import reproducible_bytes  # noqa: E402
 
 THRESHOLD = 64 << 10
 
 
 def made(n, seed):
-    """The bytes tests/python/shared_commands.py's shm.make makes."""
-    out = bytearray()
-    block = hashlib.sha256(seed.encode()).digest()
-    while len(out) < n:
-        block = hashlib.sha256(block).digest()
-        out += block * 64
-    del out[n:]
-    return bytes(out)
+    """The bytes shm.make makes in the worker."""
+    return bytes(reproducible_bytes(n, seed))
 
 
 def ring_maps(pid):
@@ -188,6 +187,37 @@ class OneWorkerTest(SharedMemoryTest):
         _, b = self.call("shm.rings", None)
         return b["read"] - a["read"], b["written"] - a["written"]
 
+
+
+    def test_stream_chunks_through_the_ring(self):
+        from pyvisor.client import Client
+
+        n, size = 6, (256 << 10) + 1
+        _, a = self.call("shm.rings", None)
+        with Client("127.0.0.1", self.node.port) as c:
+            with c.stream("shm.chunks", {"n": n, "size": size, "seed": "c"}) as s:
+                got = list(s)
+            self.assertEqual(s.result, n)
+        self.assertEqual(got, [made(size, "c%d" % i) for i in range(n)])
+        _, b = self.call("shm.rings", None)
+        # Each chunk and its 5-byte bin header went through the ring.
+        self.assertGreaterEqual(b["written"] - a["written"], n * (size + 5))
+
+
+class ConcurrentTest(SharedMemoryTest):
+    """A worker serving from its event loop (pool.worker-concurrency) reads
+    and writes its rings the same way, async handlers included."""
+
+    ini = "worker-concurrency=4\n"
+
+    def test_exact_bytes_both_ways_and_from_async_handlers(self):
+        self.exact_both_ways([THRESHOLD, 1 << 20, 16 << 20])
+        ids = [self.rpc.send("execute", ["shm.amake", {"n": (1 << 20) + i, "seed": "a%d" % i}])
+               for i in range(8)]
+        for i, msgid in enumerate(ids):
+            err, res = self.rpc.wait(msgid)
+            self.assertIsNone(err, err)
+            self.assertEqual(res, made((1 << 20) + i, "a%d" % i))
 
 
 class SpawnTest(SharedMemoryTest):
