@@ -480,8 +480,13 @@ void on_child_down(self_ptr self, const std::string& id, caf::error& reason) {
   self->send(st.affinity, worker_down_atom::value, slot);
   auto info = info_of(reason);
   // A worker the supervisor stopped (giving up, shutting down) did not
-  // fail: keep the failure that led there.
-  bool stopped = reason && reason.category() == caf::atom("exit");
+  // fail: keep the failure that led there. Giving up, the supervisor stops
+  // the others with its own reason (max_restart_intensity, naming the
+  // failure but without its details), which may be seen before the pool
+  // hears that it gave up.
+  bool stopped = reason
+                 && (reason.category() == caf::atom("exit")
+                     || reason.category() == supervisor_error_category);
   if (reason && !stopped && !recycling && !st.stopping) {
     st.last_failure = reason.category() == error_category && !info.message.empty()
                         ? info.message
