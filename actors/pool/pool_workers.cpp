@@ -1,10 +1,11 @@
 // The pool core's workers: their supervisor and fork-server template, child
 // up and down, proof of health, recycling, the give-up, and the stats
 // (core_state.hpp says how the core is split).
-#include <algorithm>
 #include "actors/pool/core_state.hpp"
 
 #include <signal.h>
+
+#include <algorithm>
 #include <unistd.h>
 
 #include <chrono>

@@ -28,8 +28,10 @@
 //   descriptor closed with its owner (python_process), whatever the child
 //   did; the kernel frees the memfd once the child's mapping is gone too.
 //
-// Ownership: python_process owns both rings of its worker; the producer side
-// of a ring is used under its owner's lock (submit order is pipe order).
+// Ownership: python_process owns both rings of its worker. The node writes
+// the ring to the worker only from worker_link::submit, under the link's
+// lock, which also orders the frames (reservation order is pipe order); it
+// reads the ring from the worker only on the process's I/O thread.
 
 #pragma once
 
