@@ -98,10 +98,10 @@ std::string guard_ports(const node_config& cfg) {
   if (!caf_io_mend::active())
     log().warn("the caf-io mend is not in effect: the published port has no connection, "
                "handshake or message size limit");
-  // The node's own descriptors: per worker its pipes, control socket and
-  // pidfd (fewer than 8), the fork server's, the log, certificate files,
-  // the metrics endpoint.
-  caf_io_mend::set_descriptor_reserve(128 + 8 * cfg.pool.size);
+  // The node's own descriptors: per worker its pipes, control socket,
+  // pidfd, wake-up eventfd and two shared rings (fewer than 10), the fork
+  // server's, the log, certificate files, the metrics endpoint.
+  caf_io_mend::set_descriptor_reserve(128 + 10 * cfg.pool.size);
   caf_io_mend::set_max_message_size(cfg.publish_message_limit());
   if (cfg.publish_port != 0)
     caf_io_mend::guard({"publish", cfg.publish_port, cfg.publish_max_connections,
