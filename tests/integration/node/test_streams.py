@@ -207,10 +207,25 @@ class CancelTest(StreamTest):
 
 
 def rss_mib(pid):
+    """The node's own resident memory, without the pages of its workers'
+    shared rings (RssShmem): those are a fixed buffer that large chunks pass
+    through (pool.shared-memory each way per worker), bounded by
+    ring_mib() on their own."""
+    fields = {}
     with open("/proc/%d/status" % pid) as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "RssShmem"):
+                fields[key] = int(value.split()[0]) / 1024.0
+    return fields["VmRSS"] - fields.get("RssShmem", 0.0)
+
+
+def ring_mib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("RssShmem:"):
                 return int(line.split()[1]) / 1024.0
+    return 0.0
 
 
 class BackpressureTest(StreamTest):
@@ -238,6 +253,8 @@ class BackpressureTest(StreamTest):
                     break
         peak = max(peak, rss_mib(self.node.proc.pid))
         self.assertLess(peak - idle, 256)
+        # The rings hold at most their size: two of 64 MiB per worker.
+        self.assertLessEqual(ring_mib(self.node.proc.pid), 2 * 64 * 2 + 1)
         slow.sock.sendall(msgpack.packb([2, "cancel", [msgid]]))
         for _, msg in slow.messages():
             if msg[0] == 1 and msg[1] == msgid:
