@@ -165,7 +165,7 @@ class EventLoop:
                 while not room.has_room(self.credits.get(rid, 0)):
                     event.clear()
                     await event.wait()
-                room.sent_one(self.w.send_value({"id": rid}, "chunk", value))
+                room.sent_one(self.w.send_value(rid, value, chunk=True))
         finally:
             self.credits.pop(rid, None)
             self.credit_events.pop(rid, None)

@@ -340,7 +340,7 @@ class Worker:
                     # the next turn.
                     if select.select([self.ctl], [], [], 0.02)[0]:
                         self._interrupt_if_due(self._read_control())
-                room.sent_one(self.send_value({"id": rid}, "chunk", value))
+                room.sent_one(self.send_value(rid, value, chunk=True))
         finally:
             self.streaming = None
             gen.close()
@@ -369,45 +369,48 @@ class Worker:
     def send(self, obj):
         self.write_frame(self._packer.pack(obj))
 
-    def send_value(self, head, key, value):
-        """Writes the frame `head` with `key`: `value` (a reply's result, a
-        chunk) and returns the value's packed size. A bytes-like value
-        (bytes, bytearray, memoryview, anything C-contiguous with the buffer
-        protocol, e.g. a numpy array) travels as msgpack bin without being
-        copied into a msgpack buffer; a value of at least the shared
-        threshold goes through the shared ring when it has room, copied
-        there once. Raises before writing anything if `value` cannot be
-        packed."""
+    def send_value(self, rid, value, chunk=False):
+        """Writes the reply of request `rid` whose result is `value` (with
+        `chunk`: a chunk of its stream) and returns the value's packed size.
+        A bytes-like value (bytes, bytearray, memoryview, anything
+        C-contiguous with the buffer protocol, e.g. a numpy array) travels
+        as msgpack bin without being copied into a msgpack buffer; a value
+        of at least the shared threshold goes through the shared ring when
+        it has room, copied there once. Raises before writing anything if
+        `value` cannot be packed."""
         raw = _raw_bytes(value)
-        if raw is not None:
-            pieces = [_bin_header(raw.nbytes), raw]
+        if raw is None:
+            pieces = (self._packer.pack(value),)
+            size = len(pieces[0])
         else:
-            pieces = [self._packer.pack(value)]
-        size = sum(len(p) if isinstance(p, bytes) else p.nbytes for p in pieces)
+            pieces = (_bin_header(raw.nbytes), raw)
+            size = len(pieces[0]) + raw.nbytes
         rings = self.rings
         if rings is not None and size >= rings[2]:
             out = rings[1]
             pos = out.reserve(size)
             if pos is not None:
                 dst = out.at(pos, size)
-                at = 0
-                for p in pieces:
-                    n = len(p) if isinstance(p, bytes) else p.nbytes
-                    dst[at:at + n] = p
-                    at += n
-                frame = dict(head)
-                frame[key] = None
+                at = len(pieces[0])
+                dst[:at] = pieces[0]
+                if len(pieces) > 1:
+                    dst[at:] = pieces[1]
+                frame = {"id": rid, "chunk": None} if chunk else {"id": rid, "ok": True,
+                                                                  "result": None}
                 frame["shm"] = [pos, size]
                 self.send(frame)
                 return size
-        pk = self._packer
-        prefix = [pk.pack_map_header(len(head) + 1)]
-        for k, v in head.items():
-            prefix.append(pk.pack(k))
-            prefix.append(pk.pack(v))
-        prefix.append(pk.pack(key))
-        prefix = b"".join(prefix)
-        self.write_pieces([_HEADER.pack(len(prefix) + size) + prefix] + pieces)
+        # {id: rid, chunk: value} or {id: rid, ok: true, result: value},
+        # the value's bytes after it.
+        rid = self._packer.pack(rid)
+        prefix = (b"\x82\xa2id" + rid + b"\xa5chunk") if chunk else (
+            b"\x83\xa2id" + rid + b"\xa2ok\xc3\xa6result")
+        if size < (1 << 16):
+            # Small: one buffer, one write (the common case, kept cheap).
+            body = prefix + b"".join(pieces)
+            self.write_raw(_HEADER.pack(len(body)) + body)
+        else:
+            self.write_pieces((_HEADER.pack(len(prefix) + size) + prefix,) + pieces)
         return size
 
     def read_frame(self):
@@ -542,7 +545,7 @@ class Worker:
         packing raises) is answered with that error instead."""
         try:
             if reply.get("ok") is True and "result" in reply and len(reply) == 3:
-                self.send_value({"id": reply["id"], "ok": True}, "result", reply["result"])
+                self.send_value(reply["id"], reply["result"])
             else:
                 self.send(reply)
         except BaseException as exc:  # noqa: BLE001
