@@ -1,5 +1,6 @@
-#include <malloc.h>
 #include "messages/wire_codec.hpp"
+
+#include <malloc.h>
 
 #include <msgpack.hpp>
 

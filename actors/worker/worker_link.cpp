@@ -211,7 +211,7 @@ admission worker_link::submit(execute& req, caf::typed_response_promise<payload>
     bool refused = false;
     if (shared_threshold_ > 0 && args.size() >= shared_threshold_) {
       // The frame without the args says how large it would be with them
-      // (the limit is the same by either way). Reserved only once admitted:
+      // (the limit is the same either way). Reserved only once admitted:
       // ring bytes never named by a frame would never be freed.
       wire::append_request(frame, ledger_.peek_id(), req.command, {}, req.session, deadline,
                            window);
