@@ -53,12 +53,15 @@ enum class error_code : uint8_t {
   unavailable,
   /// The caller (or its connection) cancelled the request.
   cancelled,
+  /// RPC only: the connection has not authenticated (`auth` with the
+  /// node's token) or gave a wrong token; it is closed after this answer.
+  unauthenticated,
   // Add new codes above this line, and their names to the table below
   // (name_of checks both).
 };
 
 /// Number of error codes, none included (the last one + 1).
-constexpr size_t error_code_count = static_cast<size_t>(error_code::cancelled) + 1;
+constexpr size_t error_code_count = static_cast<size_t>(error_code::unauthenticated) + 1;
 
 /// The wire names (name_of, from_string, to_string; names.hpp).
 template <>
@@ -78,6 +81,7 @@ struct enum_names<error_code> {
     {error_code::unknown_method, "unknown_method"},
     {error_code::unavailable, "unavailable"},
     {error_code::cancelled, "cancelled"},
+    {error_code::unauthenticated, "unauthenticated"},
   }}};
 };
 

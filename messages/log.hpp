@@ -19,12 +19,13 @@ namespace pyvisor {
 spdlog::logger& log();
 
 /// One kind of warning that a peer can cause at will (a refused connection,
-/// a forged header): logged at most once per `every`, with how many
-/// happened since the last line. Not thread-safe: one owner per instance.
+/// a forged header): at most `burst` lines per `every`, the rest counted
+/// into the next line that is due. Not thread-safe: one owner per instance.
 class log_throttle {
 public:
-  explicit log_throttle(std::chrono::steady_clock::duration every = std::chrono::seconds(10))
-    : every_(every) {
+  explicit log_throttle(std::chrono::steady_clock::duration every = std::chrono::seconds(10),
+                        uint64_t burst = 1)
+    : every_(every), burst_(burst) {
   }
 
   /// Counts one occurrence; returns how many to report (this one included)
@@ -32,10 +33,14 @@ public:
   uint64_t due() {
     ++pending_;
     auto now = std::chrono::steady_clock::now();
-    if (logged_ && now - last_ < every_)
+    if (!logged_ || now - window_ >= every_) {
+      logged_ = true;
+      window_ = now;
+      lines_ = 0;
+    }
+    if (lines_ >= burst_)
       return 0;
-    logged_ = true;
-    last_ = now;
+    ++lines_;
     auto n = pending_;
     pending_ = 0;
     return n;
@@ -43,7 +48,10 @@ public:
 
 private:
   std::chrono::steady_clock::duration every_;
-  std::chrono::steady_clock::time_point last_;
+  uint64_t burst_;
+  /// When the current window began, and the lines logged in it.
+  std::chrono::steady_clock::time_point window_;
+  uint64_t lines_ = 0;
   bool logged_ = false;
   uint64_t pending_ = 0;
 };

@@ -1,6 +1,8 @@
 #include "node/gateway.hpp"
 
 #include <atomic>
+#include <array>
+#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -14,7 +16,11 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
 
 #include "caf/actor_system.hpp"
 #include "caf/io/broker.hpp"
@@ -24,6 +30,7 @@
 #include "node/drain_gate.hpp"
 #include "node/rpc_framer.hpp"
 #include "node/rpc_request.hpp"
+#include "node/rpc_sockets.hpp"
 #include "messages/log.hpp"
 #include "messages/utf8.hpp"
 #include "pyvisor/payload.hpp"
@@ -62,20 +69,55 @@ rpc_error to_rpc_error(const caf::error& err) {
 /// correct if they ever run elsewhere.
 struct gateway_shared {
   gateway_config cfg;
+  /// SHA-256 of the token (token_file), compared in constant time; guarded
+  /// by token_mtx (replaced on reload_token_atom).
+  std::mutex token_mtx;
+  std::array<unsigned char, SHA256_DIGEST_LENGTH> token_digest{};
+  std::atomic<bool> token_required{false};
   std::atomic<size_t> buffered_input{0};
   /// Response bytes not yet written, over all connections.
   std::atomic<size_t> pending_output{0};
   /// A client decides how often these happen: logged at most every 10 s.
   std::mutex warnings_mtx;
   log_throttle closing_warning, stop_reading_warning;
+  /// A line per refused connection, up to 20 every 10 s.
+  log_throttle refused_warning{std::chrono::seconds(10), 20};
 
   /// Logs `why` unless a line of `kind` went out less than 10 s ago (then
   /// it is counted into the next one).
-  void warn(log_throttle& kind, const char* what, size_t owed, const std::string& why) {
+  void warn(log_throttle& kind, const char* what, const std::string& peer, size_t owed,
+            const std::string& why) {
     std::lock_guard<std::mutex> guard{warnings_mtx};
     if (auto n = kind.due())
-      log().warn("rpc: {} ({} time(s) since the last such line; {} replies still owed): {}",
-                 what, n, owed, why);
+      log().warn("rpc: {} from {} ({} time(s) since the last such line; {} replies still owed): {}",
+                 what, peer, n, owed, why);
+  }
+
+  /// Logs a connection refused while being admitted (TLS handshake, auth):
+  /// who and why, at most one line every 10 s (the rest counted into it).
+  void refused(const std::string& peer, const std::string& why) {
+    std::lock_guard<std::mutex> guard{warnings_mtx};
+    if (auto n = refused_warning.due())
+      log().warn("rpc: refused a connection from {}: {}{}", peer, why,
+                 n > 1 ? " (and " + std::to_string(n - 1) + " more since the last such line)"
+                       : std::string{});
+  }
+
+  void set_token(const std::string& token) {
+    std::lock_guard<std::mutex> guard{token_mtx};
+    SHA256(reinterpret_cast<const unsigned char*>(token.data()), token.size(),
+           token_digest.data());
+    token_required = true;
+  }
+
+  /// Whether `given` is the token. Both sides are hashed first, so that
+  /// the comparison takes the same time whatever `given` is (its length
+  /// included).
+  bool token_matches(const std::string& given) {
+    std::array<unsigned char, SHA256_DIGEST_LENGTH> digest{};
+    SHA256(reinterpret_cast<const unsigned char*>(given.data()), given.size(), digest.data());
+    std::lock_guard<std::mutex> guard{token_mtx};
+    return CRYPTO_memcmp(digest.data(), token_digest.data(), digest.size()) == 0;
   }
 };
 
@@ -84,6 +126,21 @@ using gateway_shared_ptr = std::shared_ptr<gateway_shared>;
 struct connection_state {
   pool_actor pool;
   gateway_shared_ptr shared;
+  /// Hears when this connection is admitted (acceptor_state::entry).
+  caf::actor acceptor;
+  /// Who is at the other end, for log lines (never the token).
+  std::string peer;
+  /// TLS on this connection (null: plaintext).
+  std::unique_ptr<tls_channel> tls;
+  /// TLS: responses' plaintext, encrypted into CAF's write buffer at each
+  /// flush; and what the last read decrypted to, before the framer takes it.
+  std::vector<char> plain_out, plain_in;
+  /// TLS: close_notify went out; the connection closes once it is written.
+  bool tls_closing = false;
+  /// The connection gave the token (or none is asked for).
+  bool authenticated = false;
+  /// TLS established (if any) and authenticated: the acceptor was told.
+  bool admitted = false;
   /// The connection as CAF accepted it: read from only.
   caf::io::connection_handle in;
   /// A second descriptor of the same socket, written to only. CAF 0.17
@@ -143,6 +200,10 @@ struct connection_state {
 using conn_ptr = std::shared_ptr<connection_state>;
 
 using message_timeout_atom = caf::atom_constant<caf::atom("gw_msg_to")>;
+/// Timer: has the connection been admitted within handshake_timeout?
+using handshake_timeout_atom = caf::atom_constant<caf::atom("gw_hs_to")>;
+/// To the acceptor: this connection is admitted (TLS up, token given).
+using admitted_atom = caf::atom_constant<caf::atom("gw_admit")>;
 /// Timer: has the client that closed its input gone (probe_peer)?
 using probe_atom = caf::atom_constant<caf::atom("gw_probe")>;
 
@@ -174,18 +235,51 @@ void close_connection(caf::io::broker* self, connection_state& st, const std::st
     return;
   st.closed = true;
   if (!why.empty()) {
-    st.shared->warn(st.shared->closing_warning, "closing a connection", st.requests.in_flight(),
+    st.shared->warn(st.shared->closing_warning, "closing a connection", st.peer,
+                    st.requests.in_flight(),
                     why);
     ++st.shared->cfg.counters->cut_off;
   }
   self->quit();
 }
 
+/// Where a response's bytes are written: CAF's write buffer, or under TLS
+/// the plaintext that encrypt_pending() moves there.
+std::vector<char>& out_buffer(caf::io::broker* self, connection_state& st) {
+  return st.tls ? st.plain_out : self->wr_buf(st.out);
+}
+
+/// TLS: encrypts what out_buffer() holds into CAF's write buffer.
+void encrypt_pending(caf::io::broker* self, connection_state& st) {
+  if (!st.tls || st.plain_out.empty())
+    return;
+  st.tls->send(st.plain_out.data(), st.plain_out.size(), self->wr_buf(st.out));
+  st.plain_out.clear();
+}
+
+/// Writes bytes the TLS layer made (handshake records, alerts,
+/// close_notify) that are already in CAF's write buffer beyond `before`.
+void flush_records(caf::io::broker* self, connection_state& st, size_t before) {
+  auto size = self->wr_buf(st.out).size();
+  if (size <= before)
+    return;
+  st.set_pending_output(st.pending_output + size - before);
+  self->flush(st.out);
+}
+
 /// Closes the connection once input has ended and every reply it is owed
-/// has been written out.
+/// has been written out (under TLS, a close_notify after them).
 void finish_if_done(caf::io::broker* self, connection_state& st) {
   if (st.reading || st.requests.in_flight() > 0 || st.pending_output > 0)
     return;
+  if (st.tls && st.tls->established() && !st.tls_closing && !st.closed) {
+    st.tls_closing = true;
+    auto before = self->wr_buf(st.out).size();
+    st.tls->shutdown(self->wr_buf(st.out));
+    flush_records(self, st, before);
+    if (st.pending_output > 0)
+      return; // data_transferred_msg comes back here
+  }
   // Quitting closes both ends; nothing is left to write, so the reading
   // end's FIN (CAF shuts the socket down on close) cannot cut a reply.
   close_connection(self, st, "");
@@ -194,6 +288,7 @@ void finish_if_done(caf::io::broker* self, connection_state& st) {
 /// Hands what was written to the socket; a client that leaves more than
 /// rpc.max-pending-output unread is cut off.
 void flush_or_cut_off(caf::io::broker* self, connection_state& st) {
+  encrypt_pending(self, st);
   self->flush(st.out);
   if (st.pending_output > st.shared->cfg.max_pending_output)
     close_connection(self, st,
@@ -210,7 +305,7 @@ void write_response(caf::io::broker* self, connection_state& st, uint32_t msgid,
                     const rpc_error* err, std::vector<char>* result) {
   if (st.closed)
     return;
-  auto& out = self->wr_buf(st.out);
+  auto& out = out_buffer(self, st);
   auto before = out.size();
   detail::vector_writer w{out};
   packer pk{w};
@@ -251,10 +346,16 @@ void write_response(caf::io::broker* self, connection_state& st, uint32_t msgid,
     // shares): once the header is handed to the socket, CAF's write buffer
     // is usually empty and simply takes the result's memory.
     auto size = result->size();
-    if (size >= large_result)
+    if (st.tls) {
+      // Encrypted from where it is (the header first): no staging copy.
+      encrypt_pending(self, st);
+      st.tls->send(result->data(), size, self->wr_buf(st.out));
+    } else if (size >= large_result)
       self->flush(st.out);
     auto& rest = self->wr_buf(st.out);
-    if (size >= large_result && rest.empty()) {
+    if (st.tls) {
+      // written above
+    } else if (size >= large_result && rest.empty()) {
       rest.swap(*result);
     } else {
       rest.reserve(rest.size() + size);
@@ -285,7 +386,7 @@ void credit_streams(caf::io::broker* self, connection_state& st) {
 /// [2, "chunk", [msgid, value]], the value's bytes as the worker made them.
 void write_chunk(caf::io::broker* self, connection_state& st, uint32_t msgid,
                  const std::vector<char>& value) {
-  auto& out = self->wr_buf(st.out);
+  auto& out = out_buffer(self, st);
   auto before = out.size();
   detail::vector_writer w{out};
   packer pk{w};
@@ -316,13 +417,36 @@ void stop_reading(caf::io::broker* self, connection_state& st, std::optional<uin
                   error_code code, const std::string& why) {
   if (!st.reading || st.closed)
     return;
-  st.shared->warn(st.shared->stop_reading_warning, "no more input taken from a connection",
+  st.shared->warn(st.shared->stop_reading_warning, "no more input taken from a connection", st.peer,
                   st.requests.in_flight(), why);
   ++st.shared->cfg.counters->cut_off;
   if (msgid)
     respond_error(self, st, *msgid, rpc_error_of(code, why));
   self->halt(st.in);
   release_input(st);
+  finish_if_done(self, st);
+}
+
+/// Tells the acceptor once the connection's TLS (if any) is established
+/// and its token (if asked for) given: it is no longer among those a new
+/// connection may displace.
+void admit_if_ready(caf::io::broker* self, connection_state& st) {
+  if (st.admitted || !st.authenticated || (st.tls && !st.tls->established()))
+    return;
+  st.admitted = true;
+  self->send(st.acceptor, admitted_atom::value);
+}
+
+/// The connection failed its admission (`why`, logged with the peer): no
+/// more input; it closes once what it is owed (an `unauthenticated`
+/// answer, a TLS alert) is written.
+void refuse(caf::io::broker* self, connection_state& st, const std::string& why) {
+  st.shared->refused(st.peer, why);
+  ++st.shared->cfg.counters->refused_admission;
+  if (st.reading) {
+    self->halt(st.in);
+    release_input(st);
+  }
   finish_if_done(self, st);
 }
 
@@ -364,6 +488,27 @@ void forward(caf::io::broker* self, conn_ptr st, uint32_t msgid, bool notificati
 bool handle_message(caf::io::broker* self, conn_ptr st, const char* data, size_t size) {
   using verdict = rpc_message::verdict;
   auto m = decode_rpc_message(data, size);
+  bool is_auth = m.what == verdict::call && m.method == "auth";
+  if (!st->authenticated || (is_auth && st->shared->token_required)) {
+    // With a token, a connection's first message must be `auth` with it;
+    // anything else ends the connection after its answer.
+    if (is_auth && st->shared->token_matches(m.token)) {
+      st->authenticated = true;
+      if (!m.notification)
+        respond(self, *st, m.msgid, pack(true).bytes);
+      admit_if_ready(self, *st);
+      return true;
+    }
+    bool answerable = m.what == verdict::reject || (m.what == verdict::call && !m.notification);
+    if (answerable)
+      respond_error(self, *st, m.msgid,
+                    rpc_error_of(error_code::unauthenticated,
+                                 is_auth ? "wrong token; the connection is closed"
+                                         : "this node needs a token: call auth [token] first "
+                                           "(rpc.token-file); the connection is closed"));
+    refuse(self, *st, is_auth ? "a wrong token" : "a message before auth");
+    return true;
+  }
   switch (m.what) {
     case verdict::close:
       return false;
@@ -424,6 +569,10 @@ bool handle_message(caf::io::broker* self, conn_ptr st, const char* data, size_t
     self->send(st->pool, cancel_atom::value, uint64_t{m.cancel_id} + 1);
     if (!notification)
       respond(self, *st, msgid, pack(true).bytes);
+  } else if (m.method == "auth") {
+    // No token asked for (or given already): nothing to check.
+    if (!notification)
+      respond(self, *st, msgid, pack(true).bytes);
   } else if (m.method == "stats") {
     forward<pool_stats>(self, st, msgid, notification, 0,
                         [](const pool_stats& x) { return pack(x).bytes; }, status_atom::value);
@@ -431,7 +580,7 @@ bool handle_message(caf::io::broker* self, conn_ptr st, const char* data, size_t
     respond_error(self, *st, msgid,
                   rpc_error_of(error_code::unknown_method,
                                "no method '" + m.method
-                                 + "' (known: ping, execute, cancel, session.end, stats)"));
+                                 + "' (known: ping, execute, cancel, session.end, stats, auth)"));
   }
   return true;
 }
@@ -522,15 +671,16 @@ void probe_peer(caf::io::broker* self, const conn_ptr& st) {
   // Not while it streams: a chunk would follow the response's first byte.
   // Its next chunk's write finds a gone client instead.
   if (!st->probe_sent && st->pending_output == 0 && st->streams.empty()) {
-    self->wr_buf(st->out).push_back(static_cast<char>(0x94));
+    out_buffer(self, *st).push_back(static_cast<char>(0x94));
     st->set_pending_output(st->pending_output + 1);
+    encrypt_pending(self, *st);
     self->flush(st->out);
     st->probe_sent = true;
   }
   if (st->probe_sent) {
     pollfd p{static_cast<int>(st->out.id()), POLLOUT, 0};
     if (::poll(&p, 1, 0) > 0 && (p.revents & (POLLERR | POLLHUP)) != 0) {
-      log().info("rpc: a client left with {} requests running; cancelling them",
+      log().info("rpc: {} left with {} requests running; cancelling them", st->peer,
                  st->requests.in_flight());
       close_connection(self, *st, "");
       return;
@@ -539,16 +689,67 @@ void probe_peer(caf::io::broker* self, const conn_ptr& st) {
   self->delayed_send(self, probe_interval, probe_atom::value);
 }
 
+/// Input ended: the replies still owed are delivered on the writing end
+/// before the connection closes.
+void end_of_input(caf::io::broker* self, const conn_ptr& st) {
+  if (st->framer.in_message())
+    log().info("rpc: {} closed its connection in the middle of a message", st->peer);
+  release_input(*st);
+  finish_if_done(self, *st);
+  probe_peer(self, st);
+}
+
+/// Bytes read from a TLS connection: the handshake's, or records whose
+/// plaintext goes to the framer.
+void receive_tls(caf::io::broker* self, const conn_ptr& st, const std::vector<char>& buf) {
+  auto& tls = *st->tls;
+  bool was_established = tls.established();
+  st->plain_in.clear();
+  auto before = self->wr_buf(st->out).size();
+  bool ok = tls.receive(buf.data(), buf.size(), st->plain_in, self->wr_buf(st->out));
+  flush_records(self, *st, before);
+  if (!ok) {
+    if (!was_established) {
+      refuse(self, *st, tls.error());
+    } else {
+      // A forged or corrupt record: nothing more can be read or written.
+      st->shared->warn(st->shared->closing_warning, "closing a connection", st->peer,
+                       st->requests.in_flight(), tls.error());
+      close_connection(self, *st, "");
+    }
+    return;
+  }
+  if (!was_established && tls.established()) {
+    log().debug("rpc: {}: {}", st->peer, tls.describe());
+    admit_if_ready(self, *st);
+  }
+  if (!st->plain_in.empty()) {
+    st->framer.append(st->plain_in.data(), st->plain_in.size());
+    consume_input(self, st);
+  }
+  if (tls.peer_closed() && st->reading && !st->closed)
+    end_of_input(self, st);
+}
+
 caf::behavior connection(caf::io::broker* self, caf::io::connection_handle hdl, pool_actor pool,
-                         gateway_shared_ptr shared) {
+                         gateway_shared_ptr shared, caf::actor acceptor, bool unix_socket) {
   auto st = std::make_shared<connection_state>(shared->cfg);
   st->pool = std::move(pool);
   st->shared = std::move(shared);
+  st->acceptor = std::move(acceptor);
   st->in = hdl;
+  st->peer = describe_peer(static_cast<int>(hdl.id()));
+  // Local clients are few and long-lived; their uid/pid is worth a line.
+  if (unix_socket)
+    log().info("rpc: connection from {}", st->peer);
+  else
+    log().debug("rpc: connection from {}", st->peer);
   ++st->shared->cfg.counters->open;
-  self->attach_functor([st](const caf::error&) {
+  self->attach_functor([st, unix_socket](const caf::error&) {
     release_input(*st);
     --st->shared->cfg.counters->open;
+    if (unix_socket)
+      log().info("rpc: connection from {} closed", st->peer);
   });
   // The writing end: a duplicate of the socket's descriptor (CAF 0.17's
   // default multiplexer names a connection by its descriptor).
@@ -564,13 +765,36 @@ caf::behavior connection(caf::io::broker* self, caf::io::connection_handle hdl, 
   self->configure_read(hdl, caf::io::receive_policy::at_most(65536));
   // Reports how much of what we wrote is still waiting for the socket.
   self->ack_writes(st->out, true);
+  if (!unix_socket && st->shared->cfg.tls)
+    st->tls = std::make_unique<tls_channel>(st->shared->cfg.tls);
+  st->authenticated = !st->shared->token_required;
+  admit_if_ready(self, *st);
+  if (!st->admitted)
+    self->delayed_send(self, st->shared->cfg.handshake_timeout, handshake_timeout_atom::value);
   return {
     [self, st](const caf::io::new_data_msg& msg) {
       if (!st->reading)
         return;
       st->shared->cfg.counters->bytes_received += msg.buf.size();
+      if (st->tls) {
+        receive_tls(self, st, msg.buf);
+        return;
+      }
       st->framer.append(msg.buf.data(), msg.buf.size());
       consume_input(self, st);
+    },
+    [self, st](handshake_timeout_atom) {
+      if (st->admitted || st->closed)
+        return;
+      auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                  st->shared->cfg.handshake_timeout)
+                  .count();
+      st->shared->refused(st->peer, (st->tls && !st->tls->established()
+                                       ? "no TLS handshake within "
+                                       : "no auth within ")
+                                      + std::to_string(ms) + " ms (rpc.handshake-timeout)");
+      ++st->shared->cfg.counters->refused_admission;
+      close_connection(self, *st, "");
     },
     [self, st](message_timeout_atom) { check_message_timeout(self, st); },
     [self, st](const caf::io::data_transferred_msg& msg) {
@@ -594,13 +818,8 @@ caf::behavior connection(caf::io::broker* self, caf::io::connection_handle hdl, 
         close_connection(self, *st, "");
         return;
       }
-      // End of input (a close or a half-close): the replies still owed are
-      // delivered on the writing end before the connection closes.
-      if (st->framer.in_message())
-        log().info("rpc: a client closed its connection in the middle of a message");
-      release_input(*st);
-      finish_if_done(self, *st);
-      probe_peer(self, st);
+      // End of input (a close or a half-close).
+      end_of_input(self, st);
     },
     [self, st](probe_atom) { probe_peer(self, st); },
     [self, st](drain_atom) {
@@ -613,38 +832,76 @@ caf::behavior connection(caf::io::broker* self, caf::io::connection_handle hdl, 
 // -- the acceptor ---------------------------------------------------------------
 
 struct acceptor_state {
-  std::vector<caf::actor> connections;
+  /// Open connections in the order they came; `admitted` once they said so
+  /// (admitted_atom): the others may be displaced at max_connections.
+  struct entry {
+    caf::actor actor;
+    bool admitted = false;
+  };
+  std::vector<entry> connections;
   /// Connections refused for max_connections since the last warning.
-  size_t refused = 0;
-  std::chrono::steady_clock::time_point last_warning;
+  log_throttle refused_warning, displaced_warning;
   caf::io::accept_handle doorman;
+  /// The Unix socket's (valid only with cfg.unix_path).
+  caf::io::accept_handle unix_doorman;
+  bool has_unix = false;
   uint16_t port = 0;
   caf::error bind_error;
   /// Connections still draining; closed by drain_atom.
   drain_gate connection_drains;
 };
 
+/// The acceptor's listening sockets: TCP (unless cfg.tcp is false) and the
+/// Unix socket; the first failure in `st->bind_error`.
+void listen(caf::io::broker* self, acceptor_state& st, const gateway_config& cfg) {
+  if (cfg.tcp) {
+    auto res = self->add_tcp_doorman(cfg.port, cfg.host.c_str(), true);
+    if (!res) {
+      st.bind_error = res.error();
+      return;
+    }
+    st.doorman = res->first;
+    st.port = res->second;
+  }
+  if (!cfg.unix_path.empty()) {
+    std::string why;
+    auto fd = listen_unix(cfg.unix_path, cfg.unix_mode, why);
+    if (fd < 0) {
+      st.bind_error = make_error(error_code::bad_request, why);
+      return;
+    }
+    st.unix_doorman = self->add_doorman(fd);
+    st.has_unix = true;
+  }
+}
+
 caf::behavior acceptor(caf::io::broker* self, pool_actor pool, gateway_config cfg) {
   auto st = std::make_shared<acceptor_state>();
   auto shared = std::make_shared<gateway_shared>();
   shared->cfg = cfg;
-  auto res = self->add_tcp_doorman(cfg.port, cfg.host.c_str(), true);
-  if (!res) {
-    st->bind_error = res.error();
-  } else {
-    st->doorman = res->first;
-    st->port = res->second;
+  if (!cfg.token_file.empty()) {
+    if (auto token = read_token_file(cfg.token_file))
+      shared->set_token(*token);
+    else
+      st->bind_error = token.error();
   }
-  // However the acceptor ends, its connections end with it.
-  self->attach_functor([st](const caf::error&) {
+  if (!st->bind_error)
+    listen(self, *st, cfg);
+  // However the acceptor ends, its connections end with it, and so does
+  // its socket file.
+  self->attach_functor([st, path = cfg.unix_path](const caf::error&) {
     for (auto& c : st->connections)
-      caf::anon_send_exit(c, caf::exit_reason::kill);
+      caf::anon_send_exit(c.actor, caf::exit_reason::kill);
+    if (st->has_unix)
+      ::unlink(path.c_str());
   });
-  self->set_down_handler([st](caf::down_msg& dm) {
-    auto& cs = st->connections;
-    cs.erase(std::remove_if(cs.begin(), cs.end(),
-                            [&](const caf::actor& a) { return a.address() == dm.source; }),
-             cs.end());
+  auto find = [st](const caf::actor_addr& who) {
+    return std::find_if(st->connections.begin(), st->connections.end(),
+                        [&](const acceptor_state::entry& e) { return e.actor.address() == who; });
+  };
+  self->set_down_handler([st, find](caf::down_msg& dm) {
+    if (auto i = find(dm.source); i != st->connections.end())
+      st->connections.erase(i);
   });
   return {
     [self, st, pool, shared](const caf::io::new_connection_msg& msg) {
@@ -655,24 +912,51 @@ caf::behavior acceptor(caf::io::broker* self, pool_actor pool, gateway_config cf
         ++counters.refused;
         return;
       }
-      if (st->connections.size() >= shared->cfg.max_connections) {
-        // Accepted and closed at once: the client learns immediately, and
-        // the listening socket never stays readable (a busy loop).
-        self->close(msg.handle);
-        ++st->refused;
-        ++counters.refused;
-        auto now = std::chrono::steady_clock::now();
-        if (st->refused == 1 || now - st->last_warning > std::chrono::seconds(10)) {
-          log().warn("rpc: refused {} connection(s): {} are open (rpc.max-connections)",
-                     st->refused, st->connections.size());
-          st->refused = 0;
-          st->last_warning = now;
+      auto& cs = st->connections;
+      if (cs.size() >= shared->cfg.max_connections) {
+        // Connections that have not finished their handshake (or auth) make
+        // room first, the oldest of them: clients that never finish one
+        // cannot lock out those that do.
+        auto i = std::find_if(cs.begin(), cs.end(),
+                              [](const acceptor_state::entry& e) { return !e.admitted; });
+        if (i != cs.end()) {
+          caf::anon_send_exit(i->actor, caf::exit_reason::kill);
+          cs.erase(i);
+          ++counters.refused_admission;
+          if (auto n = st->displaced_warning.due())
+            log().warn("rpc: closed {} connection(s) still in their TLS handshake or before "
+                       "auth to admit new ones: {} are open (rpc.max-connections)",
+                       n, cs.size() + 1);
+        } else {
+          // Accepted and closed at once: the client learns immediately, and
+          // the listening socket never stays readable (a busy loop).
+          self->close(msg.handle);
+          ++counters.refused;
+          if (auto n = st->refused_warning.due())
+            log().warn("rpc: refused {} connection(s): {} are open (rpc.max-connections)", n,
+                       cs.size());
+          return;
         }
-        return;
       }
-      auto c = self->fork(connection, msg.handle, pool, shared);
+      bool unix_socket = st->has_unix && msg.source == st->unix_doorman;
+      auto c = self->fork(connection, msg.handle, pool, shared,
+                          caf::actor_cast<caf::actor>(self), unix_socket);
       self->monitor(c);
-      st->connections.push_back(c);
+      cs.push_back({c, false});
+    },
+    [self, st, find](admitted_atom) {
+      if (auto i = find(caf::actor_cast<caf::actor_addr>(self->current_sender()));
+          i != st->connections.end())
+        i->admitted = true;
+    },
+    [self, shared](reload_token_atom) -> caf::result<bool> {
+      if (shared->cfg.token_file.empty())
+        return true;
+      auto token = read_token_file(shared->cfg.token_file);
+      if (!token)
+        return token.error();
+      shared->set_token(*token);
+      return true;
     },
     [st](port_atom) -> caf::result<uint16_t> {
       if (st->bind_error)
@@ -680,11 +964,14 @@ caf::behavior acceptor(caf::io::broker* self, pool_actor pool, gateway_config cf
       return st->port;
     },
     [self, st](drain_atom) {
-      self->close(st->doorman);
+      if (self->valid(st->doorman))
+        self->close(st->doorman);
+      if (st->has_unix)
+        self->close(st->unix_doorman);
       // A connection that ends meanwhile (error) has nothing left to drain.
-      for (auto& c : st->connections) {
+      for (auto& e : st->connections) {
         st->connection_drains.enter();
-        self->request(c, caf::infinite, drain_atom::value)
+        self->request(e.actor, caf::infinite, drain_atom::value)
           .then([st](bool) { st->connection_drains.leave(); },
                 [st](caf::error&) { st->connection_drains.leave(); });
       }
@@ -694,6 +981,30 @@ caf::behavior acceptor(caf::io::broker* self, pool_actor pool, gateway_config cf
 }
 
 } // namespace
+
+caf::expected<std::string> read_token_file(const std::string& path) {
+  auto fail = [&](const std::string& why) {
+    return make_error(error_code::bad_request, "rpc.token-file=" + path + ": " + why);
+  };
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return fail(std::string{"cannot open it: "} + std::strerror(errno));
+  std::string token;
+  char buf[4097];
+  ssize_t n;
+  while ((n = ::read(fd, buf, sizeof(buf))) > 0 && token.size() <= 4096)
+    token.append(buf, static_cast<size_t>(n));
+  ::close(fd);
+  if (n < 0)
+    return fail(std::string{"cannot read it: "} + std::strerror(errno));
+  if (token.size() > 4096)
+    return fail("larger than 4096 bytes: a token file holds the token only");
+  while (!token.empty() && std::isspace(static_cast<unsigned char>(token.back())))
+    token.pop_back();
+  if (token.empty())
+    return fail("it is empty (write a long random token to it, e.g. `openssl rand -hex 32`)");
+  return token;
+}
 
 caf::expected<std::pair<caf::actor, uint16_t>> spawn_gateway(caf::actor_system& sys,
                                                             pool_actor pool,

@@ -1,4 +1,5 @@
-// The network gateway: MessagePack-RPC over TCP in front of a pool.
+// The network gateway: MessagePack-RPC over TCP (plaintext or TLS) and a
+// Unix domain socket in front of a pool.
 //
 // One CAF broker accepts connections; each connection gets its own broker,
 // so a slow or stalled client never blocks another. Requests
@@ -12,6 +13,10 @@
 //                                  that request of this connection
 //   session.end [id]            -> true
 //   stats                       -> map (workers, sessions, queue, replies, ...)
+//   auth [token]                -> true; with a token file, the first call of
+//                                  every connection (anything before it, or
+//                                  a wrong token, is answered
+//                                  `unauthenticated` and the connection closed)
 // Errors are maps {code, message} plus `details` (a Python traceback) and
 // `type` where useful; code is a runtime error code, or unknown_method /
 // bad_request for RPC misuse.
@@ -25,6 +30,14 @@
 // closes it. Nothing already accepted is dropped; the same holds when a
 // client half-closes after sending. Only a client that leaves more than
 // max_pending_output bytes of responses unread is cut off at once.
+//
+// Admission: a connection's TLS handshake and its `auth` (when asked for)
+// must complete within handshake_timeout. A refused handshake (no client
+// certificate, a foreign one, not TLS at all) is logged with the peer
+// (address, or uid/pid on the Unix socket) and the reason, rate-limited.
+// While connections are still being admitted, a new one at max_connections
+// closes the oldest of them instead of being refused: clients that never
+// finish a handshake cannot lock out those that do.
 //
 // Limits that protect the node from any one client: max_connections (more
 // are accepted and closed at once, logged; never a busy accept loop),
@@ -45,6 +58,7 @@
 #include "caf/fwd.hpp"
 #include "caf/timespan.hpp"
 
+#include "node/rpc_tls.hpp"
 #include "pyvisor/pool.hpp"
 
 namespace pyvisor {
@@ -58,6 +72,10 @@ struct gateway_counters {
   std::atomic<uint64_t> accepted{0};
   /// Accepted and closed at once: max_connections reached or draining.
   std::atomic<uint64_t> refused{0};
+  /// Closed while being admitted: a failed TLS handshake (no client
+  /// certificate, a foreign one, not TLS), no or a wrong token, the
+  /// handshake timeout, displaced at max_connections.
+  std::atomic<uint64_t> refused_admission{0};
   /// Closed by the node: input it could not go on with (malformed, too
   /// large, too slow, input buffers full) or output the client left unread.
   std::atomic<uint64_t> cut_off{0};
@@ -90,14 +108,41 @@ struct gateway_config {
   caf::timespan message_timeout = std::chrono::seconds(60);
   /// Where the gateway counts (null: a private set nobody reads).
   std::shared_ptr<gateway_counters> counters;
+  /// Listen on TCP (host, port). False only with a Unix socket
+  /// (rpc.port=0 and rpc.unix-path set).
+  bool tcp = true;
+  /// TLS on the TCP endpoint (null: plaintext), loaded by the caller
+  /// (tls_server_context::make). The Unix socket is never TLS: its file
+  /// mode says who may connect.
+  std::shared_ptr<tls_server_context> tls;
+  /// A file holding the token every connection must give (`auth [token]`)
+  /// before anything else; empty: none asked for. Read at start and again
+  /// on reload_token_atom; the token is never logged.
+  std::string token_file;
+  /// Time a connection has to finish its TLS handshake and its `auth`;
+  /// closed after it.
+  caf::timespan handshake_timeout = std::chrono::seconds(10);
+  /// A Unix domain socket to listen on as well (empty: none), with this
+  /// file mode (only its owner and group by default).
+  std::string unix_path;
+  unsigned unix_mode = 0660;
 };
+
+/// Asks the gateway to read its token file again (SIGHUP): answered true,
+/// or the reason the old token stays.
+using reload_token_atom = caf::atom_constant<caf::atom("gw_reltok")>;
+
+/// Reads a token file: its content without trailing whitespace. The reason
+/// (naming rpc.token-file, never quoting the file) when it is unreadable,
+/// empty or larger than 4 KiB.
+caf::expected<std::string> read_token_file(const std::string& path);
 
 /// Asks the gateway to stop accepting, refuse new requests with
 /// shutting_down, and answer (true) once no request is in flight.
 using drain_atom = caf::atom_constant<caf::atom("gw_drain")>;
 
-/// Starts the gateway; returns the acceptor actor and the bound port, or the
-/// reason binding failed.
+/// Starts the gateway; returns the acceptor actor and the bound TCP port (0
+/// without TCP), or the reason binding (or reading the token) failed.
 caf::expected<std::pair<caf::actor, uint16_t>> spawn_gateway(caf::actor_system& sys,
                                                             pool_actor pool,
                                                             gateway_config cfg);

@@ -6,9 +6,12 @@
 // that; then listen on rpc.host:rpc.port and, if publish.port is set,
 // publish the pool's client endpoint (never the pool itself) to CAF
 // applications and cluster fronts, over TLS with publish.tls. Once
-// listening it prints one line to stdout, "pyvisor-node listening on
-// HOST:PORT", so that scripts (and tests using rpc.port=0) can find it.
+// listening it prints a line to stdout, "pyvisor-node listening on
+// HOST:PORT" (and "... on unix:PATH" for rpc.unix-path), so that scripts
+// (and tests using rpc.port=0) can find it.
 //
+// SIGHUP (systemctl reload): read rpc.token-file again (a token that cannot
+// be read leaves the old one in force); the node serves on.
 // SIGTERM / SIGINT: stop accepting connections and new requests, let the
 // requests in flight finish (up to node.shutdown-timeout), stop the workers
 // (each is asked first and killed after pool.shutdown-timeout), exit 0.
@@ -58,11 +61,19 @@ constexpr int exit_pool_failed = 3;
 
 using signal_atom = caf::atom_constant<caf::atom("nd_signal")>;
 
-int wait_for_signal() {
+/// The signals the node handles (blocked in every thread, taken by
+/// sigwait in one).
+sigset_t handled_signals() {
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGHUP);
+  return set;
+}
+
+int wait_for_signal() {
+  auto set = handled_signals();
   int sig = 0;
   sigwait(&set, &sig);
   return sig;
@@ -114,6 +125,16 @@ std::string guard_ports(const node_config& cfg) {
                                      cfg.openssl_passphrase, cfg.openssl_cafile,
                                      cfg.openssl_capath);
   return {};
+}
+
+/// Where the RPC endpoint listens, for log lines.
+std::string endpoints(const node_config& cfg, uint16_t port) {
+  std::string result;
+  if (cfg.rpc.port != 0 || cfg.rpc.unix_path.empty())
+    result = cfg.rpc.host + ":" + std::to_string(port);
+  if (!cfg.rpc.unix_path.empty())
+    result += (result.empty() ? "unix:" : " and unix:") + cfg.rpc.unix_path;
+  return result;
 }
 
 bool stop_within(caf::scoped_actor& self, const caf::actor& who, caf::exit_reason reason,
@@ -176,7 +197,15 @@ int run(caf::actor_system& sys, const node_config& cfg) {
     served = pool;
   }
   // Metrics from the start, so that a slow or failing start-up shows.
-  auto rpc = cfg.rpc;
+  std::string rpc_problem;
+  auto rpc_cfg = cfg.make_gateway_config(rpc_problem);
+  if (!rpc_cfg) {
+    // Checked at start-up already; a file that changed since.
+    log().error("{}", rpc_problem);
+    parts.stop_all();
+    return 1;
+  }
+  auto& rpc = *rpc_cfg;
   rpc.counters = std::make_shared<gateway_counters>();
   std::unique_ptr<metrics_exporter> metrics;
   if (cfg.metrics_port != 0) {
@@ -239,14 +268,19 @@ int run(caf::actor_system& sys, const node_config& cfg) {
   }
   auto gw = spawn_gateway(sys, served, rpc);
   if (!gw) {
-    log().error("cannot listen on {}:{} (rpc.host, rpc.port): {}", cfg.rpc.host, cfg.rpc.port,
-                sys.render(gw.error()));
+    log().error("cannot listen on {} (rpc.host, rpc.port, rpc.unix-path, rpc.token-file): {}",
+                endpoints(cfg, cfg.rpc.port), to_string_readable(gw.error()));
     parts.stop_all();
     return 1;
   }
   auto [gateway, port] = *gw;
   parts.gateway = gateway;
-  log().info("listening for MessagePack-RPC on {}:{}", cfg.rpc.host, port);
+  log().info("listening for MessagePack-RPC on {}{}{}", endpoints(cfg, port),
+             rpc.tls ? (rpc.tls->verifies_clients()
+                          ? " (TLS on TCP, clients need a certificate signed by rpc.client-ca)"
+                          : " (TLS on TCP)")
+                     : "",
+             rpc.token_file.empty() ? "" : "; every connection must first auth with the token");
   if (cfg.publish_port != 0) {
     auto published = publish_pool(sys, pool, cfg.make_publish_config());
     if (!published) {
@@ -260,23 +294,50 @@ int run(caf::actor_system& sys, const node_config& cfg) {
                cfg.publish_tls ? "TLS, peers need a certificate signed by openssl.cafile"
                                : "no TLS");
   }
-  std::cout << "pyvisor-node listening on " << cfg.rpc.host << ":" << port << std::endl;
+  if (rpc.tcp)
+    std::cout << "pyvisor-node listening on " << cfg.rpc.host << ":" << port << std::endl;
+  if (!rpc.unix_path.empty())
+    std::cout << "pyvisor-node listening on unix:" << rpc.unix_path << std::endl;
   service.ready(sys, served, status_line(first_stats));
   // Wait for a stop signal or for the pool's keeper to give up (only with
   // node.on-pool-failure=exit does it ever quit on its own; a cluster front
   // never does).
   self->monitor(pool ? pool : served);
   std::thread signal_waiter{[hdl = caf::actor_cast<caf::actor>(self)] {
-    caf::anon_send(hdl, signal_atom::value, wait_for_signal());
+    for (;;) {
+      auto s = wait_for_signal();
+      caf::anon_send(hdl, signal_atom::value, s);
+      if (s != SIGHUP)
+        return;
+    }
   }};
   int sig = 0;
   caf::error pool_down;
   bool pool_gone = false;
-  self->receive([&](signal_atom, int s) { sig = s; },
-                [&](caf::down_msg& dm) {
-                  pool_gone = true;
-                  pool_down = dm.reason;
-                });
+  while (sig == 0 && !pool_gone)
+    self->receive(
+      [&](signal_atom, int s) {
+        if (s != SIGHUP) {
+          sig = s;
+          return;
+        }
+        // SIGHUP (systemctl reload): the token file is read again; a
+        // token that cannot be read leaves the old one in force.
+        if (rpc.token_file.empty()) {
+          log().info("received SIGHUP: nothing to reload (no rpc.token-file)");
+          return;
+        }
+        self->request(gateway, std::chrono::seconds(10), reload_token_atom::value)
+          .receive([&](bool) { log().info("received SIGHUP: rpc.token-file read again"); },
+                   [&](caf::error& err) {
+                     log().error("received SIGHUP: the old token stays in force: {}",
+                                 to_string_readable(err));
+                   });
+      },
+      [&](caf::down_msg& dm) {
+        pool_gone = true;
+        pool_down = dm.reason;
+      });
   if (pool_gone) {
     // Wake the waiter with a signal of its own (blocked everywhere, so only
     // its sigwait takes it).
@@ -321,10 +382,7 @@ int run(caf::actor_system& sys, const node_config& cfg) {
 int main(int argc, char** argv) {
   // Only the main thread's sigwait sees the stop signals: block them before
   // CAF starts its threads (children get an empty mask again).
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
+  auto set = handled_signals();
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   for (int i = 1; i < argc; ++i)
     if (std::string_view{argv[i]} == "--version") {

@@ -173,6 +173,11 @@ void add_gateway(std::vector<MetricFamily>& out, const gateway_counters& c) {
     {"pyvisor_rpc_connections_refused_total",
      "RPC connections closed at once (rpc.max-connections reached, or draining)", T::Counter,
      val(c.refused)},
+    {"pyvisor_rpc_connections_unadmitted_total",
+     "RPC connections closed before they were admitted: a failed TLS handshake (no or a "
+     "foreign client certificate, not TLS), no or a wrong token, rpc.handshake-timeout, or "
+     "displaced by a new connection at rpc.max-connections",
+     T::Counter, val(c.refused_admission)},
     {"pyvisor_rpc_connections_cut_off_total",
      "RPC connections the node stopped reading or closed: malformed, too large or too slow "
      "input, input buffers full, responses left unread",

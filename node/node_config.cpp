@@ -25,6 +25,21 @@ constexpr caf::timespan longest_duration = std::chrono::hours(24 * 365);
 /// The smallest CAF message limit that never ends a caller's connection:
 /// a front forwards what its clients send, a node answers what its workers
 /// return.
+/// An octal file mode ("0660", "660"), at most 0777.
+std::optional<unsigned> parse_mode(const std::string& text) {
+  if (text.empty() || text.size() > 4)
+    return std::nullopt;
+  unsigned mode = 0;
+  for (char c : text) {
+    if (c < '0' || c > '7')
+      return std::nullopt;
+    mode = mode * 8 + static_cast<unsigned>(c - '0');
+  }
+  if (mode > 0777)
+    return std::nullopt;
+  return mode;
+}
+
 size_t least_message_limit(const gateway_config& rpc, const pool_config& pool) {
   return std::max(rpc.max_message_size, pool.worker.max_frame_size) + (size_t{1} << 20);
 }
@@ -149,7 +164,23 @@ node_config::node_config()
     .add(rpc.max_buffered_input, "max-buffered-input",
          "bytes of unfinished messages held across all connections")
     .add(rpc.message_timeout, "message-timeout",
-         "time a message may take from its first byte to its last");
+         "time a message may take from its first byte to its last")
+    .add(rpc_tls, "tls", "serve the TCP endpoint over TLS (needs rpc.certificate and rpc.key)")
+    .add(rpc_tls_files.certificate, "certificate", "PEM certificate chain of the TLS endpoint")
+    .add(rpc_tls_files.key, "key", "PEM private key of rpc.certificate")
+    .add(rpc_tls_files.key_passphrase, "key-passphrase", "passphrase of an encrypted rpc.key")
+    .add(rpc_tls_files.client_ca, "client-ca",
+         "require a client certificate signed by this PEM CA (with rpc.tls)")
+    .add(rpc.token_file, "token-file",
+         "file holding the token each connection must first give (auth [token]); re-read "
+         "on SIGHUP")
+    .add(rpc.handshake_timeout, "handshake-timeout",
+         "time a connection has to finish its TLS handshake and its auth")
+    .add(rpc.unix_path, "unix-path",
+         "also listen on this Unix domain socket (with rpc.port=0: only on it)")
+    .add(rpc_unix_mode, "unix-mode", "file mode of rpc.unix-path, octal")
+    .add(rpc_insecure, "insecure",
+         "allow an rpc.host that is not loopback without TLS and authentication");
   opt_group{custom_options_, "publish"}
     .add(publish_port, "port",
          "publish the pool (its client endpoint: execute, session end, stats) to CAF "
@@ -188,7 +219,9 @@ node_config::node_config()
   opt_group{custom_options_, "metrics"}
     .add(metrics_port, "port",
          "serve Prometheus metrics on http://HOST:PORT/metrics (0: off)")
-    .add(metrics_host, "host", "address the metrics endpoint listens on");
+    .add(metrics_host, "host", "address the metrics endpoint listens on")
+    .add(metrics_insecure, "insecure",
+         "allow a metrics.host that is not loopback (plain HTTP, no authentication)");
   auto& rb = pool.restart.backoff;
   opt_group{custom_options_, "node"}
     .add(node_shutdown_timeout, "shutdown-timeout", "time in-flight requests get on SIGTERM")
@@ -663,6 +696,8 @@ std::string node_config::validate() const {
     return "invalid value for 'rpc.max-buffered-input': below rpc.max-message-size";
   if (!positive(rpc.message_timeout))
     return "invalid value for 'rpc.message-timeout': must be > 0";
+  if (auto problem = check_rpc_access(); !problem.empty())
+    return problem;
   if (!positive(node_shutdown_timeout))
     return "invalid value for 'node.shutdown-timeout': must be > 0";
   if (node_on_pool_failure != "restart" && node_on_pool_failure != "exit")
@@ -687,6 +722,62 @@ pool_config node_config::make_pool_config() const {
   cfg.mode = session_mode == "hint" ? affinity_mode::hint : affinity_mode::strict;
   from_string(pool_start_method, cfg.start); // checked by validate()
   cfg.restart.enabled = node_on_pool_failure == "restart";
+  return cfg;
+}
+
+std::string node_config::check_rpc_access() const {
+  if (rpc.handshake_timeout.count() <= 0)
+    return "invalid value for 'rpc.handshake-timeout': must be > 0";
+  if (!parse_mode(rpc_unix_mode))
+    return "invalid value for 'rpc.unix-mode': \"" + rpc_unix_mode
+           + "\" (an octal file mode such as \"0660\", at most 0777)";
+  if (!rpc_tls) {
+    for (auto [key, value] : {std::pair{"rpc.certificate", &rpc_tls_files.certificate},
+                              std::pair{"rpc.key", &rpc_tls_files.key},
+                              std::pair{"rpc.client-ca", &rpc_tls_files.client_ca}})
+      if (!value->empty())
+        return std::string{"invalid value for '"} + key
+               + "': it is set but rpc.tls is false (set rpc.tls=true to serve TLS)";
+  } else if (rpc.port == 0 && !rpc.unix_path.empty()) {
+    return "invalid value for 'rpc.tls': rpc.port=0 turns TCP off, and the Unix socket "
+           "(rpc.unix-path) is never TLS";
+  }
+  std::string problem;
+  if (!make_gateway_config(problem))
+    return problem;
+  bool tcp = rpc.port != 0 || rpc.unix_path.empty();
+  bool authenticated = !rpc.token_file.empty() || !rpc_tls_files.client_ca.empty();
+  if (tcp && !rpc_insecure && !is_loopback(rpc.host) && !(rpc_tls && authenticated)) {
+    auto host = rpc.host.empty() ? std::string{"(all addresses)"} : rpc.host;
+    return "rpc.host=" + host + " is not a loopback address, and serving there "
+           + (rpc_tls ? std::string{"without authentication"}
+                      : std::string{authenticated ? "without TLS" : "without TLS or authentication"})
+           + " lets anyone who reaches it " + (rpc_tls ? "" : "read the traffic and ")
+           + "run code on this node: set rpc.tls=true (with rpc.certificate, rpc.key) and "
+             "rpc.client-ca or rpc.token-file, or, on a network you trust, rpc.insecure=true";
+  }
+  if (metrics_port != 0 && !metrics_insecure && !is_loopback(metrics_host))
+    return "metrics.host=" + (metrics_host.empty() ? std::string{"(all addresses)"} : metrics_host)
+           + " is not a loopback address: the metrics endpoint is plain HTTP without "
+             "authentication; keep it on loopback and let a local agent or a TLS proxy expose "
+             "it, or set metrics.insecure=true";
+  return {};
+}
+
+std::optional<gateway_config> node_config::make_gateway_config(std::string& error) const {
+  auto cfg = rpc;
+  cfg.tcp = rpc.port != 0 || rpc.unix_path.empty();
+  cfg.unix_mode = parse_mode(rpc_unix_mode).value_or(0660);
+  if (rpc_tls) {
+    cfg.tls = tls_server_context::make(rpc_tls_files, error);
+    if (!cfg.tls)
+      return std::nullopt;
+  }
+  if (!cfg.token_file.empty())
+    if (auto token = read_token_file(cfg.token_file); !token) {
+      error = info_of(token.error()).message;
+      return std::nullopt;
+    }
   return cfg;
 }
 

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -37,6 +38,12 @@ struct node_config : caf::actor_system_config {
   /// pool.command-timeouts as written ("command=duration"), read into
   /// pool.command_timeouts.
   std::vector<std::string> command_timeouts;
+  // [rpc] beyond gateway_config's own fields: TLS, who may connect.
+  bool rpc_tls = false;
+  tls_settings rpc_tls_files;
+  /// rpc.unix-mode as written (octal, "0660").
+  std::string rpc_unix_mode = "0660";
+  bool rpc_insecure = false;
   // [publish]
   uint16_t publish_port = 0;
   std::string publish_host = "127.0.0.1";
@@ -59,6 +66,7 @@ struct node_config : caf::actor_system_config {
   // [metrics]
   uint16_t metrics_port = 0;
   std::string metrics_host = "127.0.0.1";
+  bool metrics_insecure = false;
   // [node]
   caf::timespan node_shutdown_timeout = std::chrono::seconds(10);
   // [log]
@@ -80,6 +88,10 @@ struct node_config : caf::actor_system_config {
   /// `pool` with the enum-valued keys applied.
   pool_config make_pool_config() const;
 
+  /// The [rpc] keys, TLS credentials loaded (null and `error` when they
+  /// cannot be, naming the key).
+  std::optional<gateway_config> make_gateway_config(std::string& error) const;
+
   /// The [publish] keys.
   publish_config make_publish_config() const;
 
@@ -95,6 +107,10 @@ struct node_config : caf::actor_system_config {
 
 private:
   std::string validate() const;
+
+  /// The rpc.* keys on TLS, tokens and sockets, and what may listen off
+  /// loopback (rpc, metrics).
+  std::string check_rpc_access() const;
 
   /// A parse error as a sentence naming the option or the file's line
   /// (CAF says parser_error(not_an_option, ...)).

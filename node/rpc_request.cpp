@@ -122,6 +122,15 @@ void decode(const char* data, size_t size, rpc_message& m, bool& have_msgid) {
     if (id_h.get().type != msgpack::type::STR)
       return bad("the session id must be a string");
     m.session_id = id_h.get().as<std::string>();
+  } else if (m.method == "auth") {
+    if (nparams != 1)
+      return bad("auth takes [token]");
+    auto token_h = cur.next();
+    auto& t = token_h.get();
+    if (t.type != msgpack::type::STR && t.type != msgpack::type::BIN)
+      return bad("the token must be a string or bytes");
+    m.token.assign(t.type == msgpack::type::STR ? t.via.str.ptr : t.via.bin.ptr,
+                   t.type == msgpack::type::STR ? t.via.str.size : t.via.bin.size);
   }
   m.what = verdict::call;
 }

@@ -10,7 +10,7 @@
 // - reject:  a request with a readable msgid that is malformed or misuses a
 //            method: answer `bad_request` with `error`.
 // - call:    a well-formed request or notification of `method` (ping,
-//            execute, session.end, stats, or any other name, which the
+//            execute, cancel, session.end, stats, auth, or any other name, which the
 //            gateway answers with unknown_method).
 // Command arguments are cut out as raw bytes, never decoded.
 
@@ -39,6 +39,8 @@ struct rpc_message {
   std::string session_id;
   /// method == "cancel": the msgid of the request to cancel.
   uint32_t cancel_id = 0;
+  /// method == "auth": the token the client gave (a secret: never logged).
+  std::string token;
 };
 
 /// Decodes the complete message [data, data + size).
