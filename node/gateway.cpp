@@ -427,6 +427,11 @@ void stop_reading(caf::io::broker* self, connection_state& st, std::optional<uin
   finish_if_done(self, st);
 }
 
+/// Bytes CAF reads at once from a connection, before and after it is
+/// admitted.
+constexpr size_t admission_read_size = 4096;
+constexpr size_t read_size = 65536;
+
 /// Tells the acceptor once the connection's TLS (if any) is established
 /// and its token (if asked for) given: it is no longer among those a new
 /// connection may displace.
@@ -434,6 +439,7 @@ void admit_if_ready(caf::io::broker* self, connection_state& st) {
   if (st.admitted || !st.authenticated || (st.tls && !st.tls->established()))
     return;
   st.admitted = true;
+  self->configure_read(st.in, caf::io::receive_policy::at_most(read_size));
   self->send(st.acceptor, admitted_atom::value);
 }
 
@@ -762,7 +768,10 @@ caf::behavior connection(caf::io::broker* self, caf::io::connection_handle hdl, 
   }
   auto out = self->add_scribe(fd);
   st->out = out;
-  self->configure_read(hdl, caf::io::receive_policy::at_most(65536));
+  // CAF keeps a read buffer of this size per connection, zeroed when it
+  // grows: small until the connection is admitted (a TLS handshake and an
+  // auth are a few KiB), so that a thousand half-open handshakes cost little.
+  self->configure_read(hdl, caf::io::receive_policy::at_most(admission_read_size));
   // Reports how much of what we wrote is still waiting for the socket.
   self->ack_writes(st->out, true);
   if (!unix_socket && st->shared->cfg.tls)
@@ -949,7 +958,7 @@ caf::behavior acceptor(caf::io::broker* self, pool_actor pool, gateway_config cf
           i != st->connections.end())
         i->admitted = true;
     },
-    [self, shared](reload_token_atom) -> caf::result<bool> {
+    [shared](reload_token_atom) -> caf::result<bool> {
       if (shared->cfg.token_file.empty())
         return true;
       auto token = read_token_file(shared->cfg.token_file);

@@ -273,7 +273,9 @@ int run(caf::actor_system& sys, const node_config& cfg) {
     parts.stop_all();
     return 1;
   }
-  auto [gateway, port] = *gw;
+  // Named, not a structured binding: a C++17 lambda below captures it.
+  auto gateway = gw->first;
+  auto port = gw->second;
   parts.gateway = gateway;
   log().info("listening for MessagePack-RPC on {}{}{}", endpoints(cfg, port),
              rpc.tls ? (rpc.tls->verifies_clients()

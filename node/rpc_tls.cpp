@@ -81,11 +81,15 @@ std::shared_ptr<tls_server_context> tls_server_context::make(const tls_settings&
   }
   if (SSL_CTX_use_certificate_chain_file(ctx, settings.certificate.c_str()) != 1)
     return fail("rpc.certificate", settings.certificate, "not a readable PEM certificate");
-  if (SSL_CTX_use_PrivateKey_file(ctx, settings.key.c_str(), SSL_FILETYPE_PEM) != 1)
+  if (SSL_CTX_use_PrivateKey_file(ctx, settings.key.c_str(), SSL_FILETYPE_PEM) != 1) {
+    // OpenSSL checks the key against the certificate as it loads it.
+    if (ERR_GET_REASON(ERR_peek_last_error()) == X509_R_KEY_VALUES_MISMATCH)
+      return fail("rpc.key", settings.key, "it does not belong to rpc.certificate");
     return fail("rpc.key", settings.key,
                 settings.key_passphrase.empty()
                   ? "not a readable PEM private key (if it is encrypted, give rpc.key-passphrase)"
                   : "not a readable PEM private key, or rpc.key-passphrase is wrong");
+  }
   if (SSL_CTX_check_private_key(ctx) != 1)
     return fail("rpc.key", settings.key, "it does not belong to rpc.certificate");
   SSL_CTX_set_default_passwd_cb_userdata(ctx, nullptr);

@@ -38,6 +38,17 @@ on the node too: still queued it never runs, running it is interrupted
 cancels a request sent with ``send()``; its ``receive()`` then raises
 RemoteError ``cancelled`` (unless its answer was already on the way).
 
+Security (README "Security"): ``ssl`` takes an ``ssl.SSLContext`` for a node
+with ``rpc.tls`` (load a client certificate into it for ``rpc.client-ca``),
+``token`` the secret of a node with ``rpc.token-file`` (sent with ``auth`` on
+every connection, before anything else), ``unix_path`` a node's
+``rpc.unix-path`` instead of host and port::
+
+    ctx = ssl.create_default_context(cafile="ca.pem")
+    ctx.load_cert_chain("client.pem", "client.key")     # with rpc.client-ca
+    c = Client("node.example", 7400, ssl=ctx, token=open("token").read().strip())
+    c = Client(unix_path="/run/pyvisor/rpc.sock")
+
 Reconnecting: when the connection drops (the node restarted, the network
 broke), the requests that were in flight raise ConnectionError, and the next
 request connects again, retrying with back-off (0.1 s doubling to 2 s) for up
@@ -240,10 +251,19 @@ class AsyncStream:
         await self.aclose()
 
 
+def _where(address, unix_path):
+    return "unix:" + unix_path if unix_path else "%s:%d" % address
+
+
 class Client:
     def __init__(self, host="127.0.0.1", port=7400, timeout=60.0, reconnect=10.0,
-                 resend_idempotent=False):
+                 resend_idempotent=False, ssl=None, token=None, unix_path=None,
+                 server_hostname=None):
         self._address = (host, port)
+        self._ssl = ssl
+        self._token = token
+        self._unix_path = unix_path
+        self._server_hostname = server_hostname or host
         self._timeout = timeout
         self._reconnect = reconnect
         self._resend = resend_idempotent
@@ -259,14 +279,39 @@ class Client:
         self._connect()
 
     def _connect(self):
-        self._sock = socket.create_connection(self._address, timeout=self._timeout)
-        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._unix_path:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(self._timeout)
+                sock.connect(self._unix_path)
+            except OSError:
+                sock.close()
+                raise
+        else:
+            sock = socket.create_connection(self._address, timeout=self._timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._ssl is not None:
+                try:
+                    sock = self._ssl.wrap_socket(sock, server_hostname=self._server_hostname)
+                except OSError:
+                    sock.close()
+                    raise
+        self._sock = sock
         self._unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
         # Reused for every request and read: a large message is packed into
         # and received through memory touched before, not fresh pages that
         # fault in one by one (what a new bytes object of 16 MiB costs).
         self._packer = msgpack.Packer(use_bin_type=True, autoreset=False)
         self._inbox = bytearray(1 << 20)
+        if self._token is not None:
+            # First on every connection; a wrong token raises RemoteError
+            # ``unauthenticated`` (and the node closes the connection).
+            try:
+                self.receive(self.send("auth", [self._token]))
+            except RemoteError:
+                self._sock.close()
+                self._sock = None
+                raise
 
     def _ensure_connected(self):
         if self._sock is not None:
@@ -281,8 +326,8 @@ class Client:
                 return
             except OSError as e:
                 last = e
-        raise ConnectionError("cannot reconnect to %s:%d within %s s: %s"
-                              % (self._address[0], self._address[1], self._reconnect, last))
+        raise ConnectionError("cannot reconnect to %s within %s s: %s"
+                              % (_where(self._address, self._unix_path), self._reconnect, last))
 
     def _drop(self, why):
         """The connection is over: what was in flight on it fails."""
@@ -421,9 +466,11 @@ class AsyncClient:
     """An asyncio client: one connection, any number of requests in flight."""
 
     def __init__(self, reader, writer, timeout, address=None, reconnect=10.0,
-                 resend_idempotent=False):
+                 resend_idempotent=False, options=None):
         self._timeout = timeout
         self._address = address
+        # How to connect again: ssl, token, unix_path, server_hostname.
+        self._options = options or {}
         self._reconnect = reconnect if address is not None else 0
         self._resend = resend_idempotent
         self._ids = itertools.count(1)
@@ -441,18 +488,39 @@ class AsyncClient:
         self._reading = asyncio.get_running_loop().create_task(self._read())
 
     @staticmethod
-    async def _open(address):
-        reader, writer = await asyncio.open_connection(*address)
+    async def _open(address, options):
+        if options.get("unix_path"):
+            return await asyncio.open_unix_connection(options["unix_path"])
+        ctx = options.get("ssl")
+        reader, writer = await asyncio.open_connection(
+            *address, ssl=ctx,
+            server_hostname=(options.get("server_hostname") or address[0]) if ctx else None)
         sock = writer.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return reader, writer
 
+    async def _authenticate(self):
+        """First on every connection when there is a token; a wrong one
+        raises RemoteError ``unauthenticated``."""
+        if self._options.get("token") is not None:
+            await self.call("auth", self._options["token"])
+
     @classmethod
     async def connect(cls, host="127.0.0.1", port=7400, timeout=60.0, reconnect=10.0,
-                      resend_idempotent=False):
-        reader, writer = await cls._open((host, port))
-        return cls(reader, writer, timeout, (host, port), reconnect, resend_idempotent)
+                      resend_idempotent=False, ssl=None, token=None, unix_path=None,
+                      server_hostname=None):
+        options = {"ssl": ssl, "token": token, "unix_path": unix_path,
+                   "server_hostname": server_hostname}
+        reader, writer = await cls._open((host, port), options)
+        client = cls(reader, writer, timeout, (host, port), reconnect, resend_idempotent,
+                     options)
+        try:
+            await client._authenticate()
+        except BaseException:
+            await client.close()
+            raise
+        return client
 
     async def _ensure_connected(self):
         if self._closed is not None:
@@ -469,13 +537,20 @@ class AsyncClient:
                 await asyncio.sleep(wait)
                 try:
                     self._writer.close()
-                    self._attach(*await self._open(self._address))
+                    self._attach(*await self._open(self._address, self._options))
+                except OSError as e:
+                    last = e
+                    continue
+                # No await between _attach and auth's send: auth is the
+                # first message on the new connection, before any caller's.
+                try:
+                    await self._authenticate()
                     return
                 except OSError as e:
                     last = e
-            raise ConnectionError("cannot reconnect to %s:%d within %s s: %s"
-                                  % (self._address[0], self._address[1], self._reconnect,
-                                     last))
+            raise ConnectionError("cannot reconnect to %s within %s s: %s"
+                                  % (_where(self._address, self._options.get("unix_path")),
+                                     self._reconnect, last))
 
     async def close(self):
         if self._closed is None:
