@@ -52,6 +52,8 @@
 #include "pyvisor/worker.hpp"
 #include "bench/references.hpp"
 #include "messages/log.hpp"
+#include "node/rpc_tls.hpp"
+#include "support/test_certificates.hpp"
 
 namespace {
 
@@ -72,7 +74,7 @@ struct bench_config : caf::actor_system_config {
   std::string node = PYVISOR_NODE_PATH;
   std::vector<std::string> scenarios{"startup", "rtt",        "throughput", "sessions",
                                      "recovery", "interrupts", "stream", "large", "payloads",
-                                     "forkserver", "cluster"};
+                                     "tls", "forkserver", "cluster"};
 
   bench_config() {
     add_cluster_types(*this);
@@ -351,6 +353,44 @@ void payloads(caf::actor_system& sys, const bench_config& cfg, report& r) {
                                          "higher", "C++ API: GB/s of payload each way"};
   }
   caf::anon_send_exit(gw->first, caf::exit_reason::kill);
+}
+
+// TLS on the RPC endpoint, issue #30: pyvisor's Python client, the same
+// echoes one after the other over a plaintext and a TLS gateway on one pool,
+// in this run (certificates made in-process).
+void tls(caf::actor_system& sys, const bench_config& cfg, report& r) {
+  pyvisor::test::test_certificates certs;
+  tls_settings settings;
+  settings.certificate = certs.server_cert;
+  settings.key = certs.server_key;
+  std::string error;
+  gateway_config secure{"127.0.0.1", 0, size_t{64} << 20};
+  secure.tls = tls_server_context::make(settings, error);
+  if (!secure.tls)
+    throw std::runtime_error("cannot load the TLS bench certificates: " + error);
+  running_pool p{sys, python_pool(cfg, 1)};
+  auto plain = spawn_gateway(sys, p.pool, gateway_config{"127.0.0.1", 0, size_t{64} << 20});
+  auto tls_gw = spawn_gateway(sys, p.pool, secure);
+  if (!plain || !tls_gw)
+    throw std::runtime_error("cannot start the gateways");
+  std::vector<size_t> sizes{64, size_t{1} << 20};
+  std::vector<size_t> counts = cfg.quick ? std::vector<size_t>{30, 3}
+                                         : std::vector<size_t>{2000, 60};
+  std::vector<double> targets{1.5, 1.5};
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    auto name = std::string{"tls."} + (sizes[i] == 64 ? "64B." : "1MiB.");
+    auto warmup = cfg.quick ? 2 : 20;
+    auto a = python_client_rtt(cfg.python, cfg.client_script, default_python_dir(),
+                               plain->second, sizes[i], counts[i], warmup);
+    auto b = python_client_rtt(cfg.python, cfg.client_script, default_python_dir(),
+                               tls_gw->second, sizes[i], counts[i], warmup, certs.ca_cert);
+    r.figures[name + "plain_p50_us"] = a.p50;
+    r.figures[name + "tls_p50_us"] = b.p50;
+    r.ratios[name + "tls_vs_plain"] = {b.p50 / a.p50, targets[i], "lower",
+                                       "Python client p50 over TLS / over plaintext"};
+  }
+  caf::anon_send_exit(plain->first, caf::exit_reason::kill);
+  caf::anon_send_exit(tls_gw->first, caf::exit_reason::kill);
 }
 
 double api_throughput(caf::actor_system& sys, const pool_actor& pool, size_t count,
@@ -1101,6 +1141,8 @@ int main(int argc, char** argv) {
       large(cfg, r);
     if (want("payloads"))
       payloads(sys, cfg, r);
+    if (want("tls"))
+      tls(sys, cfg, r);
     if (want("forkserver"))
       forkserver(sys, cfg, r);
     if (want("cluster"))

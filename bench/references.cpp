@@ -236,10 +236,10 @@ double pipe_floor::throughput(size_t payload, size_t count, size_t window) {
 
 latency python_client_rtt(const std::string& python, const std::string& script,
                           const std::string& python_dir, uint16_t port, size_t payload,
-                          size_t count, size_t warmup) {
+                          size_t count, size_t warmup, const std::string& cafile) {
   auto cmd = "PYTHONPATH=" + python_dir + " " + python + " " + script + " " + std::to_string(port)
              + " " + std::to_string(payload) + " " + std::to_string(count) + " "
-             + std::to_string(warmup);
+             + std::to_string(warmup) + (cafile.empty() ? "" : " " + cafile);
   auto f = popen(cmd.c_str(), "r");
   if (f == nullptr)
     throw std::runtime_error("cannot run " + cmd);

@@ -89,10 +89,11 @@ std::map<std::string, double> voluntary_switches_by_thread();
 
 /// Sequential echo round trips of pyvisor's Python client
 /// (bench/python_client_rtt.py, run by `python` with the pyvisor package in
-/// `python_dir`) against a gateway on 127.0.0.1:`port`. Throws on failure.
+/// `python_dir`) against a gateway on 127.0.0.1:`port`, over TLS trusting
+/// `cafile` when one is given. Throws on failure.
 latency python_client_rtt(const std::string& python, const std::string& script,
                           const std::string& python_dir, uint16_t port, size_t payload,
-                          size_t count, size_t warmup);
+                          size_t count, size_t warmup, const std::string& cafile = {});
 
 /// Figures from bench/ppe_reference.py (ProcessPoolExecutor).
 struct ppe_figures {

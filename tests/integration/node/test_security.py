@@ -316,6 +316,29 @@ class SecurityTest(unittest.TestCase):
         self.start({}, extra={"metrics": {"port": port, "host": '"0.0.0.0"',
                                           "insecure": "true"}})
 
+    def test_a_cluster_front_off_loopback_with_tls_and_a_token(self):
+        # The walk-through's front: on all addresses, TLS and a token, over
+        # a node that publishes its pool on loopback.
+        publish_port = free_port()
+        sections = worker_sections(size=1)
+        sections["publish"] = {"port": publish_port}
+        node = Proc(sections)
+        self.procs.append(node)
+        front = self.start({}, mock=False, extra={
+            "pool": {"size": 0},
+            "rpc": dict(self.tls_rpc(), host='"0.0.0.0"', **{"token-file": q(self.token_file)}),
+            "cluster": {"peers": '["127.0.0.1:%d"]' % publish_port, "heartbeat": "200ms"}})
+        with Client("localhost", front.port, ssl=self.context(), token=TOKEN) as c:
+            self.assertTrue(wait_for(lambda: c.ping() == "pong"))
+            pid = c.execute("worker.info", None, session="s")["pid"]
+            self.assertIn(pid, node.pids())
+            self.assertEqual(c.execute("echo", "through the front"), "through the front")
+        with self.assertRaises(RemoteError) as cm:
+            Client("localhost", front.port, ssl=self.context(), token="wrong", reconnect=0)
+        self.assertEqual(cm.exception.code, "unauthenticated")
+        with self.assertRaises((ssl.SSLError, OSError)):
+            Client("127.0.0.1", front.port, reconnect=0, timeout=5).ping()
+
     # -- the Unix socket ------------------------------------------------------------
 
     def test_the_unix_socket(self):
