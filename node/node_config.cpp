@@ -404,6 +404,13 @@ std::string node_config::dump() const {
       category = str(opt->category());
       out << "\n[" << category << "]\n";
     }
+    // Secrets are never printed (a dump of a configuration with one needs
+    // it added back).
+    if (category == "rpc" && str(opt->long_name()) == "key-passphrase") {
+      if (!rpc_tls_files.key_passphrase.empty())
+        out << "; key-passphrase = (set, not shown)\n";
+      continue;
+    }
     out << str(opt->long_name()) << " = " << value_of(*opt) << "\n";
   }
   auto policy = caf::get_or(content, "scheduler.policy", caf::atom("stealing"));

@@ -372,3 +372,19 @@ TEST_CASE("half a TLS or socket setting stops start-up naming the key",
   CHECK(has(problem_with({"--rpc.token-file=" + certs().dir + "/none"}),
             "rpc.token-file=" + certs().dir + "/none: cannot open it"));
 }
+
+TEST_CASE("--dump-config never prints rpc.key-passphrase", "[unit][node][config][tls]") {
+  std::vector<std::string> args{"pyvisor-node", "--config-file=/dev/null", "--rpc.tls",
+                                "--rpc.certificate=" + certs().server_cert,
+                                "--rpc.key=" + certs().server_key_encrypted,
+                                std::string{"--rpc.key-passphrase="} + test_certificates::passphrase};
+  std::vector<char*> argv;
+  for (auto& a : args)
+    argv.push_back(a.data());
+  node_config cfg;
+  REQUIRE(cfg.read(static_cast<int>(argv.size()), argv.data()) == "");
+  auto dumped = cfg.dump();
+  CHECK_FALSE(has(dumped, test_certificates::passphrase));
+  CHECK(has(dumped, "; key-passphrase = (set, not shown)"));
+  CHECK(has(dumped, "key = \"" + certs().server_key_encrypted + "\""));
+}
