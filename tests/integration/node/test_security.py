@@ -9,6 +9,7 @@ Run: PYVISOR_NODE=build/pyvisor-node python3 -m unittest -v test_security
 """
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -344,6 +345,35 @@ class SecurityTest(unittest.TestCase):
         self.assertEqual(cm.exception.code, "unauthenticated")
         with self.assertRaises((ssl.SSLError, OSError)):
             Client("127.0.0.1", front.port, reconnect=0, timeout=5).ping()
+
+    def test_the_npm_client_over_tls(self):
+        # msgpack5rpc over Node's tls.connect (tests/integration/npm), as the
+        # README shows it. .ci/setup --checks installs it and CMake passes
+        # its directory; a run configured with it never skips this.
+        modules = os.environ.get("PYVISOR_NPM_MODULES")
+        if not modules:
+            self.skipTest("PYVISOR_NPM_MODULES is not set (bash .ci/setup --checks installs "
+                          "the npm client)")
+        self.assertTrue(os.path.isdir(os.path.join(modules, "msgpack5rpc")), modules)
+        node = self.start(self.tls_rpc(**{"client-ca": q(self.certs["ca.pem"]),
+                                          "token-file": q(self.token_file)}))
+        script = os.path.join(ROOT, "tests", "integration", "npm", "tls_client.js")
+
+        def run(token):
+            out = subprocess.run(["node", script, str(node.port), self.certs["ca.pem"],
+                                  self.certs["client.pem"], self.certs["client.key"], token],
+                                 env=dict(os.environ, NODE_PATH=modules), capture_output=True,
+                                 text=True, timeout=60)
+            self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+            return json.loads(out.stdout)
+
+        got = run(TOKEN)
+        self.assertEqual(got["auth"], [None, True])
+        self.assertEqual(got["echo"], [[None, {"n": 1}], [None, 100000]])
+        self.assertIn(got["protocol"], ("TLSv1.2", "TLSv1.3"))
+        got = run("wrong")
+        self.assertEqual(got["auth"][0]["code"], "unauthenticated")
+        self.assertEqual(got["echo"], [])
 
     # -- the Unix socket ------------------------------------------------------------
 
