@@ -133,4 +133,9 @@ test_certificates::~test_certificates() {
   ::rmdir(dir.c_str());
 }
 
+const test_certificates& shared_certificates() {
+  static test_certificates instance;
+  return instance;
+}
+
 } // namespace pyvisor::test

@@ -33,4 +33,7 @@ public:
   std::string not_pem;
 };
 
+/// One set for the whole process, made on first use.
+const test_certificates& shared_certificates();
+
 } // namespace pyvisor::test

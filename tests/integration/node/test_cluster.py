@@ -356,8 +356,10 @@ class FrontWithOwnPoolTest(ClusterTest):
 
 
 def make_certificates(directory):
-    """A CA, certificates it signed for a node and a front, and a
-    self-signed one it did not sign (openssl CLI)."""
+    """A CA, certificates it signed for a node, a front and a client (named
+    localhost and 127.0.0.1), a self-signed one it did not sign, and the
+    node's key once more, encrypted with the passphrase "sesame" (openssl
+    CLI). Returns {file name: path}."""
 
     def run(*args):
         subprocess.run(["openssl"] + list(args), cwd=directory, check=True,
@@ -365,16 +367,16 @@ def make_certificates(directory):
 
     run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
         "-days", "1", "-subj", "/CN=pyvisor test CA")
-    for name in ("node", "front"):
+    for name in ("node", "front", "client"):
         run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", name + ".key", "-out",
-            name + ".csr", "-subj", "/CN=" + name)
+            name + ".csr", "-subj", "/CN=" + name,
+            "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1")
         run("x509", "-req", "-in", name + ".csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", name + ".pem", "-days", "1")
+            "-CAcreateserial", "-out", name + ".pem", "-days", "1", "-copy_extensions", "copy")
     run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "rogue.key", "-out",
         "rogue.pem", "-days", "1", "-subj", "/CN=rogue")
-    return {name: os.path.join(directory, name) for name in
-            ("ca.pem", "node.pem", "node.key", "front.pem", "front.key", "rogue.pem",
-             "rogue.key")}
+    run("pkey", "-in", "node.key", "-aes256", "-passout", "pass:sesame", "-out", "node-enc.key")
+    return {name: os.path.join(directory, name) for name in os.listdir(directory)}
 
 
 def openssl_section(certs, who, ca="ca.pem"):

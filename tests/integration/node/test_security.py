@@ -1,8 +1,9 @@
 """The RPC endpoint off-host (issue #30): TLS, client certificates, a token,
 a Unix socket, and no plaintext off loopback unless the operator says so.
 
-Certificates are made with the openssl CLI at set-up (a CA, a node's and a
-client's certificate it signed, and a self-signed "rogue" one). Every node is
+Certificates are made with the openssl CLI at set-up (test_cluster's
+make_certificates: a CA, a node's and a client's certificate it signed, a
+self-signed "rogue" one, the node's key encrypted). Every node is
 killed in tearDown, even when a test fails.
 
 Run: PYVISOR_NODE=build/pyvisor-node python3 -m unittest -v test_security
@@ -24,33 +25,13 @@ import warnings
 
 import msgpack
 
-from test_cluster import Proc, free_port, wait_for, worker_sections
+from test_cluster import Proc, free_port, make_certificates, wait_for, worker_sections
 from test_node import ROOT, wait_gone
 
 sys.path.insert(0, os.path.join(ROOT, "python"))
 from pyvisor.client import AsyncClient, Client, RemoteError  # noqa: E402
 
 TOKEN = "0f3c9d2e8b7a6f5e4d3c2b1a00112233"
-
-
-def make_certificates(directory):
-    def run(*args):
-        subprocess.run(["openssl"] + list(args), cwd=directory, check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
-        "-days", "1", "-subj", "/CN=pyvisor test CA")
-    for name in ("node", "client"):
-        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", name + ".key", "-out",
-            name + ".csr", "-subj", "/CN=" + name,
-            "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1")
-        run("x509", "-req", "-in", name + ".csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", name + ".pem", "-days", "1", "-copy_extensions", "copy")
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "rogue.key", "-out",
-        "rogue.pem", "-days", "1", "-subj", "/CN=rogue")
-    # The node's key once more, encrypted (rpc.key-passphrase).
-    run("pkey", "-in", "node.key", "-aes256", "-passout", "pass:sesame", "-out", "node-enc.key")
-    return {name: os.path.join(directory, name) for name in os.listdir(directory)}
 
 
 def q(path):

@@ -1,5 +1,6 @@
 // Unit tests of the node's configuration checks (node/node_config.hpp) for
-// the limits an operator sets (issue #26): what cannot work is refused at
+// the limits an operator sets (issue #26) and for who may reach the RPC
+// endpoint (issue #30: off loopback only with TLS and authentication): what cannot work is refused at
 // start, naming the key, instead of starting and misbehaving (a deadline
 // that overflows, a negative delay, a cleanup that takes a core, a
 // scheduler without threads).
@@ -8,10 +9,12 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <fstream>
 #include <string>
 #include <vector>
 
 #include "node/node_config.hpp"
+#include "support/test_certificates.hpp"
 
 using namespace pyvisor;
 
@@ -180,4 +183,85 @@ TEST_CASE("per-command timeouts are read as command=duration", "[unit][node][con
   CHECK(read_into(too_long, {"--config-file=/dev/null", "--pool.command-timeouts=[\"x=1h\"]"})
           .find("at most pool.max-request-timeout")
         != std::string::npos);
+}
+
+// -- who may reach the endpoint ------------------------------------------------
+
+namespace {
+
+bool has(const std::string& haystack, const std::string& needle) {
+  return haystack.find(needle) != std::string::npos;
+}
+
+const pyvisor::test::test_certificates& certs() {
+  return pyvisor::test::shared_certificates();
+}
+
+std::string write_file(const std::string& name, const std::string& content) {
+  auto path = certs().dir + "/" + name;
+  std::ofstream{path, std::ios::binary} << content;
+  return path;
+}
+
+} // namespace
+
+TEST_CASE("off loopback the RPC endpoint needs TLS and authentication, or insecure",
+          "[unit][node][config][tls]") {
+  auto cert = "--rpc.certificate=" + certs().server_cert;
+  auto key = "--rpc.key=" + certs().server_key;
+  auto token_path = write_file("rules-token", "t0ken\n");
+  auto token = "--rpc.token-file=" + token_path;
+  auto ca = "--rpc.client-ca=" + certs().ca_cert;
+  CHECK(problem_with({"--rpc.host=127.0.0.1"}) == "");
+  CHECK(problem_with({"--rpc.host=::1"}) == "");
+  auto plain = problem_with({"--rpc.host=0.0.0.0"});
+  CHECK(has(plain, "rpc.host=0.0.0.0 is not a loopback address"));
+  CHECK(has(plain, "without TLS or authentication"));
+  CHECK(has(plain, "rpc.insecure=true"));
+  CHECK(has(problem_with({"--rpc.host=10.1.2.3", token}), "without TLS"));
+  CHECK(has(problem_with({"--rpc.host=::", "--rpc.tls", cert, key}), "rpc.host=:: is not"));
+  CHECK(has(problem_with({"--rpc.host=0.0.0.0", "--rpc.tls", cert, key}),
+            "without authentication"));
+  CHECK(problem_with({"--rpc.host=0.0.0.0", "--rpc.tls", cert, key, token}) == "");
+  CHECK(problem_with({"--rpc.host=0.0.0.0", "--rpc.tls", cert, key, ca}) == "");
+  CHECK(problem_with({"--rpc.host=0.0.0.0", "--rpc.insecure"}) == "");
+  // Only the Unix socket: nothing is reachable off the machine.
+  CHECK(problem_with({"--rpc.host=0.0.0.0", "--rpc.port=0", "--rpc.unix-path=/tmp/x.sock"})
+        == "");
+  CHECK(has(problem_with({"--metrics.port=9464", "--metrics.host=0.0.0.0"}),
+            "metrics.insecure=true"));
+  CHECK(problem_with({"--metrics.port=9464", "--metrics.host=0.0.0.0", "--metrics.insecure"})
+        == "");
+  ::unlink(token_path.c_str());
+}
+
+TEST_CASE("half a TLS or socket setting stops start-up naming the key",
+          "[unit][node][config][tls]") {
+  CHECK(problem_with({"--rpc.certificate=" + certs().server_cert})
+        == "invalid value for 'rpc.certificate': it is set but rpc.tls is false (set "
+           "rpc.tls=true to serve TLS)");
+  CHECK(has(problem_with({"--rpc.tls"}), "rpc.tls needs rpc.certificate"));
+  CHECK(has(problem_with({"--rpc.tls", "--rpc.port=0", "--rpc.unix-path=/tmp/x.sock"}),
+            "'rpc.tls': rpc.port=0 turns TCP off"));
+  CHECK(has(problem_with({"--rpc.unix-mode=0999"}), "invalid value for 'rpc.unix-mode'"));
+  CHECK(has(problem_with({"--rpc.unix-mode=01777"}), "invalid value for 'rpc.unix-mode'"));
+  CHECK(problem_with({"--rpc.unix-mode=600"}) == "");
+  CHECK(problem_with({"--rpc.handshake-timeout=0s"})
+        == "invalid value for 'rpc.handshake-timeout': must be > 0");
+  CHECK(has(problem_with({"--rpc.token-file=" + certs().dir + "/none"}),
+            "rpc.token-file=" + certs().dir + "/none: cannot open it"));
+}
+
+TEST_CASE("--dump-config never prints rpc.key-passphrase", "[unit][node][config][tls]") {
+  node_config cfg;
+  REQUIRE(read_into(cfg, {"--config-file=/dev/null", "--rpc.tls",
+                          "--rpc.certificate=" + certs().server_cert,
+                          "--rpc.key=" + certs().server_key_encrypted,
+                          std::string{"--rpc.key-passphrase="}
+                            + pyvisor::test::test_certificates::passphrase})
+          == "");
+  auto dumped = cfg.dump();
+  CHECK_FALSE(has(dumped, pyvisor::test::test_certificates::passphrase));
+  CHECK(has(dumped, "; key-passphrase = (set, not shown)"));
+  CHECK(has(dumped, "key = \"" + certs().server_key_encrypted + "\""));
 }

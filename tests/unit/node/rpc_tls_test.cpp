@@ -1,5 +1,6 @@
-// Unit tests of the RPC endpoint's TLS (node/rpc_tls.hpp), its token file
-// and the rules of who may reach it (node/node_config.hpp), issue #30: a
+// Unit tests of the RPC endpoint's TLS (node/rpc_tls.hpp) and its token
+// file (node/gateway.hpp), issue #30 (who may reach the endpoint at all is
+// in node_config_test.cpp): a
 // client and a server channel talk through memory only, with certificates
 // made in-process (tests/support/test_certificates.hpp), so every path
 // (handshake, data both ways, refused client certificates, garbage, close)
@@ -18,7 +19,6 @@
 
 #include "messages/error_code.hpp"
 #include "node/gateway.hpp"
-#include "node/node_config.hpp"
 #include "node/rpc_tls.hpp"
 #include "support/test_certificates.hpp"
 
@@ -28,8 +28,7 @@ using pyvisor::test::test_certificates;
 namespace {
 
 const test_certificates& certs() {
-  static test_certificates instance;
-  return instance;
+  return pyvisor::test::shared_certificates();
 }
 
 /// A client-side SSL_CTX that trusts the test CA, with an optional
@@ -305,86 +304,4 @@ TEST_CASE("a token file is read without its trailing whitespace, never quoted",
   ::unlink(path.c_str());
   ::unlink(big.c_str());
   ::unlink((certs().dir + "/empty").c_str());
-}
-
-// -- who may reach the endpoint ------------------------------------------------
-
-namespace {
-
-std::string problem_with(std::vector<std::string> args) {
-  args.insert(args.begin(), {"pyvisor-node", "--config-file=/dev/null"});
-  std::vector<char*> argv;
-  for (auto& a : args)
-    argv.push_back(a.data());
-  node_config cfg;
-  return cfg.read(static_cast<int>(argv.size()), argv.data());
-}
-
-bool has(const std::string& haystack, const std::string& needle) {
-  return haystack.find(needle) != std::string::npos;
-}
-
-} // namespace
-
-TEST_CASE("off loopback the RPC endpoint needs TLS and authentication, or insecure",
-          "[unit][node][config][tls]") {
-  auto cert = "--rpc.certificate=" + certs().server_cert;
-  auto key = "--rpc.key=" + certs().server_key;
-  auto token_path = write_file("rules-token", "t0ken\n");
-  auto token = "--rpc.token-file=" + token_path;
-  auto ca = "--rpc.client-ca=" + certs().ca_cert;
-  CHECK(problem_with({"--rpc.host=127.0.0.1"}) == "");
-  CHECK(problem_with({"--rpc.host=::1"}) == "");
-  auto plain = problem_with({"--rpc.host=0.0.0.0"});
-  CHECK(has(plain, "rpc.host=0.0.0.0 is not a loopback address"));
-  CHECK(has(plain, "without TLS or authentication"));
-  CHECK(has(plain, "rpc.insecure=true"));
-  CHECK(has(problem_with({"--rpc.host=10.1.2.3", token}), "without TLS"));
-  CHECK(has(problem_with({"--rpc.host=::", "--rpc.tls", cert, key}), "rpc.host=:: is not"));
-  CHECK(has(problem_with({"--rpc.host=0.0.0.0", "--rpc.tls", cert, key}),
-            "without authentication"));
-  CHECK(problem_with({"--rpc.host=0.0.0.0", "--rpc.tls", cert, key, token}) == "");
-  CHECK(problem_with({"--rpc.host=0.0.0.0", "--rpc.tls", cert, key, ca}) == "");
-  CHECK(problem_with({"--rpc.host=0.0.0.0", "--rpc.insecure"}) == "");
-  // Only the Unix socket: nothing is reachable off the machine.
-  CHECK(problem_with({"--rpc.host=0.0.0.0", "--rpc.port=0", "--rpc.unix-path=/tmp/x.sock"})
-        == "");
-  CHECK(has(problem_with({"--metrics.port=9464", "--metrics.host=0.0.0.0"}),
-            "metrics.insecure=true"));
-  CHECK(problem_with({"--metrics.port=9464", "--metrics.host=0.0.0.0", "--metrics.insecure"})
-        == "");
-  ::unlink(token_path.c_str());
-}
-
-TEST_CASE("half a TLS or socket setting stops start-up naming the key",
-          "[unit][node][config][tls]") {
-  CHECK(problem_with({"--rpc.certificate=" + certs().server_cert})
-        == "invalid value for 'rpc.certificate': it is set but rpc.tls is false (set "
-           "rpc.tls=true to serve TLS)");
-  CHECK(has(problem_with({"--rpc.tls"}), "rpc.tls needs rpc.certificate"));
-  CHECK(has(problem_with({"--rpc.tls", "--rpc.port=0", "--rpc.unix-path=/tmp/x.sock"}),
-            "'rpc.tls': rpc.port=0 turns TCP off"));
-  CHECK(has(problem_with({"--rpc.unix-mode=0999"}), "invalid value for 'rpc.unix-mode'"));
-  CHECK(has(problem_with({"--rpc.unix-mode=01777"}), "invalid value for 'rpc.unix-mode'"));
-  CHECK(problem_with({"--rpc.unix-mode=600"}) == "");
-  CHECK(problem_with({"--rpc.handshake-timeout=0s"})
-        == "invalid value for 'rpc.handshake-timeout': must be > 0");
-  CHECK(has(problem_with({"--rpc.token-file=" + certs().dir + "/none"}),
-            "rpc.token-file=" + certs().dir + "/none: cannot open it"));
-}
-
-TEST_CASE("--dump-config never prints rpc.key-passphrase", "[unit][node][config][tls]") {
-  std::vector<std::string> args{"pyvisor-node", "--config-file=/dev/null", "--rpc.tls",
-                                "--rpc.certificate=" + certs().server_cert,
-                                "--rpc.key=" + certs().server_key_encrypted,
-                                std::string{"--rpc.key-passphrase="} + test_certificates::passphrase};
-  std::vector<char*> argv;
-  for (auto& a : args)
-    argv.push_back(a.data());
-  node_config cfg;
-  REQUIRE(cfg.read(static_cast<int>(argv.size()), argv.data()) == "");
-  auto dumped = cfg.dump();
-  CHECK_FALSE(has(dumped, test_certificates::passphrase));
-  CHECK(has(dumped, "; key-passphrase = (set, not shown)"));
-  CHECK(has(dumped, "key = \"" + certs().server_key_encrypted + "\""));
 }
