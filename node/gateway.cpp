@@ -94,7 +94,8 @@ struct gateway_shared {
   }
 
   /// Logs a connection refused while being admitted (TLS handshake, auth):
-  /// who and why, at most one line every 10 s (the rest counted into it).
+  /// who and why, up to 20 lines every 10 s (the rest counted into the
+  /// next line).
   void refused(const std::string& peer, const std::string& why) {
     std::lock_guard<std::mutex> guard{warnings_mtx};
     if (auto n = refused_warning.due())

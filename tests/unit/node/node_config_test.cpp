@@ -252,7 +252,7 @@ TEST_CASE("half a TLS or socket setting stops start-up naming the key",
             "rpc.token-file=" + certs().dir + "/none: cannot open it"));
 }
 
-TEST_CASE("--dump-config never prints rpc.key-passphrase", "[unit][node][config][tls]") {
+TEST_CASE("the dumped configuration never prints rpc.key-passphrase", "[unit][node][config][tls]") {
   node_config cfg;
   REQUIRE(read_into(cfg, {"--config-file=/dev/null", "--rpc.tls",
                           "--rpc.certificate=" + certs().server_cert,
