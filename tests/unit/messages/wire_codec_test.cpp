@@ -208,7 +208,7 @@ TEST_CASE("payloads unpack into the caller's types or fail with bad_request", "[
   CHECK(payload{}.is_nil());
 }
 
-TEST_CASE("control messages round-trip; dump text is never a message", "[unit][wire]") {
+TEST_CASE("control messages round-trip: dump text is never a message", "[unit][wire]") {
   std::vector<char> msg;
   wire::append_control(msg, {3, 5}, 3, "timeout");
   REQUIRE(wire::is_control_message(msg.data(), msg.size()));

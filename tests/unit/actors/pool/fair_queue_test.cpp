@@ -53,7 +53,7 @@ TEST_CASE("a session's later request keeps its place behind the earlier one",
   CHECK(queue.session_tails() == 1);
 }
 
-TEST_CASE("the bytes waiting have a budget; the first request always waits",
+TEST_CASE("the bytes waiting have a budget: the first request always waits",
           "[unit][pool][queue]") {
   fair_queue queue{100, 1.0, 1000};
   auto big = [] {

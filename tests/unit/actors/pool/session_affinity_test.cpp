@@ -232,7 +232,7 @@ TEST_CASE_METHOD(capped_fixture, "remembered ids are capped too, the oldest forg
   CHECK(code_of(route("e").error()) == error_code::session_expired);
 }
 
-TEST_CASE_METHOD(fixture, "a session with a request running never expires; idle counts from its end",
+TEST_CASE_METHOD(fixture, "a session with a request running never expires: idle counts from its end",
                  "[unit][affinity]") {
   REQUIRE(route_only("s") == 0u); // its request runs ...
   advance(10s);                   // ... far past the timeout and many cleanups

@@ -171,7 +171,7 @@ TEST_CASE("an idempotent request is overdue at its attempt limit, others at thei
   CHECK(failed->entry.state == request_state::expired);
 }
 
-TEST_CASE("a session request that times out answers timeout; its session's others session_lost",
+TEST_CASE("a session request that times out answers timeout: its session's others session_lost",
           "[unit][ledger]") {
   request_ledger ledger{with_listener()};
   auto t0 = clock_type::now();

@@ -241,7 +241,7 @@ TEST_CASE("a reply is answered on the process's I/O thread, reported first",
   CHECK(exited);
 }
 
-TEST_CASE_METHOD(fixture, "a timed-out request recycles the worker; what never started runs elsewhere",
+TEST_CASE_METHOD(fixture, "a timed-out request recycles the worker: what never started runs elsewhere",
                  "[unit][link]") {
   start();
   auto hung = send(with("hang", 0, 150ms));
