@@ -88,6 +88,9 @@ node_config::node_config()
          "requests a worker runs at once: async handlers interleave at their awaits, sync "
          "ones run one at a time (1: one request at a time)")
     .add(pool.max_requests, "max-requests", "recycle a worker after N requests (0: never)")
+    .add(pool.max_requests_jitter, "max-requests-jitter",
+         "add 0..N (drawn per worker) to max-requests, so that workers are not all recycled "
+         "at once")
     .add(pool.max_age, "max-age", "recycle a worker after this long (0: never)")
     .add(w.max_memory, "max-memory",
          "hard limit of a worker's data in bytes (RLIMIT_DATA; 0: none): a handler that "

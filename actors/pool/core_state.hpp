@@ -21,6 +21,7 @@
 
 #include <map>
 #include <memory>
+#include <random>
 #include <string>
 #include <type_traits>
 #include <unordered_set>
@@ -62,6 +63,8 @@ struct core_state {
   }
 
   pool_config cfg;
+  /// Draws each worker's max_requests jitter.
+  std::mt19937_64 jitter;
   supervisor_actor sup;
   /// Start method fork-server: the template's supervisor and the channel
   /// the workers are forked through.

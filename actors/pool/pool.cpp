@@ -300,6 +300,7 @@ pool_impl::behavior_type pool_fun(self_ptr self, pool_config cfg, caf::actor kee
                                   std::vector<std::string> lost_sessions) {
   auto& st = self->state;
   st.cfg = std::move(cfg);
+  st.jitter.seed(st.cfg.jitter_seed != 0 ? st.cfg.jitter_seed : std::random_device{}());
   st.keeper = std::move(keeper);
   st.slots = slot_table{st.cfg.size, st.cfg.max_in_flight};
   st.queue = fair_queue{st.cfg.queue_size, st.cfg.queue_share, st.cfg.max_queued_bytes};

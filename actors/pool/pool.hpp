@@ -201,6 +201,14 @@ struct pool_config {
   caf::timespan retry_backoff = std::chrono::milliseconds(10);
   /// Recycle a worker after this many requests (0: never).
   uint64_t max_requests = 0;
+  /// Each worker's own max_requests is max_requests plus a number drawn
+  /// uniformly from [0, max_requests_jitter] when it starts (gunicorn's
+  /// max_requests_jitter), so that workers started together are not all
+  /// recycled at once. 0: exactly max_requests.
+  uint64_t max_requests_jitter = 0;
+  /// Seed of those draws (0: a random one): a test sets it to get the same
+  /// limits every run.
+  uint64_t jitter_seed = 0;
   /// Recycle a worker after this long (0: never).
   caf::timespan max_age{0};
   /// Recycle a worker whose resident set size exceeds this many bytes (0:

@@ -298,7 +298,7 @@ void maybe_recycle(self_ptr self, uint32_t slot, bool check_rss) {
   auto& st = self->state;
   auto& s = st.slots[slot];
   if (s.state == worker_phase::ready) {
-    bool too_many = st.cfg.max_requests > 0 && s.dispatched >= st.cfg.max_requests;
+    bool too_many = s.max_requests > 0 && s.dispatched >= s.max_requests;
     bool too_old = st.cfg.max_age.count() > 0
                    && self->clock().now() - s.started >= st.cfg.max_age;
     bool too_big = false;
@@ -429,6 +429,10 @@ void on_child_up(self_ptr self, const std::string& id, caf::actor& hdl) {
     return;
   auto& s = st.slots[slot];
   s.reset(caf::actor_cast<worker_actor>(hdl));
+  s.max_requests = st.cfg.max_requests;
+  if (st.cfg.max_requests > 0 && st.cfg.max_requests_jitter > 0)
+    s.max_requests += std::uniform_int_distribution<uint64_t>{0, st.cfg.max_requests_jitter}(
+      st.jitter);
   s.started = self->clock().now();
   s.started_at_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                       std::chrono::system_clock::now().time_since_epoch())

@@ -46,6 +46,9 @@ struct slot_rec {
   uint32_t in_flight = 0;
   /// Requests dispatched to the current incarnation.
   uint64_t dispatched = 0;
+  /// The current incarnation is recycled after this many requests (0:
+  /// never): pool_config::max_requests plus its jitter.
+  uint64_t max_requests = 0;
   uint64_t served = 0;
   uint64_t restarts = 0;
   int64_t pid = 0;

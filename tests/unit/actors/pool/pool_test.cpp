@@ -1,6 +1,8 @@
 // Unit tests of the pool with in-process mock workers on the deterministic
 // test coordinator: no Python, no sleeps; mock latencies run on the test clock.
+#include <algorithm>
 #include <map>
+#include <set>
 
 #include "support/test_coordinator_fixture.hpp"
 
@@ -287,6 +289,45 @@ TEST_CASE_METHOD(fixture, "workers are recycled without failing requests", "[uni
   auto st = stats();
   CHECK(st.recycled >= 3);
   CHECK(st.restarts == 0);
+}
+
+TEST_CASE_METHOD(fixture, "max-requests-jitter spreads each worker's recycle over its range",
+                 "[unit][pool]") {
+  // Requests one after another on one worker: the run of requests between
+  // two recycles is that incarnation's own limit.
+  auto runs = [&](uint64_t jitter) {
+    auto cfg = mock_pool(1, 1, 0ms);
+    cfg.max_requests = 3;
+    cfg.max_requests_jitter = jitter;
+    cfg.jitter_seed = 42;
+    if (pool) {
+      caf::anon_send_exit(pool, caf::exit_reason::kill);
+      run();
+    }
+    start(cfg);
+    std::vector<uint64_t> lengths;
+    uint64_t recycled = 0, since = 0;
+    for (int i = 0; i < 80; ++i) {
+      REQUIRE(call(make_execute("ping")));
+      ++since;
+      auto now = stats().recycled;
+      if (now != recycled) {
+        lengths.push_back(since);
+        recycled = now;
+        since = 0;
+      }
+    }
+    return lengths;
+  };
+  auto exact = runs(0);
+  REQUIRE(exact.size() >= 20);
+  CHECK(std::all_of(exact.begin(), exact.end(), [](uint64_t n) { return n == 3; }));
+  auto spread = runs(4);
+  REQUIRE(spread.size() >= 10);
+  CHECK(std::all_of(spread.begin(), spread.end(), [](uint64_t n) { return n >= 3 && n <= 7; }));
+  // Seeded: the same limits every run, and not one limit for all.
+  CHECK(std::set<uint64_t>(spread.begin(), spread.end()).size() >= 3);
+  CHECK(spread == runs(4));
 }
 
 TEST_CASE_METHOD(fixture, "session requests stick to the worker that holds the state",
@@ -664,7 +705,7 @@ TEST_CASE_METHOD(fixture, "a cancelled queued request is answered cancelled and 
   CHECK(stats().replies.at("cancelled") == 1);
 }
 
-TEST_CASE_METHOD(fixture, "a cancelled running request is answered at once; the worker lives on",
+TEST_CASE_METHOD(fixture, "a cancelled running request is answered at once: the worker lives on",
                  "[unit][pool]") {
   start(mock_pool(1, 4, 2ms));
   self->send(pool, tagged(make_execute("sleep", sleep_args{{"ms", 1000}}), 7));
@@ -682,7 +723,13 @@ TEST_CASE_METHOD(fixture, "a cancelled running request is answered at once; the 
   CHECK(replies().empty());
   advance(2ms); // the interrupted handler stops
   CHECK(stats().workers.front().in_flight == 0);
-  CHECK(call(make_execute("ping")));
+  // The same worker serves the next request (the mock's latency is 2 ms).
+  self->send(pool, make_execute("ping"));
+  run();
+  advance(2ms);
+  auto next = replies();
+  REQUIRE(next.size() == 1);
+  CHECK(next.front());
   advance(2s);
   CHECK(stats().recycled == 0);
   CHECK(stats().restarts == 0);
